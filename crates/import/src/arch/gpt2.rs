@@ -1,0 +1,163 @@
+//! GPT-2: pre-norm causal decoder with Conv1D (`[in, out]`) weights and one fused c_attn
+//! product (`GPT2Model` names; `transformer.` prefix accepted).
+
+use attnopt_ir::builder::{Attention, WeightLayout::InOut};
+use attnopt_ir::{DType, Dim, Op, Role, Shape, BATCH, SEQ};
+
+use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
+use crate::checkpoint::Checkpoint;
+use crate::config::{Config, MAX_DIM, MAX_LAYERS, MAX_TABLE};
+use crate::template::{activation, graph_err, Dims, Loader};
+use crate::ImportError;
+
+pub fn build(
+    ck: &Checkpoint,
+    cfg: &mut Config,
+    prefix: &'static str,
+) -> Result<Built, ImportError> {
+    let p = |n: &str| format!("{prefix}{n}");
+    let d = cfg.dim(
+        &["n_embd", "hidden_size"],
+        MAX_DIM,
+        tensor_dim(ck, &p("wte.weight"), 1),
+    )?;
+    let layers = cfg.dim(
+        &["n_layer", "num_hidden_layers"],
+        MAX_LAYERS,
+        Some(layers_in_checkpoint(ck, &p("h."))),
+    )?;
+    let heads = cfg.dim(
+        &["n_head", "num_attention_heads"],
+        MAX_DIM,
+        Some(guess_heads(d)),
+    )?;
+    cfg.check_divides("n_head", d, heads, "n_embd")?;
+    let ff = cfg.dim(&["n_inner"], MAX_DIM, Some(4 * d))?;
+    let vocab = cfg.dim(
+        &["vocab_size"],
+        MAX_TABLE,
+        tensor_dim(ck, &p("wte.weight"), 0),
+    )?;
+    let positions = cfg.dim(
+        &["n_positions", "max_position_embeddings"],
+        MAX_TABLE,
+        tensor_dim(ck, &p("wpe.weight"), 0),
+    )?;
+    let eps = cfg.float("layer_norm_epsilon", 1.0, 1e-5)?;
+    let act_name = cfg.string("activation_function", "gelu_new");
+    let act = activation(cfg, &act_name)?;
+    if cfg.flag("scale_attn_by_inverse_layer_idx", false) {
+        return Err(cfg.unsupported("scale_attn_by_inverse_layer_idx = true"));
+    }
+    let dh = d / heads;
+    let scale = if cfg.flag("scale_attn_weights", true) {
+        1.0 / (dh as f32).sqrt()
+    } else {
+        1.0
+    };
+
+    let ge = graph_err(cfg);
+    let mut l = Loader::new(ck, prefix, "gpt2");
+    let ids =
+        l.b.graph
+            .input("input_ids", DType::I64, Shape(vec![BATCH, SEQ]))
+            .map_err(&ge)?;
+    let mask =
+        l.b.graph
+            .input("attention_mask", DType::I64, Shape(vec![BATCH, SEQ]))
+            .map_err(&ge)?;
+    let wte = l.w("wte.weight", &[vocab, d])?;
+    let wpe = l.w("wpe.weight", &[positions, d])?;
+    let b = &mut l.b;
+    let e = b
+        .op(Op::Gather, &[wte, ids], Role::Embedding)
+        .map_err(&ge)?;
+    let pos = b.positions(wpe).map_err(&ge)?;
+    let mut x = b.add(e, pos, Role::Embedding).map_err(&ge)?;
+    b.graph.set_output("embeddings", x).map_err(&ge)?;
+
+    for i in 0..layers {
+        let n = |s: &str| format!("h.{i}.{s}");
+        l.b.set_layer(Some(i as u32));
+        let g1 = l.w(&n("ln_1.weight"), &[d])?;
+        let b1 = l.w(&n("ln_1.bias"), &[d])?;
+        let wqkv = l.w(&n("attn.c_attn.weight"), &[d, 3 * d])?;
+        let bqkv = l.w(&n("attn.c_attn.bias"), &[3 * d])?;
+        let wo = l.w(&n("attn.c_proj.weight"), &[d, d])?;
+        let bo = l.w(&n("attn.c_proj.bias"), &[d])?;
+        let g2 = l.w(&n("ln_2.weight"), &[d])?;
+        let b2 = l.w(&n("ln_2.bias"), &[d])?;
+        let wfc = l.w(&n("mlp.c_fc.weight"), &[d, ff])?;
+        let bfc = l.w(&n("mlp.c_fc.bias"), &[ff])?;
+        let wp = l.w(&n("mlp.c_proj.weight"), &[ff, d])?;
+        let bp = l.w(&n("mlp.c_proj.bias"), &[d])?;
+        let b = &mut l.b;
+        let h = b.layer_norm(x, g1, b1, eps, Role::Norm).map_err(&ge)?;
+        let qkv = b
+            .linear(h, wqkv, Some(bqkv), InOut, Role::QkvProj)
+            .map_err(&ge)?;
+        let part = |b: &mut attnopt_ir::builder::Builder, k: usize, role| {
+            b.op(
+                Op::Slice {
+                    axis: 2,
+                    start: k * d,
+                    end: Dim::Fixed((k + 1) * d),
+                },
+                &[qkv],
+                role,
+            )
+        };
+        let q = part(b, 0, Role::QProj).map_err(&ge)?;
+        let k = part(b, 1, Role::KProj).map_err(&ge)?;
+        let v = part(b, 2, Role::VProj).map_err(&ge)?;
+        let spec = Attention {
+            heads,
+            kv_heads: heads,
+            head_dim: dh,
+            causal: true,
+            padding_mask: Some(mask),
+            rope: None,
+            scale,
+        };
+        let c = b.attention(q, k, v, &spec).map_err(&ge)?;
+        let a = b
+            .linear(c, wo, Some(bo), InOut, Role::AttnOutProj)
+            .map_err(&ge)?;
+        let r = b.add(x, a, Role::Residual).map_err(&ge)?;
+        let h = b.layer_norm(r, g2, b2, eps, Role::Norm).map_err(&ge)?;
+        let u = b
+            .linear(h, wfc, Some(bfc), InOut, Role::MlpUp)
+            .map_err(&ge)?;
+        let u = b.unary(act, u, Role::MlpAct).map_err(&ge)?;
+        let o = b
+            .linear(u, wp, Some(bp), InOut, Role::MlpDown)
+            .map_err(&ge)?;
+        x = b.add(r, o, Role::Residual).map_err(&ge)?;
+        b.graph.set_output(&format!("layer.{i}"), x).map_err(&ge)?;
+    }
+    l.b.set_layer(None);
+    let gf = l.w("ln_f.weight", &[d])?;
+    let bf = l.w("ln_f.bias", &[d])?;
+    let y =
+        l.b.layer_norm(x, gf, bf, eps, Role::FinalNorm)
+            .map_err(&ge)?;
+    l.b.graph.set_output("last_hidden_state", y).map_err(&ge)?;
+    let dims = Dims {
+        hidden: d,
+        layers,
+        heads,
+        kv_heads: heads,
+        head_dim: dh,
+        intermediate: ff,
+        vocab: Some(vocab),
+        max_positions: Some(positions),
+        image: None,
+        activation: act_name,
+        norm_eps: eps,
+    };
+    Ok(Built {
+        graph: l.b.finish(),
+        dims,
+        used: l.used,
+    })
+}

@@ -1,0 +1,322 @@
+//! Reading safetensors checkpoints: one file or a sharded set, memory-mapped, validated.
+//!
+//! Every byte range handed out has been checked by the safetensors crate (header within the
+//! file, offsets contiguous and covering the data, lengths = shape × dtype) and again by
+//! `Weight::new`, so nothing downstream can read out of bounds. When the safetensors crate
+//! rejects a file, [`diagnose`] re-reads the header to name the offending tensor.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use attnopt_ir::{DType, Storage, Weight};
+use safetensors::SafeTensors;
+
+use crate::ImportError;
+
+/// Where one tensor lives.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub file: usize,
+    /// The safetensors dtype name (kept even for dtypes attnopt cannot compute with).
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Absolute byte range inside the file.
+    pub range: std::ops::Range<usize>,
+}
+
+/// All tensors of a checkpoint, by name.
+pub struct Checkpoint {
+    files: Vec<(PathBuf, Storage)>,
+    tensors: BTreeMap<String, Entry>,
+}
+
+/// The largest shard index or config file attnopt reads (they are small JSON files).
+pub const MAX_JSON_BYTES: u64 = 64 << 20;
+
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, ImportError> {
+    let io = |source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_JSON_BYTES {
+        return Err(ImportError::Config {
+            file: path.into(),
+            msg: format!("{len} bytes is too large for a JSON file"),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    serde_json::from_str(&text).map_err(|e| ImportError::Config {
+        file: path.into(),
+        msg: format!("not valid JSON: {e}"),
+    })
+}
+
+impl Checkpoint {
+    /// Opens the checkpoint in `dir`: `model.safetensors.index.json` (sharded),
+    /// `model.safetensors`, or the only `*.safetensors` file there. `dir` may also be a
+    /// `.safetensors` file.
+    pub fn open(dir: &Path) -> Result<Checkpoint, ImportError> {
+        if dir.is_file() {
+            return Checkpoint::from_files(&[dir.to_path_buf()]);
+        }
+        let index = dir.join("model.safetensors.index.json");
+        if index.is_file() {
+            return Checkpoint::open_sharded(dir, &index);
+        }
+        let single = dir.join("model.safetensors");
+        if single.is_file() {
+            return Checkpoint::from_files(&[single]);
+        }
+        let io = |source| ImportError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        found.sort();
+        match found.len() {
+            1 => Checkpoint::from_files(&found),
+            0 if dir.join("pytorch_model.bin").exists() => Err(ImportError::NotSupported {
+                path: dir.join("pytorch_model.bin"),
+                what: "PyTorch pickle checkpoints; convert to safetensors first".into(),
+            }),
+            0 => Err(ImportError::NoCheckpoint { dir: dir.into() }),
+            _ => Err(ImportError::NotSupported {
+                path: dir.into(),
+                what: format!(
+                    "{} .safetensors files without a model.safetensors.index.json",
+                    found.len()
+                ),
+            }),
+        }
+    }
+
+    fn open_sharded(dir: &Path, index: &Path) -> Result<Checkpoint, ImportError> {
+        let bad = |msg: String| ImportError::Index {
+            file: index.to_path_buf(),
+            msg,
+        };
+        let json = read_json(index).map_err(|e| match e {
+            ImportError::Config { msg, .. } => bad(msg),
+            e => e,
+        })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| bad("no `weight_map` object".into()))?;
+        let mut shards: Vec<String> = Vec::new();
+        for (tensor, file) in map {
+            let file = file
+                .as_str()
+                .ok_or_else(|| bad(format!("tensor `{tensor}`: shard name is not a string")))?;
+            let plain = Path::new(file).components().count() == 1
+                && matches!(
+                    Path::new(file).components().next(),
+                    Some(std::path::Component::Normal(_))
+                );
+            if !plain {
+                return Err(bad(format!(
+                    "tensor `{tensor}`: shard `{file}` is not a plain file name in this folder"
+                )));
+            }
+            if !shards.iter().any(|s| s == file) {
+                shards.push(file.to_string());
+            }
+        }
+        shards.sort();
+        let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+        let ck = Checkpoint::from_files(&paths)?;
+        for (tensor, file) in map {
+            let want = file.as_str().unwrap_or_default();
+            match ck.tensors.get(tensor) {
+                Some(e) if ck.files[e.file].0.file_name().is_some_and(|n| n == want) => {}
+                Some(e) => {
+                    return Err(bad(format!(
+                        "tensor `{tensor}` is listed in {want} but stored in {}",
+                        ck.files[e.file].0.display()
+                    )))
+                }
+                None => {
+                    return Err(bad(format!(
+                        "tensor `{tensor}` is listed in {want} but not stored there"
+                    )))
+                }
+            }
+        }
+        Ok(ck)
+    }
+
+    /// Opens and validates each file; a tensor name appearing in two files is an error.
+    pub fn from_files(paths: &[PathBuf]) -> Result<Checkpoint, ImportError> {
+        let mut files = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for path in paths {
+            let io = |source| ImportError::Io {
+                path: path.clone(),
+                source,
+            };
+            let file = File::open(path).map_err(io)?;
+            // SAFETY: the map is read-only and private to this process. Another process
+            // truncating the file while we run would fault (SIGBUS); that is the accepted cost
+            // of zero-copy loading, as in every mmap-based checkpoint loader.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+            let (header_len, meta) =
+                SafeTensors::read_metadata(&map).map_err(|e| ImportError::Safetensors {
+                    file: path.clone(),
+                    tensor: diagnose(&map),
+                    msg: e.to_string(),
+                })?;
+            let base = 8 + header_len;
+            let idx = files.len();
+            for (name, info) in meta.tensors() {
+                let (s, e) = info.data_offsets;
+                let range = base + s..base + e;
+                let dtype = format!("{:?}", info.dtype);
+                if let Some(prev) = tensors.insert(
+                    name.clone(),
+                    Entry {
+                        file: idx,
+                        dtype,
+                        shape: info.shape.clone(),
+                        range,
+                    },
+                ) {
+                    let other: &PathBuf = &files
+                        .get(prev.file)
+                        .map(|f: &(PathBuf, Storage)| f.0.clone())
+                        .unwrap_or(path.clone());
+                    return Err(ImportError::Safetensors {
+                        file: path.clone(),
+                        tensor: Some(name),
+                        msg: format!("also stored in {}", other.display()),
+                    });
+                }
+            }
+            files.push((path.clone(), Arc::new(map) as Storage));
+        }
+        Ok(Checkpoint { files, tensors })
+    }
+
+    pub fn tensors(&self) -> &BTreeMap<String, Entry> {
+        &self.tensors
+    }
+
+    pub fn files(&self) -> Vec<&Path> {
+        self.files.iter().map(|(p, _)| p.as_path()).collect()
+    }
+
+    /// The file `name` is stored in, or the first file (for errors about absent tensors).
+    pub fn file_of(&self, name: &str) -> &Path {
+        let i = self.tensors.get(name).map_or(0, |e| e.file);
+        &self.files[i].0
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// A checked zero-copy view of tensor `name`.
+    pub fn weight(&self, name: &str, arch: &'static str) -> Result<Weight, ImportError> {
+        let e = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ImportError::MissingTensor {
+                file: self.file_of(name).to_path_buf(),
+                tensor: name.into(),
+                arch,
+            })?;
+        let file = &self.files[e.file];
+        let dtype = DType::from_name(&e.dtype)
+            .filter(|d| *d != DType::Bool)
+            .ok_or_else(|| ImportError::UnsupportedDtype {
+                file: file.0.clone(),
+                tensor: name.into(),
+                dtype: e.dtype.clone(),
+            })?;
+        Weight::new(
+            name,
+            dtype,
+            e.shape.clone(),
+            file.1.clone(),
+            e.range.clone(),
+        )
+        .map_err(|w| ImportError::Safetensors {
+            file: file.0.clone(),
+            tensor: Some(name.into()),
+            msg: w.to_string(),
+        })
+    }
+
+    /// Parameter count per dtype name, over every tensor in the checkpoint.
+    pub fn params_by_dtype(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for e in self.tensors.values() {
+            let n = e
+                .shape
+                .iter()
+                .fold(1u64, |a, &d| a.saturating_mul(d as u64));
+            *m.entry(e.dtype.clone()).or_insert(0) += n;
+        }
+        m
+    }
+}
+
+/// After the safetensors crate rejected `bytes`, find the tensor at fault: one whose dtype is
+/// unknown, whose byte length does not match its shape, or whose offsets leave the data area
+/// or overlap another. `None` if the header itself is unreadable.
+fn diagnose(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let header = bytes.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?;
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+    let data_len = (bytes.len() - 8 - header.len()) as u128;
+    let mut spans: Vec<(u128, u128, &str)> = Vec::new();
+    for (name, info) in &json {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .and_then(DType::from_name);
+        let shape: Option<Vec<u128>> = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(u128::from)).collect());
+        let offs: Option<Vec<u128>> = info
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(u128::from)).collect());
+        let known = info
+            .get("dtype")
+            .is_some_and(|d| serde_json::from_value::<safetensors::Dtype>(d.clone()).is_ok());
+        let (Some(shape), Some(offs), true) = (shape, offs, known) else {
+            return Some(name.clone());
+        };
+        let [s, e] = offs[..] else {
+            return Some(name.clone());
+        };
+        if e < s || e > data_len {
+            return Some(name.clone());
+        }
+        if let Some(d) = dtype {
+            let want = shape
+                .iter()
+                .fold(d.size() as u128, |a, &x| a.saturating_mul(x));
+            if want != e - s {
+                return Some(name.clone());
+            }
+        }
+        spans.push((s, e, name));
+    }
+    spans.sort();
+    spans
+        .windows(2)
+        .find(|w| w[1].0 < w[0].1)
+        .map(|w| w[1].2.to_string())
+}

@@ -1,0 +1,179 @@
+//! config.json: typed reads with plausibility checks.
+//!
+//! Values come from strangers. Every dimension read here is bounded ([`MAX_DIM`] and
+//! friends) before anything is sized from it, and a missing key either takes the
+//! architecture's documented default (recorded, so `inspect` can say so) or is an error.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::ImportError;
+
+/// Largest plausible hidden/intermediate size.
+pub const MAX_DIM: u64 = 1 << 17;
+/// Largest plausible layer count.
+pub const MAX_LAYERS: u64 = 4096;
+/// Largest plausible vocabulary or position table.
+pub const MAX_TABLE: u64 = 1 << 24;
+
+/// A parsed config.json (or an empty one when the folder has none).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub json: Value,
+    pub present: bool,
+    /// Human-readable notes on every default or guess taken.
+    pub guesses: Vec<String>,
+}
+
+impl Config {
+    /// Reads `dir/config.json`; a missing file gives an empty config (`present == false`).
+    pub fn read(dir: &Path) -> Result<Config, ImportError> {
+        let file = dir.join("config.json");
+        if !file.is_file() {
+            return Ok(Config {
+                file,
+                json: Value::Object(Default::default()),
+                present: false,
+                guesses: vec![],
+            });
+        }
+        let json = crate::checkpoint::read_json(&file)?;
+        if !json.is_object() {
+            return Err(ImportError::Config {
+                file,
+                msg: "config.json must hold a JSON object".into(),
+            });
+        }
+        Ok(Config {
+            file,
+            json,
+            present: true,
+            guesses: vec![],
+        })
+    }
+
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.json.get(key).and_then(|v| v.as_str())
+    }
+
+    /// `architectures[0]`, if present.
+    pub fn architecture(&self) -> Option<&str> {
+        self.json
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|v| v.as_str())
+    }
+
+    fn bad(&self, key: &str, v: &Value, why: &str) -> ImportError {
+        ImportError::BadDim {
+            file: self.file.clone(),
+            key: key.into(),
+            value: v.to_string(),
+            why: why.into(),
+        }
+    }
+
+    /// The first of `keys` present, as an integer in `1..=max`; else `default` (recorded as a
+    /// guess), else an error.
+    pub fn dim(
+        &mut self,
+        keys: &[&str],
+        max: u64,
+        default: Option<usize>,
+    ) -> Result<usize, ImportError> {
+        for key in keys {
+            if let Some(v) = self.json.get(*key) {
+                if v.is_null() {
+                    continue;
+                }
+                let n = v
+                    .as_u64()
+                    .ok_or_else(|| self.bad(key, v, "expected a positive integer"))?;
+                if n == 0 || n > max {
+                    return Err(self.bad(key, v, &format!("must be between 1 and {max}")));
+                }
+                return Ok(n as usize);
+            }
+        }
+        match default {
+            Some(d) => {
+                self.guesses
+                    .push(format!("{} not given; assumed {d}", keys[0]));
+                Ok(d)
+            }
+            None => Err(ImportError::Config {
+                file: self.file.clone(),
+                msg: format!("`{}` is required", keys[0]),
+            }),
+        }
+    }
+
+    /// A float setting in `(0, max]`, with a default.
+    pub fn float(&mut self, key: &str, max: f64, default: f64) -> Result<f32, ImportError> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => {
+                self.guesses
+                    .push(format!("{key} not given; assumed {default}"));
+                Ok(default as f32)
+            }
+            Some(v) => {
+                let x = v
+                    .as_f64()
+                    .ok_or_else(|| self.bad(key, v, "expected a number"))?;
+                if !(x > 0.0 && x <= max) {
+                    return Err(self.bad(key, v, &format!("must be in (0, {max}]")));
+                }
+                Ok(x as f32)
+            }
+        }
+    }
+
+    /// A boolean setting with a default.
+    pub fn flag(&self, key: &str, default: bool) -> bool {
+        self.json
+            .get(key)
+            .and_then(|v| v.as_bool())
+            .unwrap_or(default)
+    }
+
+    /// A string setting with a default (recorded when taken).
+    pub fn string(&mut self, key: &str, default: &str) -> String {
+        match self.str(key) {
+            Some(s) => s.to_string(),
+            None => {
+                self.guesses
+                    .push(format!("{key} not given; assumed \"{default}\""));
+                default.to_string()
+            }
+        }
+    }
+
+    /// Error for a setting attnopt cannot express yet.
+    pub fn unsupported(&self, what: impl Into<String>) -> ImportError {
+        ImportError::NotSupported {
+            path: self.file.clone(),
+            what: what.into(),
+        }
+    }
+
+    /// `a` must divide into `b` parts, reported against `key`.
+    pub fn check_divides(
+        &self,
+        key: &str,
+        whole: usize,
+        parts: usize,
+        what: &str,
+    ) -> Result<(), ImportError> {
+        if parts == 0 || whole % parts != 0 {
+            let v = self
+                .json
+                .get(key)
+                .cloned()
+                .unwrap_or(Value::from(parts as u64));
+            return Err(self.bad(key, &v, &format!("{what} {whole} is not divisible by it")));
+        }
+        Ok(())
+    }
+}

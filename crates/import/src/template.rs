@@ -1,0 +1,107 @@
+//! What every architecture template shares: fetching named weights with shape checks into a
+//! graph under construction, and the model facts a template reports.
+
+use attnopt_ir::builder::Builder;
+use attnopt_ir::{NodeId, Unary};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::ImportError;
+
+/// Model dimensions as the template read them (after defaults and guesses).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Dims {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate: usize,
+    pub vocab: Option<usize>,
+    pub max_positions: Option<usize>,
+    /// `(channels, image size, patch size)` for vision models.
+    pub image: Option<(usize, usize, usize)>,
+    pub activation: String,
+    pub norm_eps: f32,
+}
+
+/// A graph under construction plus the checkpoint it reads weights from.
+pub struct Loader<'a> {
+    pub ck: &'a Checkpoint,
+    pub prefix: &'static str,
+    pub arch: &'static str,
+    pub b: Builder,
+    pub used: Vec<String>,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(ck: &'a Checkpoint, prefix: &'static str, arch: &'static str) -> Loader<'a> {
+        Loader {
+            ck,
+            prefix,
+            arch,
+            b: Builder::new(),
+            used: Vec::new(),
+        }
+    }
+
+    /// Full tensor name for `name` (relative to the architecture's prefix).
+    pub fn full(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.ck.contains(&self.full(name))
+    }
+
+    /// Weight `name`, which must have shape `shape`, as a graph node.
+    pub fn w(&mut self, name: &str, shape: &[usize]) -> Result<NodeId, ImportError> {
+        let full = self.full(name);
+        let w = self.ck.weight(&full, self.arch)?;
+        if w.shape() != shape {
+            return Err(ImportError::ShapeMismatch {
+                file: self.ck.file_of(&full).to_path_buf(),
+                tensor: full,
+                expected: shape.to_vec(),
+                got: w.shape().to_vec(),
+            });
+        }
+        self.used.push(full);
+        Ok(self.b.graph.weight(w))
+    }
+
+    /// The first of `names` that exists (for renamed tensors such as `gamma`/`weight`).
+    pub fn w_any(&mut self, names: &[&str], shape: &[usize]) -> Result<NodeId, ImportError> {
+        let name = names
+            .iter()
+            .copied()
+            .find(|n| self.has(n))
+            .unwrap_or(names[0]);
+        self.w(name, shape)
+    }
+}
+
+/// Wraps graph-construction errors (a template bug or an inconsistent config) with the
+/// model folder.
+pub fn graph_err(cfg: &Config) -> impl Fn(attnopt_ir::GraphError) -> ImportError {
+    let dir = cfg
+        .file
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    move |source| ImportError::Graph {
+        dir: dir.clone(),
+        source,
+    }
+}
+
+/// The IR activation for a Hugging Face `hidden_act` / `activation_function` name.
+pub fn activation(cfg: &Config, name: &str) -> Result<Unary, ImportError> {
+    Ok(match name {
+        "gelu" => Unary::Gelu,
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Unary::GeluTanh,
+        "relu" => Unary::Relu,
+        "silu" | "swish" => Unary::Silu,
+        other => return Err(cfg.unsupported(format!("activation \"{other}\""))),
+    })
+}

@@ -1,0 +1,92 @@
+//! FLOP and byte counts per node, at concrete batch and sequence sizes.
+//!
+//! Conventions (kept simple and stated, so ratios are meaningful): a matrix product of
+//! `[M, K] × [K, N]` is `2·M·K·N` FLOPs; elementwise operators count one FLOP per output
+//! element; normalisations and softmax count the handful of operations each element needs
+//! (below); pure data movement counts no FLOPs. Bytes are what a naive one-kernel-per-node
+//! execution reads and writes: each operand once (weights at their stored dtype) plus the
+//! result; reshapes are free views.
+
+use std::ops::{Add, AddAssign};
+
+use crate::{Bindings, Graph, NodeId, Op};
+
+/// FLOPs and bytes moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Cost {
+    pub flops: u64,
+    pub bytes: u64,
+}
+
+impl Add for Cost {
+    type Output = Cost;
+    fn add(self, o: Cost) -> Cost {
+        Cost {
+            flops: self.flops.saturating_add(o.flops),
+            bytes: self.bytes.saturating_add(o.bytes),
+        }
+    }
+}
+
+impl AddAssign for Cost {
+    fn add_assign(&mut self, o: Cost) {
+        *self = *self + o;
+    }
+}
+
+/// FLOPs per output element for operators that are not matrix products.
+fn flops_per_element(op: &Op) -> u64 {
+    match op {
+        Op::Unary(_) | Op::Binary(_) | Op::Scale(_) | Op::AddScalar(_) => 1,
+        Op::CausalMask | Op::PaddingMask | Op::CumSum { .. } => 1,
+        Op::Softmax { .. } => 5,
+        Op::L2Normalize { .. } => 4,
+        Op::LayerNorm { .. } => 8,
+        Op::RmsNorm { .. } => 5,
+        Op::Rope { .. } => 3,
+        _ => 0,
+    }
+}
+
+/// Cost of one node under `b` (zero if a symbol is unbound).
+pub fn node_cost(g: &Graph, id: NodeId, b: &Bindings) -> Cost {
+    let node = g.node(id);
+    let numel = |n: NodeId| g.node(n).ty.shape.numel(b).unwrap_or(0);
+    let value_bytes = |n: NodeId| {
+        let size = match &g.node(n).op {
+            Op::Weight(w) => g.weight_data(*w).dtype().size(),
+            _ => g.node(n).ty.dtype.size(),
+        } as u64;
+        numel(n).saturating_mul(size)
+    };
+    let operands = g.operands(id);
+    let flops = match &node.op {
+        Op::MatMul => {
+            let a = &g.node(operands[0]).ty.shape;
+            let k = a.last().eval(b).unwrap_or(0) as u64;
+            numel(id).saturating_mul(2).saturating_mul(k)
+        }
+        Op::Reduce { .. } => numel(operands[0]),
+        op => numel(id).saturating_mul(flops_per_element(op)),
+    };
+    let bytes = match &node.op {
+        Op::Input { .. } | Op::Weight(_) | Op::Reshape(_) => 0,
+        _ => operands.iter().fold(value_bytes(id), |acc, &o| {
+            acc.saturating_add(value_bytes(o))
+        }),
+    };
+    Cost { flops, bytes }
+}
+
+/// Sum of [`node_cost`] over the nodes for which `keep` holds.
+pub fn cost_where(g: &Graph, b: &Bindings, keep: impl Fn(NodeId) -> bool) -> Cost {
+    g.topo_order()
+        .into_iter()
+        .filter(|&n| keep(n))
+        .fold(Cost::default(), |acc, n| acc + node_cost(g, n, b))
+}
+
+/// Cost of the whole graph.
+pub fn total_cost(g: &Graph, b: &Bindings) -> Cost {
+    cost_where(g, b, |_| true)
+}

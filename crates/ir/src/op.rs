@@ -1,0 +1,254 @@
+//! The operator set: primitives that every supported architecture is written in.
+//!
+//! Attention stays visible as primitives (`matmul`, `scale`, masks, `softmax`, `matmul`) so
+//! the rewriter can see `softmax(Q·Kᵀ·s)·V`. Every operator's meaning is defined by the
+//! reference interpreter (`interp`), and its shapes by `infer`. Operators are plain data
+//! (hashable, ordered, printable) so the e-graph layer can use them as its language.
+
+use std::fmt;
+
+use crate::{DType, Shape, WeightId};
+
+/// An `f32` attribute stored by bit pattern, so operators can be `Eq + Hash + Ord`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scalar(u32);
+
+impl Scalar {
+    pub fn new(x: f32) -> Scalar {
+        Scalar(x.to_bits())
+    }
+    pub fn get(self) -> f32 {
+        f32::from_bits(self.0)
+    }
+}
+
+impl fmt::Debug for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.get())
+    }
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.get())
+    }
+}
+
+/// Elementwise functions of one argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unary {
+    Neg,
+    Exp,
+    Sqrt,
+    Rsqrt,
+    Recip,
+    Square,
+    Tanh,
+    Sigmoid,
+    Relu,
+    /// `x if x > 0 else exp(x) - 1` (ELU with α = 1).
+    Elu,
+    /// `x · Φ(x)` with the exact normal CDF (erf form).
+    Gelu,
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    GeluTanh,
+    /// `x · sigmoid(x)`.
+    Silu,
+}
+
+/// Elementwise functions of two arguments, with NumPy broadcasting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+}
+
+/// Reductions over one axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reduce {
+    Sum,
+    Max,
+    Mean,
+}
+
+/// How rotary embeddings pair up features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RopeStyle {
+    /// Feature `i` pairs with `i + d/2` (LLaMA / GPT-NeoX `rotate_half`).
+    Half,
+    /// Feature `2i` pairs with `2i + 1` (GPT-J, original RoFormer).
+    Interleaved,
+}
+
+/// One operator. Operand order and meaning are documented per variant; shapes use `B`
+/// (batch), `N` (tokens), `H` (heads), `D` (features).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    /// A run-time input, named like the Hugging Face forward argument. Float inputs are f32,
+    /// integer inputs (ids, masks) i64.
+    Input {
+        name: String,
+        dtype: DType,
+        shape: Shape,
+    },
+    /// A checkpoint weight (see `Graph::weight`).
+    Weight(WeightId),
+    /// `f(x)` elementwise.
+    Unary(Unary),
+    /// `f(a, b)` elementwise with broadcasting.
+    Binary(Binary),
+    /// `x · c`.
+    Scale(Scalar),
+    /// `x + c`.
+    AddScalar(Scalar),
+    /// `[.., M, K] × [.., K, N] → [.., M, N]`; leading axes broadcast.
+    MatMul,
+    /// Reorders axes: output axis `i` is input axis `perm[i]`.
+    Permute(Vec<usize>),
+    /// Same elements, new shape (row-major); may use `B` and `N`.
+    Reshape(Shape),
+    /// Broadcasts to a shape (size-1 axes stretch; new axes on the left).
+    Expand(Shape),
+    /// `[B, N, H·Dh] → [B, H, N, Dh]`.
+    SplitHeads { heads: usize },
+    /// `[B, H, N, Dh] → [B, N, H·Dh]`.
+    MergeHeads,
+    /// Grouped-query attention: `[B, Hkv, N, Dh] → [B, Hkv·times, N, Dh]`, each head repeated
+    /// `times` times in place (`repeat_interleave` on axis 1).
+    RepeatHeads { times: usize },
+    /// Softmax over `axis`. A row whose entries are all `-inf` (fully masked) becomes zeros.
+    Softmax { axis: usize },
+    /// Scores `[.., Nq, Nk]`: entry (i, j) becomes `-inf` when key `j` lies in query `i`'s
+    /// future, i.e. `j > i + (Nk − Nq)`.
+    CausalMask,
+    /// `(scores [B, H, Nq, Nk], mask [B, Nk])`: entry (b, ·, ·, j) becomes `-inf` where
+    /// `mask[b, j] == 0` (Hugging Face `attention_mask` convention: 1 keeps, 0 masks).
+    PaddingMask,
+    /// Reduction over `axis`; `keep_dim` leaves a size-1 axis.
+    Reduce {
+        kind: Reduce,
+        axis: usize,
+        keep_dim: bool,
+    },
+    /// Inclusive prefix sum over `axis`.
+    CumSum { axis: usize },
+    /// `x / max(‖x‖₂, eps)` over `axis`.
+    L2Normalize { axis: usize, eps: Scalar },
+    /// `(x, γ, β)`: `(x − mean)/√(var + eps)·γ + β` over the last axis (biased variance).
+    LayerNorm { eps: Scalar },
+    /// `(x, γ)`: `x / √(mean(x²) + eps) · γ` over the last axis.
+    RmsNorm { eps: Scalar },
+    /// `(table [V, D], ids [..])` → `[.., D]`: row lookup. An id outside `0..V` is an error.
+    Gather,
+    /// Rotary position embedding on `[B, H, N, Dh]`, position of token `t` being `t`,
+    /// frequencies `theta^(−2i/Dh)`.
+    Rope { theta: Scalar, style: RopeStyle },
+    /// Joins operands along `axis`.
+    Concat { axis: usize },
+    /// `x[.., start..end, ..]` along `axis`.
+    Slice {
+        axis: usize,
+        start: usize,
+        end: crate::Dim,
+    },
+}
+
+impl Op {
+    /// Short lower-case name, as used in the text form and DOT export.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Weight(_) => "weight",
+            Op::Unary(u) => match u {
+                Unary::Neg => "neg",
+                Unary::Exp => "exp",
+                Unary::Sqrt => "sqrt",
+                Unary::Rsqrt => "rsqrt",
+                Unary::Recip => "recip",
+                Unary::Square => "square",
+                Unary::Tanh => "tanh",
+                Unary::Sigmoid => "sigmoid",
+                Unary::Relu => "relu",
+                Unary::Elu => "elu",
+                Unary::Gelu => "gelu",
+                Unary::GeluTanh => "gelu_tanh",
+                Unary::Silu => "silu",
+            },
+            Op::Binary(b) => match b {
+                Binary::Add => "add",
+                Binary::Sub => "sub",
+                Binary::Mul => "mul",
+                Binary::Div => "div",
+                Binary::Max => "max",
+            },
+            Op::Scale(_) => "scale",
+            Op::AddScalar(_) => "add_scalar",
+            Op::MatMul => "matmul",
+            Op::Permute(_) => "permute",
+            Op::Reshape(_) => "reshape",
+            Op::Expand(_) => "expand",
+            Op::SplitHeads { .. } => "split_heads",
+            Op::MergeHeads => "merge_heads",
+            Op::RepeatHeads { .. } => "repeat_heads",
+            Op::Softmax { .. } => "softmax",
+            Op::CausalMask => "causal_mask",
+            Op::PaddingMask => "padding_mask",
+            Op::Reduce { kind, .. } => match kind {
+                Reduce::Sum => "reduce_sum",
+                Reduce::Max => "reduce_max",
+                Reduce::Mean => "reduce_mean",
+            },
+            Op::CumSum { .. } => "cumsum",
+            Op::L2Normalize { .. } => "l2_normalize",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::Gather => "gather",
+            Op::Rope { .. } => "rope",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
+        }
+    }
+
+    /// How many operands the operator takes; `None` for variadic (`concat`).
+    pub fn arity(&self) -> Option<usize> {
+        Some(match self {
+            Op::Input { .. } | Op::Weight(_) => 0,
+            Op::Binary(_) | Op::MatMul | Op::PaddingMask | Op::RmsNorm { .. } | Op::Gather => 2,
+            Op::LayerNorm { .. } => 3,
+            Op::Concat { .. } => return None,
+            _ => 1,
+        })
+    }
+}
+
+/// The attribute part of the text form, e.g. `softmax{axis=3}`.
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        match self {
+            Op::Input { name, dtype, shape } => {
+                write!(f, "{{name={name}, dtype={dtype}, shape={shape}}}")
+            }
+            Op::Weight(id) => write!(f, "{{id={}}}", id.0),
+            Op::Scale(c) | Op::AddScalar(c) => write!(f, "{{{c}}}"),
+            Op::Permute(p) => write!(f, "{{perm={p:?}}}"),
+            Op::Reshape(s) | Op::Expand(s) => write!(f, "{{shape={s}}}"),
+            Op::SplitHeads { heads } => write!(f, "{{heads={heads}}}"),
+            Op::RepeatHeads { times } => write!(f, "{{times={times}}}"),
+            Op::Softmax { axis } | Op::CumSum { axis } | Op::Concat { axis } => {
+                write!(f, "{{axis={axis}}}")
+            }
+            Op::Reduce { axis, keep_dim, .. } => write!(f, "{{axis={axis}, keep_dim={keep_dim}}}"),
+            Op::L2Normalize { axis, eps } => write!(f, "{{axis={axis}, eps={eps}}}"),
+            Op::LayerNorm { eps } | Op::RmsNorm { eps } => write!(f, "{{eps={eps}}}"),
+            Op::Rope { theta, style } => write!(f, "{{theta={theta}, style={style:?}}}"),
+            Op::Slice { axis, start, end } => {
+                write!(f, "{{axis={axis}, start={start}, end={end}}}")
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Weights: zero-copy views of checkpoint bytes (usually a memory-mapped file).
+//!
+//! The graph never copies a checkpoint. A [`Weight`] is a dtype, a shape and a byte range
+//! inside shared storage; its constructor checks that the range lies inside the storage and
+//! that its length is exactly `numel × dtype size`, so no later reader can run out of bounds.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::tensor::checked_numel;
+use crate::{DType, Tensor};
+
+/// Bytes that weights point into: a memory map, or an owned buffer.
+pub type Storage = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// One named weight tensor.
+#[derive(Clone)]
+pub struct Weight {
+    name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+    storage: Storage,
+    range: Range<usize>,
+}
+
+/// Why a weight view could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WeightError {
+    #[error("weight `{name}`: byte range {start}..{end} lies outside its {len}-byte storage")]
+    OutOfBounds {
+        name: String,
+        start: usize,
+        end: usize,
+        len: usize,
+    },
+    #[error(
+        "weight `{name}`: shape {shape:?} of {dtype} needs {expected} bytes, the range holds {got}"
+    )]
+    LengthMismatch {
+        name: String,
+        dtype: DType,
+        shape: Vec<usize>,
+        expected: u128,
+        got: usize,
+    },
+    #[error("weight `{name}`: dtype {dtype} is not a number type attnopt reads")]
+    Unsupported { name: String, dtype: DType },
+}
+
+impl Weight {
+    /// A view of `storage[range]` as a `dtype` tensor of `shape`, checked.
+    pub fn new(
+        name: impl Into<String>,
+        dtype: DType,
+        shape: Vec<usize>,
+        storage: Storage,
+        range: Range<usize>,
+    ) -> Result<Weight, WeightError> {
+        let name = name.into();
+        let len = (*storage).as_ref().len();
+        if range.start > range.end || range.end > len {
+            return Err(WeightError::OutOfBounds {
+                name,
+                start: range.start,
+                end: range.end,
+                len,
+            });
+        }
+        if dtype == DType::Bool {
+            return Err(WeightError::Unsupported { name, dtype });
+        }
+        let expected = shape.iter().fold(dtype.size() as u128, |acc, &d| {
+            acc.saturating_mul(d as u128)
+        });
+        if expected != range.len() as u128 {
+            return Err(WeightError::LengthMismatch {
+                name,
+                dtype,
+                shape,
+                expected,
+                got: range.len(),
+            });
+        }
+        Ok(Weight {
+            name,
+            dtype,
+            shape,
+            storage,
+            range,
+        })
+    }
+
+    /// A weight that owns its f32 values (for tests and computed tensors).
+    pub fn from_f32(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        values: &[f32],
+    ) -> Result<Weight, WeightError> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let len = bytes.len();
+        Weight::new(name, DType::F32, shape, Arc::new(bytes), 0..len)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn numel(&self) -> usize {
+        // Checked at construction: numel × size equals the range length, which fits in usize.
+        checked_numel(&self.shape).unwrap_or(0)
+    }
+
+    /// The raw little-endian bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &(*self.storage).as_ref()[self.range.clone()]
+    }
+
+    /// The values converted to f32 (bf16/f16/f64/ints upcast or cast).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let b = self.bytes();
+        match self.dtype {
+            DType::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::BF16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::F64 => b
+                .chunks_exact(8)
+                .map(|c| {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })
+                .collect(),
+            _ => self.to_i64().into_iter().map(|x| x as f32).collect(),
+        }
+    }
+
+    /// The values as i64 (floats truncate).
+    pub fn to_i64(&self) -> Vec<i64> {
+        let b = self.bytes();
+        match self.dtype {
+            DType::I64 => b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+            DType::I32 => b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect(),
+            DType::I16 => b
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as i64)
+                .collect(),
+            DType::I8 => b.iter().map(|&x| x as i8 as i64).collect(),
+            DType::U8 | DType::Bool => b.iter().map(|&x| x as i64).collect(),
+            _ => self.to_f32().into_iter().map(|x| x as i64).collect(),
+        }
+    }
+
+    /// The weight as an interpreter tensor in its compute dtype.
+    pub fn to_tensor(&self) -> Tensor {
+        let shape = self.shape.clone();
+        let t = if self.dtype.is_float() {
+            Tensor::f32(shape, self.to_f32())
+        } else {
+            Tensor::i64(shape, self.to_i64())
+        };
+        t.expect("weight length checked at construction")
+    }
+}
+
+impl fmt::Debug for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Weight({} {} {:?})", self.name, self.dtype, self.shape)
+    }
+}

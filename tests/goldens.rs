@@ -1,0 +1,84 @@
+//! The reference interpreter against PyTorch/transformers goldens (fixtures/*/golden.safetensors,
+//! made by fixtures/gen/generate.py). Prints the max-abs error of every output per model.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use attnopt_ir::{interp, Tensor};
+
+/// Reads every tensor of a golden file as an interpreter tensor (ints → i64, floats → f32).
+fn read_golden(path: &Path) -> HashMap<String, Tensor> {
+    let ck =
+        attnopt_import::Checkpoint::from_files(&[path.to_path_buf()]).expect("golden file reads");
+    ck.tensors()
+        .keys()
+        .map(|name| {
+            (
+                name.clone(),
+                ck.weight(name, "golden")
+                    .expect("golden tensor")
+                    .to_tensor(),
+            )
+        })
+        .collect()
+}
+
+fn check(model: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(model);
+    let m = attnopt_import::load(&dir).unwrap_or_else(|e| panic!("{model}: import failed: {e}"));
+    let golden = read_golden(&dir.join("golden.safetensors"));
+    let inputs: HashMap<String, Tensor> = golden
+        .iter()
+        .filter(|(k, _)| m.graph.inputs().iter().any(|(n, _)| n == *k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let outs =
+        interp::run(&m.graph, &inputs, &[]).unwrap_or_else(|e| panic!("{model}: run failed: {e}"));
+    let mut worst = 0f32;
+    for (name, got) in &outs {
+        let want = golden
+            .get(name)
+            .unwrap_or_else(|| panic!("{model}: golden has no `{name}`"));
+        let err = got.max_abs_diff(want).unwrap_or_else(|| {
+            panic!(
+                "{model}/{name}: shape {:?} vs golden {:?}",
+                got.shape(),
+                want.shape()
+            )
+        });
+        let scale = want.max_abs().max(1e-6);
+        println!(
+            "{model:6} {name:18} max-abs error {err:.3e} (relative to max |golden| {:.3e}: {:.3e})",
+            scale,
+            err / scale
+        );
+        assert!(
+            err / scale <= 1e-4,
+            "{model}/{name}: max-abs error {err} exceeds 1e-4 × {scale}"
+        );
+        worst = worst.max(err);
+    }
+    println!("{model:6} worst max-abs error {worst:.3e}");
+}
+
+#[test]
+fn bert_matches_pytorch() {
+    check("bert");
+}
+
+#[test]
+fn gpt2_matches_pytorch() {
+    check("gpt2");
+}
+
+#[test]
+fn vit_matches_pytorch() {
+    check("vit");
+}
+
+#[test]
+fn llama_matches_pytorch() {
+    check("llama");
+}
