@@ -1,1 +1,22 @@
-//! attnopt
+//! attnopt: a compiler for transformer checkpoints — the library facade.
+//!
+//! ```no_run
+//! let model = attnopt::Model::load(std::path::Path::new("fixtures/bert"))?;
+//! let inputs = attnopt::tensors::read(std::path::Path::new("fixtures/bert/golden.safetensors"))?;
+//! let inputs = inputs.into_iter().filter(|(k, _)| model.input_names().contains(&k.as_str())).collect();
+//! let outputs = model.run(inputs, attnopt::RunOptions::default())?;
+//! # Ok::<(), attnopt::Error>(())
+//! ```
+//!
+//! The pieces live in their own crates and are re-exported: [`ir`] (graph, interpreter) and
+//! [`import`] (checkpoints). This crate adds the [`Model`] facade, [`inspect`] and the CLI.
+
+mod error;
+pub mod inspect;
+mod model;
+pub mod tensors;
+
+pub use attnopt_import as import;
+pub use attnopt_ir as ir;
+pub use error::Error;
+pub use model::{Model, RunOptions};

@@ -1,1 +1,289 @@
-fn main() {}
+//! The `attnopt` command line: thin glue from arguments to the library facade.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use attnopt::{inspect, tensors, Model, RunOptions};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// attnopt — a compiler for transformer checkpoints.
+///
+/// Point it at a Hugging Face-style model folder (config.json + *.safetensors). Supported
+/// architectures: BERT, GPT-2, ViT, LLaMA-style decoders.
+#[derive(Parser)]
+#[command(name = "attnopt", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what a checkpoint is: architecture (and how it was detected), dimensions,
+    /// parameters by dtype, FLOPs per token and a per-layer table of attention blocks.
+    Inspect {
+        /// Model folder (config.json + safetensors) or a .safetensors file.
+        model: PathBuf,
+        /// Sequence length (tokens) at which FLOPs are counted.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Print one JSON object instead of the text report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a model on inputs from a safetensors file and write its outputs.
+    ///
+    /// Input tensors are named like the Hugging Face forward arguments (input_ids,
+    /// attention_mask, token_type_ids, pixel_values); ids may be any integer dtype; tensors
+    /// the model does not take are ignored with a note. Missing attention_mask means
+    /// "attend everywhere", missing token_type_ids means segment 0.
+    Run {
+        /// Model folder.
+        model: PathBuf,
+        /// Safetensors file with the inputs.
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Where to write the outputs (safetensors; written atomically).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Also output `embeddings` and every `layer.{i}`, not only `last_hidden_state`.
+        #[arg(long)]
+        all_layers: bool,
+        /// Compare outputs with same-named tensors in this safetensors file (e.g. goldens)
+        /// and print the max-abs error of each.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        /// Execution backend.
+        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        backend: Backend,
+    },
+    /// Export the model graph: Graphviz DOT, SVG (needs graphviz's `dot`), or the text form.
+    Graph {
+        /// Model folder.
+        model: PathBuf,
+        /// Write Graphviz DOT here.
+        #[arg(long)]
+        dot: Option<PathBuf>,
+        /// Write an SVG picture here (runs graphviz's `dot -Tsvg`).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Write the stable text form here (default: standard output when no other format
+        /// is asked for).
+        #[arg(long)]
+        text: Option<PathBuf>,
+    },
+    /// Optimise a model with e-graph rewriting (not supported yet).
+    Optimize {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Benchmark a model (not supported yet).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Emit GPU kernels (not supported yet).
+    Emit {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    /// The reference interpreter (slow, exact by definition).
+    Interp,
+    /// JIT-compiled CPU kernels (not supported yet).
+    Cpu,
+    /// CUDA (not supported yet).
+    Cuda,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let top = e.to_string();
+            eprintln!("error: {top}");
+            // Library errors already spell out their cause; print only causes not yet said.
+            for cause in e
+                .chain()
+                .skip(1)
+                .map(|c| c.to_string())
+                .filter(|c| !top.contains(c.as_str()))
+            {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect { model, seq, json } => {
+            if seq == 0 {
+                bail!("--seq must be at least 1");
+            }
+            let m = Model::load(&model)?;
+            let report = inspect::inspect(&m, seq);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+        }
+        Command::Run {
+            model,
+            input,
+            output,
+            all_layers,
+            compare,
+            backend,
+        } => {
+            match backend {
+                Backend::Interp => {}
+                Backend::Cpu => bail!(
+                    "not supported yet: --backend cpu (the JIT CPU backend); use --backend interp"
+                ),
+                Backend::Cuda => bail!("not supported yet: --backend cuda; use --backend interp"),
+            }
+            if output.is_none() && compare.is_none() {
+                bail!("nothing to do: give --output FILE and/or --compare FILE");
+            }
+            run_model(
+                &model,
+                &input,
+                output.as_deref(),
+                all_layers,
+                compare.as_deref(),
+            )?;
+        }
+        Command::Graph {
+            model,
+            dot,
+            svg,
+            text,
+        } => {
+            let m = Model::load(&model)?;
+            let g = m.graph();
+            if let Some(path) = &dot {
+                tensors::write_atomic(path, attnopt::ir::dot::to_dot(g).as_bytes())?;
+                eprintln!("wrote {}", path.display());
+            }
+            if let Some(path) = &svg {
+                write_svg(&attnopt::ir::dot::to_dot(g), path)?;
+                eprintln!("wrote {}", path.display());
+            }
+            match &text {
+                Some(path) => {
+                    tensors::write_atomic(path, g.to_string().as_bytes())?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None if dot.is_none() && svg.is_none() => print!("{g}"),
+                None => {}
+            }
+        }
+        Command::Optimize { .. } => {
+            bail!("not supported yet: optimize (the e-graph optimizer is being built)")
+        }
+        Command::Bench { .. } => bail!("not supported yet: bench (needs the CPU backend)"),
+        Command::Emit { .. } => bail!("not supported yet: emit (needs the GPU backend)"),
+    }
+    Ok(())
+}
+
+fn run_model(
+    model: &Path,
+    input: &Path,
+    output: Option<&Path>,
+    all_layers: bool,
+    compare: Option<&Path>,
+) -> Result<()> {
+    let m = Model::load(model)?;
+    let all = tensors::read(input)?;
+    let takes = m.input_names();
+    let (inputs, ignored): (BTreeMap<_, _>, BTreeMap<_, _>) = all
+        .into_iter()
+        .partition(|(k, _)| takes.contains(&k.as_str()));
+    if !ignored.is_empty() {
+        let mut names: Vec<&str> = ignored.keys().map(String::as_str).take(6).collect();
+        if ignored.len() > names.len() {
+            names.push("...");
+        }
+        eprintln!(
+            "note: ignoring {} tensor(s) the model does not take: {}",
+            ignored.len(),
+            names.join(", ")
+        );
+    }
+    if inputs.is_empty() {
+        bail!(
+            "{}: holds none of the model's inputs ({})",
+            input.display(),
+            takes.join(", ")
+        );
+    }
+    eprintln!(
+        "running {} ({} nodes) through the reference interpreter...",
+        m.imported().detection.arch.name(),
+        m.graph().node_count()
+    );
+    let start = std::time::Instant::now();
+    let outs = m.run(inputs, RunOptions { all_layers })?;
+    eprintln!("done in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+    for (name, t) in &outs {
+        println!("{name:20} {:?}", t.shape());
+    }
+    if let Some(path) = output {
+        tensors::write(path, &outs)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = compare {
+        let reference = tensors::read(path)?;
+        let mut compared = 0;
+        for (name, t) in &outs {
+            let Some(r) = reference.get(name) else {
+                continue;
+            };
+            let err = t.max_abs_diff(r).with_context(|| {
+                format!(
+                    "`{name}`: shape {:?}, but {} has {:?}",
+                    t.shape(),
+                    path.display(),
+                    r.shape()
+                )
+            })?;
+            println!("{name:20} max-abs error vs {}: {err:.3e}", path.display());
+            compared += 1;
+        }
+        if compared == 0 {
+            bail!("{}: has no tensor named like an output", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn write_svg(dot: &str, path: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("graphviz's `dot` is not installed (apt-get install graphviz); use --dot to write DOT instead")?;
+    child
+        .stdin
+        .take()
+        .context("dot's stdin")?
+        .write_all(dot.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("dot -Tsvg failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    tensors::write_atomic(path, &out.stdout)?;
+    Ok(())
+}

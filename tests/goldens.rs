@@ -6,29 +6,13 @@ use std::path::Path;
 
 use attnopt_ir::{interp, Tensor};
 
-/// Reads every tensor of a golden file as an interpreter tensor (ints → i64, floats → f32).
-fn read_golden(path: &Path) -> HashMap<String, Tensor> {
-    let ck =
-        attnopt_import::Checkpoint::from_files(&[path.to_path_buf()]).expect("golden file reads");
-    ck.tensors()
-        .keys()
-        .map(|name| {
-            (
-                name.clone(),
-                ck.weight(name, "golden")
-                    .expect("golden tensor")
-                    .to_tensor(),
-            )
-        })
-        .collect()
-}
-
 fn check(model: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(model);
     let m = attnopt_import::load(&dir).unwrap_or_else(|e| panic!("{model}: import failed: {e}"));
-    let golden = read_golden(&dir.join("golden.safetensors"));
+    let golden =
+        attnopt::tensors::read(&dir.join("golden.safetensors")).expect("golden file reads");
     let inputs: HashMap<String, Tensor> = golden
         .iter()
         .filter(|(k, _)| m.graph.inputs().iter().any(|(n, _)| n == *k))
@@ -37,7 +21,10 @@ fn check(model: &str) {
     let outs =
         interp::run(&m.graph, &inputs, &[]).unwrap_or_else(|e| panic!("{model}: run failed: {e}"));
     let mut worst = 0f32;
-    for (name, got) in &outs {
+    let mut names: Vec<&String> = outs.keys().collect();
+    names.sort();
+    for name in names {
+        let got = &outs[name];
         let want = golden
             .get(name)
             .unwrap_or_else(|| panic!("{model}: golden has no `{name}`"));

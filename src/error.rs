@@ -1,0 +1,28 @@
+//! The library facade's error type: everything that can go wrong loading, feeding or running
+//! a model, each naming the file and tensor at fault.
+
+use std::path::PathBuf;
+
+/// Why an `attnopt` library call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Import(#[from] attnopt_import::ImportError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: tensor `{tensor}`: {msg}", file.display())]
+    Input {
+        file: PathBuf,
+        tensor: String,
+        msg: String,
+    },
+    #[error("running the model: {0}")]
+    Run(#[from] attnopt_ir::interp::InterpError),
+    #[error("{}: writing safetensors: {msg}", path.display())]
+    Output { path: PathBuf, msg: String },
+    #[error("not supported yet: {0}")]
+    NotSupported(String),
+}

@@ -1,0 +1,197 @@
+//! `inspect`: what a checkpoint is — architecture and why, dimensions, parameters by dtype,
+//! FLOPs per token at a sequence length, and one row per attention layer.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use attnopt_ir::cost::total_cost;
+use attnopt_ir::summary::{attention_layers, AttentionSummary};
+use attnopt_ir::{Bindings, Dim, Op, Sym};
+
+use crate::Model;
+
+/// Everything `attnopt inspect` reports (also its `--json` schema).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspection {
+    pub path: String,
+    pub architecture: &'static str,
+    pub detected_by: String,
+    pub guesses: Vec<String>,
+    pub dims: attnopt_import::Dims,
+    pub files: Vec<String>,
+    pub tensors: usize,
+    pub params_total: u64,
+    pub params_by_dtype: BTreeMap<String, u64>,
+    pub unused_tensors: Vec<String>,
+    pub graph_nodes: usize,
+    pub inputs: Vec<String>,
+    /// Tokens the FLOP counts are evaluated at (the `--seq` given, or fixed by the model).
+    pub seq: usize,
+    pub seq_fixed_by_model: bool,
+    pub flops_per_token: f64,
+    pub attention_flops_fraction: f64,
+    pub attention: Vec<AttentionSummary>,
+}
+
+/// Inspects `model` at sequence length `seq` (batch 1).
+pub fn inspect(model: &Model, seq: usize) -> Inspection {
+    let m = model.imported();
+    let g = &m.graph;
+    // A model whose inputs have no symbolic sequence axis (ViT) fixes its own token count.
+    let has_seq = g.inputs().iter().any(|(_, id)| match &g.node(*id).op {
+        Op::Input { shape, .. } => shape.0.contains(&Dim::Sym(Sym::Seq)),
+        _ => false,
+    });
+    let tokens = if has_seq {
+        seq
+    } else {
+        g.output("last_hidden_state")
+            .and_then(|o| g.node(o).ty.shape.0.get(1).and_then(|d| d.fixed()))
+            .unwrap_or(seq)
+    };
+    let b = Bindings::new(1, seq);
+    let total = total_cost(g, &b);
+    let attention = attention_layers(g, &b);
+    let attn_flops: u64 = attention.iter().map(|a| a.cost.flops).sum();
+    let params_by_dtype = m.params_by_dtype();
+    Inspection {
+        path: m.dir.display().to_string(),
+        architecture: m.detection.arch.name(),
+        detected_by: m.detection.reason.clone(),
+        guesses: m.guesses.clone(),
+        dims: m.dims.clone(),
+        files: m
+            .checkpoint
+            .files()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        tensors: m.checkpoint.tensors().len(),
+        params_total: params_by_dtype.values().sum(),
+        params_by_dtype,
+        unused_tensors: m.unused.clone(),
+        graph_nodes: g.node_count(),
+        inputs: g
+            .inputs()
+            .iter()
+            .map(|(n, id)| format!("{n} {} {}", g.node(*id).ty.shape, g.node(*id).ty.dtype))
+            .collect(),
+        seq: tokens,
+        seq_fixed_by_model: !has_seq,
+        flops_per_token: total.flops as f64 / tokens.max(1) as f64,
+        attention_flops_fraction: if total.flops == 0 {
+            0.0
+        } else {
+            attn_flops as f64 / total.flops as f64
+        },
+        attention,
+    }
+}
+
+/// Groups digits by thousands: 1234567 → "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// FLOPs with an SI suffix: 1.23 GFLOP.
+pub fn si(x: f64) -> String {
+    let (v, unit) = match x {
+        x if x >= 1e12 => (x / 1e12, "T"),
+        x if x >= 1e9 => (x / 1e9, "G"),
+        x if x >= 1e6 => (x / 1e6, "M"),
+        x if x >= 1e3 => (x / 1e3, "k"),
+        x => (x, ""),
+    };
+    format!("{v:.2} {unit}")
+}
+
+impl Inspection {
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let d = &self.dims;
+        let _ = writeln!(s, "model        {}", self.path);
+        let _ = writeln!(
+            s,
+            "architecture {}  ({})",
+            self.architecture, self.detected_by
+        );
+        for g in &self.guesses {
+            let _ = writeln!(s, "  guessed:   {g}");
+        }
+        let mut dims = format!(
+            "hidden {}, layers {}, heads {} (kv {}, head dim {}), intermediate {}, activation {}",
+            d.hidden, d.layers, d.heads, d.kv_heads, d.head_dim, d.intermediate, d.activation
+        );
+        if let Some(v) = d.vocab {
+            let _ = write!(dims, ", vocab {v}");
+        }
+        if let Some(p) = d.max_positions {
+            let _ = write!(dims, ", positions {p}");
+        }
+        if let Some((c, img, p)) = d.image {
+            let _ = write!(dims, ", image {c}×{img}×{img} in {p}×{p} patches");
+        }
+        let _ = writeln!(s, "dims         {dims}");
+        let by: Vec<String> = self
+            .params_by_dtype
+            .iter()
+            .map(|(k, v)| format!("{k} {}", thousands(*v)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "parameters   {} ({}) in {} tensors, {} file(s)",
+            thousands(self.params_total),
+            by.join(", "),
+            self.tensors,
+            self.files.len()
+        );
+        if !self.unused_tensors.is_empty() {
+            let _ = writeln!(s, "  unused:    {}", self.unused_tensors.join(", "));
+        }
+        let _ = writeln!(s, "inputs       {}", self.inputs.join("; "));
+        let seq_note = if self.seq_fixed_by_model {
+            " (fixed by the model)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            "compute      {}FLOP per token at {} tokens{seq_note}; attention {:.1}% of FLOPs; {} graph nodes",
+            si(self.flops_per_token),
+            self.seq,
+            100.0 * self.attention_flops_fraction,
+            self.graph_nodes
+        );
+        let _ = writeln!(
+            s,
+            "\nlayer  attention  heads  kv  head_dim  causal  padding  rope  attention FLOPs"
+        );
+        for a in &self.attention {
+            let opt = |x: Option<usize>| x.map_or("?".to_string(), |v| v.to_string());
+            let yn = |b: bool| if b { "yes" } else { "no" };
+            let _ = writeln!(
+                s,
+                "{:>5}  {:9}  {:>5}  {:>2}  {:>8}  {:>6}  {:>7}  {:>4}  {:>14}",
+                a.layer,
+                a.kind,
+                opt(a.heads),
+                opt(a.kv_heads),
+                opt(a.head_dim),
+                yn(a.causal),
+                yn(a.padding_mask),
+                yn(a.rope),
+                format!("{}FLOP", si(a.cost.flops as f64))
+            );
+        }
+        s
+    }
+}

@@ -1,0 +1,110 @@
+//! [`Model`]: a loaded checkpoint and what can be done with it, for build pipelines and the CLI.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use attnopt_import::Imported;
+use attnopt_ir::{interp, DType, Graph, Op, Tensor};
+
+use crate::Error;
+
+/// A model loaded from a checkpoint folder.
+pub struct Model {
+    imported: Imported,
+}
+
+/// Which outputs [`Model::run`] returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Also return `embeddings` and every `layer.{i}`, not only `last_hidden_state`.
+    pub all_layers: bool,
+}
+
+impl Model {
+    /// Loads the checkpoint at `path` (a folder with config.json and safetensors files).
+    pub fn load(path: &Path) -> Result<Model, Error> {
+        Ok(Model {
+            imported: attnopt_import::load(path)?,
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.imported.graph
+    }
+
+    pub fn imported(&self) -> &Imported {
+        &self.imported
+    }
+
+    /// Names of the inputs the model takes (Hugging Face forward-argument names).
+    pub fn input_names(&self) -> Vec<&str> {
+        self.graph()
+            .inputs()
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// Runs the reference interpreter.
+    ///
+    /// Inputs are named like the Hugging Face forward arguments. Token ids may be any integer
+    /// dtype (already widened to i64 by [`crate::tensors::read`]); a missing batch axis is
+    /// added; a missing `attention_mask` means "attend everywhere" and missing
+    /// `token_type_ids` mean segment 0, as in transformers.
+    pub fn run(
+        &self,
+        inputs: BTreeMap<String, Tensor>,
+        opts: RunOptions,
+    ) -> Result<BTreeMap<String, Tensor>, Error> {
+        let g = self.graph();
+        let mut feed: HashMap<String, Tensor> = HashMap::new();
+        for (name, t) in inputs {
+            let declared = g
+                .inputs()
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|&(_, id)| &g.node(id).op);
+            let t = match declared {
+                Some(Op::Input { shape, .. }) if t.rank() + 1 == shape.rank() => add_batch_axis(t),
+                _ => t,
+            };
+            feed.insert(name, t);
+        }
+        let ids_shape = feed.get("input_ids").map(|t| t.shape().to_vec());
+        for (name, id) in g.inputs() {
+            if feed.contains_key(name) {
+                continue;
+            }
+            let Op::Input {
+                dtype: DType::I64, ..
+            } = g.node(*id).op
+            else {
+                continue;
+            };
+            let fill = match name.as_str() {
+                "attention_mask" => 1,
+                "token_type_ids" => 0,
+                _ => continue,
+            };
+            if let Some(shape) = &ids_shape {
+                let n = shape.iter().product();
+                let t = Tensor::i64(shape.clone(), vec![fill; n])
+                    .expect("length is the product of the shape");
+                feed.insert(name.clone(), t);
+            }
+        }
+        let wanted: Vec<&str> = if opts.all_layers {
+            vec![]
+        } else {
+            vec!["last_hidden_state"]
+        };
+        let out = interp::run(g, &feed, &wanted)?;
+        Ok(out.into_iter().collect())
+    }
+}
+
+fn add_batch_axis(t: Tensor) -> Tensor {
+    let mut shape = vec![1];
+    shape.extend_from_slice(t.shape());
+    Tensor::new(shape, t.into_data()).expect("adding a size-1 axis keeps the element count")
+}

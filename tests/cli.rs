@@ -1,0 +1,239 @@
+//! End-to-end tests of the `attnopt` binary on the bundled fixtures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn attnopt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attnopt"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn meta(model: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(root().join("fixtures").join(model).join("meta.json"))
+        .expect("meta.json");
+    serde_json::from_str(&text).expect("meta.json is JSON")
+}
+
+/// `inspect --json` reports the architecture, layer count, head counts and parameter counts
+/// that the fixture generator recorded (meta.json is written by fixtures/gen/generate.py from
+/// the saved files, independently of attnopt).
+#[test]
+fn inspect_matches_generator_numbers() {
+    for model in ["bert", "gpt2", "vit", "llama"] {
+        let o = attnopt(&["inspect", &format!("fixtures/{model}"), "--json"]);
+        assert!(o.status.success(), "{model}: {}", stderr(&o));
+        let got: serde_json::Value =
+            serde_json::from_str(&stdout(&o)).expect("inspect --json prints JSON");
+        let want = meta(model);
+        assert_eq!(got["architecture"], want["architecture"], "{model}");
+        assert_eq!(got["dims"]["layers"], want["num_layers"], "{model}");
+        assert_eq!(got["dims"]["hidden"], want["hidden_size"], "{model}");
+        assert_eq!(got["dims"]["heads"], want["num_heads"], "{model}");
+        assert_eq!(got["dims"]["kv_heads"], want["num_kv_heads"], "{model}");
+        assert_eq!(got["dims"]["head_dim"], want["head_dim"], "{model}");
+        assert_eq!(got["params_total"], want["params_total"], "{model}");
+        assert_eq!(got["params_by_dtype"], want["params_by_dtype"], "{model}");
+        assert_eq!(got["tensors"], want["tensors"], "{model}");
+        let layers = want["num_layers"].as_u64().unwrap() as usize;
+        assert_eq!(
+            got["attention"].as_array().map(|a| a.len()),
+            Some(layers),
+            "{model}: one attention row per layer"
+        );
+        println!(
+            "{model}: {} parameters, {layers} layers — as the generator recorded",
+            got["params_total"]
+        );
+    }
+}
+
+#[test]
+fn inspect_text_names_architecture_and_reason() {
+    let o = attnopt(&["inspect", "fixtures/gpt2", "--seq", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(
+        s.contains("architecture gpt2  (config.json model_type = \"gpt2\")"),
+        "{s}"
+    );
+    assert!(s.contains("at 64 tokens"), "{s}");
+    assert!(s.contains("softmax"), "{s}");
+}
+
+/// `run` writes last_hidden_state (and every layer with --all-layers) matching the goldens.
+#[test]
+fn run_writes_outputs_that_match_goldens() {
+    let dir = tempfile::tempdir().unwrap();
+    for model in ["bert", "vit"] {
+        let out = dir.path().join(format!("{model}.safetensors"));
+        let golden = format!("fixtures/{model}/golden.safetensors");
+        let o = attnopt(&[
+            "run",
+            &format!("fixtures/{model}"),
+            "--input",
+            &golden,
+            "--output",
+            out.to_str().unwrap(),
+            "--all-layers",
+        ]);
+        assert!(o.status.success(), "{model}: {}", stderr(&o));
+        let got = attnopt::tensors::read(&out).expect("output readable");
+        let want = attnopt::tensors::read(&root().join(&golden)).unwrap();
+        for name in ["embeddings", "layer.0", "layer.1", "last_hidden_state"] {
+            let err = got[name].max_abs_diff(&want[name]).expect("same shape");
+            assert!(err < 1e-4, "{model}/{name}: {err}");
+        }
+    }
+}
+
+/// Without --all-layers only last_hidden_state is written; ids in i32 work and a missing batch
+/// axis and a missing attention_mask are filled in.
+#[test]
+fn run_accepts_i32_ids_without_batch_axis() {
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let golden = attnopt::tensors::read(&root().join("fixtures/gpt2/golden.safetensors")).unwrap();
+    let ids: Vec<i32> = golden["input_ids"].as_i64().unwrap()[..7]
+        .iter()
+        .map(|&x| x as i32)
+        .collect();
+    let bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![7], &bytes).unwrap();
+    let input = dir.path().join("in.safetensors");
+    std::fs::write(
+        &input,
+        safetensors::serialize(vec![("input_ids", view)], None).unwrap(),
+    )
+    .unwrap();
+    let out = dir.path().join("out.safetensors");
+    let o = attnopt(&[
+        "run",
+        "fixtures/gpt2",
+        "-i",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: BTreeMap<_, _> = attnopt::tensors::read(&out).unwrap();
+    assert_eq!(got.keys().collect::<Vec<_>>(), vec!["last_hidden_state"]);
+    let row0: Vec<f32> = golden["last_hidden_state"].as_f32().unwrap()[..7 * 32].to_vec();
+    let mine = got["last_hidden_state"].as_f32().unwrap();
+    assert_eq!(got["last_hidden_state"].shape(), &[1, 7, 32]);
+    let err = mine
+        .iter()
+        .zip(&row0)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        err < 1e-4,
+        "row 0 (unpadded) should match the golden: {err}"
+    );
+}
+
+#[test]
+fn errors_are_one_line_and_nonzero() {
+    let o = attnopt(&["inspect", "fixtures/does-not-exist"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.starts_with("error: fixtures/does-not-exist"), "{e}");
+
+    let o = attnopt(&[
+        "run",
+        "fixtures/bert",
+        "--input",
+        "fixtures/bert/model.safetensors",
+        "--compare",
+        "fixtures/bert/golden.safetensors",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("holds none of the model's inputs"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = attnopt(&["optimize", "fixtures/bert"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not supported yet"), "{}", stderr(&o));
+}
+
+/// A token id past the vocabulary is a clean error naming the operator, and no output file is
+/// left behind.
+#[test]
+fn bad_token_id_fails_cleanly_without_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = [1i64, 2, 999]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![1, 3], &bytes).unwrap();
+    let input = dir.path().join("in.safetensors");
+    std::fs::write(
+        &input,
+        safetensors::serialize(vec![("input_ids", view)], None).unwrap(),
+    )
+    .unwrap();
+    let out = dir.path().join("out.safetensors");
+    let o = attnopt(&[
+        "run",
+        "fixtures/bert",
+        "-i",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("id 999 is outside the table's 128 rows"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary file left behind"
+    );
+}
+
+#[test]
+fn graph_writes_dot_and_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let dot = dir.path().join("g.dot");
+    let text = dir.path().join("g.txt");
+    let o = attnopt(&[
+        "graph",
+        "fixtures/llama",
+        "--dot",
+        dot.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = std::fs::read_to_string(&dot).unwrap();
+    assert!(
+        d.starts_with("digraph attnopt {") && d.contains("cluster_layer1") && d.contains("rope"),
+        "{d}"
+    );
+    let t = std::fs::read_to_string(&text).unwrap();
+    assert!(t.contains("output last_hidden_state = %"), "{t}");
+    assert!(Path::new(&text).exists());
+}
