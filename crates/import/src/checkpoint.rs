@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use attnopt_ir::{DType, Storage, Weight};
-use safetensors::SafeTensors;
+use safetensors::{SafeTensorError, SafeTensors};
 
 use crate::ImportError;
 
@@ -77,7 +77,7 @@ impl Checkpoint {
         let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(io)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && p.is_file())
             .collect();
         found.sort();
         match found.len() {
@@ -110,6 +110,9 @@ impl Checkpoint {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| bad("no `weight_map` object".into()))?;
+        if map.is_empty() {
+            return Err(bad("`weight_map` lists no tensors".into()));
+        }
         let mut shards: Vec<String> = Vec::new();
         for (tensor, file) in map {
             let file = file
@@ -123,6 +126,11 @@ impl Checkpoint {
             if !plain {
                 return Err(bad(format!(
                     "tensor `{tensor}`: shard `{file}` is not a plain file name in this folder"
+                )));
+            }
+            if !dir.join(file).is_file() {
+                return Err(bad(format!(
+                    "tensor `{tensor}`: shard `{file}` does not exist (or is not a file)"
                 )));
             }
             if !shards.iter().any(|s| s == file) {
@@ -166,12 +174,24 @@ impl Checkpoint {
             // truncating the file while we run would fault (SIGBUS); that is the accepted cost
             // of zero-copy loading, as in every mmap-based checkpoint loader.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-            let (header_len, meta) =
-                SafeTensors::read_metadata(&map).map_err(|e| ImportError::Safetensors {
+            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
+                // The crate names a tensor only for bad offsets, and then whichever one comes
+                // second in offset order; our own diagnosis is deterministic and more specific.
+                let (tensor, msg) = match e {
+                    SafeTensorError::InvalidOffset(name) => (
+                        diagnose(&map).or(Some(name)),
+                        "data_offsets are reversed, leave the data area, overlap another \
+                         tensor or leave a gap"
+                            .to_string(),
+                    ),
+                    e => (diagnose(&map), e.to_string()),
+                };
+                ImportError::Safetensors {
                     file: path.clone(),
-                    tensor: diagnose(&map),
-                    msg: e.to_string(),
-                })?;
+                    tensor,
+                    msg,
+                }
+            })?;
             let base = 8 + header_len;
             let idx = files.len();
             for (name, info) in meta.tensors() {

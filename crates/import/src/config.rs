@@ -76,7 +76,7 @@ impl Config {
     }
 
     /// The first of `keys` present, as an integer in `1..=max`; else `default` (recorded as a
-    /// guess), else an error.
+    /// guess, and held to the same bounds), else an error.
     pub fn dim(
         &mut self,
         keys: &[&str],
@@ -98,6 +98,15 @@ impl Config {
             }
         }
         match default {
+            // Guesses come from checkpoint shapes and names, which are as untrusted as config.json.
+            Some(d) if d == 0 || d as u64 > max => Err(ImportError::BadDim {
+                file: self.file.clone(),
+                key: keys[0].into(),
+                value: d.to_string(),
+                why: format!(
+                    "not given, and the value guessed from the checkpoint is not between 1 and {max}"
+                ),
+            }),
             Some(d) => {
                 self.guesses
                     .push(format!("{} not given; assumed {d}", keys[0]));
