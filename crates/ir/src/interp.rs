@@ -287,7 +287,8 @@ fn eval(
             let x = f32s(a[0])?;
             let per_head = s[2] * s[3];
             let mut v = Vec::with_capacity(x.len() * times);
-            for head in x.chunks(per_head) {
+            // `max(1)`: an empty head (N = 0) must not become a zero chunk size.
+            for head in x.chunks(per_head.max(1)) {
                 for _ in 0..*times {
                     v.extend_from_slice(head);
                 }
@@ -523,10 +524,18 @@ fn binary(k: Binary, x: &Tensor, y: &Tensor) -> R<Tensor> {
     out(os, v)
 }
 
+/// Broadcasts `x` to `target` (works for both dtypes, as shape inference allows).
 fn expand(x: &Tensor, target: &[usize]) -> R<Tensor> {
-    let xv = f32s(x)?;
     let offs = broadcast_offsets(x.shape(), target);
-    out(target.to_vec(), offs.iter().map(|&o| xv[o]).collect())
+    let data = match x.data() {
+        crate::tensor::Data::F32(v) => {
+            crate::tensor::Data::F32(offs.iter().map(|&o| v[o]).collect())
+        }
+        crate::tensor::Data::I64(v) => {
+            crate::tensor::Data::I64(offs.iter().map(|&o| v[o]).collect())
+        }
+    };
+    Tensor::new(target.to_vec(), data).map_err(|e| e.to_string())
 }
 
 fn matmul(x: &Tensor, y: &Tensor) -> R<Tensor> {
@@ -633,7 +642,7 @@ fn rope(x: &Tensor, theta: f64, style: RopeStyle) -> R<Tensor> {
     let xv = f32s(x)?;
     let mut v = xv.to_vec();
     let half = d / 2;
-    for (row_idx, row) in xv.chunks(d).enumerate() {
+    for (row_idx, row) in xv.chunks(d.max(1)).enumerate() {
         let t = (row_idx % n) as f64;
         let o = &mut v[row_idx * d..(row_idx + 1) * d];
         for i in 0..half {
