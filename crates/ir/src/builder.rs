@@ -96,6 +96,20 @@ impl Builder {
         }
     }
 
+    /// The two-layer MLP `down(act(up(x)))`, weights as the checkpoint stores them.
+    pub fn mlp(
+        &mut self,
+        x: NodeId,
+        up: (NodeId, Option<NodeId>),
+        act: Unary,
+        down: (NodeId, Option<NodeId>),
+        layout: WeightLayout,
+    ) -> Result<NodeId, GraphError> {
+        let u = self.linear(x, up.0, up.1, layout, Role::MlpUp)?;
+        let u = self.unary(act, u, Role::MlpAct)?;
+        self.linear(u, down.0, down.1, layout, Role::MlpDown)
+    }
+
     pub fn layer_norm(
         &mut self,
         x: NodeId,

@@ -125,12 +125,8 @@ pub fn build(
             .map_err(&ge)?;
         let r = b.add(x, a, Role::Residual).map_err(&ge)?;
         let h = b.layer_norm(r, g2, b2, eps, Role::Norm).map_err(&ge)?;
-        let u = b
-            .linear(h, wfc, Some(bfc), InOut, Role::MlpUp)
-            .map_err(&ge)?;
-        let u = b.unary(act, u, Role::MlpAct).map_err(&ge)?;
         let o = b
-            .linear(u, wp, Some(bp), InOut, Role::MlpDown)
+            .mlp(h, (wfc, Some(bfc)), act, (wp, Some(bp)), InOut)
             .map_err(&ge)?;
         x = b.add(r, o, Role::Residual).map_err(&ge)?;
         b.graph.set_output(&format!("layer.{i}"), x).map_err(&ge)?;

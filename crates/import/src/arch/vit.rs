@@ -144,10 +144,8 @@ pub fn build(
             .map_err(&ge)?;
         let r = b.add(a, x, Role::Residual).map_err(&ge)?;
         let h = b.layer_norm(r, g2, b2, eps, Role::Norm).map_err(&ge)?;
-        let u = b.linear(h, wi, Some(bi), OutIn, Role::MlpUp).map_err(&ge)?;
-        let u = b.unary(act, u, Role::MlpAct).map_err(&ge)?;
         let o = b
-            .linear(u, w2, Some(bb2), OutIn, Role::MlpDown)
+            .mlp(h, (wi, Some(bi)), act, (w2, Some(bb2)), OutIn)
             .map_err(&ge)?;
         x = b.add(o, r, Role::Residual).map_err(&ge)?;
         b.graph.set_output(&format!("layer.{i}"), x).map_err(&ge)?;
