@@ -38,7 +38,7 @@ impl AddAssign for Cost {
 fn flops_per_element(op: &Op) -> u64 {
     match op {
         Op::Unary(_) | Op::Binary(_) | Op::Scale(_) | Op::AddScalar(_) => 1,
-        Op::CausalMask | Op::PaddingMask | Op::CumSum { .. } => 1,
+        Op::CausalMask | Op::Tril | Op::PaddingMask | Op::CumSum { .. } => 1,
         Op::Softmax { .. } => 5,
         Op::L2Normalize { .. } => 4,
         Op::LayerNorm { .. } => 8,

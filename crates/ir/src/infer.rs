@@ -262,7 +262,8 @@ pub fn infer(op: &Op, ins: &[Typed]) -> Result<Typed, ShapeError> {
             axis_ok(*axis, x.rank())?;
             same(x)
         }
-        Op::CausalMask => {
+        Op::Cast(d) => Ok(Typed::new(x, d.compute())),
+        Op::CausalMask | Op::Tril => {
             need_float(0)?;
             if x.rank() < 2 {
                 return Err(err(op, ins, "needs rank >= 2"));

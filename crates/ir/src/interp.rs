@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use crate::infer::broadcast_shapes;
 use crate::op::{Binary, Reduce, RopeStyle, Unary};
+use crate::tensor::Data;
 use crate::tensor::{checked_numel, strides};
 use crate::{Bindings, DType, Dim, Graph, NodeId, NodeMeta, Op, Shape, Tensor};
 
@@ -322,17 +323,33 @@ fn eval(
                 .max(eps.get() as f64);
             row.iter().map(|&x| (x as f64 / n) as f32).collect()
         }),
-        Op::CausalMask => {
+        Op::CausalMask | Op::Tril => {
+            let fill = if matches!(op, Op::Tril) {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            };
             let s = a[0].shape();
             let (nq, nk) = (s[s.len() - 2], s[s.len() - 1]);
             let mut v = f32s(a[0])?.to_vec();
             for (idx, x) in v.iter_mut().enumerate() {
                 let (i, j) = ((idx / nk) % nq, idx % nk);
                 if j + nq > i + nk {
-                    *x = f32::NEG_INFINITY;
+                    *x = fill;
                 }
             }
             out(s.to_vec(), v)
+        }
+        Op::Cast(d) => {
+            let shape = a[0].shape().to_vec();
+            match (d.compute(), a[0].data()) {
+                (DType::F32, Data::I64(v)) => out(shape, v.iter().map(|&x| x as f32).collect()),
+                (DType::I64, Data::F32(v)) => {
+                    Tensor::i64(shape, v.iter().map(|&x| x as i64).collect())
+                        .map_err(|e| e.to_string())
+                }
+                _ => Ok(a[0].clone()),
+            }
         }
         Op::PaddingMask => {
             let s = a[0].shape();
@@ -429,7 +446,7 @@ fn eval(
             let _ = len;
             let mut v = Vec::new();
             match a[0].data() {
-                crate::tensor::Data::F32(x) => {
+                Data::F32(x) => {
                     for o in 0..outer {
                         v.extend_from_slice(
                             &x[(o * s[*axis] + start) * inner..(o * s[*axis] + end) * inner],
@@ -439,7 +456,7 @@ fn eval(
                     shape[*axis] = end - start;
                     out(shape, v)
                 }
-                crate::tensor::Data::I64(x) => {
+                Data::I64(x) => {
                     let mut w = Vec::new();
                     for o in 0..outer {
                         w.extend_from_slice(
@@ -528,12 +545,8 @@ fn binary(k: Binary, x: &Tensor, y: &Tensor) -> R<Tensor> {
 fn expand(x: &Tensor, target: &[usize]) -> R<Tensor> {
     let offs = broadcast_offsets(x.shape(), target);
     let data = match x.data() {
-        crate::tensor::Data::F32(v) => {
-            crate::tensor::Data::F32(offs.iter().map(|&o| v[o]).collect())
-        }
-        crate::tensor::Data::I64(v) => {
-            crate::tensor::Data::I64(offs.iter().map(|&o| v[o]).collect())
-        }
+        Data::F32(v) => Data::F32(offs.iter().map(|&o| v[o]).collect()),
+        Data::I64(v) => Data::I64(offs.iter().map(|&o| v[o]).collect()),
     };
     Tensor::new(target.to_vec(), data).map_err(|e| e.to_string())
 }
@@ -588,12 +601,8 @@ fn permute(x: &Tensor, perm: &[usize]) -> Tensor {
     let pst: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
     let offs = offsets_with(&os, &pst);
     let data = match x.data() {
-        crate::tensor::Data::F32(v) => {
-            crate::tensor::Data::F32(offs.iter().map(|&o| v[o]).collect())
-        }
-        crate::tensor::Data::I64(v) => {
-            crate::tensor::Data::I64(offs.iter().map(|&o| v[o]).collect())
-        }
+        Data::F32(v) => Data::F32(offs.iter().map(|&o| v[o]).collect()),
+        Data::I64(v) => Data::I64(offs.iter().map(|&o| v[o]).collect()),
     };
     Tensor::new(os, data).expect("permutation keeps the element count")
 }

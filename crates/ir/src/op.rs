@@ -124,6 +124,9 @@ pub enum Op {
     /// Scores `[.., Nq, Nk]`: entry (i, j) becomes `-inf` when key `j` lies in query `i`'s
     /// future, i.e. `j > i + (Nk − Nq)`.
     CausalMask,
+    /// Scores `[.., Nq, Nk]`: entry (i, j) becomes `0` where [`Op::CausalMask`] would put
+    /// `-inf` (causal *linear* attention, which has no softmax).
+    Tril,
     /// `(scores [B, H, Nq, Nk], mask [B, Nk])`: entry (b, ·, ·, j) becomes `-inf` where
     /// `mask[b, j] == 0` (Hugging Face `attention_mask` convention: 1 keeps, 0 masks).
     PaddingMask,
@@ -146,6 +149,8 @@ pub enum Op {
     /// Rotary position embedding on `[B, H, N, Dh]`, position of token `t` being `t`,
     /// frequencies `theta^(−2i/Dh)`.
     Rope { theta: Scalar, style: RopeStyle },
+    /// Converts elements to `dtype`'s compute type (`F32` or `I64`; floats truncate toward 0).
+    Cast(DType),
     /// Joins operands along `axis`.
     Concat { axis: usize },
     /// `x[.., start..end, ..]` along `axis`.
@@ -195,6 +200,8 @@ impl Op {
             Op::RepeatHeads { .. } => "repeat_heads",
             Op::Softmax { .. } => "softmax",
             Op::CausalMask => "causal_mask",
+            Op::Tril => "tril",
+            Op::Cast(_) => "cast",
             Op::PaddingMask => "padding_mask",
             Op::Reduce { kind, .. } => match kind {
                 Reduce::Sum => "reduce_sum",
@@ -237,6 +244,7 @@ impl fmt::Display for Op {
             Op::Permute(p) => write!(f, "{{perm={p:?}}}"),
             Op::Reshape(s) | Op::Expand(s) => write!(f, "{{shape={s}}}"),
             Op::SplitHeads { heads } => write!(f, "{{heads={heads}}}"),
+            Op::Cast(d) => write!(f, "{{dtype={d}}}"),
             Op::RepeatHeads { times } => write!(f, "{{times={times}}}"),
             Op::Softmax { axis } | Op::CumSum { axis } | Op::Concat { axis } => {
                 write!(f, "{{axis={axis}}}")

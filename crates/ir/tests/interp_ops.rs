@@ -580,6 +580,27 @@ fn causal_mask_batched_repeats_pattern() {
 }
 
 #[test]
+fn tril_zeroes_the_future() {
+    // Entries kept by the causal mask keep their values; the rest become 0 (not -inf).
+    let y = run_op(Op::Tril, &[iota(&[3, 3])]);
+    assert_eq!(f32s(&y), [0.0, 0.0, 0.0, 3.0, 4.0, 0.0, 6.0, 7.0, 8.0]);
+    // Nq = 2 of Nk = 3 keys: query 0 sees keys 0..=1.
+    let y = run_op(Op::Tril, &[iota(&[2, 3])]);
+    assert_eq!(f32s(&y), [0.0, 1.0, 0.0, 3.0, 4.0, 5.0]);
+}
+
+#[test]
+fn cast_between_ids_and_floats() {
+    let y = run_op(Op::Cast(DType::F32), &[ti(&[3], &[0, 1, -7])]);
+    assert_eq!(f32s(&y), [0.0, 1.0, -7.0]);
+    let y = run_op(Op::Cast(DType::I64), &[t(&[3], &[1.9, -1.9, 0.0])]);
+    assert_eq!(y.as_i64().unwrap(), [1, -1, 0]);
+    // Casting to the dtype a value already has is the identity.
+    let y = run_op(Op::Cast(DType::BF16), &[t(&[2], &[0.5, 2.0])]);
+    assert_eq!(f32s(&y), [0.5, 2.0]);
+}
+
+#[test]
 fn padding_mask_by_hand() {
     // scores [B=2, H=2, Nq=1, Nk=3]; mask rows [1,1,0] and [0,1,1].
     let y = run_op(
