@@ -207,7 +207,7 @@ fn run_model(
     let takes = m.input_names();
     let (inputs, ignored): (BTreeMap<_, _>, BTreeMap<_, _>) = all
         .into_iter()
-        .partition(|(k, _)| takes.contains(&k.as_str()));
+        .partition(|(k, _)| takes.contains(&k.as_str()) || k == "attention_mask");
     if !ignored.is_empty() {
         let mut names: Vec<&str> = ignored.keys().map(String::as_str).take(6).collect();
         if ignored.len() > names.len() {

@@ -57,6 +57,19 @@ impl Model {
         opts: RunOptions,
     ) -> Result<BTreeMap<String, Tensor>, Error> {
         let g = self.graph();
+        let mut inputs = inputs;
+        if !self.input_names().contains(&"attention_mask") {
+            // Models without padding support (linear attention) take no mask; an all-ones mask
+            // changes nothing, anything else would be silently wrong.
+            if let Some(m) = inputs.remove("attention_mask") {
+                if m.as_i64().is_some_and(|v| v.contains(&0)) {
+                    return Err(Error::NotSupported(
+                        "padding (an attention_mask with zeros) for this model's attention kind"
+                            .into(),
+                    ));
+                }
+            }
+        }
         let mut feed: HashMap<String, Tensor> = HashMap::new();
         for (name, t) in inputs {
             let declared = g

@@ -6,6 +6,10 @@ use std::path::Path;
 
 use attnopt_ir::{interp, Tensor};
 
+/// Max-abs error relative to the largest golden magnitude. Tighter than the 1e-4 the issue
+/// asks for: the linear-attention fixture's eps and scale mistakes move outputs by ~1e-4.
+const TOLERANCE: f32 = 1e-5;
+
 fn check(model: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
@@ -68,4 +72,14 @@ fn vit_matches_pytorch() {
 #[test]
 fn llama_matches_pytorch() {
     check("llama");
+}
+
+#[test]
+fn hydra_vit_matches_pytorch() {
+    check("vit-hydra");
+}
+
+#[test]
+fn linear_gpt2_matches_pytorch() {
+    check("gpt2-linear");
 }

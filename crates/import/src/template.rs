@@ -1,7 +1,7 @@
 //! What every architecture template shares: fetching named weights with shape checks into a
 //! graph under construction, and the model facts a template reports.
 
-use attnopt_ir::builder::Builder;
+use attnopt_ir::builder::{AttentionKind, Builder};
 use attnopt_ir::{NodeId, Unary};
 
 use crate::checkpoint::Checkpoint;
@@ -93,6 +93,28 @@ pub fn graph_err(cfg: &Config) -> impl Fn(attnopt_ir::GraphError) -> ImportError
         dir: dir.clone(),
         source,
     }
+}
+
+/// The layer attention formula from config.json's `attnopt_attention` (absent: softmax),
+/// refusing kinds the architecture's template does not build.
+pub fn attention_kind(cfg: &mut Config, allowed: &[&str]) -> Result<AttentionKind, ImportError> {
+    let name = cfg
+        .str("attnopt_attention")
+        .unwrap_or("softmax")
+        .to_string();
+    if !allowed.contains(&name.as_str()) {
+        return Err(cfg.unsupported(format!(
+            "attnopt_attention \"{name}\" for this architecture (it takes: {})",
+            allowed.join(", ")
+        )));
+    }
+    Ok(match name.as_str() {
+        "hydra" => AttentionKind::Hydra,
+        "linear_elu" => AttentionKind::LinearElu {
+            eps: cfg.float("attnopt_linear_eps", 1.0, 1e-6)?,
+        },
+        _ => AttentionKind::Softmax,
+    })
 }
 
 /// The IR activation for a Hugging Face `hidden_act` / `activation_function` name.

@@ -15,9 +15,24 @@ pub enum WeightLayout {
     InOut,
 }
 
+/// The attention formula of a layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AttentionKind {
+    /// `softmax(q·kᵀ·scale + masks)·v` per head.
+    Softmax,
+    /// Hydra attention written naively (Bolya et al. 2022): q and k L2-normalised over all
+    /// features, then `(q·kᵀ)·v` per head with no scale, softmax or mask. With heads = features
+    /// (head dim 1) this is the O(N²·D) form the rewriter collapses to O(N·D).
+    Hydra,
+    /// Linear attention with the `elu(x)+1` kernel φ, written quadratically per head:
+    /// `S = φ(q)·φ(k)ᵀ` (future zeroed when causal), `out = S·v / (rowsum(S) + eps)`.
+    LinearElu { eps: f32 },
+}
+
 /// Self-attention over already-projected `q`, `k`, `v` (`[B, N, ·]`).
 #[derive(Debug, Clone, Copy)]
 pub struct Attention {
+    pub kind: AttentionKind,
     pub heads: usize,
     /// Key/value heads; fewer than `heads` for grouped-query attention.
     pub kv_heads: usize,
@@ -143,9 +158,83 @@ impl Builder {
         )
     }
 
-    /// Multi-head (or grouped-query) softmax attention as primitives; returns the merged
-    /// context `[B, N, heads·head_dim]` before the output projection.
+    /// Multi-head (or grouped-query) attention as primitives; returns the merged context
+    /// `[B, N, heads·head_dim]` before the output projection.
     pub fn attention(
+        &mut self,
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        a: &Attention,
+    ) -> Result<NodeId, GraphError> {
+        match a.kind {
+            AttentionKind::Softmax => self.softmax_attention(q, k, v, a),
+            AttentionKind::Hydra => self.hydra_attention(q, k, v, a),
+            AttentionKind::LinearElu { eps } => self.linear_attention(q, k, v, a, eps),
+        }
+    }
+
+    fn hydra_attention(
+        &mut self,
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        a: &Attention,
+    ) -> Result<NodeId, GraphError> {
+        let norm = Op::L2Normalize {
+            axis: 2,
+            eps: Scalar::new(1e-12),
+        };
+        let q = self.op(norm.clone(), &[q], Role::QProj)?;
+        let k = self.op(norm, &[k], Role::KProj)?;
+        let q = self.op(Op::SplitHeads { heads: a.heads }, &[q], Role::QProj)?;
+        let k = self.op(Op::SplitHeads { heads: a.kv_heads }, &[k], Role::KProj)?;
+        let v = self.op(Op::SplitHeads { heads: a.kv_heads }, &[v], Role::VProj)?;
+        let kt = self.op(Op::Permute(vec![0, 1, 3, 2]), &[k], Role::AttnScores)?;
+        let s = self.op(Op::MatMul, &[q, kt], Role::AttnScores)?;
+        let c = self.op(Op::MatMul, &[s, v], Role::AttnContext)?;
+        self.op(Op::MergeHeads, &[c], Role::AttnContext)
+    }
+
+    fn linear_attention(
+        &mut self,
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        a: &Attention,
+        eps: f32,
+    ) -> Result<NodeId, GraphError> {
+        let q = self.op(Op::SplitHeads { heads: a.heads }, &[q], Role::QProj)?;
+        let k = self.op(Op::SplitHeads { heads: a.kv_heads }, &[k], Role::KProj)?;
+        let v = self.op(Op::SplitHeads { heads: a.kv_heads }, &[v], Role::VProj)?;
+        let phi = |b: &mut Self, x: NodeId, role: Role| -> Result<NodeId, GraphError> {
+            let e = b.op(Op::Unary(Unary::Elu), &[x], role)?;
+            b.op(Op::AddScalar(Scalar::new(1.0)), &[e], role)
+        };
+        let q = phi(self, q, Role::QProj)?;
+        let k = phi(self, k, Role::KProj)?;
+        let kt = self.op(Op::Permute(vec![0, 1, 3, 2]), &[k], Role::AttnScores)?;
+        let mut s = self.op(Op::MatMul, &[q, kt], Role::AttnScores)?;
+        if a.causal {
+            s = self.op(Op::Tril, &[s], Role::AttnMask)?;
+        }
+        let num = self.op(Op::MatMul, &[s, v], Role::AttnContext)?;
+        let den = self.op(
+            Op::Reduce {
+                kind: crate::Reduce::Sum,
+                axis: 3,
+                keep_dim: true,
+            },
+            &[s],
+            Role::AttnProbs,
+        )?;
+        let den = self.op(Op::AddScalar(Scalar::new(eps)), &[den], Role::AttnProbs)?;
+        let c = self.op(Op::Binary(Binary::Div), &[num, den], Role::AttnContext)?;
+        self.op(Op::MergeHeads, &[c], Role::AttnContext)
+    }
+
+    /// Softmax attention; see [`AttentionKind::Softmax`].
+    fn softmax_attention(
         &mut self,
         q: NodeId,
         k: NodeId,

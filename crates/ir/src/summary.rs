@@ -10,7 +10,8 @@ use crate::{Bindings, Graph, Op, Role};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AttentionSummary {
     pub layer: u32,
-    /// `"softmax"` when a softmax produces the attention probabilities, else `"other"`.
+    /// `"softmax"` when a softmax produces the attention probabilities; else the kernel:
+    /// `"hydra"` (cosine, L2-normalised q and k), `"linear-elu"` (elu+1); else `"other"`.
     pub kind: &'static str,
     pub heads: Option<usize>,
     pub kv_heads: Option<usize>,
@@ -48,7 +49,9 @@ pub fn attention_layers(g: &Graph, b: &Bindings) -> Vec<AttentionSummary> {
             }
             (Op::SplitHeads { heads }, Role::KProj) => s.kv_heads = Some(*heads),
             (Op::Softmax { .. }, Role::AttnProbs) => s.kind = "softmax",
-            (Op::CausalMask, _) => s.causal = true,
+            (Op::L2Normalize { .. }, _) if s.kind == "other" => s.kind = "hydra",
+            (Op::Unary(crate::Unary::Elu), _) if s.kind == "other" => s.kind = "linear-elu",
+            (Op::CausalMask | Op::Tril, _) => s.causal = true,
             (Op::PaddingMask, _) => s.padding_mask = true,
             (Op::Rope { .. }, _) => s.rope = true,
             _ => {}

@@ -7,7 +7,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use attnopt_ir::builder::{Attention, Builder, WeightLayout};
+use attnopt_ir::builder::{Attention, AttentionKind, Builder, WeightLayout};
 use attnopt_ir::cost::{cost_where, node_cost, total_cost, Cost};
 use attnopt_ir::interp;
 use attnopt_ir::summary::{attention_layers, layer_count};
@@ -252,6 +252,7 @@ fn two_layer_model() -> Graph {
             .unwrap();
         let att = if layer == 0 {
             Attention {
+                kind: AttentionKind::Softmax,
                 heads: 4,
                 kv_heads: 2,
                 head_dim: 2,
@@ -262,6 +263,7 @@ fn two_layer_model() -> Graph {
             }
         } else {
             Attention {
+                kind: AttentionKind::Softmax,
                 heads: 2,
                 kv_heads: 1,
                 head_dim: 4,

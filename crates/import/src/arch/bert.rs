@@ -6,7 +6,7 @@ use attnopt_ir::{DType, Role, Shape, BATCH, SEQ};
 use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, MAX_DIM, MAX_LAYERS, MAX_TABLE};
-use crate::template::{activation, graph_err, Dims, Loader};
+use crate::template::{activation, attention_kind, graph_err, Dims, Loader};
 use crate::ImportError;
 
 pub fn build(
@@ -50,6 +50,7 @@ pub fn build(
     let eps = cfg.float("layer_norm_eps", 1.0, 1e-12)?;
     let act_name = cfg.string("hidden_act", "gelu");
     let act = activation(cfg, &act_name)?;
+    let kind = attention_kind(cfg, &["softmax"])?;
     match cfg.str("position_embedding_type") {
         None | Some("absolute") => {}
         Some(other) => return Err(cfg.unsupported(format!("position_embedding_type \"{other}\""))),
@@ -139,6 +140,7 @@ pub fn build(
         let k = b.linear(x, wk, Some(bk), OutIn, Role::KProj).map_err(&ge)?;
         let v = b.linear(x, wv, Some(bv), OutIn, Role::VProj).map_err(&ge)?;
         let spec = Attention {
+            kind,
             heads,
             kv_heads: heads,
             head_dim: dh,

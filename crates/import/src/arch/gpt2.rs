@@ -1,13 +1,13 @@
 //! GPT-2: pre-norm causal decoder with Conv1D (`[in, out]`) weights and one fused c_attn
 //! product (`GPT2Model` names; `transformer.` prefix accepted).
 
-use attnopt_ir::builder::{Attention, WeightLayout::InOut};
+use attnopt_ir::builder::{Attention, AttentionKind, WeightLayout::InOut};
 use attnopt_ir::{DType, Dim, Op, Role, Shape, BATCH, SEQ};
 
 use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, MAX_DIM, MAX_LAYERS, MAX_TABLE};
-use crate::template::{activation, graph_err, Dims, Loader};
+use crate::template::{activation, attention_kind, graph_err, Dims, Loader};
 use crate::ImportError;
 
 pub fn build(
@@ -46,6 +46,7 @@ pub fn build(
     let eps = cfg.float("layer_norm_epsilon", 1.0, 1e-5)?;
     let act_name = cfg.string("activation_function", "gelu_new");
     let act = activation(cfg, &act_name)?;
+    let kind = attention_kind(cfg, &["softmax", "linear_elu"])?;
     if cfg.flag("scale_attn_by_inverse_layer_idx", false) {
         return Err(cfg.unsupported("scale_attn_by_inverse_layer_idx = true"));
     }
@@ -62,10 +63,16 @@ pub fn build(
         l.b.graph
             .input("input_ids", DType::I64, Shape(vec![BATCH, SEQ]))
             .map_err(&ge)?;
-    let mask =
-        l.b.graph
-            .input("attention_mask", DType::I64, Shape(vec![BATCH, SEQ]))
-            .map_err(&ge)?;
+    // Linear attention has no padding mask yet: such a model takes no attention_mask, and
+    // `Model::run` refuses a mask that would pad.
+    let mask = match kind {
+        AttentionKind::Softmax => Some(
+            l.b.graph
+                .input("attention_mask", DType::I64, Shape(vec![BATCH, SEQ]))
+                .map_err(&ge)?,
+        ),
+        _ => None,
+    };
     let wte = l.w("wte.weight", &[vocab, d])?;
     let wpe = l.w("wpe.weight", &[positions, d])?;
     let b = &mut l.b;
@@ -111,11 +118,12 @@ pub fn build(
         let k = part(b, 1, Role::KProj).map_err(&ge)?;
         let v = part(b, 2, Role::VProj).map_err(&ge)?;
         let spec = Attention {
+            kind,
             heads,
             kv_heads: heads,
             head_dim: dh,
             causal: true,
-            padding_mask: Some(mask),
+            padding_mask: mask,
             rope: None,
             scale,
         };

@@ -7,7 +7,7 @@ use attnopt_ir::{DType, Op, Role, RopeStyle, Shape, BATCH, SEQ};
 use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, MAX_DIM, MAX_LAYERS, MAX_TABLE};
-use crate::template::{activation, graph_err, Dims, Loader};
+use crate::template::{activation, attention_kind, graph_err, Dims, Loader};
 use crate::ImportError;
 
 /// `rope_theta` from the top level (transformers 4) or `rope_parameters` (transformers 5);
@@ -77,6 +77,7 @@ pub fn build(
     let theta = rope_theta(cfg)?;
     let act_name = cfg.string("hidden_act", "silu");
     let act = activation(cfg, &act_name)?;
+    let kind = attention_kind(cfg, &["softmax"])?;
     let attn_bias = cfg.flag("attention_bias", false);
     let mlp_bias = cfg.flag("mlp_bias", false);
     if dh % 2 != 0 {
@@ -132,6 +133,7 @@ pub fn build(
         let k = b.linear(h, wk, bk, OutIn, Role::KProj).map_err(&ge)?;
         let v = b.linear(h, wv, bv, OutIn, Role::VProj).map_err(&ge)?;
         let spec = Attention {
+            kind,
             heads,
             kv_heads,
             head_dim: dh,

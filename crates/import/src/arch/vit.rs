@@ -7,7 +7,7 @@ use attnopt_ir::{DType, Dim, Op, Role, Shape, BATCH};
 use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, MAX_DIM, MAX_LAYERS};
-use crate::template::{activation, graph_err, Dims, Loader};
+use crate::template::{activation, attention_kind, graph_err, Dims, Loader};
 use crate::ImportError;
 
 pub fn build(
@@ -37,6 +37,7 @@ pub fn build(
     let eps = cfg.float("layer_norm_eps", 1.0, 1e-12)?;
     let act_name = cfg.string("hidden_act", "gelu");
     let act = activation(cfg, &act_name)?;
+    let kind = attention_kind(cfg, &["softmax", "hydra"])?;
     let qkv_bias = cfg.flag("qkv_bias", true);
     let dh = d / heads;
     let g = image / patch;
@@ -130,6 +131,7 @@ pub fn build(
             .linear(h, qkv[2].0, qkv[2].1, OutIn, Role::VProj)
             .map_err(&ge)?;
         let spec = Attention {
+            kind,
             heads,
             kv_heads: heads,
             head_dim: dh,
