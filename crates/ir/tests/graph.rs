@@ -597,6 +597,7 @@ fn builder_attention_matches_naive_attention() {
             k,
             v,
             &Attention {
+                kind: AttentionKind::Softmax,
                 heads,
                 kv_heads,
                 head_dim: dh,
