@@ -9,7 +9,7 @@
 
 use std::ops::{Add, AddAssign};
 
-use crate::{Bindings, Graph, NodeId, Op};
+use crate::{Bindings, Graph, NodeId, Op, Shape};
 
 /// FLOPs and bytes moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -48,34 +48,51 @@ fn flops_per_element(op: &Op) -> u64 {
     }
 }
 
+/// Cost of applying `op` to operands of the given shapes and element sizes (bytes), giving a
+/// result of shape `out.0` and element size `out.1`, under `b` (unbound symbols count as 0).
+/// The one place the FLOP and byte conventions live: [`node_cost`] and the rewriter's cost
+/// model both call it.
+pub fn op_cost(op: &Op, operands: &[(&Shape, usize)], out: (&Shape, usize), b: &Bindings) -> Cost {
+    let numel = |s: &Shape| s.numel(b).unwrap_or(0);
+    let flops = match op {
+        Op::MatMul => {
+            let k = operands[0].0.last().eval(b).unwrap_or(0) as u64;
+            numel(out.0).saturating_mul(2).saturating_mul(k)
+        }
+        Op::Reduce { .. } => numel(operands[0].0),
+        op => numel(out.0).saturating_mul(flops_per_element(op)),
+    };
+    let bytes = match op {
+        Op::Input { .. } | Op::Weight(_) | Op::Reshape(_) => 0,
+        _ => operands.iter().fold(
+            numel(out.0).saturating_mul(out.1 as u64),
+            |acc, (s, size)| acc.saturating_add(numel(s).saturating_mul(*size as u64)),
+        ),
+    };
+    Cost { flops, bytes }
+}
+
 /// Cost of one node under `b` (zero if a symbol is unbound).
 pub fn node_cost(g: &Graph, id: NodeId, b: &Bindings) -> Cost {
     let node = g.node(id);
-    let numel = |n: NodeId| g.node(n).ty.shape.numel(b).unwrap_or(0);
-    let value_bytes = |n: NodeId| {
-        let size = match &g.node(n).op {
-            Op::Weight(w) => g.weight_data(*w).dtype().size(),
-            _ => g.node(n).ty.dtype.size(),
-        } as u64;
-        numel(n).saturating_mul(size)
-    };
-    let operands = g.operands(id);
-    let flops = match &node.op {
-        Op::MatMul => {
-            let a = &g.node(operands[0]).ty.shape;
-            let k = a.last().eval(b).unwrap_or(0) as u64;
-            numel(id).saturating_mul(2).saturating_mul(k)
-        }
-        Op::Reduce { .. } => numel(operands[0]),
-        op => numel(id).saturating_mul(flops_per_element(op)),
-    };
-    let bytes = match &node.op {
-        Op::Input { .. } | Op::Weight(_) | Op::Reshape(_) => 0,
-        _ => operands.iter().fold(value_bytes(id), |acc, &o| {
-            acc.saturating_add(value_bytes(o))
-        }),
-    };
-    Cost { flops, bytes }
+    let operands: Vec<(&Shape, usize)> = g
+        .operands(id)
+        .into_iter()
+        .map(|o| {
+            let n = g.node(o);
+            let size = match &n.op {
+                Op::Weight(w) => g.weight_data(*w).dtype().size(),
+                _ => n.ty.dtype.size(),
+            };
+            (&n.ty.shape, size)
+        })
+        .collect();
+    op_cost(
+        &node.op,
+        &operands,
+        (&node.ty.shape, node.ty.dtype.size()),
+        b,
+    )
 }
 
 /// Sum of [`node_cost`] over the nodes for which `keep` holds.

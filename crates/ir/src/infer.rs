@@ -240,16 +240,20 @@ pub fn infer(op: &Op, ins: &[Typed]) -> Result<Typed, ShapeError> {
                 x.0.get(1).and_then(|d| d.fixed()),
                 x.0.get(3).and_then(|d| d.fixed()),
             ) {
-                (4, Some(h), Some(dh)) => same(Shape(vec![x.0[0], x.0[2], Dim::Fixed(h * dh)])),
+                (4, Some(h), Some(dh)) => match h.checked_mul(dh) {
+                    Some(d) => same(Shape(vec![x.0[0], x.0[2], Dim::Fixed(d)])),
+                    None => Err(err(op, ins, "H·Dh overflows")),
+                },
                 _ => Err(err(op, ins, "needs [B, H, N, Dh] with fixed H and Dh")),
             }
         }
         Op::RepeatHeads { times } => {
             need_float(0)?;
             match (x.rank(), x.0.get(1).and_then(|d| d.fixed())) {
-                (4, Some(h)) if *times > 0 => {
-                    same(Shape(vec![x.0[0], Dim::Fixed(h * times), x.0[2], x.0[3]]))
-                }
+                (4, Some(h)) if *times > 0 => match h.checked_mul(*times) {
+                    Some(d) => same(Shape(vec![x.0[0], Dim::Fixed(d), x.0[2], x.0[3]])),
+                    None => Err(err(op, ins, "Hkv·times overflows")),
+                },
                 _ => Err(err(
                     op,
                     ins,
@@ -345,7 +349,11 @@ pub fn infer(op: &Op, ins: &[Typed]) -> Result<Typed, ShapeError> {
                     return Err(err(op, ins, "operands differ off the concat axis"));
                 }
                 match t.shape.0[*axis] {
-                    Dim::Fixed(n) => total += n,
+                    Dim::Fixed(n) => {
+                        total = total
+                            .checked_add(n)
+                            .ok_or_else(|| err(op, ins, "concatenated size overflows"))?
+                    }
                     Dim::Sym(_) => return Err(err(op, ins, "cannot concat along a symbolic axis")),
                 }
             }

@@ -4,7 +4,8 @@
 //!   transformer layer/role ([`NodeMeta`]);
 //! * [`Weight`] — zero-copy, bounds-checked views of checkpoint bytes;
 //! * [`infer`] — shape inference; [`cost`] — FLOP/byte counts; [`dot`] — Graphviz export;
-//! * [`interp`] — the reference interpreter, which defines what every operator means.
+//! * [`interp`] — the reference interpreter, which defines what every operator means;
+//! * [`parse`] — reads the text form (`Display for Graph`) back into a graph.
 //!
 //! This crate is the bottom of the dependency graph: it depends on no other attnopt crate.
 
@@ -17,6 +18,7 @@ pub mod infer;
 pub mod interp;
 mod meta;
 mod op;
+pub mod parse;
 mod print;
 mod shape;
 pub mod summary;

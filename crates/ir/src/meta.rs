@@ -36,6 +36,35 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in declaration order (`Other`, the default, last).
+    pub const ALL: [Role; 20] = [
+        Role::Input,
+        Role::Weight,
+        Role::Embedding,
+        Role::QkvProj,
+        Role::QProj,
+        Role::KProj,
+        Role::VProj,
+        Role::AttnScores,
+        Role::AttnMask,
+        Role::AttnProbs,
+        Role::AttnContext,
+        Role::AttnOutProj,
+        Role::Residual,
+        Role::Norm,
+        Role::MlpUp,
+        Role::MlpGate,
+        Role::MlpAct,
+        Role::MlpDown,
+        Role::FinalNorm,
+        Role::Other,
+    ];
+
+    /// The role named `s` (the inverse of [`Role::name`]).
+    pub fn from_name(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == s)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Role::Input => "input",

@@ -56,6 +56,30 @@ pub enum Unary {
     Silu,
 }
 
+impl Unary {
+    /// Every function, in declaration order.
+    pub const ALL: [Unary; 13] = [
+        Unary::Neg,
+        Unary::Exp,
+        Unary::Sqrt,
+        Unary::Rsqrt,
+        Unary::Recip,
+        Unary::Square,
+        Unary::Tanh,
+        Unary::Sigmoid,
+        Unary::Relu,
+        Unary::Elu,
+        Unary::Gelu,
+        Unary::GeluTanh,
+        Unary::Silu,
+    ];
+
+    /// The function whose operator is named `s` (the inverse of [`Op::name`]).
+    pub fn from_name(s: &str) -> Option<Unary> {
+        Unary::ALL.into_iter().find(|&u| Op::Unary(u).name() == s)
+    }
+}
+
 /// Elementwise functions of two arguments, with NumPy broadcasting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Binary {
@@ -66,12 +90,47 @@ pub enum Binary {
     Max,
 }
 
+impl Binary {
+    /// Every function, in declaration order.
+    pub const ALL: [Binary; 5] = [
+        Binary::Add,
+        Binary::Sub,
+        Binary::Mul,
+        Binary::Div,
+        Binary::Max,
+    ];
+
+    /// The function whose operator is named `s` (the inverse of [`Op::name`]).
+    pub fn from_name(s: &str) -> Option<Binary> {
+        Binary::ALL.into_iter().find(|&b| Op::Binary(b).name() == s)
+    }
+}
+
 /// Reductions over one axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reduce {
     Sum,
     Max,
     Mean,
+}
+
+impl Reduce {
+    /// Every reduction, in declaration order.
+    pub const ALL: [Reduce; 3] = [Reduce::Sum, Reduce::Max, Reduce::Mean];
+
+    /// The reduction whose operator is named `s` (`reduce_sum`, ...; the inverse of
+    /// [`Op::name`]).
+    pub fn from_name(s: &str) -> Option<Reduce> {
+        Reduce::ALL.into_iter().find(|&kind| {
+            Op::Reduce {
+                kind,
+                axis: 0,
+                keep_dim: false,
+            }
+            .name()
+                == s
+        })
+    }
 }
 
 /// How rotary embeddings pair up features.
@@ -81,6 +140,11 @@ pub enum RopeStyle {
     Half,
     /// Feature `2i` pairs with `2i + 1` (GPT-J, original RoFormer).
     Interleaved,
+}
+
+impl RopeStyle {
+    /// Every style, in declaration order.
+    pub const ALL: [RopeStyle; 2] = [RopeStyle::Half, RopeStyle::Interleaved];
 }
 
 /// One operator. Operand order and meaning are documented per variant; shapes use `B`
@@ -219,6 +283,68 @@ impl Op {
         }
     }
 
+    /// One operator of every name, attributes defaulted (`axis=0`, `eps=0.0`, ...): the
+    /// operator set as data, so that the reverse of [`Op::name`] is derived from it rather than
+    /// written out a second time. A new variant must be added here (the text-form parser looks
+    /// names up in this list, and its tests check every name round-trips).
+    pub fn kinds() -> Vec<Op> {
+        let zero = Scalar::new(0.0);
+        let mut v = vec![
+            Op::Input {
+                name: String::new(),
+                dtype: DType::F32,
+                shape: Shape::default(),
+            },
+            Op::Weight(WeightId(0)),
+        ];
+        v.extend(Unary::ALL.map(Op::Unary));
+        v.extend(Binary::ALL.map(Op::Binary));
+        v.extend([
+            Op::Scale(zero),
+            Op::AddScalar(zero),
+            Op::MatMul,
+            Op::Permute(Vec::new()),
+            Op::Reshape(Shape::default()),
+            Op::Expand(Shape::default()),
+            Op::SplitHeads { heads: 0 },
+            Op::MergeHeads,
+            Op::RepeatHeads { times: 0 },
+            Op::Softmax { axis: 0 },
+            Op::CausalMask,
+            Op::Tril,
+            Op::PaddingMask,
+        ]);
+        v.extend(Reduce::ALL.map(|kind| Op::Reduce {
+            kind,
+            axis: 0,
+            keep_dim: false,
+        }));
+        v.extend([
+            Op::CumSum { axis: 0 },
+            Op::L2Normalize { axis: 0, eps: zero },
+            Op::LayerNorm { eps: zero },
+            Op::RmsNorm { eps: zero },
+            Op::Gather,
+            Op::Rope {
+                theta: zero,
+                style: RopeStyle::Half,
+            },
+            Op::Cast(DType::F32),
+            Op::Concat { axis: 0 },
+            Op::Slice {
+                axis: 0,
+                start: 0,
+                end: crate::Dim::Fixed(0),
+            },
+        ]);
+        v
+    }
+
+    /// The operator named `s`, attributes defaulted as in [`Op::kinds`].
+    pub fn from_name(s: &str) -> Option<Op> {
+        Op::kinds().into_iter().find(|op| op.name() == s)
+    }
+
     /// How many operands the operator takes; `None` for variadic (`concat`).
     pub fn arity(&self) -> Option<usize> {
         Some(match self {
@@ -237,7 +363,9 @@ impl fmt::Display for Op {
         f.write_str(self.name())?;
         match self {
             Op::Input { name, dtype, shape } => {
-                write!(f, "{{name={name}, dtype={dtype}, shape={shape}}}")
+                f.write_str("{name=")?;
+                crate::print::write_name(f, name)?;
+                write!(f, ", dtype={dtype}, shape={shape}}}")
             }
             Op::Weight(id) => write!(f, "{{id={}}}", id.0),
             Op::Scale(c) | Op::AddScalar(c) => write!(f, "{{{c}}}"),

@@ -15,6 +15,13 @@ pub enum Sym {
 }
 
 impl Sym {
+    pub const ALL: [Sym; 2] = [Sym::Batch, Sym::Seq];
+
+    /// The symbol named `s` (`B` or `N`; the inverse of [`Sym::name`]).
+    pub fn from_name(s: &str) -> Option<Sym> {
+        Sym::ALL.into_iter().find(|x| x.name() == s)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Sym::Batch => "B",
