@@ -1,0 +1,1 @@
+//! Approximate rules (placeholder while being written).

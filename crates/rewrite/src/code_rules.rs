@@ -1,0 +1,137 @@
+//! Exact rules whose matching needs code. Rule files reference them by name
+//! (`exact qkv-fusion: code`); the optimizer applies each once, before saturation, so they
+//! cannot feed on their own results (no fused-of-fused products).
+
+use std::collections::BTreeMap;
+
+use attnopt_ir::Dim;
+use egg::{EGraph, Id, Symbol};
+
+use crate::analysis::TypeAnalysis;
+use crate::lang::{Attr, TensorLang};
+
+/// The code rules that exist.
+pub const NAMES: &[&str] = &["qkv-fusion"];
+
+/// Applies code rule `name` to `egraph`; returns how many rewrites it made.
+pub fn apply(name: &str, egraph: &mut EGraph<TensorLang, TypeAnalysis>) -> usize {
+    match name {
+        "qkv-fusion" => qkv_fusion(egraph),
+        _ => 0,
+    }
+}
+
+/// One product `x · w` (optionally `+ b`) that could join a fused group.
+#[derive(Debug, Clone)]
+struct Member {
+    /// The product's class.
+    product: Id,
+    w: Id,
+    /// `(class of product + bias, bias)`, when a weight-only bias is added to the product.
+    biased: Option<(Id, Id)>,
+    width: usize,
+}
+
+/// Products `x · w_i (+ b_i)` sharing the activation `x`, with weight-only `w_i` of rank 2, become
+/// `x · concat(w_1, …)` (+ `concat(b_1, …)`) and one slice per member. The slices are united with
+/// the original products, so extraction decides whether the fused form is cheaper.
+fn qkv_fusion(egraph: &mut EGraph<TensorLang, TypeAnalysis>) -> usize {
+    let matmul = Symbol::from("matmul");
+    let add = Symbol::from("add");
+    // Products by activation class.
+    let mut products: BTreeMap<Id, Vec<Member>> = BTreeMap::new();
+    let mut by_class: BTreeMap<Id, (Id, usize)> = BTreeMap::new();
+    for class in egraph.classes() {
+        for node in &class.nodes {
+            let TensorLang::Op(op, ch) = node else {
+                continue;
+            };
+            if *op != matmul || ch.len() != 2 {
+                continue;
+            }
+            let (x, w) = (egraph.find(ch[0]), egraph.find(ch[1]));
+            let (dx, dw) = (&egraph[x].data, &egraph[w].data);
+            let Some(tw) = dw.ty() else { continue };
+            if !dw.weight_only() || dx.weight_only() || tw.shape.rank() != 2 {
+                continue;
+            }
+            let Some(width) = tw.shape.0[1].fixed() else {
+                continue;
+            };
+            let list = products.entry(x).or_default();
+            if !list.iter().any(|m| m.w == w) {
+                list.push(Member {
+                    product: class.id,
+                    w,
+                    biased: None,
+                    width,
+                });
+                by_class.insert(class.id, (x, list.len() - 1));
+            }
+        }
+    }
+    // Biases added directly to a product.
+    for class in egraph.classes() {
+        for node in &class.nodes {
+            let TensorLang::Op(op, ch) = node else {
+                continue;
+            };
+            if *op != add || ch.len() != 2 {
+                continue;
+            }
+            let (m, b) = (egraph.find(ch[0]), egraph.find(ch[1]));
+            let db = &egraph[b].data;
+            let Some(&(x, i)) = by_class.get(&m) else {
+                continue;
+            };
+            let width = products[&x][i].width;
+            if db.weight_only() && db.ty().is_some_and(|t| t.shape.0 == [Dim::Fixed(width)]) {
+                let member = &mut products.get_mut(&x).expect("grouped above")[i];
+                if member.biased.is_none() {
+                    member.biased = Some((class.id, b));
+                }
+            }
+        }
+    }
+    let mut fused = 0;
+    for (x, members) in products {
+        if members.len() < 2 {
+            continue;
+        }
+        let with_bias = members.iter().all(|m| m.biased.is_some());
+        let attr = |g: &mut EGraph<TensorLang, TypeAnalysis>, a: Attr| g.add(TensorLang::Attr(a));
+        let one = attr(egraph, Attr::Int(1));
+        let mut wcat = vec![one];
+        wcat.extend(members.iter().map(|m| m.w));
+        let wcat = egraph.add(TensorLang::Op("concat".into(), wcat));
+        let mut y = egraph.add(TensorLang::Op("matmul".into(), vec![x, wcat]));
+        if with_bias {
+            let zero = attr(egraph, Attr::Int(0));
+            let mut bcat = vec![zero];
+            bcat.extend(members.iter().filter_map(|m| m.biased.map(|(_, b)| b)));
+            let bcat = egraph.add(TensorLang::Op("concat".into(), bcat));
+            y = egraph.add(TensorLang::Op("add".into(), vec![y, bcat]));
+        }
+        let Some(rank) = egraph[y].data.ty().map(|t| t.shape.rank()) else {
+            continue;
+        };
+        let axis = attr(egraph, Attr::Int(rank as i64 - 1));
+        let mut start = 0;
+        for m in &members {
+            let s = attr(egraph, Attr::Int(start as i64));
+            let e = attr(egraph, Attr::Dims(vec![Dim::Fixed(start + m.width)]));
+            let slice = egraph.add(TensorLang::Op("slice".into(), vec![axis, s, e, y]));
+            start += m.width;
+            let target = match (with_bias, m.biased) {
+                (true, Some((sum, _))) => sum,
+                _ => m.product,
+            };
+            if egraph[slice].data.ty() == egraph[target].data.ty() {
+                egraph.union_trusted(target, slice, "qkv-fusion");
+                fused += 1;
+            }
+        }
+    }
+    egraph.rebuild();
+    fused
+}

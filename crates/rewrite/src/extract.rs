@@ -1,0 +1,128 @@
+//! DAG-aware greedy extraction: picks one e-node per e-class so that the *shared* cost of the
+//! result (each chosen class paid once, however many users it has) is small.
+//!
+//! egg's `Extractor` is greedy over tree cost, which pays a shared subterm once per use and so
+//! never chooses a fused Q/K/V product (EGRAPH-NOTES §5.1). Here a candidate's cost is the sum
+//! over the *set* of classes it depends on (the idea of extraction-gym's `faster_greedy_dag`),
+//! and a node whose dependency set contains its own class is skipped, so no cycle is extracted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use egg::{EGraph, Id, Language, RecExpr};
+
+use crate::analysis::{Data, TypeAnalysis};
+use crate::cost::CostModel;
+use crate::lang::TensorLang;
+
+/// The chosen node of a class and what choosing it costs.
+#[derive(Clone)]
+struct Choice {
+    node: TensorLang,
+    total: f64,
+    /// Every class the choice depends on (itself included) with its own node cost.
+    deps: Rc<BTreeMap<Id, f64>>,
+}
+
+/// The result of extraction: the expression, its root, and for each expression node the e-class
+/// it came from.
+pub struct Extraction {
+    pub expr: RecExpr<TensorLang>,
+    pub classes: Vec<Id>,
+    pub cost: f64,
+}
+
+/// Extracts the cheapest DAG for `root` under `model`; `None` if no acyclic choice exists.
+pub fn extract(
+    egraph: &EGraph<TensorLang, TypeAnalysis>,
+    root: Id,
+    model: &CostModel,
+) -> Option<Extraction> {
+    let mut best: HashMap<Id, Choice> = HashMap::new();
+    let data = |c: Id| -> Data { egraph[c].data.clone() };
+    // Each pass can only lower totals; stop when a pass changes nothing.
+    loop {
+        let mut changed = false;
+        for class in egraph.classes() {
+            for node in &class.nodes {
+                let mut deps: BTreeMap<Id, f64> = BTreeMap::new();
+                let mut ok = true;
+                for &c in node.children() {
+                    let c = egraph.find(c);
+                    match best.get(&c) {
+                        Some(ch) if !ch.deps.contains_key(&class.id) => {
+                            for (&k, &v) in ch.deps.iter() {
+                                deps.insert(k, v);
+                            }
+                        }
+                        _ => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                if !ok {
+                    continue;
+                }
+                let own = model.node_cost(node, &class.data, &data);
+                if !own.is_finite() {
+                    continue;
+                }
+                deps.insert(class.id, own);
+                let total: f64 = deps.values().sum();
+                let better = match best.get(&class.id) {
+                    None => true,
+                    Some(cur) => total < cur.total * (1.0 - 1e-9) - 1e-18,
+                };
+                if better {
+                    best.insert(
+                        class.id,
+                        Choice {
+                            node: node.clone(),
+                            total,
+                            deps: Rc::new(deps),
+                        },
+                    );
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let root = egraph.find(root);
+    let cost = best.get(&root)?.total;
+    let mut expr = RecExpr::default();
+    let mut classes = Vec::new();
+    let mut memo: HashMap<Id, Id> = HashMap::new();
+    build(egraph, &best, root, &mut expr, &mut classes, &mut memo)?;
+    Some(Extraction {
+        expr,
+        classes,
+        cost,
+    })
+}
+
+fn build(
+    egraph: &EGraph<TensorLang, TypeAnalysis>,
+    best: &HashMap<Id, Choice>,
+    class: Id,
+    expr: &mut RecExpr<TensorLang>,
+    classes: &mut Vec<Id>,
+    memo: &mut HashMap<Id, Id>,
+) -> Option<Id> {
+    let class = egraph.find(class);
+    if let Some(&i) = memo.get(&class) {
+        return Some(i);
+    }
+    let choice = best.get(&class)?;
+    let mut node = choice.node.clone();
+    for c in node.children_mut() {
+        *c = build(egraph, best, *c, expr, classes, memo)?;
+    }
+    let i = expr.add(node);
+    classes.push(class);
+    memo.insert(class, i);
+    Some(i)
+}

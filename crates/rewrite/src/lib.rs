@@ -1,0 +1,28 @@
+//! attnopt's e-graph optimizer.
+//!
+//! * [`lang`] — the egg language over ir operators (attributes as leaf children);
+//! * [`analysis`] — per-class type (shape, dtype) and weight-only facts;
+//! * [`rules`] — rule files (`rules/*.rules`) with `file:line` errors; [`condition`] — the
+//!   predicates a rule may test; [`checked`] — the applier that type-checks every right side;
+//!   [`code_rules`] — rules that need code (Q/K/V fusion);
+//! * [`block`] — graphs cut into per-layer blocks, and stamped back;
+//! * [`cost`] and [`extract`] — the sequence-length-aware cost model and DAG-aware extraction;
+//! * [`optimize`] — the exact optimizer; [`approx`] — approximate rules applied per layer.
+//!
+//! Depends on `attnopt-ir` only.
+
+pub mod analysis;
+pub mod approx;
+pub mod block;
+pub mod checked;
+pub mod code_rules;
+pub mod condition;
+pub mod cost;
+pub mod extract;
+pub mod lang;
+pub mod optimize;
+pub mod report;
+pub mod rules;
+
+pub use optimize::{optimize, Limits, Optimized, Options};
+pub use rules::{RuleError, RuleSet};

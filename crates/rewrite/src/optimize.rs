@@ -1,0 +1,370 @@
+//! The exact optimizer: saturate each distinct block once with the exact rules, extract the
+//! cheapest form at the target sequence length, and stamp it into every layer of that shape.
+//!
+//! Limits (nodes, iterations, time) bound each saturation. Hitting the node or time limit means
+//! the rules blew up: the block keeps its original form and the report says why. Hitting the
+//! iteration limit is normal for rules that keep finding work; the best form found is used.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use attnopt_ir::{Graph, GraphError, NodeId, Op, Role};
+use egg::{EGraph, Id, Language, RecExpr, Runner, StopReason};
+
+use crate::analysis::{type_node, Data, TypeAnalysis};
+use crate::block::{self, Block, BlockExpr};
+use crate::cost::CostModel;
+use crate::lang::TensorLang;
+use crate::rules::{Body, Kind, RuleSet};
+
+/// Bounds on one block's saturation.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Limits {
+    pub nodes: usize,
+    pub iterations: usize,
+    pub time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            nodes: 20_000,
+            iterations: 15,
+            time: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What one block's optimisation did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BlockStats {
+    /// The first layer with this structure (later ones reuse its result).
+    pub first_layer: u32,
+    pub egraph_nodes: usize,
+    pub egraph_classes: usize,
+    pub iterations: usize,
+    pub stop_reason: String,
+    /// Rule name → times applied (code rules included).
+    pub rules_fired: BTreeMap<String, usize>,
+    pub saturate_ms: f64,
+    pub extract_ms: f64,
+    /// Estimated seconds at the target length, before and after.
+    pub model_cost_before: f64,
+    pub model_cost_after: f64,
+    /// Why the original form was kept, if it was.
+    pub fallback: Option<String>,
+    /// The token axis was made symbolic so costs could be evaluated at any length.
+    pub tokens_generalised: bool,
+}
+
+/// An optimised block, ready to stamp, with the original it came from.
+pub struct Solution {
+    pub expr: RecExpr<TensorLang>,
+    pub roles: Vec<Role>,
+    pub original: RecExpr<TensorLang>,
+    pub original_roles: Vec<Role>,
+    /// Leaf types (with the token axis symbolic when `stats.tokens_generalised`).
+    pub leaves: TypeAnalysis,
+    pub stats: BlockStats,
+}
+
+/// A whole graph, optimised.
+pub struct Optimized {
+    pub graph: Graph,
+    /// Per layer: the solution used (shared by layers with the same structure).
+    pub layers: BTreeMap<u32, Rc<Solution>>,
+    /// Layers that could not be cut out as a block, with the reason.
+    pub skipped: Vec<(u32, String)>,
+}
+
+/// Exact-rule optimisation settings.
+pub struct Options<'a> {
+    pub rules: &'a RuleSet,
+    /// The sequence length extraction optimises for.
+    pub seq: usize,
+    pub limits: Limits,
+}
+
+/// Types every node of `expr`; `None` if any node is ill-typed.
+pub fn typecheck(expr: &RecExpr<TensorLang>, an: &TypeAnalysis) -> Option<Vec<Data>> {
+    let mut done: Vec<Data> = Vec::with_capacity(expr.len());
+    for node in expr.as_ref() {
+        let d = type_node(an, node, &|c: Id| done[usize::from(c)].clone());
+        if matches!(d, Data::Invalid(_)) {
+            return None;
+        }
+        done.push(d);
+    }
+    Some(done)
+}
+
+/// Estimated cost of `expr` as it stands (each node once).
+pub fn expr_cost(expr: &RecExpr<TensorLang>, data: &[Data], model: &CostModel) -> f64 {
+    expr.as_ref()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| model.node_cost(n, &data[i], &|c: Id| data[usize::from(c)].clone()))
+        .sum()
+}
+
+/// The block's expression and analysis, with the token axis symbolic when that type-checks.
+pub fn prepare(g: &Graph, b: &Block) -> (BlockExpr, TypeAnalysis, bool) {
+    for generalise in [true, false] {
+        let be = block::to_expr(g, b, generalise);
+        let an = TypeAnalysis {
+            inputs: be.input_types.clone(),
+            weights: be.weight_types.clone(),
+            conflicts: vec![],
+        };
+        if typecheck(&be.expr, &an).is_some() || !generalise {
+            let generalised =
+                generalise && be.input_types != block::to_expr(g, b, false).input_types;
+            return (be, an, generalised);
+        }
+    }
+    unreachable!("the loop returns on its last iteration")
+}
+
+/// Builds the e-graph of `be`, returning it with the class of each expression node.
+pub fn egraph_of(
+    be: &BlockExpr,
+    an: TypeAnalysis,
+    explain: bool,
+) -> (EGraph<TensorLang, TypeAnalysis>, Vec<Id>) {
+    let mut eg = EGraph::new(an);
+    if explain {
+        eg = eg.with_explanations_enabled();
+    }
+    let mut ids: Vec<Id> = Vec::with_capacity(be.expr.len());
+    for node in be.expr.as_ref() {
+        let n = node.clone().map_children(|c| ids[usize::from(c)]);
+        ids.push(eg.add(n));
+    }
+    eg.rebuild();
+    (eg, ids)
+}
+
+/// Optimises one block expression with the exact rules.
+pub fn solve(
+    be: &BlockExpr,
+    an: TypeAnalysis,
+    first_layer: u32,
+    generalised: bool,
+    opts: &Options,
+) -> Solution {
+    let model = CostModel::at_seq(opts.seq);
+    let original_data = typecheck(&be.expr, &an);
+    let original_roles: Vec<Role> = be.roles.iter().map(|r| r.unwrap_or(Role::Other)).collect();
+    let before = original_data
+        .as_ref()
+        .map_or(f64::INFINITY, |d| expr_cost(&be.expr, d, &model));
+    let mut stats = BlockStats {
+        first_layer,
+        egraph_nodes: 0,
+        egraph_classes: 0,
+        iterations: 0,
+        stop_reason: String::new(),
+        rules_fired: BTreeMap::new(),
+        saturate_ms: 0.0,
+        extract_ms: 0.0,
+        model_cost_before: before,
+        model_cost_after: before,
+        fallback: None,
+        tokens_generalised: generalised,
+    };
+    let leaves = an.clone();
+    let solution = |expr: RecExpr<TensorLang>, roles: Vec<Role>, stats: BlockStats| Solution {
+        expr,
+        roles,
+        original: be.expr.clone(),
+        original_roles: original_roles.clone(),
+        leaves: leaves.clone(),
+        stats,
+    };
+    let keep = |mut stats: BlockStats, why: String| {
+        stats.fallback = Some(why);
+        solution(be.expr.clone(), original_roles.clone(), stats)
+    };
+    if original_data.is_none() {
+        return keep(
+            stats,
+            "the block does not type-check as an expression".into(),
+        );
+    }
+    let t0 = Instant::now();
+    let (mut eg, ids) = egraph_of(be, an, false);
+    let root = *ids.last().expect("a block has nodes");
+    for rule in opts
+        .rules
+        .rules
+        .iter()
+        .filter(|r| r.kind == Kind::Exact && matches!(r.body, Body::Code))
+    {
+        let n = crate::code_rules::apply(&rule.name, &mut eg);
+        if n > 0 {
+            stats.rules_fired.insert(rule.name.clone(), n);
+        }
+    }
+    let runner = Runner::default()
+        .with_egraph(eg)
+        .with_node_limit(opts.limits.nodes)
+        .with_iter_limit(opts.limits.iterations)
+        .with_time_limit(opts.limits.time)
+        .run(&opts.rules.exact_rewrites());
+    stats.saturate_ms = t0.elapsed().as_secs_f64() * 1e3;
+    stats.iterations = runner.iterations.len();
+    stats.egraph_nodes = runner.egraph.total_number_of_nodes();
+    stats.egraph_classes = runner.egraph.number_of_classes();
+    for it in &runner.iterations {
+        for (name, n) in &it.applied {
+            *stats.rules_fired.entry(name.to_string()).or_insert(0) += n;
+        }
+    }
+    let stop = runner.stop_reason.clone().unwrap_or(StopReason::Saturated);
+    stats.stop_reason = match &stop {
+        StopReason::Saturated => "saturated".into(),
+        StopReason::IterationLimit(n) => format!("iteration limit ({n})"),
+        StopReason::NodeLimit(n) => format!("node limit ({n})"),
+        StopReason::TimeLimit(s) => format!("time limit ({s:.1} s)"),
+        StopReason::Other(s) => s.clone(),
+    };
+    if matches!(stop, StopReason::NodeLimit(_) | StopReason::TimeLimit(_)) {
+        let why = format!(
+            "saturation hit the {}; kept the original form",
+            stats.stop_reason
+        );
+        return keep(stats, why);
+    }
+    if let Some(c) = runner.egraph.analysis.conflicts.first() {
+        return keep(
+            stats,
+            format!("a rule equated values of different types ({c}); kept the original form"),
+        );
+    }
+    let t1 = Instant::now();
+    let extracted = crate::extract::extract(&runner.egraph, root, &model);
+    stats.extract_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let Some(ex) = extracted else {
+        return keep(stats, "extraction found no acyclic form".into());
+    };
+    if ex.cost >= before {
+        stats.model_cost_after = before;
+        return solution(be.expr.clone(), original_roles.clone(), stats);
+    }
+    stats.model_cost_after = ex.cost;
+    // Roles: a class that holds an original node keeps its role; new classes inherit their user's.
+    let mut class_role: HashMap<Id, Role> = HashMap::new();
+    for (i, &c) in ids.iter().enumerate() {
+        if let Some(r) = be.roles[i] {
+            class_role.entry(runner.egraph.find(c)).or_insert(r);
+        }
+    }
+    let n = ex.expr.len();
+    let mut roles: Vec<Option<Role>> = ex
+        .classes
+        .iter()
+        .map(|c| class_role.get(&runner.egraph.find(*c)).copied())
+        .collect();
+    for i in (0..n).rev() {
+        let r = roles[i].unwrap_or(Role::Other);
+        roles[i] = Some(r);
+        for &c in ex.expr[Id::from(i)].children() {
+            let slot = &mut roles[usize::from(c)];
+            if slot.is_none() {
+                *slot = Some(r);
+            }
+        }
+    }
+    solution(
+        ex.expr,
+        roles
+            .into_iter()
+            .map(|r| r.unwrap_or(Role::Other))
+            .collect(),
+        stats,
+    )
+}
+
+/// Optimises every block of `g` with the exact rules, one saturation per distinct structure.
+pub fn optimize(g: &Graph, opts: &Options) -> Result<Optimized, GraphError> {
+    let (blocks, not_blocks) = block::blocks(g);
+    let mut cache: HashMap<String, Rc<Solution>> = HashMap::new();
+    let mut layers: BTreeMap<u32, Rc<Solution>> = BTreeMap::new();
+    let mut tokens: BTreeMap<u32, Option<usize>> = BTreeMap::new();
+    for b in &blocks {
+        let (be, an, generalised) = prepare(g, b);
+        let sig = be.signature();
+        let sol = match cache.get(&sig) {
+            Some(s) => s.clone(),
+            None => {
+                let s = Rc::new(solve(&be, an, b.layer, generalised, opts));
+                cache.insert(sig, s.clone());
+                s
+            }
+        };
+        // A generalised block is stamped back with its real token count.
+        let t = generalised
+            .then(|| {
+                b.inputs
+                    .iter()
+                    .find_map(|&i| g.node(i).ty.shape.0.get(1).and_then(|d| d.fixed()))
+            })
+            .flatten();
+        tokens.insert(b.layer, t);
+        layers.insert(b.layer, sol);
+    }
+    let graph = rebuild(g, &blocks, &layers, &tokens)?;
+    Ok(Optimized {
+        graph,
+        layers,
+        skipped: not_blocks
+            .into_iter()
+            .map(|nb| (nb.layer, nb.reason))
+            .collect(),
+    })
+}
+
+/// A new graph: everything outside the blocks copied, each block replaced by its solution.
+pub fn rebuild(
+    g: &Graph,
+    blocks: &[Block],
+    layers: &BTreeMap<u32, Rc<Solution>>,
+    tokens: &BTreeMap<u32, Option<usize>>,
+) -> Result<Graph, GraphError> {
+    let by_output: HashMap<NodeId, &Block> = blocks.iter().map(|b| (b.output, b)).collect();
+    let inside: std::collections::HashSet<NodeId> = blocks
+        .iter()
+        .flat_map(|b| b.nodes.iter().copied())
+        .collect();
+    let mut out = Graph::new();
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    for n in g.topo_order() {
+        let node = g.node(n);
+        if let Some(b) = by_output.get(&n) {
+            let sol = &layers[&b.layer];
+            let ins: Vec<NodeId> = b.inputs.iter().map(|i| map[i]).collect();
+            let ws: Vec<NodeId> = b.weights.iter().map(|w| map[w]).collect();
+            let seq = tokens.get(&b.layer).copied().flatten();
+            let id = block::instantiate(&mut out, &sol.expr, &sol.roles, b.layer, &ins, &ws, seq)?;
+            map.insert(n, id);
+            continue;
+        }
+        if inside.contains(&n) {
+            continue;
+        }
+        let id = match &node.op {
+            Op::Input { name, dtype, shape } => out.input(name, *dtype, shape.clone())?,
+            Op::Weight(w) => out.weight(g.weight_data(*w).clone()),
+            op => {
+                let operands: Vec<NodeId> = g.operands(n).iter().map(|o| map[o]).collect();
+                out.add(op.clone(), &operands, node.meta)?
+            }
+        };
+        map.insert(n, id);
+    }
+    for (name, id) in g.outputs() {
+        out.set_output(name, map[id])?;
+    }
+    Ok(out)
+}
