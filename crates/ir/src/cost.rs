@@ -5,7 +5,7 @@
 //! element; normalisations and softmax count the handful of operations each element needs
 //! (below); pure data movement counts no FLOPs. Bytes are what a naive one-kernel-per-node
 //! execution reads and writes: each operand once (weights at their stored dtype) plus the
-//! result; reshapes are free views.
+//! result; reshapes (and squeeze/unsqueeze) are free views.
 
 use std::ops::{Add, AddAssign};
 
@@ -63,7 +63,11 @@ pub fn op_cost(op: &Op, operands: &[(&Shape, usize)], out: (&Shape, usize), b: &
         op => numel(out.0).saturating_mul(flops_per_element(op)),
     };
     let bytes = match op {
-        Op::Input { .. } | Op::Weight(_) | Op::Reshape(_) => 0,
+        Op::Input { .. }
+        | Op::Weight(_)
+        | Op::Reshape(_)
+        | Op::Unsqueeze { .. }
+        | Op::Squeeze { .. } => 0,
         _ => operands.iter().fold(
             numel(out.0).saturating_mul(out.1 as u64),
             |acc, (s, size)| acc.saturating_add(numel(s).saturating_mul(*size as u64)),

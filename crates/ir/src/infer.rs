@@ -261,6 +261,34 @@ pub fn infer(op: &Op, ins: &[Typed]) -> Result<Typed, ShapeError> {
                 )),
             }
         }
+        Op::Unsqueeze { axis } => {
+            if *axis > x.rank() {
+                return Err(err(
+                    op,
+                    ins,
+                    format!(
+                        "axis {axis} out of range for inserting into rank {}",
+                        x.rank()
+                    ),
+                ));
+            }
+            let mut s = x.0.clone();
+            s.insert(*axis, Dim::Fixed(1));
+            Ok(Typed::new(Shape(s), ins[0].dtype))
+        }
+        Op::Squeeze { axis } => {
+            axis_ok(*axis, x.rank())?;
+            if x.0[*axis] != Dim::Fixed(1) {
+                return Err(err(
+                    op,
+                    ins,
+                    format!("axis {axis} has size {}, not 1", x.0[*axis]),
+                ));
+            }
+            let mut s = x.0.clone();
+            s.remove(*axis);
+            Ok(Typed::new(Shape(s), ins[0].dtype))
+        }
         Op::Softmax { axis } | Op::CumSum { axis } | Op::L2Normalize { axis, .. } => {
             need_float(0)?;
             axis_ok(*axis, x.rank())?;

@@ -305,6 +305,16 @@ fn eval(
             let s: f64 = e.iter().sum();
             e.iter().map(|&x| (x / s) as f32).collect()
         }),
+        Op::Unsqueeze { axis } => {
+            let mut shape = a[0].shape().to_vec();
+            shape.insert(*axis, 1);
+            Tensor::new(shape, a[0].data().clone()).map_err(|e| e.to_string())
+        }
+        Op::Squeeze { axis } => {
+            let mut shape = a[0].shape().to_vec();
+            shape.remove(*axis);
+            Tensor::new(shape, a[0].data().clone()).map_err(|e| e.to_string())
+        }
         Op::CumSum { axis } => along(a[0], *axis, |row| {
             let mut acc = 0f64;
             row.iter()

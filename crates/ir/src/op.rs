@@ -213,6 +213,10 @@ pub enum Op {
     /// Rotary position embedding on `[B, H, N, Dh]`, position of token `t` being `t`,
     /// frequencies `theta^(−2i/Dh)`.
     Rope { theta: Scalar, style: RopeStyle },
+    /// Inserts a size-1 axis at position `axis` (`0..=rank`).
+    Unsqueeze { axis: usize },
+    /// Removes the size-1 axis `axis`.
+    Squeeze { axis: usize },
     /// Converts elements to `dtype`'s compute type (`F32` or `I64`; floats truncate toward 0).
     Cast(DType),
     /// Joins operands along `axis`.
@@ -273,6 +277,8 @@ impl Op {
                 Reduce::Mean => "reduce_mean",
             },
             Op::CumSum { .. } => "cumsum",
+            Op::Unsqueeze { .. } => "unsqueeze",
+            Op::Squeeze { .. } => "squeeze",
             Op::L2Normalize { .. } => "l2_normalize",
             Op::LayerNorm { .. } => "layer_norm",
             Op::RmsNorm { .. } => "rms_norm",
@@ -321,6 +327,8 @@ impl Op {
         }));
         v.extend([
             Op::CumSum { axis: 0 },
+            Op::Unsqueeze { axis: 0 },
+            Op::Squeeze { axis: 0 },
             Op::L2Normalize { axis: 0, eps: zero },
             Op::LayerNorm { eps: zero },
             Op::RmsNorm { eps: zero },
@@ -374,7 +382,11 @@ impl fmt::Display for Op {
             Op::SplitHeads { heads } => write!(f, "{{heads={heads}}}"),
             Op::Cast(d) => write!(f, "{{dtype={d}}}"),
             Op::RepeatHeads { times } => write!(f, "{{times={times}}}"),
-            Op::Softmax { axis } | Op::CumSum { axis } | Op::Concat { axis } => {
+            Op::Softmax { axis }
+            | Op::CumSum { axis }
+            | Op::Concat { axis }
+            | Op::Unsqueeze { axis }
+            | Op::Squeeze { axis } => {
                 write!(f, "{{axis={axis}}}")
             }
             Op::Reduce { axis, keep_dim, .. } => write!(f, "{{axis={axis}, keep_dim={keep_dim}}}"),

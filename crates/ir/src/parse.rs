@@ -358,6 +358,12 @@ fn parse_op(c: &mut Cursor, name: &str) -> Result<Op, String> {
         Op::CumSum { .. } => Op::CumSum {
             axis: c.uint_attr("axis")?,
         },
+        Op::Unsqueeze { .. } => Op::Unsqueeze {
+            axis: c.uint_attr("axis")?,
+        },
+        Op::Squeeze { .. } => Op::Squeeze {
+            axis: c.uint_attr("axis")?,
+        },
         Op::Concat { .. } => Op::Concat {
             axis: c.uint_attr("axis")?,
         },

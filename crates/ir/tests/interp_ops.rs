@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use attnopt_ir::interp::{self, InterpError};
 use attnopt_ir::{
-    Binary, DType, Dim, Graph, Op, Reduce, RopeStyle, Scalar, Shape, Tensor, Unary, BATCH, SEQ,
+    Binary, DType, Dim, Graph, NodeMeta, Op, Reduce, RopeStyle, Scalar, Shape, Tensor, Unary,
+    BATCH, SEQ,
 };
 use common::*;
 
@@ -587,6 +588,36 @@ fn tril_zeroes_the_future() {
     // Nq = 2 of Nk = 3 keys: query 0 sees keys 0..=1.
     let y = run_op(Op::Tril, &[iota(&[2, 3])]);
     assert_eq!(f32s(&y), [0.0, 1.0, 0.0, 3.0, 4.0, 5.0]);
+}
+
+#[test]
+fn unsqueeze_and_squeeze_move_no_data() {
+    let x = iota(&[2, 3]);
+    let y = run_op(Op::Unsqueeze { axis: 1 }, &[x.clone()]);
+    assert_eq!(y.shape(), &[2, 1, 3]);
+    assert_eq!(f32s(&y), f32s(&x));
+    let y = run_op(Op::Unsqueeze { axis: 2 }, &[x.clone()]);
+    assert_eq!(y.shape(), &[2, 3, 1]);
+    let z = run_op(Op::Squeeze { axis: 2 }, &[y]);
+    assert_eq!(z, x);
+    // Integer tensors too (masks).
+    let m = run_op(Op::Unsqueeze { axis: 2 }, &[ti(&[1, 2], &[1, 0])]);
+    assert_eq!(m.shape(), &[1, 2, 1]);
+    assert_eq!(m.as_i64().unwrap(), [1, 0]);
+}
+
+#[test]
+fn squeeze_of_a_wide_axis_is_refused() {
+    let mut g = Graph::new();
+    let x = g.input("x", DType::F32, Shape::fixed(&[2, 3])).unwrap();
+    let e = g
+        .add(Op::Squeeze { axis: 1 }, &[x], NodeMeta::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("axis 1 has size 3, not 1"), "{e}");
+    let e = g
+        .add(Op::Unsqueeze { axis: 3 }, &[x], NodeMeta::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("out of range"), "{e}");
 }
 
 #[test]

@@ -319,6 +319,12 @@ fn every_op_model() -> Graph {
         .op(Op::Softmax { axis: 3 }, &[pm], Role::AttnProbs)
         .unwrap();
     let ctx = b.op(Op::MatMul, &[sm, rep], Role::AttnContext).unwrap();
+    let ctx = b
+        .op(Op::Unsqueeze { axis: 3 }, &[ctx], Role::AttnContext)
+        .unwrap();
+    let ctx = b
+        .op(Op::Squeeze { axis: 3 }, &[ctx], Role::AttnContext)
+        .unwrap();
     let mh = b.op(Op::MergeHeads, &[ctx], Role::AttnContext).unwrap();
     outs.push(("scores".into(), mh));
     for (name, id) in outs {

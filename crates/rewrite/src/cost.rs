@@ -53,7 +53,7 @@ impl CostModel {
         let (flops, bytes) = (c.flops as f64, c.bytes as f64);
         match op {
             // Reshapes and slices are views in a strided backend.
-            Op::Reshape(_) | Op::Slice { .. } => 0.0,
+            Op::Reshape(_) | Op::Unsqueeze { .. } | Op::Squeeze { .. } | Op::Slice { .. } => 0.0,
             Op::Permute(_)
             | Op::SplitHeads { .. }
             | Op::MergeHeads

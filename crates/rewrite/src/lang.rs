@@ -200,7 +200,11 @@ pub fn encode(op: &Op) -> (&'static str, Vec<Attr>) {
         Op::Permute(p) => vec![Attr::Dims(p.iter().map(|&x| Dim::Fixed(x)).collect())],
         Op::Reshape(s) | Op::Expand(s) => vec![Attr::Dims(s.0.clone())],
         Op::SplitHeads { heads: n } | Op::RepeatHeads { times: n } => vec![int(*n)],
-        Op::Softmax { axis } | Op::CumSum { axis } | Op::Concat { axis } => vec![int(*axis)],
+        Op::Softmax { axis }
+        | Op::CumSum { axis }
+        | Op::Concat { axis }
+        | Op::Unsqueeze { axis }
+        | Op::Squeeze { axis } => vec![int(*axis)],
         Op::Reduce { axis, keep_dim, .. } => vec![int(*axis), Attr::Int(*keep_dim as i64)],
         Op::L2Normalize { axis, eps } => vec![int(*axis), Attr::Float(*eps)],
         Op::LayerNorm { eps } | Op::RmsNorm { eps } => vec![Attr::Float(*eps)],
@@ -267,6 +271,12 @@ pub fn decode(name: &str, attrs: &[Attr]) -> Option<Op> {
             axis: uint(&attrs[0])?,
         },
         Op::Concat { .. } => Op::Concat {
+            axis: uint(&attrs[0])?,
+        },
+        Op::Unsqueeze { .. } => Op::Unsqueeze {
+            axis: uint(&attrs[0])?,
+        },
+        Op::Squeeze { .. } => Op::Squeeze {
             axis: uint(&attrs[0])?,
         },
         Op::Reduce { kind, .. } => Op::Reduce {
