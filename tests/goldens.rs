@@ -46,8 +46,8 @@ fn check(model: &str) {
             err / scale
         );
         assert!(
-            err / scale <= 1e-4,
-            "{model}/{name}: max-abs error {err} exceeds 1e-4 × {scale}"
+            err / scale <= TOLERANCE,
+            "{model}/{name}: max-abs error {err} exceeds {TOLERANCE} × {scale}"
         );
         worst = worst.max(err);
     }

@@ -36,6 +36,7 @@ fn exact_optimisation_keeps_outputs(model: &str, seq: usize) -> attnopt_rewrite:
             rules: &rules,
             seq,
             limits: Limits::default(),
+            conversions: Default::default(),
         },
     )
     .unwrap();

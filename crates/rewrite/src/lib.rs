@@ -24,5 +24,5 @@ pub mod optimize;
 pub mod report;
 pub mod rules;
 
-pub use optimize::{optimize, Limits, Optimized, Options};
+pub use optimize::{optimize, Limits, OptimizeError, Optimized, Options};
 pub use rules::{RuleError, RuleSet};

@@ -78,12 +78,27 @@ pub struct Optimized {
     pub skipped: Vec<(u32, String)>,
 }
 
-/// Exact-rule optimisation settings.
+/// Optimisation settings.
 pub struct Options<'a> {
     pub rules: &'a RuleSet,
     /// The sequence length extraction optimises for.
     pub seq: usize,
     pub limits: Limits,
+    /// Approximate conversions to apply first: layer → approximate rule name.
+    pub conversions: BTreeMap<u32, String>,
+}
+
+/// Why optimisation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OptimizeError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error("layer {layer}: approximate rule `{rule}` {why}")]
+    Conversion {
+        layer: u32,
+        rule: String,
+        why: String,
+    },
 }
 
 /// Types every node of `expr`; `None` if any node is ill-typed.
@@ -287,13 +302,27 @@ pub fn solve(
 }
 
 /// Optimises every block of `g` with the exact rules, one saturation per distinct structure.
-pub fn optimize(g: &Graph, opts: &Options) -> Result<Optimized, GraphError> {
+pub fn optimize(g: &Graph, opts: &Options) -> Result<Optimized, OptimizeError> {
     let (blocks, not_blocks) = block::blocks(g);
     let mut cache: HashMap<String, Rc<Solution>> = HashMap::new();
     let mut layers: BTreeMap<u32, Rc<Solution>> = BTreeMap::new();
     let mut tokens: BTreeMap<u32, Option<usize>> = BTreeMap::new();
     for b in &blocks {
-        let (be, an, generalised) = prepare(g, b);
+        let (mut be, an, generalised) = prepare(g, b);
+        if let Some(name) = opts.conversions.get(&b.layer) {
+            let err = |why: &str| OptimizeError::Conversion {
+                layer: b.layer,
+                rule: name.clone(),
+                why: why.into(),
+            };
+            let rule = opts
+                .rules
+                .get(name)
+                .filter(|r| r.kind == Kind::Approx)
+                .ok_or_else(|| err("is not a loaded approximate rule"))?;
+            be = crate::approx::apply_once(rule, &be, &an)
+                .ok_or_else(|| err("does not match this layer"))?;
+        }
         let sig = be.signature();
         let sol = match cache.get(&sig) {
             Some(s) => s.clone(),
