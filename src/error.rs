@@ -25,4 +25,12 @@ pub enum Error {
     Output { path: PathBuf, msg: String },
     #[error("not supported yet: {0}")]
     NotSupported(String),
+    #[error("building a graph: {0}")]
+    Graph(#[from] attnopt_ir::GraphError),
+    #[error(transparent)]
+    Rules(#[from] attnopt_rewrite::RuleError),
+    #[error("optimising: {0}")]
+    Optimize(#[from] attnopt_rewrite::OptimizeError),
+    #[error("{}: {msg}", path.display())]
+    Usage { path: PathBuf, msg: String },
 }

@@ -74,10 +74,60 @@ enum Command {
         #[arg(long)]
         text: Option<PathBuf>,
     },
-    /// Optimise a model with e-graph rewriting (not supported yet).
+    /// Optimise a model: exact e-graph rewriting of every layer (always on), and approximate
+    /// conversions such as softmax → Hydra attention only where you allow them, with their
+    /// error measured on calibration inputs and kept within --budget. Writes an optimised
+    /// model folder that `run` and `inspect` accept; the input model is never modified.
     Optimize {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
+        /// Model folder.
+        model: PathBuf,
+        /// Output folder (written atomically; must not exist unless --force).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Sequence lengths to report costs at; the first is the length the graph is
+        /// optimised for (the same model may rewrite differently at 128 and 16384).
+        #[arg(long, value_delimiter = ',', default_value = "128")]
+        seq: Vec<usize>,
+        /// Approximate rule families to enable (e.g. `hydra`). Never on by default.
+        #[arg(long, value_delimiter = ',')]
+        allow: Vec<String>,
+        /// Largest relative error (‖Δ‖₂/‖ref‖₂ of the final output on calibration inputs) the
+        /// approximations may cause; layers are converted, most profitable first, while it holds.
+        #[arg(long)]
+        budget: Option<f64>,
+        /// Safetensors file of calibration inputs (default: seeded random inputs).
+        #[arg(long)]
+        calib: Option<PathBuf>,
+        /// Tokens per generated calibration sequence.
+        #[arg(long, default_value_t = 16)]
+        calib_seq: usize,
+        /// Seed for generated calibration inputs.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Read rules from this folder instead of the rules built into the binary.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Measure the error against the original even with exact rules only.
+        #[arg(long)]
+        verify: bool,
+        /// Print the egg explanation of the rewrite chain of this layer and exit.
+        #[arg(long)]
+        explain: Option<u32>,
+        /// Replace an existing output folder written by attnopt.
+        #[arg(long)]
+        force: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// E-graph node limit per block.
+        #[arg(long, default_value_t = 20_000)]
+        node_limit: usize,
+        /// Rewrite iterations per block.
+        #[arg(long, default_value_t = 15)]
+        iter_limit: usize,
+        /// Seconds per block before giving up on saturation.
+        #[arg(long, default_value_t = 10.0)]
+        time_limit: f64,
     },
     /// Benchmark a model (not supported yet).
     Bench {
@@ -186,8 +236,72 @@ fn run(cli: Cli) -> Result<()> {
                 None => {}
             }
         }
-        Command::Optimize { .. } => {
-            bail!("not supported yet: optimize (the e-graph optimizer is being built)")
+        Command::Optimize {
+            model,
+            output,
+            seq,
+            allow,
+            budget,
+            calib,
+            calib_seq,
+            seed,
+            rules,
+            verify,
+            explain,
+            force,
+            json,
+            node_limit,
+            iter_limit,
+            time_limit,
+        } => {
+            if seq.is_empty() || seq.contains(&0) || calib_seq == 0 {
+                bail!("--seq and --calib-seq take positive lengths");
+            }
+            if budget.is_some_and(|b| !(b >= 0.0)) {
+                bail!("--budget must be a non-negative number");
+            }
+            if !(time_limit > 0.0 && time_limit.is_finite()) {
+                bail!("--time-limit must be a positive number of seconds");
+            }
+            let opts = attnopt::optimize::OptimizeOptions {
+                seqs: seq,
+                allow,
+                budget,
+                calib,
+                calib_seq,
+                seed,
+                rules_dir: rules,
+                limits: attnopt::rewrite::Limits {
+                    nodes: node_limit,
+                    iterations: iter_limit,
+                    time: std::time::Duration::from_secs_f64(time_limit),
+                },
+                verify,
+            };
+            let m = Model::load(&model)?;
+            if let Some(layer) = explain {
+                for line in attnopt::optimize::explain(&m, &opts, layer, None)? {
+                    println!("{line}");
+                }
+                return Ok(());
+            }
+            let Some(output) = output else {
+                bail!("give the output folder with -o/--output")
+            };
+            let mut progress = |step: &str| eprintln!("[optimize] {step}");
+            let opt = attnopt::optimize::optimize(&m, &opts, &mut progress)?;
+            let saved = attnopt::save::save(&m, &opt, &output, force)?;
+            eprintln!(
+                "[optimize] wrote {} ({} graph nodes, {} new weight tensor(s))",
+                saved.dir.display(),
+                saved.graph_nodes,
+                saved.new_weights
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&opt.report)?);
+            } else {
+                print!("{}", opt.report.render());
+            }
         }
         Command::Bench { .. } => bail!("not supported yet: bench (needs the CPU backend)"),
         Command::Emit { .. } => bail!("not supported yet: emit (needs the GPU backend)"),

@@ -45,17 +45,14 @@ impl Model {
             .collect()
     }
 
-    /// Runs the reference interpreter.
-    ///
-    /// Inputs are named like the Hugging Face forward arguments. Token ids may be any integer
+    /// The interpreter's feed for `inputs`, named like the Hugging Face forward arguments. Token ids may be any integer
     /// dtype (already widened to i64 by [`crate::tensors::read`]); a missing batch axis is
     /// added; a missing `attention_mask` means "attend everywhere" and missing
     /// `token_type_ids` mean segment 0, as in transformers.
-    pub fn run(
+    pub fn prepare_inputs(
         &self,
         inputs: BTreeMap<String, Tensor>,
-        opts: RunOptions,
-    ) -> Result<BTreeMap<String, Tensor>, Error> {
+    ) -> Result<HashMap<String, Tensor>, Error> {
         let g = self.graph();
         let mut inputs = inputs;
         if !self.input_names().contains(&"attention_mask") {
@@ -106,6 +103,17 @@ impl Model {
                 feed.insert(name.clone(), t);
             }
         }
+        Ok(feed)
+    }
+
+    /// Runs the reference interpreter on `inputs` (see [`Model::prepare_inputs`]).
+    pub fn run(
+        &self,
+        inputs: BTreeMap<String, Tensor>,
+        opts: RunOptions,
+    ) -> Result<BTreeMap<String, Tensor>, Error> {
+        let feed = self.prepare_inputs(inputs)?;
+        let g = self.graph();
         let wanted: Vec<&str> = if opts.all_layers {
             vec![]
         } else {

@@ -5,7 +5,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 
 /// The architecture templates attnopt has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     /// Post-norm encoder (BERT, RoBERTa-like without its position offset).

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod detect;
 mod error;
+pub mod optimized;
 mod template;
 
 use std::collections::BTreeMap;
@@ -52,6 +53,9 @@ pub fn load(path: &Path) -> Result<Imported, ImportError> {
             path: path.into(),
             source: std::io::ErrorKind::NotFound.into(),
         });
+    }
+    if path.join(optimized::MANIFEST).is_file() {
+        return optimized::load_optimized(path);
     }
     let dir = if path.is_file() {
         path.parent().unwrap_or(Path::new(".")).to_path_buf()

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::ImportError;
 
 /// Model dimensions as the template read them (after defaults and guesses).
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Dims {
     pub hidden: usize,
     pub layers: usize,

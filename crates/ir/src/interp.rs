@@ -88,11 +88,21 @@ pub fn run(
             })
             .collect::<Result<_, _>>()?
     };
+    let ids: Vec<NodeId> = outs.iter().map(|&(_, id)| id).collect();
+    let values = run_nodes(graph, inputs, &ids)?;
+    Ok(outs.into_iter().map(|(name, _)| name).zip(values).collect())
+}
 
+/// Evaluates the nodes `wanted` (in that order) on `inputs`, computing only what they need.
+pub fn run_nodes(
+    graph: &Graph,
+    inputs: &HashMap<String, Tensor>,
+    wanted: &[NodeId],
+) -> Result<Vec<Tensor>, InterpError> {
     // The nodes the outputs need, and how many uses each has among them (outputs count as
     // one use, so they are never freed).
     let mut reached_set = std::collections::HashSet::new();
-    let mut stack: Vec<NodeId> = outs.iter().map(|&(_, id)| id).collect();
+    let mut stack: Vec<NodeId> = wanted.to_vec();
     while let Some(n) = stack.pop() {
         if reached_set.insert(n) {
             stack.extend(graph.operands(n));
@@ -111,8 +121,8 @@ pub fn run(
                 .expect("operand of a reached node is reached") += 1;
         }
     }
-    for &(_, id) in &outs {
-        *uses.get_mut(&id).expect("output is reached") += 1;
+    for id in wanted {
+        *uses.get_mut(id).expect("output is reached") += 1;
     }
 
     let bindings = bind_inputs(graph, inputs, &reached)?;
@@ -137,10 +147,7 @@ pub fn run(
             }
         }
     }
-    Ok(outs
-        .into_iter()
-        .map(|(name, id)| (name, values[&id].clone()))
-        .collect())
+    Ok(wanted.iter().map(|id| values[id].clone()).collect())
 }
 
 /// Checks inputs against the graph's declared inputs and binds `B` and `N`.

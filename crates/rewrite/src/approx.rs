@@ -72,7 +72,10 @@ pub fn apply_once(rule: &Rule, be: &BlockExpr, leaves: &TypeAnalysis) -> Option<
                 remap[i] = Some(expr.add(n));
                 roles.push(be.roles[i]);
             }
-            let (expr, roles) = compact(&expr, &roles);
+            // The root is the target's replacement when the target was the root (a bare
+            // variable on the right side adds no node, so it need not come last).
+            let root = remap[be.expr.len() - 1].expect("the root is rebuilt");
+            let (expr, roles) = compact_at(&expr, &roles, root);
             return Some(BlockExpr {
                 expr,
                 roles,
@@ -89,11 +92,21 @@ pub fn compact(
     expr: &RecExpr<TensorLang>,
     roles: &[Option<Role>],
 ) -> (RecExpr<TensorLang>, Vec<Option<Role>>) {
+    match expr.as_ref().len() {
+        0 => (RecExpr::default(), vec![]),
+        n => compact_at(expr, roles, Id::from(n - 1)),
+    }
+}
+
+/// [`compact`] with `root` as the root, which ends up last (a leaf root is repeated at the end).
+pub fn compact_at(
+    expr: &RecExpr<TensorLang>,
+    roles: &[Option<Role>],
+    root: Id,
+) -> (RecExpr<TensorLang>, Vec<Option<Role>>) {
     let nodes = expr.as_ref();
     let mut live = vec![false; nodes.len()];
-    if let Some(last) = live.last_mut() {
-        *last = true;
-    }
+    live[usize::from(root)] = true;
     for i in (0..nodes.len()).rev() {
         let leaf = matches!(nodes[i], TensorLang::Input(_) | TensorLang::Weight(_));
         if live[i] || leaf {
@@ -116,6 +129,15 @@ pub fn compact(
             );
             out_roles.push(roles[i]);
         }
+    }
+    let r = usize::from(root);
+    if remap[r].map(usize::from) != Some(out.as_ref().len() - 1) {
+        out.add(
+            nodes[r]
+                .clone()
+                .map_children(|c| remap[usize::from(c)].expect("kept")),
+        );
+        out_roles.push(roles[r]);
     }
     (out, out_roles)
 }

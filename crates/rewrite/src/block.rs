@@ -120,7 +120,9 @@ impl BlockExpr {
 
 /// Converts `block` to an expression. With `tokens_symbolic`, a fixed token axis (axis 1 of a
 /// `[B, T, D]` input, as in vision models) is made the symbolic `N`, so costs can be evaluated
-/// at any sequence length; the caller must check the expression still type-checks.
+/// at any sequence length; the caller must check the expression still type-checks. That is
+/// only done when every such input has the same `T` and the block does not mention `N`
+/// already.
 pub fn to_expr(g: &Graph, block: &Block, tokens_symbolic: bool) -> BlockExpr {
     let mut expr = RecExpr::default();
     let mut roles = Vec::new();
@@ -139,12 +141,27 @@ pub fn to_expr(g: &Graph, block: &Block, tokens_symbolic: bool) -> BlockExpr {
         );
     }
     for (k, &w) in block.weights.iter().enumerate() {
+        // A weight takes the role of the first node that reads it (the projection it belongs to).
+        let role = block
+            .nodes
+            .iter()
+            .find(|&&n| g.operands(n).contains(&w))
+            .map(|&n| g.node(n).meta.role);
         ids.insert(
             w,
-            push(&mut expr, &mut roles, TensorLang::Weight(k as u32), None),
+            push(&mut expr, &mut roles, TensorLang::Weight(k as u32), role),
         );
     }
-    for &n in &block.nodes {
+    // Only the nodes the output needs, so that the output is the expression's root (its last
+    // node): an unused node of the layer may come after it in topological order.
+    let mut needed = std::collections::HashSet::new();
+    let mut stack = vec![block.output];
+    while let Some(n) = stack.pop() {
+        if needed.insert(n) {
+            stack.extend(g.operands(n).into_iter().filter(|o| !ids.contains_key(o)));
+        }
+    }
+    for &n in block.nodes.iter().filter(|n| needed.contains(n)) {
         let node = g.node(n);
         let (name, attrs) = encode(&node.op);
         let mut children: Vec<Id> = attrs
@@ -162,12 +179,25 @@ pub fn to_expr(g: &Graph, block: &Block, tokens_symbolic: bool) -> BlockExpr {
     }
     let ty = |n: &NodeId| g.node(*n).ty.clone();
     let mut input_types: Vec<Typed> = block.inputs.iter().map(ty).collect();
-    if tokens_symbolic {
+    let tokens = |t: &Typed| {
+        (t.shape.rank() == 3 && t.shape.0[0] == Dim::Sym(Sym::Batch))
+            .then(|| t.shape.0[1].fixed())
+            .flatten()
+    };
+    // Only when `N` does not occur in the block already (stamping replaces every `N` in
+    // attributes by the token count) and all token axes agree (they all become the same `N`).
+    let has_seq = |d: &[Dim]| d.contains(&Dim::Sym(Sym::Seq));
+    let counts: std::collections::BTreeSet<usize> = input_types.iter().filter_map(tokens).collect();
+    let generalise = tokens_symbolic
+        && counts.len() == 1
+        && !input_types.iter().any(|t| has_seq(&t.shape.0))
+        && !expr.as_ref().iter().any(|n| match n {
+            TensorLang::Attr(Attr::Dims(d)) => has_seq(d),
+            _ => false,
+        });
+    if generalise {
         for t in &mut input_types {
-            if t.shape.rank() == 3
-                && t.shape.0[0] == Dim::Sym(Sym::Batch)
-                && t.shape.0[1].fixed().is_some()
-            {
+            if tokens(t).is_some() {
                 t.shape = Shape(vec![t.shape.0[0], Dim::Sym(Sym::Seq), t.shape.0[2]]);
             }
         }

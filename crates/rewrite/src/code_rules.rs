@@ -13,11 +13,16 @@ use crate::lang::{Attr, TensorLang};
 /// The code rules that exist.
 pub const NAMES: &[&str] = &["qkv-fusion"];
 
-/// Applies code rule `name` to `egraph`; returns how many rewrites it made.
-pub fn apply(name: &str, egraph: &mut EGraph<TensorLang, TypeAnalysis>) -> usize {
+/// Classes a code rule united with a new form, grouped so that a group pays off only when all
+/// its members take the new node (e.g. the three slices of one fused product): extraction
+/// decides per group (see `optimize::phase`).
+pub type Groups = Vec<Vec<(Id, TensorLang)>>;
+
+/// Applies code rule `name` to `egraph`; returns the groups of (class, new node) it united.
+pub fn apply(name: &str, egraph: &mut EGraph<TensorLang, TypeAnalysis>) -> Groups {
     match name {
         "qkv-fusion" => qkv_fusion(egraph),
-        _ => 0,
+        _ => vec![],
     }
 }
 
@@ -35,7 +40,7 @@ struct Member {
 /// Products `x · w_i (+ b_i)` sharing the activation `x`, with weight-only `w_i` of rank 2, become
 /// `x · concat(w_1, …)` (+ `concat(b_1, …)`) and one slice per member. The slices are united with
 /// the original products, so extraction decides whether the fused form is cheaper.
-fn qkv_fusion(egraph: &mut EGraph<TensorLang, TypeAnalysis>) -> usize {
+fn qkv_fusion(egraph: &mut EGraph<TensorLang, TypeAnalysis>) -> Groups {
     let matmul = Symbol::from("matmul");
     let add = Symbol::from("add");
     // Products by activation class.
@@ -93,7 +98,7 @@ fn qkv_fusion(egraph: &mut EGraph<TensorLang, TypeAnalysis>) -> usize {
             }
         }
     }
-    let mut fused = 0;
+    let mut groups = Groups::new();
     for (x, members) in products {
         if members.len() < 2 {
             continue;
@@ -117,10 +122,12 @@ fn qkv_fusion(egraph: &mut EGraph<TensorLang, TypeAnalysis>) -> usize {
         };
         let axis = attr(egraph, Attr::Int(rank as i64 - 1));
         let mut start = 0;
+        let mut group = Vec::new();
         for m in &members {
             let s = attr(egraph, Attr::Int(start as i64));
             let e = attr(egraph, Attr::Dims(vec![Dim::Fixed(start + m.width)]));
-            let slice = egraph.add(TensorLang::Op("slice".into(), vec![axis, s, e, y]));
+            let node = TensorLang::Op("slice".into(), vec![axis, s, e, y]);
+            let slice = egraph.add(node.clone());
             start += m.width;
             let target = match (with_bias, m.biased) {
                 (true, Some((sum, _))) => sum,
@@ -128,10 +135,13 @@ fn qkv_fusion(egraph: &mut EGraph<TensorLang, TypeAnalysis>) -> usize {
             };
             if egraph[slice].data.ty() == egraph[target].data.ty() {
                 egraph.union_trusted(target, slice, "qkv-fusion");
-                fused += 1;
+                group.push((target, node));
             }
+        }
+        if group.len() > 1 {
+            groups.push(group);
         }
     }
     egraph.rebuild();
-    fused
+    groups
 }

@@ -33,11 +33,17 @@ pub struct Extraction {
 }
 
 /// Extracts the cheapest DAG for `root` under `model`; `None` if no acyclic choice exists.
+/// A class in `forced` may only choose the given node (children compared canonically).
 pub fn extract(
     egraph: &EGraph<TensorLang, TypeAnalysis>,
     root: Id,
     model: &CostModel,
+    forced: &HashMap<Id, TensorLang>,
 ) -> Option<Extraction> {
+    let forced: HashMap<Id, TensorLang> = forced
+        .iter()
+        .map(|(c, n)| (egraph.find(*c), n.clone().map_children(|x| egraph.find(x))))
+        .collect();
     let mut best: HashMap<Id, Choice> = HashMap::new();
     let data = |c: Id| -> Data { egraph[c].data.clone() };
     // Each pass can only lower totals; stop when a pass changes nothing.
@@ -45,6 +51,12 @@ pub fn extract(
         let mut changed = false;
         for class in egraph.classes() {
             for node in &class.nodes {
+                if forced
+                    .get(&class.id)
+                    .is_some_and(|f| *f != node.clone().map_children(|x| egraph.find(x)))
+                {
+                    continue;
+                }
                 let mut deps: BTreeMap<Id, f64> = BTreeMap::new();
                 let mut ok = true;
                 for &c in node.children() {

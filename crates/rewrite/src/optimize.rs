@@ -160,7 +160,175 @@ pub fn egraph_of(
     (eg, ids)
 }
 
-/// Optimises one block expression with the exact rules.
+type Saturated = (
+    Runner<TensorLang, TypeAnalysis>,
+    Vec<Id>,
+    Vec<(String, crate::code_rules::Groups)>,
+);
+
+/// Builds `be`'s e-graph, applies the code rules (when asked) and saturates with the exact
+/// pattern rules. Returns the runner, the class of each expression node, and what each code
+/// rule united.
+fn saturate(
+    be: &BlockExpr,
+    an: &TypeAnalysis,
+    code_rules: bool,
+    explain: bool,
+    opts: &Options,
+) -> Result<Saturated, String> {
+    let (mut eg, ids) = egraph_of(be, an.clone(), explain);
+    let mut fired = Vec::new();
+    if code_rules {
+        for rule in opts
+            .rules
+            .rules
+            .iter()
+            .filter(|r| r.kind == Kind::Exact && matches!(r.body, Body::Code))
+        {
+            let groups = crate::code_rules::apply(&rule.name, &mut eg);
+            if !groups.is_empty() {
+                fired.push((rule.name.clone(), groups));
+            }
+        }
+    }
+    let runner = Runner::default()
+        .with_egraph(eg)
+        .with_node_limit(opts.limits.nodes)
+        .with_iter_limit(opts.limits.iterations)
+        .with_time_limit(opts.limits.time)
+        .run(&opts.rules.exact_rewrites());
+    Ok((runner, ids, fired))
+}
+
+/// One saturation + extraction. `Err` carries why the input should be kept as it is.
+fn phase(
+    be: &BlockExpr,
+    an: &TypeAnalysis,
+    code_rules: bool,
+    opts: &Options,
+    stats: &mut BlockStats,
+) -> Result<(RecExpr<TensorLang>, Vec<Option<Role>>, f64), String> {
+    let model = CostModel::at_seq(opts.seq);
+    let t0 = Instant::now();
+    let (runner, ids, fired) = saturate(be, an, code_rules, false, opts)?;
+    for (name, groups) in &fired {
+        *stats.rules_fired.entry(name.clone()).or_insert(0) +=
+            groups.iter().map(Vec::len).sum::<usize>();
+    }
+    let root = *ids.last().ok_or("empty block")?;
+    stats.saturate_ms += t0.elapsed().as_secs_f64() * 1e3;
+    stats.iterations += runner.iterations.len();
+    stats.egraph_nodes = stats
+        .egraph_nodes
+        .max(runner.egraph.total_number_of_nodes());
+    stats.egraph_classes = stats.egraph_classes.max(runner.egraph.number_of_classes());
+    for it in &runner.iterations {
+        for (name, n) in &it.applied {
+            *stats.rules_fired.entry(name.to_string()).or_insert(0) += n;
+        }
+    }
+    let stop = runner.stop_reason.clone().unwrap_or(StopReason::Saturated);
+    stats.stop_reason = match &stop {
+        StopReason::Saturated => "saturated".into(),
+        StopReason::IterationLimit(n) => format!("iteration limit ({n})"),
+        StopReason::NodeLimit(n) => format!("node limit ({n})"),
+        StopReason::TimeLimit(s) => format!("time limit ({s:.1} s)"),
+        StopReason::Other(s) => s.clone(),
+    };
+    if matches!(stop, StopReason::NodeLimit(_) | StopReason::TimeLimit(_)) {
+        return Err(format!(
+            "saturation hit the {}; kept the original form",
+            stats.stop_reason
+        ));
+    }
+    if let Some(c) = runner.egraph.analysis.conflicts.first() {
+        return Err(format!(
+            "a rule equated values of different types ({c}); kept the original form"
+        ));
+    }
+    let t1 = Instant::now();
+    let true_cost = |ex: &crate::extract::Extraction| {
+        typecheck(&ex.expr, an).map_or(f64::INFINITY, |d| expr_cost(&ex.expr, &d, &model))
+    };
+    let mut forced = HashMap::new();
+    let mut ex = crate::extract::extract(&runner.egraph, root, &model, &forced)
+        .ok_or("extraction found no acyclic form")?;
+    let mut cost = true_cost(&ex);
+    // Greedy extraction decides class by class, so it never takes a fused product whose payoff
+    // is shared by several classes: try each code-rule group as a whole.
+    for group in fired.iter().flat_map(|(_, g)| g) {
+        let mut trial = forced.clone();
+        trial.extend(group.iter().cloned());
+        if let Some(t) = crate::extract::extract(&runner.egraph, root, &model, &trial) {
+            let c = true_cost(&t);
+            if c < cost {
+                (ex, cost, forced) = (t, c, trial);
+            }
+        }
+    }
+    stats.extract_ms += t1.elapsed().as_secs_f64() * 1e3;
+    // Roles. A class holding an original node keeps its role. A new node computed from weights
+    // takes its first operand's role; one with such an operand (a projection) takes that role;
+    // anything else takes its user's role.
+    let eg = &runner.egraph;
+    let mut class_role: HashMap<Id, Role> = HashMap::new();
+    for (i, &c) in ids.iter().enumerate() {
+        if let Some(r) = be.roles[i] {
+            class_role.entry(eg.find(c)).or_insert(r);
+        }
+    }
+    let nodes = ex.expr.as_ref();
+    let weight_only: Vec<bool> = ex
+        .classes
+        .iter()
+        .map(|c| eg[*c].data.weight_only())
+        .collect();
+    let mut roles: Vec<Option<Role>> = ex
+        .classes
+        .iter()
+        .map(|c| class_role.get(&eg.find(*c)).copied())
+        .collect();
+    for i in 0..nodes.len() {
+        if roles[i].is_none() && matches!(nodes[i], TensorLang::Op(..)) {
+            let children = nodes[i].children();
+            roles[i] = if weight_only[i] {
+                // Weights of several projections joined (fused Q/K/V) belong to all of them.
+                let mut rs: Vec<Role> = children
+                    .iter()
+                    .filter_map(|&c| roles[usize::from(c)])
+                    .collect();
+                rs.dedup();
+                let qkv =
+                    |r: &Role| matches!(r, Role::QProj | Role::KProj | Role::VProj | Role::QkvProj);
+                if rs.len() > 1 && rs.iter().all(qkv) {
+                    Some(Role::QkvProj)
+                } else {
+                    rs.first().copied()
+                }
+            } else {
+                children
+                    .iter()
+                    .filter(|&&c| weight_only[usize::from(c)])
+                    .find_map(|&c| roles[usize::from(c)])
+            };
+        }
+    }
+    for i in (0..nodes.len()).rev() {
+        let r = roles[i];
+        for &c in nodes[i].children() {
+            let slot = &mut roles[usize::from(c)];
+            if slot.is_none() && matches!(nodes[usize::from(c)], TensorLang::Op(..)) {
+                *slot = r;
+            }
+        }
+    }
+    Ok((ex.expr, roles, cost))
+}
+
+/// Optimises one block expression with the exact rules, in two phases: the pattern rules
+/// (clean-up, scale folding, attention identities), then the code rules (Q/K/V fusion) on the
+/// result, so that fusion groups the projections as they finally are (the query's with the
+/// softmax scale folded in) and cannot feed on its own output.
 pub fn solve(
     be: &BlockExpr,
     an: TypeAnalysis,
@@ -188,117 +356,49 @@ pub fn solve(
         fallback: None,
         tokens_generalised: generalised,
     };
-    let leaves = an.clone();
     let solution = |expr: RecExpr<TensorLang>, roles: Vec<Role>, stats: BlockStats| Solution {
         expr,
         roles,
         original: be.expr.clone(),
         original_roles: original_roles.clone(),
-        leaves: leaves.clone(),
+        leaves: an.clone(),
         stats,
     };
-    let keep = |mut stats: BlockStats, why: String| {
-        stats.fallback = Some(why);
-        solution(be.expr.clone(), original_roles.clone(), stats)
-    };
     if original_data.is_none() {
-        return keep(
-            stats,
-            "the block does not type-check as an expression".into(),
-        );
-    }
-    let t0 = Instant::now();
-    let (mut eg, ids) = egraph_of(be, an, false);
-    let root = *ids.last().expect("a block has nodes");
-    for rule in opts
-        .rules
-        .rules
-        .iter()
-        .filter(|r| r.kind == Kind::Exact && matches!(r.body, Body::Code))
-    {
-        let n = crate::code_rules::apply(&rule.name, &mut eg);
-        if n > 0 {
-            stats.rules_fired.insert(rule.name.clone(), n);
-        }
-    }
-    let runner = Runner::default()
-        .with_egraph(eg)
-        .with_node_limit(opts.limits.nodes)
-        .with_iter_limit(opts.limits.iterations)
-        .with_time_limit(opts.limits.time)
-        .run(&opts.rules.exact_rewrites());
-    stats.saturate_ms = t0.elapsed().as_secs_f64() * 1e3;
-    stats.iterations = runner.iterations.len();
-    stats.egraph_nodes = runner.egraph.total_number_of_nodes();
-    stats.egraph_classes = runner.egraph.number_of_classes();
-    for it in &runner.iterations {
-        for (name, n) in &it.applied {
-            *stats.rules_fired.entry(name.to_string()).or_insert(0) += n;
-        }
-    }
-    let stop = runner.stop_reason.clone().unwrap_or(StopReason::Saturated);
-    stats.stop_reason = match &stop {
-        StopReason::Saturated => "saturated".into(),
-        StopReason::IterationLimit(n) => format!("iteration limit ({n})"),
-        StopReason::NodeLimit(n) => format!("node limit ({n})"),
-        StopReason::TimeLimit(s) => format!("time limit ({s:.1} s)"),
-        StopReason::Other(s) => s.clone(),
-    };
-    if matches!(stop, StopReason::NodeLimit(_) | StopReason::TimeLimit(_)) {
-        let why = format!(
-            "saturation hit the {}; kept the original form",
-            stats.stop_reason
-        );
-        return keep(stats, why);
-    }
-    if let Some(c) = runner.egraph.analysis.conflicts.first() {
-        return keep(
-            stats,
-            format!("a rule equated values of different types ({c}); kept the original form"),
-        );
-    }
-    let t1 = Instant::now();
-    let extracted = crate::extract::extract(&runner.egraph, root, &model);
-    stats.extract_ms = t1.elapsed().as_secs_f64() * 1e3;
-    let Some(ex) = extracted else {
-        return keep(stats, "extraction found no acyclic form".into());
-    };
-    if ex.cost >= before {
-        stats.model_cost_after = before;
+        stats.fallback = Some("the block does not type-check as an expression".into());
         return solution(be.expr.clone(), original_roles.clone(), stats);
     }
-    stats.model_cost_after = ex.cost;
-    // Roles: a class that holds an original node keeps its role; new classes inherit their user's.
-    let mut class_role: HashMap<Id, Role> = HashMap::new();
-    for (i, &c) in ids.iter().enumerate() {
-        if let Some(r) = be.roles[i] {
-            class_role.entry(runner.egraph.find(c)).or_insert(r);
-        }
-    }
-    let n = ex.expr.len();
-    let mut roles: Vec<Option<Role>> = ex
-        .classes
-        .iter()
-        .map(|c| class_role.get(&runner.egraph.find(*c)).copied())
-        .collect();
-    for i in (0..n).rev() {
-        let r = roles[i].unwrap_or(Role::Other);
-        roles[i] = Some(r);
-        for &c in ex.expr[Id::from(i)].children() {
-            let slot = &mut roles[usize::from(c)];
-            if slot.is_none() {
-                *slot = Some(r);
+    let mut current = BlockExpr {
+        expr: be.expr.clone(),
+        roles: be.roles.clone(),
+        input_types: be.input_types.clone(),
+        weight_types: be.weight_types.clone(),
+    };
+    let mut cost = before;
+    for code_rules in [false, true] {
+        match phase(&current, &an, code_rules, opts, &mut stats) {
+            Ok((expr, roles, c)) if c < cost => {
+                current = BlockExpr {
+                    expr,
+                    roles,
+                    ..current
+                };
+                cost = c;
+            }
+            Ok(_) => {}
+            Err(why) => {
+                stats.fallback = Some(why);
+                return solution(be.expr.clone(), original_roles.clone(), stats);
             }
         }
     }
-    solution(
-        ex.expr,
-        roles
-            .into_iter()
-            .map(|r| r.unwrap_or(Role::Other))
-            .collect(),
-        stats,
-    )
+    stats.model_cost_after = cost;
+    let roles = current
+        .roles
+        .iter()
+        .map(|r| r.unwrap_or(Role::Other))
+        .collect();
+    solution(current.expr, roles, stats)
 }
 
 /// Optimises every block of `g` with the exact rules, one saturation per distinct structure.
@@ -396,4 +496,36 @@ pub fn rebuild(
         out.set_output(name, map[id])?;
     }
     Ok(out)
+}
+
+/// The egg explanation of how block `be` was rewritten into its optimised form, phase by
+/// phase: one line per step, each naming the rule that justifies it (code rules included).
+/// Saturates again with explanations on, so use it for one layer at a time.
+pub fn explain(be: &BlockExpr, an: TypeAnalysis, opts: &Options) -> Result<Vec<String>, String> {
+    let model = CostModel::at_seq(opts.seq);
+    let mut lines = Vec::new();
+    let mut current = BlockExpr {
+        expr: be.expr.clone(),
+        roles: be.roles.clone(),
+        input_types: be.input_types.clone(),
+        weight_types: be.weight_types.clone(),
+    };
+    for (code_rules, title) in [
+        (false, "phase 1: pattern rules"),
+        (true, "phase 2: code rules, then pattern rules"),
+    ] {
+        let (mut runner, ids, _) = saturate(&current, &an, code_rules, true, opts)?;
+        let root = *ids.last().ok_or("empty block")?;
+        let ex = crate::extract::extract(&runner.egraph, root, &model, &HashMap::new())
+            .ok_or("extraction found no acyclic form")?;
+        lines.push(format!("# {title}"));
+        lines.extend(
+            runner
+                .explain_equivalence(&current.expr, &ex.expr)
+                .get_flat_strings(),
+        );
+        current.roles = vec![None; ex.expr.len()];
+        current.expr = ex.expr;
+    }
+    Ok(lines)
 }

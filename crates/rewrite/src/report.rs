@@ -4,9 +4,9 @@
 
 use attnopt_ir::cost::Cost;
 use attnopt_ir::{Bindings, Role};
-use egg::{Id, RecExpr};
+use egg::{Id, Language, RecExpr};
 
-use crate::analysis::TypeAnalysis;
+use crate::analysis::{Data, TypeAnalysis};
 use crate::cost::ir_cost;
 use crate::lang::TensorLang;
 use crate::optimize::{typecheck, Solution};
@@ -21,12 +21,16 @@ pub struct CostAt {
     pub attention_after: Cost,
 }
 
-/// The attention core: what lies between the projections and the output projection.
-pub fn is_attention_core(r: Role) -> bool {
-    matches!(
-        r,
-        Role::AttnScores | Role::AttnMask | Role::AttnProbs | Role::AttnContext
-    )
+/// Whether a node belongs to the attention core: an attention node (by role) that does not
+/// multiply by or add a weight, i.e. attention minus its Q/K/V and output projections. Decided
+/// by structure as well as role, so a projection the optimizer rewrote (say, with the softmax
+/// scale folded into its weights) is never counted as attention work.
+fn is_attention_core(node: &TensorLang, role: Role, data: &[Data]) -> bool {
+    role.is_attention()
+        && !node
+            .children()
+            .iter()
+            .any(|&c| data[usize::from(c)].weight_only())
 }
 
 /// (total, attention core) cost of `expr` at `b`; weight-only nodes are precomputed and free.
@@ -46,7 +50,7 @@ pub fn expr_costs(
         }
         if let Some((_, c)) = ir_cost(node, &data[i], &|c: Id| data[usize::from(c)].clone(), b) {
             total += c;
-            if is_attention_core(roles[i]) {
+            if is_attention_core(node, roles[i], &data) {
                 core += c;
             }
         }

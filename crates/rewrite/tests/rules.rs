@@ -1,0 +1,794 @@
+//! One snapshot per rule of the embedded rule files: a small start graph in layer 0 on which
+//! the rule matches, the rule applied once (`approx::apply_once`; the `qkv-fusion` code rule
+//! through `optimize` with only that rule loaded), and the result stamped back into a graph.
+//!
+//! Every exact rule is also checked numerically: the rewritten graph must evaluate like the
+//! start graph on seeded random inputs (several heads and tokens, batch 2). Approximate rules
+//! must change the values but not the output's type. A rule without a case here fails
+//! `every_embedded_rule_has_a_case`.
+//!
+//! The loader tests at the end check that malformed rule files give `file:line` errors.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use attnopt_ir::builder::{Attention, AttentionKind, Builder};
+use attnopt_ir::{
+    interp, Binary, Bindings, DType, Dim, Graph, NodeId, Op, Reduce, Role, RopeStyle, Scalar,
+    Shape, Sym, Tensor, Unary, Weight,
+};
+use attnopt_rewrite::rules::{Body, Kind, Rule};
+use attnopt_rewrite::{approx, block, optimize, Limits, Options, RuleError, RuleSet};
+
+const B: Dim = Dim::Sym(Sym::Batch);
+const N: Dim = Dim::Sym(Sym::Seq);
+
+fn fx(n: usize) -> Dim {
+    Dim::Fixed(n)
+}
+
+/// Runtime batch and token count of the numerical checks.
+const RUN_BATCH: usize = 2;
+const RUN_TOKENS: usize = 5;
+
+/// SplitMix64: seeded, dependency-free random numbers for weights and inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+/// Builds a start graph: inputs and weights outside the blocks, everything else in layer 0.
+struct Ctx {
+    b: Builder,
+    rng: Rng,
+}
+
+impl Ctx {
+    fn new() -> Ctx {
+        let mut b = Builder::new();
+        b.set_layer(Some(0));
+        Ctx { b, rng: Rng(7) }
+    }
+
+    fn input(&mut self, name: &str, dims: &[Dim]) -> NodeId {
+        self.b
+            .graph
+            .input(name, DType::F32, Shape(dims.to_vec()))
+            .unwrap()
+    }
+
+    fn mask(&mut self) -> NodeId {
+        self.b
+            .graph
+            .input("attention_mask", DType::I64, Shape(vec![B, N]))
+            .unwrap()
+    }
+
+    fn weight(&mut self, name: &str, dims: &[usize]) -> NodeId {
+        let n = dims.iter().product();
+        let values = self.rng.vec(n);
+        self.b
+            .graph
+            .weight(Weight::from_f32(name, dims.to_vec(), &values).unwrap())
+    }
+
+    fn op(&mut self, op: Op, args: &[NodeId]) -> NodeId {
+        self.b.op(op, args, Role::Other).unwrap()
+    }
+
+    fn unary(&mut self, u: Unary, x: NodeId) -> NodeId {
+        self.op(Op::Unary(u), &[x])
+    }
+
+    fn binary(&mut self, f: Binary, a: NodeId, b: NodeId) -> NodeId {
+        self.op(Op::Binary(f), &[a, b])
+    }
+
+    fn scale(&mut self, c: f32, x: NodeId) -> NodeId {
+        self.op(Op::Scale(Scalar::new(c)), &[x])
+    }
+
+    fn split(&mut self, heads: usize, x: NodeId) -> NodeId {
+        self.op(Op::SplitHeads { heads }, &[x])
+    }
+
+    fn transpose(&mut self, x: NodeId) -> NodeId {
+        self.op(Op::Permute(vec![0, 1, 3, 2]), &[x])
+    }
+
+    fn matmul(&mut self, a: NodeId, b: NodeId) -> NodeId {
+        self.op(Op::MatMul, &[a, b])
+    }
+
+    fn sum(&mut self, axis: usize, x: NodeId) -> NodeId {
+        self.op(
+            Op::Reduce {
+                kind: Reduce::Sum,
+                axis,
+                keep_dim: true,
+            },
+            &[x],
+        )
+    }
+
+    /// `q·kᵀ` for rank-4 `q`, `k`.
+    fn scores(&mut self, q: NodeId, k: NodeId) -> NodeId {
+        let kt = self.transpose(k);
+        self.matmul(q, kt)
+    }
+
+    /// q, k `[B, heads, N, dk]` and v `[B, heads, N, dv]` as inputs.
+    fn qkv(&mut self, heads: usize, dk: usize, dv: usize) -> (NodeId, NodeId, NodeId) {
+        let h = Dim::Fixed(heads);
+        (
+            self.input("q", &[B, h, N, Dim::Fixed(dk)]),
+            self.input("k", &[B, h, N, Dim::Fixed(dk)]),
+            self.input("v", &[B, h, N, Dim::Fixed(dv)]),
+        )
+    }
+
+    /// Softmax attention over projections of `x [B, N, 8]` (2 heads of 4), as import builds it.
+    fn softmax_attention(&mut self, causal: bool, padded: bool) -> NodeId {
+        let x = self.input("x", &[B, N, fx(8)]);
+        let m = padded.then(|| self.mask());
+        let proj = |c: &mut Ctx, name: &str| {
+            let w = c.weight(name, &[8, 8]);
+            c.matmul(x, w)
+        };
+        let (q, k, v) = (proj(self, "wq"), proj(self, "wk"), proj(self, "wv"));
+        self.b
+            .attention(
+                q,
+                k,
+                v,
+                &Attention {
+                    kind: AttentionKind::Softmax,
+                    heads: 2,
+                    kv_heads: 2,
+                    head_dim: 4,
+                    causal,
+                    padding_mask: m,
+                    rope: None,
+                    scale: 0.5,
+                },
+            )
+            .unwrap()
+    }
+}
+
+/// The start graph of each rule, with its output node.
+type Build = fn(&mut Ctx) -> NodeId;
+
+fn x8(c: &mut Ctx) -> NodeId {
+    c.input("x", &[B, N, fx(8)])
+}
+
+/// Cases: (rule name, start graph). One test function per case, and `COVERED` for the
+/// coverage check.
+macro_rules! cases {
+    ($($test:ident => $name:literal: $build:expr;)*) => {
+        const COVERED: &[&str] = &[$($name),*];
+        fn case(name: &str) -> Option<Build> {
+            match name {
+                $($name => Some($build),)*
+                _ => None,
+            }
+        }
+        $(
+            #[test]
+            fn $test() {
+                check_rule($name);
+            }
+        )*
+    };
+}
+
+cases! {
+    // cleanup.rules
+    cancel_permutes => "cancel-permutes": |c| {
+        let x = x8(c);
+        let h = c.split(2, x);
+        let p = c.op(Op::Permute(vec![0, 2, 3, 1]), &[h]);
+        let q = c.op(Op::Permute(vec![0, 3, 1, 2]), &[p]);
+        c.unary(Unary::Tanh, q)
+    };
+    drop_identity_permute => "drop-identity-permute": |c| {
+        let x = x8(c);
+        let p = c.op(Op::Permute(vec![0, 1, 2]), &[x]);
+        c.unary(Unary::Tanh, p)
+    };
+    merge_reshapes => "merge-reshapes": |c| {
+        let x = x8(c);
+        let r = c.op(Op::Reshape(Shape(vec![B, N, fx(2), fx(4)])), &[x]);
+        let r = c.op(Op::Reshape(Shape(vec![B, N, fx(4), fx(2)])), &[r]);
+        c.unary(Unary::Tanh, r)
+    };
+    drop_noop_reshape => "drop-noop-reshape": |c| {
+        let x = x8(c);
+        let r = c.op(Op::Reshape(Shape(vec![B, N, fx(8)])), &[x]);
+        c.unary(Unary::Tanh, r)
+    };
+    cancel_merge_split => "cancel-merge-split": |c| {
+        let x = x8(c);
+        let h = c.split(2, x);
+        let m = c.op(Op::MergeHeads, &[h]);
+        c.unary(Unary::Tanh, m)
+    };
+    cancel_split_merge => "cancel-split-merge": |c| {
+        let x = c.input("x", &[B, fx(2), N, fx(4)]);
+        let m = c.op(Op::MergeHeads, &[x]);
+        let h = c.split(2, m);
+        c.unary(Unary::Tanh, h)
+    };
+    fold_biases => "fold-biases": |c| {
+        let x = x8(c);
+        let (b1, b2) = (c.weight("b1", &[8]), c.weight("b2", &[1, 8]));
+        let y = c.binary(Binary::Add, x, b1);
+        c.binary(Binary::Add, y, b2)
+    };
+    // fusion.rules
+    qkv_fusion => "qkv-fusion": |c| {
+        let x = x8(c);
+        let proj = |c: &mut Ctx, w: &str, b: &str| {
+            let (w, b) = (c.weight(w, &[8, 8]), c.weight(b, &[8]));
+            let y = c.matmul(x, w);
+            c.binary(Binary::Add, y, b)
+        };
+        let q = proj(c, "wq", "bq");
+        let k = proj(c, "wk", "bk");
+        let v = proj(c, "wv", "bv");
+        let qk = c.binary(Binary::Mul, q, k);
+        c.binary(Binary::Add, qk, v)
+    };
+    scale_into_matmul_left => "scale-into-matmul-left": |c| {
+        let x = x8(c);
+        let w = c.weight("w", &[8, 6]);
+        let y = c.matmul(x, w);
+        c.scale(0.125, y)
+    };
+    scale_into_matmul_right => "scale-into-matmul-right": |c| {
+        let x = x8(c);
+        let w = c.weight("w", &[8, 6]);
+        let y = c.matmul(x, w);
+        c.scale(0.125, y)
+    };
+    scale_into_split_heads => "scale-into-split-heads": |c| {
+        let x = x8(c);
+        let h = c.split(2, x);
+        c.scale(-0.5, h)
+    };
+    scale_into_permute => "scale-into-permute": |c| {
+        let x = x8(c);
+        let p = c.op(Op::Permute(vec![0, 2, 1]), &[x]);
+        c.scale(-0.5, p)
+    };
+    scale_into_rope => "scale-into-rope": |c| {
+        let x = x8(c);
+        let h = c.split(2, x);
+        let r = c.op(
+            Op::Rope {
+                theta: Scalar::new(10000.0),
+                style: RopeStyle::Half,
+            },
+            &[h],
+        );
+        c.scale(0.25, r)
+    };
+    scale_into_slice => "scale-into-slice": |c| {
+        let x = x8(c);
+        let s = c.op(
+            Op::Slice {
+                axis: 2,
+                start: 2,
+                end: fx(6),
+            },
+            &[x],
+        );
+        c.scale(3.0, s)
+    };
+    scale_over_add => "scale-over-add": |c| {
+        let x = x8(c);
+        let b = c.weight("b", &[8]);
+        let y = c.binary(Binary::Add, x, b);
+        c.scale(0.5, y)
+    };
+    // attention.rules
+    reassociate_attention => "reassociate-attention": |c| {
+        let (q, k, v) = c.qkv(2, 4, 3);
+        let s = c.scores(q, k);
+        c.matmul(s, v)
+    };
+    reassociate_normaliser => "reassociate-normaliser": |c| {
+        let (q, k, _) = c.qkv(2, 4, 3);
+        let s = c.scores(q, k);
+        c.sum(3, s)
+    };
+    causal_linear_attention => "causal-linear-attention": |c| {
+        let (q, k, v) = c.qkv(2, 4, 3);
+        let s = c.scores(q, k);
+        let s = c.op(Op::Tril, &[s]);
+        c.matmul(s, v)
+    };
+    causal_linear_normaliser => "causal-linear-normaliser": |c| {
+        let (q, k, _) = c.qkv(2, 4, 3);
+        let s = c.scores(q, k);
+        let s = c.op(Op::Tril, &[s]);
+        c.sum(3, s)
+    };
+    outer_product_dim1 => "outer-product-dim1": |c| {
+        let (q, k, _) = c.qkv(4, 1, 1);
+        c.scores(q, k)
+    };
+    inner_product_dim1 => "inner-product-dim1": |c| {
+        let (_, k, v) = c.qkv(4, 1, 1);
+        let kt = c.transpose(k);
+        c.matmul(kt, v)
+    };
+    causal_dim1 => "causal-dim1": |c| {
+        let (q, k, v) = c.qkv(4, 1, 1);
+        let s = c.scores(q, k);
+        let s = c.op(Op::Tril, &[s]);
+        c.matmul(s, v)
+    };
+    mul_under_split_heads => "mul-under-split-heads": |c| {
+        let (x, y) = (x8(c), c.input("y", &[B, N, fx(8)]));
+        let (hx, hy) = (c.split(2, x), c.split(2, y));
+        c.binary(Binary::Mul, hx, hy)
+    };
+    sum_under_split_heads => "sum-under-split-heads": |c| {
+        let x = x8(c);
+        let h = c.split(2, x);
+        c.sum(2, h)
+    };
+    cumsum_under_split_heads => "cumsum-under-split-heads": |c| {
+        let x = x8(c);
+        let h = c.split(2, x);
+        c.op(Op::CumSum { axis: 2 }, &[h])
+    };
+    // hydra.rules
+    hydra => "hydra": |c| c.softmax_attention(false, false);
+    hydra_padded => "hydra-padded": |c| c.softmax_attention(false, true);
+    hydra_causal => "hydra-causal": |c| c.softmax_attention(true, false);
+    hydra_causal_padded => "hydra-causal-padded": |c| c.softmax_attention(true, true);
+}
+
+/// Seeded random values for every input of `g` at batch 2, 5 tokens. Padding masks keep the
+/// first three tokens of every row and drop some of the rest.
+fn random_inputs(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
+    let mut rng = Rng(seed);
+    let b = Bindings::new(RUN_BATCH, RUN_TOKENS);
+    g.inputs()
+        .iter()
+        .map(|(name, id)| {
+            let ty = &g.node(*id).ty;
+            let shape = ty.shape.eval(&b).unwrap();
+            let n = shape.iter().product();
+            let t = match ty.dtype {
+                DType::I64 => {
+                    let v = (0..n)
+                        .map(|i| i64::from(i % RUN_TOKENS < 3 || rng.f32() > 0.0))
+                        .collect();
+                    Tensor::i64(shape, v).unwrap()
+                }
+                _ => Tensor::f32(shape, rng.vec(n)).unwrap(),
+            };
+            (name.clone(), t)
+        })
+        .collect()
+}
+
+/// Runs `g` on `inputs`; the one output.
+fn eval(g: &Graph, inputs: &HashMap<String, Tensor>) -> Tensor {
+    let mut out = interp::run(g, inputs, &[]).unwrap();
+    out.remove("out").unwrap()
+}
+
+/// `(max-abs difference, max-abs of the start values)` between two graphs' outputs on three
+/// seeded inputs.
+fn compare(start: &Graph, result: &Graph) -> (f32, f32) {
+    let (mut err, mut scale) = (0.0f32, 0.0f32);
+    for seed in 1..=3 {
+        let inputs = random_inputs(start, seed);
+        let (a, b) = (eval(start, &inputs), eval(result, &inputs));
+        assert_eq!(a.shape(), b.shape(), "the rewrite changed the output shape");
+        err = err.max(b.max_abs_diff(&a).unwrap());
+        scale = scale.max(a.max_abs());
+    }
+    (err, scale)
+}
+
+/// The start graph of `name`, with its output named `out`.
+fn start_graph(name: &str) -> Graph {
+    let build = case(name).unwrap_or_else(|| panic!("no case for rule `{name}`"));
+    let mut c = Ctx::new();
+    let out = build(&mut c);
+    let mut g = c.b.finish();
+    g.set_output("out", out).unwrap();
+    g
+}
+
+/// `rule` applied once to the single block of `g`, stamped back into a copy of `g`'s leaves.
+/// Returns the rewritten block expression and the new graph.
+fn apply_pattern_rule(rule: &Rule, g: &Graph) -> (String, String, Graph) {
+    let (blocks, bad) = block::blocks(g);
+    assert!(bad.is_empty() && blocks.len() == 1, "one block expected");
+    let b = &blocks[0];
+    let (be, an, generalised) = optimize::prepare(g, b);
+    assert!(!generalised, "start graphs use symbolic token axes");
+    let new = approx::apply_once(rule, &be, &an)
+        .unwrap_or_else(|| panic!("rule `{}` does not match its start graph", rule.name));
+    assert!(
+        optimize::typecheck(&new.expr, &an).is_some(),
+        "the rewritten expression does not type-check"
+    );
+    // The graph outside the block (inputs and weights only), then the block.
+    let mut out = Graph::new();
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    for n in g.topo_order() {
+        let id = match &g.node(n).op {
+            Op::Input { name, dtype, shape } => out.input(name, *dtype, shape.clone()).unwrap(),
+            Op::Weight(w) => out.weight(g.weight_data(*w).clone()),
+            _ => continue,
+        };
+        map.insert(n, id);
+    }
+    let ins: Vec<NodeId> = b.inputs.iter().map(|i| map[i]).collect();
+    let ws: Vec<NodeId> = b.weights.iter().map(|w| map[w]).collect();
+    let roles: Vec<Role> = new.roles.iter().map(|r| r.unwrap_or(Role::Other)).collect();
+    let root = block::instantiate(&mut out, &new.expr, &roles, b.layer, &ins, &ws, None).unwrap();
+    out.set_output("out", root).unwrap();
+    (be.expr.to_string(), new.expr.to_string(), out)
+}
+
+/// `g` optimised with a rule set holding only `rule` (seq 128).
+fn optimize_with_only(rule: &Rule, g: &Graph) -> Graph {
+    let kind = match rule.kind {
+        Kind::Exact => "exact",
+        Kind::Approx => "approx",
+    };
+    let text = format!("{kind} {}: code\n", rule.name);
+    let rules = RuleSet::from_texts([("one.rules".to_string(), text)]).unwrap();
+    let o = optimize(
+        g,
+        &Options {
+            rules: &rules,
+            seq: 128,
+            limits: Limits::default(),
+            conversions: Default::default(),
+        },
+    )
+    .unwrap();
+    for s in o.layers.values() {
+        assert!(s.stats.fallback.is_none(), "{:?}", s.stats.fallback);
+        assert!(
+            s.stats.rules_fired.contains_key(&rule.name),
+            "`{}` did not fire: {:?}",
+            rule.name,
+            s.stats.rules_fired
+        );
+    }
+    o.graph
+}
+
+/// Applies rule `name` to its start graph, snapshots start and result, and checks the values.
+fn check_rule(name: &str) {
+    let rules = RuleSet::embedded().unwrap();
+    let rule = rules
+        .get(name)
+        .unwrap_or_else(|| panic!("no embedded rule `{name}`"));
+    let start = start_graph(name);
+    let kind = match rule.kind {
+        Kind::Exact => "exact",
+        Kind::Approx => "approx",
+    };
+    let mut text = format!("rule: {kind} {name}\norigin: {}\n", rule.origin);
+    let result = match &rule.body {
+        Body::Pattern { lhs, rhs } => {
+            let (before, after, result) = apply_pattern_rule(rule, &start);
+            text += &format!(
+                "pattern: {lhs} => {}\n\nstart block:\n  {before}\nrewritten block:\n  {after}\n",
+                rhs.rhs
+            );
+            result
+        }
+        Body::Code => optimize_with_only(rule, &start),
+    };
+    text += &format!("\nstart graph:\n{start}\nresult graph:\n{result}");
+    let (err, scale) = compare(&start, &result);
+    match rule.kind {
+        Kind::Exact => assert!(
+            err <= 1e-5 * scale.max(1e-6),
+            "exact rule `{name}` changed the values: max-abs error {err:e} (values up to {scale:e})\n{text}"
+        ),
+        Kind::Approx => assert!(
+            err > 1e-3 * scale,
+            "approximate rule `{name}` left the values unchanged ({err:e})\n{text}"
+        ),
+    }
+    let out_ty = |g: &Graph| g.node(g.output("out").unwrap()).ty.clone();
+    assert_eq!(
+        out_ty(&start),
+        out_ty(&result),
+        "`{name}` changed the output type"
+    );
+    insta::assert_snapshot!(name, text);
+}
+
+#[test]
+fn every_embedded_rule_has_a_case() {
+    let rules = RuleSet::embedded().unwrap();
+    let embedded: BTreeSet<&str> = rules.rules.iter().map(|r| r.name.as_str()).collect();
+    let covered: BTreeSet<&str> = COVERED.iter().copied().collect();
+    assert_eq!(covered.len(), COVERED.len(), "a rule is listed twice");
+    assert_eq!(
+        embedded, covered,
+        "every embedded rule needs a case in tests/rules.rs (and no case may name a missing rule)"
+    );
+}
+
+/// Rule kinds: the approximate rules are exactly the Hydra family, every code rule is known.
+#[test]
+fn embedded_rule_kinds() {
+    let rules = RuleSet::embedded().unwrap();
+    let kinds: BTreeMap<&str, (Kind, bool)> = rules
+        .rules
+        .iter()
+        .map(|r| {
+            (
+                r.name.as_str(),
+                (r.kind, matches!(r.body, attnopt_rewrite::rules::Body::Code)),
+            )
+        })
+        .collect();
+    let approx: Vec<&str> = rules
+        .approx_family("hydra")
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(
+        approx,
+        [
+            "hydra",
+            "hydra-padded",
+            "hydra-causal",
+            "hydra-causal-padded"
+        ]
+    );
+    for (name, (kind, code)) in kinds {
+        assert_eq!(kind == Kind::Approx, name.starts_with("hydra"), "{name}");
+        if code {
+            assert!(rules.has_code_rule(name), "{name}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule-file loader errors.
+
+fn load(files: &[(&str, &str)]) -> Result<RuleSet, RuleError> {
+    RuleSet::from_texts(files.iter().map(|&(f, t)| (f.to_string(), t.to_string())))
+}
+
+/// Loads `text` as `bad.rules` after a valid first rule, expecting an error at `line` whose
+/// message contains every one of `words`.
+fn bad(text: &str, line: usize, words: &[&str]) -> RuleError {
+    let text = format!("# header\nexact ok: (neg (neg ?x)) => ?x\n{text}");
+    let e = match load(&[("rules/bad.rules", &text)]) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.file, "rules/bad.rules", "{e}");
+    assert_eq!(e.line, line, "{e}");
+    for w in words {
+        assert!(e.msg.contains(w), "`{e}` should mention `{w}`");
+    }
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!("rules/bad.rules:{line}: ")),
+        "{shown}"
+    );
+    e
+}
+
+#[test]
+fn rule_without_kind() {
+    bad(
+        "fast f: (neg ?x) => ?x",
+        3,
+        &["`exact` or `approx`", "fast"],
+    );
+    bad("f: (neg ?x) => ?x", 3, &["`exact` or `approx`"]);
+}
+
+#[test]
+fn rule_without_colon() {
+    bad("exact f (neg ?x) => ?x", 3, &["exact NAME:"]);
+}
+
+#[test]
+fn rule_with_bad_name() {
+    bad("exact two words: (neg ?x) => ?x", 3, &["bad rule name"]);
+    bad("exact f.g: (neg ?x) => ?x", 3, &["bad rule name"]);
+    bad("exact : (neg ?x) => ?x", 3, &["bad rule name"]);
+}
+
+#[test]
+fn rule_with_unknown_operator() {
+    bad(
+        "exact f: (frobnicate ?x) => ?x",
+        3,
+        &["left side", "frobnicate"],
+    );
+    bad(
+        "exact f: (neg ?x) => (frobnicate ?x)",
+        3,
+        &["right side", "frobnicate"],
+    );
+}
+
+#[test]
+fn rule_with_wrong_child_count() {
+    bad(
+        "exact f: (neg ?x ?y) => ?x",
+        3,
+        &["neg", "1 operand", "got 2"],
+    );
+    bad(
+        "exact f: (softmax ?x) => ?x",
+        3,
+        &["softmax", "1 attribute", "got 1"],
+    );
+    bad(
+        "exact f: (neg ?x) => (matmul ?x)",
+        3,
+        &["right side", "matmul", "2 operand"],
+    );
+}
+
+#[test]
+fn rule_with_unbound_variable() {
+    bad("exact f: (neg ?x) => ?y", 3, &["?y", "not bound"]);
+    bad(
+        "exact f: (neg ?x) => (neg ?x) if weight_only(?z)",
+        3,
+        &["?z", "not bound"],
+    );
+}
+
+#[test]
+fn rule_with_unknown_condition() {
+    bad(
+        "exact f: (neg ?x) => (neg ?x) if shiny(?x)",
+        3,
+        &["unknown condition `shiny`", "weight_only"],
+    );
+    bad(
+        "exact f: (neg ?x) => (neg ?x) if dim(?x, 1)",
+        3,
+        &["dim", "3 argument"],
+    );
+}
+
+#[test]
+fn rule_without_arrow() {
+    bad("exact f: (neg ?x) ?x", 3, &["LHS => RHS"]);
+}
+
+#[test]
+fn unknown_code_rule() {
+    bad(
+        "exact f: code",
+        3,
+        &["no code rule named `f`", "qkv-fusion"],
+    );
+}
+
+#[test]
+fn continuation_lines_report_the_first_line() {
+    // The error is in the third physical line of a rule that starts on line 4.
+    bad(
+        "\n# a comment\nexact f: (neg ?x)\n    => (neg ?x)\n    if shiny(?x)\nexact g: (neg ?x) => ?x",
+        5,
+        &["shiny"],
+    );
+    // Comments and blank lines between continuation lines do not break the rule.
+    let ok = load(&[(
+        "a.rules",
+        "exact f: (neg ?x)   # trailing comment\n\n    => (neg ?x)\n    if rank(?x, 3)\n",
+    )])
+    .unwrap();
+    assert_eq!(ok.rules[0].origin, "a.rules:1");
+}
+
+#[test]
+fn duplicate_rule_names_across_files() {
+    let e = load(&[
+        ("rules/a.rules", "exact f: (neg (neg ?x)) => ?x\n"),
+        (
+            "rules/b.rules",
+            "# other\nexact g: (neg ?x) => (neg ?x)\nexact f: (neg ?x) => (neg ?x)\n",
+        ),
+    ])
+    .err()
+    .expect("duplicate accepted");
+    assert_eq!((e.file.as_str(), e.line), ("rules/b.rules", 3), "{e}");
+    assert!(
+        e.msg.contains("`f`") && e.msg.contains("rules/a.rules:1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_embedded_rules_load_and_have_origins() {
+    let rules = RuleSet::embedded().unwrap();
+    for r in &rules.rules {
+        let (file, line) = r.origin.rsplit_once(':').unwrap();
+        assert!(
+            file.starts_with("rules/") && file.ends_with(".rules"),
+            "{}",
+            r.origin
+        );
+        assert!(line.parse::<usize>().unwrap() > 0, "{}", r.origin);
+    }
+}
+
+/// A bare-variable right side at the root of a block: the result is that variable's value,
+/// not whatever node happened to come last before the matched root.
+#[test]
+fn apply_once_with_a_bare_variable_at_the_root() {
+    let rules = RuleSet::from_texts([(
+        "t.rules".to_string(),
+        "approx unwrap: (neg (scale ?c ?x)) => ?x\n".to_string(),
+    )])
+    .unwrap();
+    let mut c = Ctx::new();
+    let x = x8(&mut c);
+    let y = c.unary(Unary::Tanh, x);
+    let s = c.scale(2.0, y);
+    let n = c.unary(Unary::Neg, s);
+    let mut g = c.b.finish();
+    g.set_output("out", n).unwrap();
+    let (_, after, result) = apply_pattern_rule(rules.get("unwrap").unwrap(), &g);
+    assert_eq!(after, "(tanh in:0)");
+    let inputs = random_inputs(&g, 1);
+    let want: Vec<f32> = inputs["x"].to_f32_vec().iter().map(|v| v.tanh()).collect();
+    let got = eval(&result, &inputs).to_f32_vec();
+    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
+}
+
+/// The same with the variable bound to a block input that is not the last leaf.
+#[test]
+fn apply_once_with_a_block_input_as_the_result() {
+    let rules = RuleSet::from_texts([(
+        "t.rules".to_string(),
+        "approx first: (add ?x ?y) => ?x\n".to_string(),
+    )])
+    .unwrap();
+    let mut c = Ctx::new();
+    let (x, y) = (x8(&mut c), c.input("y", &[B, N, fx(8)]));
+    let s = c.binary(Binary::Add, x, y);
+    let mut g = c.b.finish();
+    g.set_output("out", s).unwrap();
+    let (_, after, result) = apply_pattern_rule(rules.get("first").unwrap(), &g);
+    assert_eq!(after, "in:0");
+    let inputs = random_inputs(&g, 1);
+    assert_eq!(
+        eval(&result, &inputs).to_f32_vec(),
+        inputs["x"].to_f32_vec()
+    );
+}

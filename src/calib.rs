@@ -1,0 +1,97 @@
+//! Calibration inputs for measuring approximations: a user's file (`--calib`), or seeded random
+//! inputs of the right kind (token ids within the vocabulary, or pixels).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use attnopt_ir::{DType, Dim, Op, Sym, Tensor};
+
+use crate::{tensors, Error, Model};
+
+/// A small deterministic generator (xorshift64*), so calibration is reproducible by seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform().max(1e-7), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    }
+}
+
+/// Batch and token count of generated calibration inputs.
+pub const CALIB_BATCH: usize = 2;
+
+/// The inputs from `file` that the model takes, or generated ones: ids uniform over the
+/// vocabulary, an all-ones `attention_mask`, zero `token_type_ids`, normal pixels.
+pub fn calibration_inputs(
+    model: &Model,
+    file: Option<&Path>,
+    seq: usize,
+    seed: u64,
+) -> Result<BTreeMap<String, Tensor>, Error> {
+    let takes = model.input_names();
+    if let Some(f) = file {
+        let all = tensors::read(f)?;
+        let inputs: BTreeMap<String, Tensor> = all
+            .into_iter()
+            .filter(|(k, _)| takes.contains(&k.as_str()))
+            .collect();
+        if inputs.is_empty() {
+            return Err(Error::Usage {
+                path: f.into(),
+                msg: format!("holds none of the model's inputs ({})", takes.join(", ")),
+            });
+        }
+        return Ok(inputs);
+    }
+    let g = model.graph();
+    let vocab = model.imported().dims.vocab.unwrap_or(2).max(1) as u64;
+    let mut rng = Rng::new(seed);
+    let mut out = BTreeMap::new();
+    for (name, id) in g.inputs() {
+        let Op::Input { dtype, shape, .. } = &g.node(*id).op else {
+            continue;
+        };
+        let dims: Vec<usize> = shape
+            .0
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => *n,
+                Dim::Sym(Sym::Batch) => CALIB_BATCH,
+                Dim::Sym(Sym::Seq) => seq,
+            })
+            .collect();
+        let n: usize = dims.iter().product();
+        let t = match (name.as_str(), dtype) {
+            ("attention_mask", _) => Tensor::i64(dims, vec![1; n]),
+            ("token_type_ids", _) => Tensor::i64(dims, vec![0; n]),
+            (_, DType::I64) => Tensor::i64(
+                dims,
+                (0..n).map(|_| (rng.next_u64() % vocab) as i64).collect(),
+            ),
+            _ => Tensor::f32(dims, (0..n).map(|_| rng.normal()).collect()),
+        };
+        out.insert(
+            name.clone(),
+            t.expect("lengths match the shapes built above"),
+        );
+    }
+    Ok(out)
+}

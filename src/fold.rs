@@ -1,0 +1,114 @@
+//! Precomputing what depends on weights only (a concatenated Q/K/V weight, a weight with the
+//! softmax scale folded in) into new weight tensors, so a run never recomputes it.
+//!
+//! Pure views of one weight (transposes, reshapes) are left as they are: they cost nothing to
+//! keep and folding them would copy every projection matrix of the model.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use attnopt_ir::{interp, Graph, NodeId, Op, Tensor, Weight};
+
+use crate::Error;
+
+/// A graph with weight-only subgraphs replaced by new weights.
+pub struct Folded {
+    pub graph: Graph,
+    /// The new weights by name (all f32).
+    pub weights: BTreeMap<String, Tensor>,
+}
+
+fn is_view(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Permute(_) | Op::Reshape(_) | Op::Unsqueeze { .. } | Op::Squeeze { .. }
+    )
+}
+
+/// Folds every maximal weight-only subgraph that is more than a view of one weight.
+pub fn fold_weights(g: &Graph) -> Result<Folded, Error> {
+    let order = g.topo_order();
+    // weight_only[n]: computable from weights alone; view_of_weight[n]: a chain of views of one weight.
+    let mut weight_only: HashMap<NodeId, bool> = HashMap::new();
+    let mut view: HashMap<NodeId, bool> = HashMap::new();
+    for &n in &order {
+        let node = g.node(n);
+        let ops = g.operands(n);
+        let (w, v) = match node.op {
+            Op::Weight(_) => (true, true),
+            Op::Input { .. } => (false, false),
+            ref op => {
+                // A value shaped by the run (a position-table slice of length N) is not constant.
+                let fixed = node.ty.shape.0.iter().all(|d| d.fixed().is_some());
+                let w = fixed && ops.iter().all(|o| weight_only[o]);
+                (w, w && is_view(op) && ops.len() == 1 && view[&ops[0]])
+            }
+        };
+        weight_only.insert(n, w);
+        view.insert(n, v);
+    }
+    let fold: Vec<NodeId> = order
+        .iter()
+        .copied()
+        .filter(|&n| weight_only[&n] && !view[&n])
+        .filter(|&n| {
+            g.users(n).iter().any(|u| !weight_only[u]) || g.outputs().iter().any(|&(_, o)| o == n)
+        })
+        .collect();
+    let values = interp::run_nodes(g, &HashMap::new(), &fold)?;
+    // Names: attnopt.L{layer}.{role}.{k}, stable for a given graph.
+    let mut counters: HashMap<String, usize> = HashMap::new();
+    let mut replacement: HashMap<NodeId, Weight> = HashMap::new();
+    let mut weights = BTreeMap::new();
+    for (&n, t) in fold.iter().zip(values) {
+        let meta = g.node(n).meta;
+        let stem = match meta.layer {
+            Some(l) => format!("attnopt.L{l}.{}", meta.role),
+            None => format!("attnopt.{}", meta.role),
+        };
+        let k = counters.entry(stem.clone()).or_insert(0);
+        let name = format!("{stem}.{k}");
+        *k += 1;
+        let data = t
+            .as_f32()
+            .map(<[f32]>::to_vec)
+            .unwrap_or_else(|| t.to_f32_vec());
+        let w = Weight::from_f32(name.clone(), t.shape().to_vec(), &data)
+            .map_err(|e| Error::NotSupported(format!("folding weights: {e}")))?;
+        replacement.insert(n, w);
+        weights.insert(name, t);
+    }
+    // Keep only what the outputs still need once folded nodes are leaves.
+    let mut needed: HashSet<NodeId> = HashSet::new();
+    let mut stack: Vec<NodeId> = g.outputs().iter().map(|&(_, id)| id).collect();
+    stack.extend(g.inputs().iter().map(|&(_, id)| id));
+    while let Some(n) = stack.pop() {
+        if needed.insert(n) && !replacement.contains_key(&n) {
+            stack.extend(g.operands(n));
+        }
+    }
+    let mut out = Graph::new();
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    for n in order.into_iter().filter(|n| needed.contains(n)) {
+        let node = g.node(n);
+        let id = if let Some(w) = replacement.remove(&n) {
+            out.weight(w)
+        } else {
+            match &node.op {
+                Op::Input { name, dtype, shape } => out.input(name, *dtype, shape.clone())?,
+                Op::Weight(w) => out.weight(g.weight_data(*w).clone()),
+                op => {
+                    let operands: Vec<NodeId> = g.operands(n).iter().map(|o| map[o]).collect();
+                    out.add(op.clone(), &operands, node.meta)?
+                }
+            }
+        };
+        map.insert(n, id);
+    }
+    for (name, id) in g.outputs() {
+        out.set_output(name, map[id])?;
+    }
+    Ok(Folded {
+        graph: out,
+        weights,
+    })
+}

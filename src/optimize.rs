@@ -1,0 +1,380 @@
+//! `optimize`: exact rewriting of every layer, then — only for approximate rule families the
+//! user allows — per-layer conversions whose error is measured on calibration inputs and kept
+//! within the budget. Nothing is converted silently: every layer's report says what was done
+//! and, when a conversion was not made, why.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Instant;
+
+use attnopt_ir::summary::attention_layers;
+use attnopt_ir::{interp, Bindings, Graph, Tensor};
+use attnopt_rewrite::optimize::Solution;
+use attnopt_rewrite::report::costs_at;
+use attnopt_rewrite::{Limits, Optimized, Options, RuleSet};
+
+use crate::calib::calibration_inputs;
+use crate::report::{ErrorPair, ErrorStat, LayerReport, Report};
+use crate::{Error, Model};
+
+/// What `optimize` is asked to do.
+#[derive(Debug, Clone)]
+pub struct OptimizeOptions {
+    /// Sequence lengths to report costs at; the first is the length extraction optimises for.
+    pub seqs: Vec<usize>,
+    /// Approximate rule families the user enables (`hydra`).
+    pub allow: Vec<String>,
+    /// Largest relative error of the final output the approximations may cause.
+    pub budget: Option<f64>,
+    /// Calibration inputs; seeded random ones when absent.
+    pub calib: Option<PathBuf>,
+    /// Tokens per generated calibration sequence.
+    pub calib_seq: usize,
+    pub seed: u64,
+    /// A rules folder to use instead of the embedded rules.
+    pub rules_dir: Option<PathBuf>,
+    pub limits: Limits,
+    /// Measure the error against the original even when nothing approximate is enabled.
+    pub verify: bool,
+}
+
+impl Default for OptimizeOptions {
+    fn default() -> OptimizeOptions {
+        OptimizeOptions {
+            seqs: vec![128],
+            allow: vec![],
+            budget: None,
+            calib: None,
+            calib_seq: 16,
+            seed: 0,
+            rules_dir: None,
+            limits: Limits::default(),
+            verify: false,
+        }
+    }
+}
+
+/// The optimised graph (weights not yet folded) and its report.
+pub struct Optimization {
+    pub graph: Graph,
+    pub report: Report,
+}
+
+fn error_stat(got: &Tensor, want: &Tensor) -> ErrorStat {
+    let (a, b) = (got.to_f32_vec(), want.to_f32_vec());
+    let (mut max_abs, mut num, mut den) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(&b) {
+        let d = (*x as f64 - *y as f64).abs();
+        max_abs = if d.is_nan() {
+            f64::INFINITY
+        } else {
+            max_abs.max(d)
+        };
+        num += d * d;
+        den += (*y as f64) * (*y as f64);
+    }
+    let relative = if den > 0.0 {
+        (num / den).sqrt()
+    } else {
+        num.sqrt()
+    };
+    ErrorStat { max_abs, relative }
+}
+
+/// Runs `g` on `inputs` and compares every `layer.{i}` and `last_hidden_state` with `reference`.
+fn measure(
+    g: &Graph,
+    inputs: &HashMap<String, Tensor>,
+    reference: &HashMap<String, Tensor>,
+) -> Result<(BTreeMap<u32, ErrorStat>, ErrorStat), Error> {
+    let out = interp::run(g, inputs, &[])?;
+    let mut per_layer = BTreeMap::new();
+    for (name, t) in &out {
+        if let Some(l) = name
+            .strip_prefix("layer.")
+            .and_then(|s| s.parse::<u32>().ok())
+        {
+            per_layer.insert(l, error_stat(t, &reference[name]));
+        }
+    }
+    let last = error_stat(&out["last_hidden_state"], &reference["last_hidden_state"]);
+    Ok((per_layer, last))
+}
+
+/// Optimises `model`; `progress` hears about each step.
+pub fn optimize(
+    model: &Model,
+    opts: &OptimizeOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Optimization, Error> {
+    let t0 = Instant::now();
+    let g = model.graph();
+    let target = *opts
+        .seqs
+        .first()
+        .ok_or_else(|| Error::NotSupported("an empty --seq list".into()))?;
+    let (rules, rules_name) = match &opts.rules_dir {
+        Some(d) => (RuleSet::load_dir(d)?, d.display().to_string()),
+        None => (RuleSet::embedded()?, "embedded".to_string()),
+    };
+    for family in &opts.allow {
+        if rules.approx_family(family).is_empty() {
+            return Err(Error::NotSupported(format!(
+                "approximate rule family `{family}` (this build has: hydra)"
+            )));
+        }
+    }
+    let run = |conversions: BTreeMap<u32, String>| -> Result<Optimized, Error> {
+        Ok(attnopt_rewrite::optimize(
+            g,
+            &Options {
+                rules: &rules,
+                seq: target,
+                limits: opts.limits,
+                conversions,
+            },
+        )?)
+    };
+    progress("saturating each distinct block with the exact rules");
+    let exact = run(BTreeMap::new())?;
+    let summaries = attention_layers(g, &Bindings::new(1, target));
+    let mut verdicts: BTreeMap<u32, Result<String, String>> = BTreeMap::new();
+    let not_enabled = |s: &attnopt_ir::summary::AttentionSummary| {
+        if s.kind == "softmax" {
+            "softmax; approximate rule hydra not enabled (--allow hydra)".to_string()
+        } else {
+            format!("{} attention; exact rules only", s.kind)
+        }
+    };
+    for s in &summaries {
+        verdicts.insert(s.layer, Err(not_enabled(s)));
+    }
+    for family in &opts.allow {
+        for (layer, v) in attnopt_rewrite::approx::candidates(g, &rules, family) {
+            if v.is_ok() || matches!(verdicts.get(&layer), Some(Err(_))) {
+                verdicts.insert(layer, v);
+            }
+        }
+    }
+    // Keep only conversions that pay at the target length.
+    let mut savings: BTreeMap<u32, f64> = BTreeMap::new();
+    let proposed: BTreeMap<u32, String> = verdicts
+        .iter()
+        .filter_map(|(l, v)| v.as_ref().ok().map(|r| (*l, r.clone())))
+        .collect();
+    if !proposed.is_empty() {
+        progress("costing the approximate conversions");
+        let all = run(proposed.clone())?;
+        for (l, rule) in &proposed {
+            let (before, after) = (
+                exact.layers[l].stats.model_cost_after,
+                all.layers[l].stats.model_cost_after,
+            );
+            if after < before {
+                savings.insert(*l, before - after);
+            } else {
+                verdicts.insert(
+                    *l,
+                    Err(format!(
+                        "{rule} does not pay at N={target} (estimated {:.3} ms → {:.3} ms)",
+                        before * 1e3,
+                        after * 1e3
+                    )),
+                );
+            }
+        }
+    }
+    let approx = !opts.allow.is_empty();
+    let mut calibration = None;
+    let mut alone: BTreeMap<u32, ErrorPair> = BTreeMap::new();
+    let mut chosen: BTreeMap<u32, String> = BTreeMap::new();
+    let mut reference = HashMap::new();
+    let mut inputs = HashMap::new();
+    if approx || opts.verify {
+        inputs = model.prepare_inputs(calibration_inputs(
+            model,
+            opts.calib.as_deref(),
+            opts.calib_seq,
+            opts.seed,
+        )?)?;
+        calibration = Some(match &opts.calib {
+            Some(f) => format!("file {}", f.display()),
+            None => format!(
+                "seeded random inputs (seed {}, batch {}, {} tokens)",
+                opts.seed,
+                crate::calib::CALIB_BATCH,
+                opts.calib_seq
+            ),
+        });
+        progress("running the original model on the calibration inputs");
+        reference = interp::run(g, &inputs, &[])?;
+        let mut order: Vec<(u32, f64)> = savings.iter().map(|(&l, &s)| (l, s)).collect();
+        order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        for &(l, _) in &order {
+            progress(&format!("measuring layer {l} converted alone"));
+            let rule = proposed[&l].clone();
+            let o = run(BTreeMap::from([(l, rule)]))?;
+            let (per_layer, last) = measure(&o.graph, &inputs, &reference)?;
+            alone.insert(
+                l,
+                ErrorPair {
+                    layer_output: per_layer[&l],
+                    final_output: last,
+                },
+            );
+        }
+        // Greedy by saving: add a layer while the final error stays within the budget.
+        for &(l, _) in &order {
+            let mut trial = chosen.clone();
+            trial.insert(l, proposed[&l].clone());
+            let within = match opts.budget {
+                None => true,
+                Some(budget) => {
+                    let err = if trial.len() == 1 {
+                        alone[&l].final_output.relative
+                    } else {
+                        progress(&format!(
+                            "checking {} converted layers against the budget",
+                            trial.len()
+                        ));
+                        measure(&run(trial.clone())?.graph, &inputs, &reference)?
+                            .1
+                            .relative
+                    };
+                    if err > budget {
+                        verdicts.insert(l, Err(format!("converting it too would make the final error {err:.3e} > budget {budget:.3e}")));
+                    }
+                    err <= budget
+                }
+            };
+            if within {
+                chosen = trial;
+            }
+        }
+    }
+    progress("building the final graph");
+    let fin = if chosen.is_empty() {
+        exact
+    } else {
+        run(chosen.clone())?
+    };
+    let (errors, final_error) = if approx || opts.verify {
+        let (per_layer, last) = measure(&fin.graph, &inputs, &reference)?;
+        let pairs = per_layer
+            .into_iter()
+            .map(|(l, e)| {
+                (
+                    l,
+                    ErrorPair {
+                        layer_output: e,
+                        final_output: last,
+                    },
+                )
+            })
+            .collect();
+        (pairs, Some(last))
+    } else {
+        (BTreeMap::new(), None)
+    };
+    let mut distinct: Vec<*const Solution> = fin.layers.values().map(Rc::as_ptr).collect();
+    distinct.sort();
+    distinct.dedup();
+    let layers = summaries
+        .iter()
+        .map(|s| {
+            let sol = fin.layers.get(&s.layer);
+            let verdict = verdicts.get(&s.layer);
+            let converted = chosen.get(&s.layer).cloned();
+            LayerReport {
+                layer: s.layer,
+                attention: s.kind.to_string(),
+                heads: s.heads,
+                kv_heads: s.kv_heads,
+                head_dim: s.head_dim,
+                causal: s.causal,
+                padding_mask: s.padding_mask,
+                rope: s.rope,
+                eligible: savings.contains_key(&s.layer),
+                reason: if converted.is_some() {
+                    None
+                } else {
+                    verdict.and_then(|v| v.as_ref().err().cloned())
+                },
+                converted,
+                rules_fired: sol.map(|x| x.stats.rules_fired.clone()).unwrap_or_default(),
+                saturation: sol.map(|x| x.stats.stop_reason.clone()).unwrap_or_default(),
+                egraph_nodes: sol.map_or(0, |x| x.stats.egraph_nodes),
+                stamped_from: sol.map_or(s.layer, |x| x.stats.first_layer),
+                fallback: sol.and_then(|x| x.stats.fallback.clone()),
+                costs: sol.map(|x| costs_at(x, &opts.seqs)).unwrap_or_default(),
+                error_alone: alone.get(&s.layer).copied(),
+                error: errors.get(&s.layer).copied(),
+            }
+        })
+        .collect();
+    let warnings = fin
+        .skipped
+        .iter()
+        .map(|(l, why)| format!("layer {l} left as is: {why}"))
+        .collect();
+    let report = Report {
+        model: model.imported().dir.display().to_string(),
+        architecture: model.imported().detection.arch.name(),
+        target_seq: target,
+        seqs: opts.seqs.clone(),
+        allow: opts.allow.clone(),
+        budget: opts.budget,
+        calibration,
+        rules: rules_name,
+        optimise_ms: t0.elapsed().as_secs_f64() * 1e3,
+        distinct_blocks: distinct.len(),
+        layers,
+        final_error,
+        warnings,
+    };
+    Ok(Optimization {
+        graph: fin.graph,
+        report,
+    })
+}
+
+/// The rewrite chain of one layer (exact rules; after `conversion` if one is given), as egg
+/// explains it: one line per step, each naming its rule.
+pub fn explain(
+    model: &Model,
+    opts: &OptimizeOptions,
+    layer: u32,
+    conversion: Option<&str>,
+) -> Result<Vec<String>, Error> {
+    let g = model.graph();
+    let rules = match &opts.rules_dir {
+        Some(d) => RuleSet::load_dir(d)?,
+        None => RuleSet::embedded()?,
+    };
+    let target = opts.seqs.first().copied().unwrap_or(128);
+    let (blocks, _) = attnopt_rewrite::block::blocks(g);
+    let b = blocks.iter().find(|b| b.layer == layer).ok_or_else(|| {
+        Error::NotSupported(format!(
+            "explaining layer {layer}: the model has layers 0..{}",
+            blocks.len()
+        ))
+    })?;
+    let (mut be, an, _) = attnopt_rewrite::optimize::prepare(g, b);
+    if let Some(name) = conversion {
+        let rule = rules
+            .get(name)
+            .ok_or_else(|| Error::NotSupported(format!("no rule named {name}")))?;
+        be = attnopt_rewrite::approx::apply_once(rule, &be, &an).ok_or_else(|| {
+            Error::NotSupported(format!("rule {name} does not match layer {layer}"))
+        })?;
+    }
+    let o = Options {
+        rules: &rules,
+        seq: target,
+        limits: opts.limits,
+        conversions: BTreeMap::new(),
+    };
+    attnopt_rewrite::optimize::explain(&be, an, &o)
+        .map_err(|e| Error::NotSupported(format!("explaining layer {layer}: {e}")))
+}

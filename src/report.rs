@@ -1,0 +1,213 @@
+//! The optimisation report: per layer, what attention was found, what was done and why, the
+//! rules that fired, costs before → after at each sequence length, and measured errors.
+//! Serialised as `report.json` (a stable schema for build pipelines) and rendered as text.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use attnopt_rewrite::report::CostAt;
+
+use crate::inspect::si;
+
+/// Max-abs and relative (‖Δ‖₂ / ‖reference‖₂) error of one tensor.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ErrorStat {
+    pub max_abs: f64,
+    pub relative: f64,
+}
+
+/// Error at a layer's own output and at the model's final output.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ErrorPair {
+    pub layer_output: ErrorStat,
+    pub final_output: ErrorStat,
+}
+
+/// One layer in the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerReport {
+    pub layer: u32,
+    /// The attention found in the original model (`softmax`, `hydra`, `linear-elu`, ...).
+    pub attention: String,
+    pub heads: Option<usize>,
+    pub kv_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub causal: bool,
+    pub padding_mask: bool,
+    pub rope: bool,
+    /// Whether an allowed approximate rule could convert this layer and it pays.
+    pub eligible: bool,
+    /// Why it is not eligible, or not converted.
+    pub reason: Option<String>,
+    /// The approximate rule applied, if any.
+    pub converted: Option<String>,
+    pub rules_fired: BTreeMap<String, usize>,
+    pub saturation: String,
+    pub egraph_nodes: usize,
+    /// The layer whose optimisation this one reuses (itself if first of its kind).
+    pub stamped_from: u32,
+    pub fallback: Option<String>,
+    pub costs: Vec<CostAt>,
+    /// Error when only this layer is converted (approximate candidates only).
+    pub error_alone: Option<ErrorPair>,
+    /// Error in the final model, at this layer's output and the final output.
+    pub error: Option<ErrorPair>,
+}
+
+/// The optimisation report (`report.json`; schema documented in docs/CLI.md).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub model: String,
+    pub architecture: &'static str,
+    pub target_seq: usize,
+    pub seqs: Vec<usize>,
+    pub allow: Vec<String>,
+    pub budget: Option<f64>,
+    pub calibration: Option<String>,
+    pub rules: String,
+    pub optimise_ms: f64,
+    pub distinct_blocks: usize,
+    pub layers: Vec<LayerReport>,
+    pub final_error: Option<ErrorStat>,
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "model        {} ({})", self.model, self.architecture);
+        let allow = if self.allow.is_empty() {
+            "none".to_string()
+        } else {
+            self.allow.join(", ")
+        };
+        let budget = self.budget.map_or("none".to_string(), |b| format!("{b:e}"));
+        let _ = writeln!(s, "optimised    for N={} with exact rules ({}); approximations allowed: {allow}; budget: {budget}", self.target_seq, self.rules);
+        if let Some(c) = &self.calibration {
+            let _ = writeln!(s, "calibration  {c}");
+        }
+        let _ = writeln!(
+            s,
+            "time         {:.1} ms, {} distinct block(s) saturated for {} layer(s)",
+            self.optimise_ms,
+            self.distinct_blocks,
+            self.layers.len()
+        );
+        for l in &self.layers {
+            let _ = writeln!(s);
+            let head = match (l.heads, l.kv_heads, l.head_dim) {
+                (Some(h), Some(kv), Some(d)) if h != kv => format!("{h} heads ({kv} kv) × {d}"),
+                (Some(h), _, Some(d)) => format!("{h} heads × {d}"),
+                _ => "heads ?".into(),
+            };
+            let mut flags = vec![];
+            if l.causal {
+                flags.push("causal");
+            }
+            if l.padding_mask {
+                flags.push("padding mask");
+            }
+            if l.rope {
+                flags.push("rope");
+            }
+            let flags = if flags.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", flags.join(", "))
+            };
+            let _ = writeln!(
+                s,
+                "layer {:<3} {} attention, {head}{flags}",
+                l.layer, l.attention
+            );
+            match (&l.converted, &l.reason) {
+                (Some(rule), _) => {
+                    let _ = writeln!(s, "  converted  {rule} (approximate)");
+                }
+                (None, Some(why)) => {
+                    let _ = writeln!(s, "  not converted: {why}");
+                }
+                (None, None) => {}
+            }
+            if l.stamped_from != l.layer {
+                let _ = writeln!(
+                    s,
+                    "  same structure as layer {}: its optimisation reused",
+                    l.stamped_from
+                );
+            }
+            if let Some(f) = &l.fallback {
+                let _ = writeln!(s, "  warning    {f}");
+            }
+            let fired: Vec<String> = l
+                .rules_fired
+                .iter()
+                .map(|(k, v)| format!("{k}×{v}"))
+                .collect();
+            let fired = if fired.is_empty() {
+                "none".to_string()
+            } else {
+                fired.join(", ")
+            };
+            let _ = writeln!(
+                s,
+                "  rules      {fired} ({}, {} e-nodes)",
+                l.saturation, l.egraph_nodes
+            );
+            for c in &l.costs {
+                let _ = writeln!(
+                    s,
+                    "  N={:<6} FLOPs {} → {}  bytes {}B → {}B  attention FLOPs {} → {}{}",
+                    c.seq,
+                    si(c.before.flops as f64),
+                    si(c.after.flops as f64),
+                    si(c.before.bytes as f64),
+                    si(c.after.bytes as f64),
+                    si(c.attention_before.flops as f64),
+                    si(c.attention_after.flops as f64),
+                    ratio(c.attention_before.flops, c.attention_after.flops),
+                );
+            }
+            if let Some(e) = &l.error_alone {
+                let _ = writeln!(
+                    s,
+                    "  error if only this layer is converted: layer output {}, final output {}",
+                    stat(&e.layer_output),
+                    stat(&e.final_output)
+                );
+            }
+            if let Some(e) = &l.error {
+                let _ = writeln!(
+                    s,
+                    "  error vs original: layer output {}",
+                    stat(&e.layer_output)
+                );
+            }
+        }
+        if let Some(e) = &self.final_error {
+            let _ = writeln!(
+                s,
+                "
+final output error vs original: {}",
+                stat(e)
+            );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        s
+    }
+}
+
+fn stat(e: &ErrorStat) -> String {
+    format!("max-abs {:.3e}, relative {:.3e}", e.max_abs, e.relative)
+}
+
+fn ratio(before: u64, after: u64) -> String {
+    if before == after || after == 0 {
+        String::new()
+    } else {
+        format!(" ({:.1}×)", before as f64 / after as f64)
+    }
+}
