@@ -169,9 +169,14 @@ fn errors_are_one_line_and_nonzero() {
         stderr(&o)
     );
 
-    let o = attnopt(&["optimize", "fixtures/bert"]);
+    let o = attnopt(&["bench", "fixtures/bert"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not supported yet"), "{}", stderr(&o));
+
+    let o = attnopt(&["optimize", "fixtures/bert", "--allow", "sparse-qkv", "-o", "target/never-written"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not supported yet: approximate rule family `sparse-qkv`"), "{}", stderr(&o));
+    assert!(!root().join("target/never-written").exists());
 }
 
 /// A token id past the vocabulary is a clean error naming the operator, and no output file is

@@ -458,3 +458,52 @@ proptest! {
         }
     }
 }
+
+/// Cases the property test found, kept as plain tests.
+#[test]
+fn regressions() {
+    let rules = RuleSet::embedded().unwrap();
+    let cases: Vec<(Inputs, Vec<Step>, usize)> = vec![
+        // A dead node after the output in topological order (the root was taken to be the
+        // last node of the layer).
+        (
+            Inputs::Symbolic,
+            vec![
+                Step::Unary(0, 0),
+                Step::MatMulT(0, 0),
+                Step::Permute(0, 0),
+                Step::MatMulT(0, 1),
+            ],
+            1,
+        ),
+        // A block with a symbolic input and a one-token input (the token axis was generalised
+        // and `N` in reshape attributes stamped back as 1).
+        (
+            Inputs::OneToken,
+            vec![
+                Step::Softmax(2, 0),
+                Step::SplitHeads(2, 0),
+                Step::MatMulT(0, 0),
+                Step::Unary(0, 0),
+                Step::Reshape(3),
+            ],
+            1,
+        ),
+        (
+            Inputs::Symbolic,
+            vec![
+                Step::Unary(0, 0),
+                Step::MatMulT(0, 0),
+                Step::Permute(0, 0),
+                Step::Attention(2, 5, 0, 0, false, false),
+            ],
+            1,
+        ),
+    ];
+    for (inputs, steps, seq) in cases {
+        let g = build(inputs, &steps, 0);
+        if let Err(e) = check(&g, seq, &rules) {
+            panic!("{e}");
+        }
+    }
+}
