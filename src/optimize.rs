@@ -243,7 +243,7 @@ pub fn optimize(
                             .relative
                     };
                     if err > budget {
-                        verdicts.insert(l, Err(format!("converting it too would make the final error {err:.3e} > budget {budget:.3e}")));
+                        verdicts.insert(l, Err(format!("converting it (with the layers already chosen) would make the final error {err:.3e} > budget {budget:.3e}")));
                     }
                     err <= budget
                 }

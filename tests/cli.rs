@@ -173,9 +173,20 @@ fn errors_are_one_line_and_nonzero() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not supported yet"), "{}", stderr(&o));
 
-    let o = attnopt(&["optimize", "fixtures/bert", "--allow", "sparse-qkv", "-o", "target/never-written"]);
+    let o = attnopt(&[
+        "optimize",
+        "fixtures/bert",
+        "--allow",
+        "sparse-qkv",
+        "-o",
+        "target/never-written",
+    ]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("not supported yet: approximate rule family `sparse-qkv`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not supported yet: approximate rule family `sparse-qkv`"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!root().join("target/never-written").exists());
 }
 

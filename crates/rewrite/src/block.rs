@@ -19,11 +19,12 @@ use crate::lang::{decode, encode, signature, Attr, TensorLang};
 #[derive(Debug, Clone)]
 pub struct Block {
     pub layer: u32,
-    /// The layer's nodes, operands first.
+    /// The layer's nodes, operands first (including any that the output does not need).
     pub nodes: Vec<NodeId>,
-    /// Values read from outside the block, in first-use order (`in:k`).
+    /// Values read from outside the block by the nodes the output needs, in first-use order
+    /// (`in:k`).
     pub inputs: Vec<NodeId>,
-    /// Weight nodes read by the block (`w:k`).
+    /// Weight nodes read by those nodes (`w:k`).
     pub weights: Vec<NodeId>,
     /// The one node whose value leaves the block.
     pub output: NodeId,
@@ -50,8 +51,26 @@ pub fn blocks(g: &Graph) -> (Vec<Block>, Vec<NotABlock>) {
     let (mut ok, mut bad) = (Vec::new(), Vec::new());
     for (layer, nodes) in by_layer {
         let inside: std::collections::HashSet<NodeId> = nodes.iter().copied().collect();
+        let graph_outputs: Vec<NodeId> = g.outputs().iter().map(|&(_, id)| id).collect();
+        let outputs: Vec<NodeId> = nodes
+            .iter()
+            .copied()
+            .filter(|&n| {
+                graph_outputs.contains(&n) || g.users(n).iter().any(|u| !inside.contains(u))
+            })
+            .collect();
+        let [output] = outputs[..] else {
+            bad.push(NotABlock {
+                layer,
+                reason: format!("{} values leave the layer (one expected)", outputs.len()),
+            });
+            continue;
+        };
+        // Leaves of the nodes the output needs (a node nothing uses may read values that come
+        // after the output in topological order).
+        let needed = needed_by(g, &inside, output);
         let (mut inputs, mut weights) = (Vec::new(), Vec::new());
-        for &n in &nodes {
+        for &n in nodes.iter().filter(|n| needed.contains(n)) {
             for o in g.operands(n) {
                 if inside.contains(&o) {
                     continue;
@@ -66,29 +85,31 @@ pub fn blocks(g: &Graph) -> (Vec<Block>, Vec<NotABlock>) {
                 }
             }
         }
-        let graph_outputs: Vec<NodeId> = g.outputs().iter().map(|&(_, id)| id).collect();
-        let outputs: Vec<NodeId> = nodes
-            .iter()
-            .copied()
-            .filter(|&n| {
-                graph_outputs.contains(&n) || g.users(n).iter().any(|u| !inside.contains(u))
-            })
-            .collect();
-        match outputs[..] {
-            [output] => ok.push(Block {
-                layer,
-                nodes,
-                inputs,
-                weights,
-                output,
-            }),
-            _ => bad.push(NotABlock {
-                layer,
-                reason: format!("{} values leave the layer (one expected)", outputs.len()),
-            }),
-        }
+        ok.push(Block {
+            layer,
+            nodes,
+            inputs,
+            weights,
+            output,
+        });
     }
     (ok, bad)
+}
+
+/// The nodes of `inside` that `output` depends on (itself included).
+fn needed_by(
+    g: &Graph,
+    inside: &std::collections::HashSet<NodeId>,
+    output: NodeId,
+) -> std::collections::HashSet<NodeId> {
+    let mut needed = std::collections::HashSet::new();
+    let mut stack = vec![output];
+    while let Some(n) = stack.pop() {
+        if inside.contains(&n) && needed.insert(n) {
+            stack.extend(g.operands(n));
+        }
+    }
+    needed
 }
 
 /// A block as an expression.
@@ -154,13 +175,7 @@ pub fn to_expr(g: &Graph, block: &Block, tokens_symbolic: bool) -> BlockExpr {
     }
     // Only the nodes the output needs, so that the output is the expression's root (its last
     // node): an unused node of the layer may come after it in topological order.
-    let mut needed = std::collections::HashSet::new();
-    let mut stack = vec![block.output];
-    while let Some(n) = stack.pop() {
-        if needed.insert(n) {
-            stack.extend(g.operands(n).into_iter().filter(|o| !ids.contains_key(o)));
-        }
-    }
+    let needed = needed_by(g, &block.nodes.iter().copied().collect(), block.output);
     for &n in block.nodes.iter().filter(|n| needed.contains(n)) {
         let node = g.node(n);
         let (name, attrs) = encode(&node.op);

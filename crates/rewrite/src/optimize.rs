@@ -409,6 +409,7 @@ pub fn optimize(g: &Graph, opts: &Options) -> Result<Optimized, OptimizeError> {
     let mut tokens: BTreeMap<u32, Option<usize>> = BTreeMap::new();
     for b in &blocks {
         let (mut be, an, generalised) = prepare(g, b);
+        let (original, original_roles) = (be.expr.clone(), be.roles.clone());
         if let Some(name) = opts.conversions.get(&b.layer) {
             let err = |why: &str| OptimizeError::Conversion {
                 layer: b.layer,
@@ -427,7 +428,15 @@ pub fn optimize(g: &Graph, opts: &Options) -> Result<Optimized, OptimizeError> {
         let sol = match cache.get(&sig) {
             Some(s) => s.clone(),
             None => {
-                let s = Rc::new(solve(&be, an, b.layer, generalised, opts));
+                let mut s = solve(&be, an, b.layer, generalised, opts);
+                // Costs in reports are measured against the layer as it was, before any
+                // approximate conversion.
+                s.original = original;
+                s.original_roles = original_roles
+                    .into_iter()
+                    .map(|r| r.unwrap_or(Role::Other))
+                    .collect();
+                let s = Rc::new(s);
                 cache.insert(sig, s.clone());
                 s
             }

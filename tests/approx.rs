@@ -1,0 +1,185 @@
+//! `--allow hydra --budget E`: approximate conversions are measured, kept within the budget, and
+//! the reported errors agree with an independent interpreter run of the written model folder.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use attnopt::optimize::{optimize, OptimizeOptions};
+use attnopt::{Model, RunOptions};
+use attnopt_ir::Tensor;
+
+fn fixture(model: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(model)
+}
+
+/// ‖a − b‖₂ / ‖b‖₂, computed here independently of the library's error code.
+fn relative(a: &Tensor, b: &Tensor) -> f64 {
+    let (x, y) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+    let num: f64 = x.iter().zip(y).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
+    let den: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+fn golden_inputs(model: &Model, dir: &Path) -> BTreeMap<String, Tensor> {
+    let takes = model.input_names();
+    attnopt::tensors::read(&dir.join("golden.safetensors"))
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| takes.contains(&k.as_str()))
+        .collect()
+}
+
+struct Outcome {
+    converted: Vec<u32>,
+    alone: BTreeMap<u32, f64>,
+    final_error: f64,
+}
+
+/// Optimises `name` with hydra allowed (calibrating on the golden inputs), writes the folder,
+/// reloads it, reruns both models independently and checks the report's final error.
+fn run_case(name: &str, budget: Option<f64>) -> Outcome {
+    let dir = fixture(name);
+    let model = Model::load(&dir).unwrap();
+    let opts = OptimizeOptions {
+        allow: vec!["hydra".into()],
+        budget,
+        calib: Some(dir.join("golden.safetensors")),
+        ..OptimizeOptions::default()
+    };
+    let opt = optimize(&model, &opts, &mut |_| {}).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let folder = out.path().join("optimised");
+    attnopt::save::save(&model, &opt, &folder, false).unwrap();
+
+    // Independent check: the written folder, loaded and run like a user would.
+    let reloaded = Model::load(&folder).unwrap();
+    let inputs = golden_inputs(&model, &dir);
+    let want = model
+        .run(inputs.clone(), RunOptions { all_layers: true })
+        .unwrap();
+    let got = reloaded
+        .run(inputs, RunOptions { all_layers: true })
+        .unwrap();
+    let measured = relative(&got["last_hidden_state"], &want["last_hidden_state"]);
+    let reported = opt
+        .report
+        .final_error
+        .expect("errors are measured when hydra is allowed")
+        .relative;
+    println!("{name} budget {budget:?}: reported {reported:.6e}, independent {measured:.6e}");
+    assert!(
+        (measured - reported).abs() <= 1e-4 * reported.max(1e-6),
+        "{name}: report says {reported}, the written model gives {measured}"
+    );
+    for l in &opt.report.layers {
+        if let Some(e) = l.error {
+            let m = relative(
+                &got[&format!("layer.{}", l.layer)],
+                &want[&format!("layer.{}", l.layer)],
+            );
+            assert!(
+                (m - e.layer_output.relative).abs() <= 1e-4 * m.max(1e-6),
+                "{name} layer {}: {m} vs {}",
+                l.layer,
+                e.layer_output.relative
+            );
+        }
+        assert!(
+            l.converted.is_some() || l.reason.is_some(),
+            "layer {} has neither a conversion nor a reason",
+            l.layer
+        );
+    }
+    if let Some(b) = budget {
+        // The exact rewrites' float rounding (~1e-7) is there even when nothing is converted.
+        assert!(
+            reported <= b + 1e-6,
+            "{name}: final error {reported} exceeds the budget {b}"
+        );
+    }
+    Outcome {
+        converted: opt
+            .report
+            .layers
+            .iter()
+            .filter(|l| l.converted.is_some())
+            .map(|l| l.layer)
+            .collect(),
+        alone: opt
+            .report
+            .layers
+            .iter()
+            .filter_map(|l| l.error_alone.map(|e| (l.layer, e.final_output.relative)))
+            .collect(),
+        final_error: reported,
+    }
+}
+
+fn budget_converts_only_what_fits(name: &str) {
+    // Without a budget every eligible layer is converted.
+    let all = run_case(name, None);
+    assert_eq!(
+        all.converted,
+        vec![0, 1],
+        "{name}: both layers are eligible softmax attention"
+    );
+    // A budget just above the cheapest single conversion, below converting everything, allows
+    // exactly one layer.
+    let cheapest = all.alone.values().cloned().fold(f64::INFINITY, f64::min);
+    assert!(
+        cheapest < all.final_error,
+        "{name}: converting both should cost more than one"
+    );
+    let one = run_case(name, Some(cheapest * 1.001));
+    assert_eq!(
+        one.converted.len(),
+        1,
+        "{name}: budget {cheapest} should allow one layer, got {:?}",
+        one.converted
+    );
+    // A zero budget converts nothing and changes nothing beyond rounding.
+    let none = run_case(name, Some(0.0));
+    assert!(none.converted.is_empty());
+    assert!(none.final_error < 1e-6);
+}
+
+#[test]
+fn bert_budget_converts_only_what_fits() {
+    budget_converts_only_what_fits("bert");
+}
+
+#[test]
+fn vit_budget_converts_only_what_fits() {
+    budget_converts_only_what_fits("vit");
+}
+
+/// Layers the rule cannot express say why, and nothing is converted silently.
+#[test]
+fn ineligible_layers_say_why() {
+    let model = Model::load(&fixture("llama")).unwrap();
+    let opts = OptimizeOptions {
+        allow: vec!["hydra".into()],
+        ..OptimizeOptions::default()
+    };
+    let opt = optimize(&model, &opts, &mut |_| {}).unwrap();
+    for l in &opt.report.layers {
+        assert!(l.converted.is_none());
+        let why = l.reason.as_deref().unwrap_or("");
+        assert!(why.contains("rotary"), "layer {}: {why}", l.layer);
+    }
+    // Without --allow, softmax layers say the approximation is not enabled.
+    let opt = optimize(
+        &Model::load(&fixture("bert")).unwrap(),
+        &OptimizeOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    for l in &opt.report.layers {
+        assert_eq!(
+            l.reason.as_deref(),
+            Some("softmax; approximate rule hydra not enabled (--allow hydra)")
+        );
+    }
+}
