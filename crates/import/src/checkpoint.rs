@@ -223,6 +223,44 @@ impl Checkpoint {
         Ok(Checkpoint { files, tensors })
     }
 
+    /// A checkpoint whose tensors are views into one in-memory `storage` (ranges may overlap):
+    /// synthetic models for benchmarks and tests. Ranges are checked like a file's.
+    pub fn in_memory(
+        name: &str,
+        storage: Storage,
+        tensors: impl IntoIterator<Item = (String, DType, Vec<usize>, std::ops::Range<usize>)>,
+    ) -> Result<Checkpoint, ImportError> {
+        let path = PathBuf::from(name);
+        let mut map = BTreeMap::new();
+        for (tensor, dtype, shape, range) in tensors {
+            Weight::new(
+                tensor.clone(),
+                dtype,
+                shape.clone(),
+                storage.clone(),
+                range.clone(),
+            )
+            .map_err(|e| ImportError::Safetensors {
+                file: path.clone(),
+                tensor: Some(tensor.clone()),
+                msg: e.to_string(),
+            })?;
+            map.insert(
+                tensor,
+                Entry {
+                    file: 0,
+                    dtype: dtype.name().to_string(),
+                    shape,
+                    range,
+                },
+            );
+        }
+        Ok(Checkpoint {
+            files: vec![(path, storage)],
+            tensors: map,
+        })
+    }
+
     pub fn tensors(&self) -> &BTreeMap<String, Entry> {
         &self.tensors
     }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod detect;
 mod error;
 pub mod optimized;
+pub mod synthetic;
 mod template;
 
 use std::collections::BTreeMap;
@@ -63,7 +64,31 @@ pub fn load(path: &Path) -> Result<Imported, ImportError> {
         path.to_path_buf()
     };
     let checkpoint = Checkpoint::open(path)?;
-    let mut cfg = config::Config::read(&dir)?;
+    let cfg = config::Config::read(&dir)?;
+    import(dir, checkpoint, cfg)
+}
+
+/// Imports a checkpoint already in memory with the given config.json contents (`dir` names the
+/// model in messages). For synthetic models in benchmarks and tests; [`load`] is the usual entry.
+pub fn load_in_memory(
+    dir: &Path,
+    checkpoint: Checkpoint,
+    config: serde_json::Value,
+) -> Result<Imported, ImportError> {
+    let cfg = config::Config {
+        file: dir.join("config.json"),
+        json: config,
+        present: true,
+        guesses: vec![],
+    };
+    import(dir.to_path_buf(), checkpoint, cfg)
+}
+
+fn import(
+    dir: PathBuf,
+    checkpoint: Checkpoint,
+    mut cfg: config::Config,
+) -> Result<Imported, ImportError> {
     let detection =
         detect::detect(&cfg, &checkpoint).map_err(|msg| ImportError::UnknownArchitecture {
             dir: dir.clone(),

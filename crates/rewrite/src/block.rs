@@ -4,7 +4,7 @@
 //!
 //! A block is the nodes of one layer (by `NodeMeta::layer`); its leaves are the values it reads
 //! from outside (`in:k`, in first-use order) and its weights (`w:k`). Two layers whose
-//! expressions and leaf types print the same have the same [`Block::signature`], so one
+//! expressions and leaf types are equal have the same [`BlockExpr::signature`], so one
 //! optimisation serves both.
 
 use std::collections::HashMap;
@@ -121,20 +121,17 @@ pub struct BlockExpr {
     pub weight_types: Vec<Typed>,
 }
 
+/// What makes two blocks the same optimisation problem.
+pub type Signature = (RecExpr<TensorLang>, Vec<Typed>, Vec<Typed>);
+
 impl BlockExpr {
-    /// Identical signatures mean identical optimisation problems.
-    pub fn signature(&self) -> String {
-        let tys = |v: &[Typed]| {
-            v.iter()
-                .map(|t| format!("{} {}", t.shape, t.dtype))
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        format!(
-            "{}\n{}\n{}",
-            self.expr,
-            tys(&self.input_types),
-            tys(&self.weight_types)
+    /// Identical signatures mean identical optimisation problems: the same expression over
+    /// leaves of the same types.
+    pub fn signature(&self) -> Signature {
+        (
+            self.expr.clone(),
+            self.input_types.clone(),
+            self.weight_types.clone(),
         )
     }
 }

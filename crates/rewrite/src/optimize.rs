@@ -13,7 +13,7 @@ use attnopt_ir::{Graph, GraphError, NodeId, Op, Role};
 use egg::{EGraph, Id, Language, RecExpr, Runner, StopReason};
 
 use crate::analysis::{type_node, Data, TypeAnalysis};
-use crate::block::{self, Block, BlockExpr};
+use crate::block::{self, Block, BlockExpr, Signature};
 use crate::cost::CostModel;
 use crate::lang::TensorLang;
 use crate::rules::{Body, Kind, RuleSet};
@@ -125,20 +125,24 @@ pub fn expr_cost(expr: &RecExpr<TensorLang>, data: &[Data], model: &CostModel) -
 
 /// The block's expression and analysis, with the token axis symbolic when that type-checks.
 pub fn prepare(g: &Graph, b: &Block) -> (BlockExpr, TypeAnalysis, bool) {
-    for generalise in [true, false] {
-        let be = block::to_expr(g, b, generalise);
-        let an = TypeAnalysis {
-            inputs: be.input_types.clone(),
-            weights: be.weight_types.clone(),
-            conflicts: vec![],
-        };
-        if typecheck(&be.expr, &an).is_some() || !generalise {
-            let generalised =
-                generalise && be.input_types != block::to_expr(g, b, false).input_types;
-            return (be, an, generalised);
-        }
+    let analysis = |be: &BlockExpr| TypeAnalysis {
+        inputs: be.input_types.clone(),
+        weights: be.weight_types.clone(),
+        conflicts: vec![],
+    };
+    let be = block::to_expr(g, b, true);
+    let an = analysis(&be);
+    let generalised = b
+        .inputs
+        .iter()
+        .zip(&be.input_types)
+        .any(|(&i, t)| g.node(i).ty != *t);
+    if !generalised || typecheck(&be.expr, &an).is_some() {
+        return (be, an, generalised);
     }
-    unreachable!("the loop returns on its last iteration")
+    let be = block::to_expr(g, b, false);
+    let an = analysis(&be);
+    (be, an, false)
 }
 
 /// Builds the e-graph of `be`, returning it with the class of each expression node.
@@ -404,7 +408,7 @@ pub fn solve(
 /// Optimises every block of `g` with the exact rules, one saturation per distinct structure.
 pub fn optimize(g: &Graph, opts: &Options) -> Result<Optimized, OptimizeError> {
     let (blocks, not_blocks) = block::blocks(g);
-    let mut cache: HashMap<String, Rc<Solution>> = HashMap::new();
+    let mut cache: HashMap<Signature, Rc<Solution>> = HashMap::new();
     let mut layers: BTreeMap<u32, Rc<Solution>> = BTreeMap::new();
     let mut tokens: BTreeMap<u32, Option<usize>> = BTreeMap::new();
     for b in &blocks {
