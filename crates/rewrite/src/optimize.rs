@@ -532,13 +532,58 @@ pub fn explain(be: &BlockExpr, an: TypeAnalysis, opts: &Options) -> Result<Vec<S
         let ex = crate::extract::extract(&runner.egraph, root, &model, &HashMap::new())
             .ok_or("extraction found no acyclic form")?;
         lines.push(format!("# {title}"));
-        lines.extend(
-            runner
-                .explain_equivalence(&current.expr, &ex.expr)
-                .get_flat_strings(),
-        );
+        let mut explanation = runner.explain_equivalence(&current.expr, &ex.expr);
+        let flat = explanation.make_flat_explanation().clone();
+        for w in flat.windows(2) {
+            if let Some((rule, path, forward)) = rewrite_site(&w[1]) {
+                let (before, after) = (subterm(&w[0], &path), subterm(&w[1], &path));
+                let dir = if forward { "" } else { " (backwards)" };
+                lines.push(format!(
+                    "{rule}{dir}: {}  =>  {}",
+                    shorten(&before),
+                    shorten(&after)
+                ));
+            }
+        }
         current.roles = vec![None; ex.expr.len()];
         current.expr = ex.expr;
     }
     Ok(lines)
+}
+
+/// The rule, the path (child indices from the root) and the direction of the one rewrite a
+/// flat explanation step records.
+fn rewrite_site(t: &egg::FlatTerm<TensorLang>) -> Option<(String, Vec<usize>, bool)> {
+    if let Some(r) = t.forward_rule {
+        return Some((r.to_string(), vec![], true));
+    }
+    if let Some(r) = t.backward_rule {
+        return Some((r.to_string(), vec![], false));
+    }
+    t.children.iter().enumerate().find_map(|(i, c)| {
+        rewrite_site(c).map(|(r, mut p, f)| {
+            p.insert(0, i);
+            (r, p, f)
+        })
+    })
+}
+
+/// The subterm at `path`, printed without rewrite annotations.
+fn subterm(t: &egg::FlatTerm<TensorLang>, path: &[usize]) -> String {
+    match path.split_first() {
+        Some((&i, rest)) => t
+            .children
+            .get(i)
+            .map_or_else(String::new, |c| subterm(c, rest)),
+        None => t.remove_rewrites().to_string(),
+    }
+}
+
+fn shorten(s: &str) -> String {
+    const MAX: usize = 240;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(MAX).collect::<String>())
+    }
 }
