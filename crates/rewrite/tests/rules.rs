@@ -16,6 +16,7 @@ use attnopt_ir::{
     interp, Binary, Bindings, DType, Dim, Graph, NodeId, Op, Reduce, Role, RopeStyle, Scalar,
     Shape, Sym, Tensor, Unary, Weight,
 };
+use attnopt_rewrite::condition::{Condition, Int};
 use attnopt_rewrite::rules::{Body, Kind, Rule};
 use attnopt_rewrite::{approx, block, optimize, Limits, Options, RuleError, RuleSet};
 
@@ -139,6 +140,15 @@ impl Ctx {
             self.input("q", &[B, h, N, Dim::Fixed(dk)]),
             self.input("k", &[B, h, N, Dim::Fixed(dk)]),
             self.input("v", &[B, h, N, Dim::Fixed(dv)]),
+        )
+    }
+
+    /// q, k `[B, heads, N, dk]` as inputs.
+    fn qk(&mut self, heads: usize, dk: usize) -> (NodeId, NodeId) {
+        let (h, d) = (Dim::Fixed(heads), Dim::Fixed(dk));
+        (
+            self.input("q", &[B, h, N, d]),
+            self.input("k", &[B, h, N, d]),
         )
     }
 
@@ -314,7 +324,7 @@ cases! {
         c.matmul(s, v)
     };
     reassociate_normaliser => "reassociate-normaliser": |c| {
-        let (q, k, _) = c.qkv(2, 4, 3);
+        let (q, k) = c.qk(2, 4);
         let s = c.scores(q, k);
         c.sum(3, s)
     };
@@ -325,17 +335,18 @@ cases! {
         c.matmul(s, v)
     };
     causal_linear_normaliser => "causal-linear-normaliser": |c| {
-        let (q, k, _) = c.qkv(2, 4, 3);
+        let (q, k) = c.qk(2, 4);
         let s = c.scores(q, k);
         let s = c.op(Op::Tril, &[s]);
         c.sum(3, s)
     };
     outer_product_dim1 => "outer-product-dim1": |c| {
-        let (q, k, _) = c.qkv(4, 1, 1);
+        let (q, k) = c.qk(4, 1);
         c.scores(q, k)
     };
     inner_product_dim1 => "inner-product-dim1": |c| {
-        let (_, k, v) = c.qkv(4, 1, 1);
+        let k = c.input("k", &[B, fx(4), N, fx(1)]);
+        let v = c.input("v", &[B, fx(4), N, fx(1)]);
         let kt = c.transpose(k);
         c.matmul(kt, v)
     };
@@ -485,6 +496,24 @@ fn optimize_with_only(rule: &Rule, g: &Graph) -> Graph {
     o.graph
 }
 
+/// A condition as rule files write it.
+fn condition(c: &Condition) -> String {
+    let int = |i: &Int| match i {
+        Int::Lit(n) => n.to_string(),
+        Int::Var(v) => v.to_string(),
+    };
+    match c {
+        Condition::Dim { x, axis, n } => format!("dim({x}, {axis}, {})", int(n)),
+        Condition::Rank { x, n } => format!("rank({x}, {n})"),
+        Condition::WeightOnly(x) => format!("weight_only({x})"),
+        Condition::NotWeightOnly(x) => format!("not_weight_only({x})"),
+        Condition::InversePerm(p, q) => format!("inverse_perm({p}, {q})"),
+        Condition::IdentityPerm(p) => format!("identity_perm({p})"),
+        Condition::SameType(a, b) => format!("same_type({a}, {b})"),
+        Condition::HasShape(x, s) => format!("has_shape({x}, {s})"),
+    }
+}
+
 /// Applies rule `name` to its start graph, snapshots start and result, and checks the values.
 fn check_rule(name: &str) {
     let rules = RuleSet::embedded().unwrap();
@@ -500,8 +529,13 @@ fn check_rule(name: &str) {
     let result = match &rule.body {
         Body::Pattern { lhs, rhs } => {
             let (before, after, result) = apply_pattern_rule(rule, &start);
+            let conds: Vec<String> = rhs.conditions.iter().map(condition).collect();
+            let conds = match conds.len() {
+                0 => String::new(),
+                _ => format!("\n    if {}", conds.join(" and ")),
+            };
             text += &format!(
-                "pattern: {lhs} => {}\n\nstart block:\n  {before}\nrewritten block:\n  {after}\n",
+                "pattern: {lhs}\n    => {}{conds}\n\nstart block:\n  {before}\nrewritten block:\n  {after}\n",
                 rhs.rhs
             );
             result
@@ -548,12 +582,7 @@ fn embedded_rule_kinds() {
     let kinds: BTreeMap<&str, (Kind, bool)> = rules
         .rules
         .iter()
-        .map(|r| {
-            (
-                r.name.as_str(),
-                (r.kind, matches!(r.body, attnopt_rewrite::rules::Body::Code)),
-            )
-        })
+        .map(|r| (r.name.as_str(), (r.kind, matches!(r.body, Body::Code))))
         .collect();
     let approx: Vec<&str> = rules
         .approx_family("hydra")
@@ -791,4 +820,36 @@ fn apply_once_with_a_block_input_as_the_result() {
         eval(&result, &inputs).to_f32_vec(),
         inputs["x"].to_f32_vec()
     );
+}
+
+/// Every loader error above as the user sees it, for review.
+#[test]
+fn loader_error_messages() {
+    let cases = [
+        "fast f: (neg ?x) => ?x",
+        "exact f (neg ?x) => ?x",
+        "exact two words: (neg ?x) => ?x",
+        "exact f: (frobnicate ?x) => ?x",
+        "exact f: (neg ?x) => (frobnicate ?x)",
+        "exact f: (neg ?x ?y) => ?x",
+        "exact f: (softmax ?x) => ?x",
+        "exact f: (neg ?x) => ?y",
+        "exact f: (neg ?x) => (neg ?x) if weight_only(?z)",
+        "exact f: (neg ?x) => (neg ?x) if shiny(?x)",
+        "exact f: (neg ?x) => (neg ?x) if dim(?x, 1)",
+        "exact f: (neg ?x) ?x",
+        "exact f: code",
+        "exact f: (neg ?x)\n    => (neg ?x)\n    if shiny(?x)",
+        "exact ok: (neg ?x) => (neg ?x)",
+    ];
+    let mut text = String::new();
+    for case in cases {
+        let file = format!("# header\nexact ok: (neg (neg ?x)) => ?x\n{case}\n");
+        let shown = match load(&[("rules/bad.rules", &file)]) {
+            Ok(_) => "accepted".to_string(),
+            Err(e) => e.to_string(),
+        };
+        text += &format!("{}\n  {shown}\n", case.replace('\n', "\n  | "));
+    }
+    insta::assert_snapshot!("loader_errors", text);
 }
