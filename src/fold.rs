@@ -89,18 +89,9 @@ pub fn fold_weights(g: &Graph) -> Result<Folded, Error> {
     let mut out = Graph::new();
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     for n in order.into_iter().filter(|n| needed.contains(n)) {
-        let node = g.node(n);
-        let id = if let Some(w) = replacement.remove(&n) {
-            out.weight(w)
-        } else {
-            match &node.op {
-                Op::Input { name, dtype, shape } => out.input(name, *dtype, shape.clone())?,
-                Op::Weight(w) => out.weight(g.weight_data(*w).clone()),
-                op => {
-                    let operands: Vec<NodeId> = g.operands(n).iter().map(|o| map[o]).collect();
-                    out.add(op.clone(), &operands, node.meta)?
-                }
-            }
+        let id = match replacement.remove(&n) {
+            Some(w) => out.weight(w),
+            None => out.copy_node(g, n, &map)?,
         };
         map.insert(n, id);
     }

@@ -275,6 +275,16 @@ impl Checkpoint {
         &self.files[i].0
     }
 
+    /// Names of the tensors not in `used` (heads, poolers, weights an optimisation replaced).
+    pub fn unused_by<'a>(&self, used: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let used: std::collections::HashSet<&str> = used.into_iter().collect();
+        self.tensors
+            .keys()
+            .filter(|k| !used.contains(k.as_str()))
+            .cloned()
+            .collect()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

@@ -95,13 +95,7 @@ fn import(
             msg,
         })?;
     let built = arch::build(detection.arch, &checkpoint, &mut cfg, detection.prefix)?;
-    let used: std::collections::HashSet<&str> = built.used.iter().map(String::as_str).collect();
-    let unused = checkpoint
-        .tensors()
-        .keys()
-        .filter(|k| !used.contains(k.as_str()))
-        .cloned()
-        .collect();
+    let unused = checkpoint.unused_by(built.used.iter().map(String::as_str));
     Ok(Imported {
         dir,
         detection,

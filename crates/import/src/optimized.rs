@@ -128,13 +128,7 @@ pub fn load_optimized(dir: &Path) -> Result<Imported, ImportError> {
             file: graph_file.clone(),
             msg: e.to_string(),
         })?;
-    let used: std::collections::HashSet<&str> = graph.weights().iter().map(|w| w.name()).collect();
-    let unused = checkpoint
-        .tensors()
-        .keys()
-        .filter(|k| !used.contains(k.as_str()))
-        .cloned()
-        .collect();
+    let unused = checkpoint.unused_by(graph.weights().iter().map(|w| w.name()));
     Ok(Imported {
         dir: dir.to_path_buf(),
         detection: Detection {

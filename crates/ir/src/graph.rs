@@ -127,6 +127,30 @@ impl Graph {
         Ok(id)
     }
 
+    /// Adds a copy of node `n` of `src` (an input, a weight or an operator), its operands
+    /// mapped through `map`, which must already hold them. The building block of every pass
+    /// that rebuilds a graph.
+    pub fn copy_node(
+        &mut self,
+        src: &Graph,
+        n: NodeId,
+        map: &HashMap<NodeId, NodeId>,
+    ) -> Result<NodeId, GraphError> {
+        let node = src.node(n);
+        match &node.op {
+            Op::Input { name, dtype, shape } => self.input(name, *dtype, shape.clone()),
+            Op::Weight(w) => Ok(self.weight(src.weight_data(*w).clone())),
+            op => {
+                let operands: Vec<NodeId> = src
+                    .operands(n)
+                    .iter()
+                    .map(|o| map.get(o).copied().ok_or(GraphError::UnknownNode(*o)))
+                    .collect::<Result<_, _>>()?;
+                self.add(op.clone(), &operands, node.meta)
+            }
+        }
+    }
+
     /// Names `id` as a graph output.
     pub fn set_output(&mut self, name: &str, id: NodeId) -> Result<(), GraphError> {
         if self.outputs.iter().any(|(n, _)| n == name) {

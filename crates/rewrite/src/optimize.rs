@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use attnopt_ir::{Graph, GraphError, NodeId, Op, Role};
+use attnopt_ir::{Graph, GraphError, NodeId, Role};
 use egg::{EGraph, Id, Language, RecExpr, Runner, StopReason};
 
 use crate::analysis::{type_node, Data, TypeAnalysis};
@@ -482,7 +482,6 @@ pub fn rebuild(
     let mut out = Graph::new();
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     for n in g.topo_order() {
-        let node = g.node(n);
         if let Some(b) = by_output.get(&n) {
             let sol = &layers[&b.layer];
             let ins: Vec<NodeId> = b.inputs.iter().map(|i| map[i]).collect();
@@ -495,14 +494,7 @@ pub fn rebuild(
         if inside.contains(&n) {
             continue;
         }
-        let id = match &node.op {
-            Op::Input { name, dtype, shape } => out.input(name, *dtype, shape.clone())?,
-            Op::Weight(w) => out.weight(g.weight_data(*w).clone()),
-            op => {
-                let operands: Vec<NodeId> = g.operands(n).iter().map(|o| map[o]).collect();
-                out.add(op.clone(), &operands, node.meta)?
-            }
-        };
+        let id = out.copy_node(g, n, &map)?;
         map.insert(n, id);
     }
     for (name, id) in g.outputs() {
