@@ -1,0 +1,1 @@
+//! JIT row kernels (being built).
