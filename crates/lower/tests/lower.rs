@@ -1,0 +1,184 @@
+//! Lowering a BERT-like layer: which kernels fuse what, and a valid, reusing memory plan.
+
+use attnopt_ir::builder::{Attention, AttentionKind, Builder, WeightLayout};
+use attnopt_ir::{Bindings, DType, Graph, Role, Shape, Unary, Weight, BATCH, SEQ};
+use attnopt_lower::memory::check;
+use attnopt_lower::{lower, KernelKind, ValueKind};
+
+fn w(b: &mut Builder, name: &str, shape: &[usize]) -> attnopt_ir::NodeId {
+    let n: usize = shape.iter().product();
+    let vals: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01).collect();
+    b.graph
+        .weight(Weight::from_f32(name, shape.to_vec(), &vals).unwrap())
+}
+
+/// Two post-norm encoder layers of width 16 with 2 heads and a padding mask.
+fn encoder(layers: u32) -> Graph {
+    let d = 16;
+    let mut b = Builder::new();
+    let x0 = b
+        .graph
+        .input(
+            "x",
+            DType::F32,
+            Shape(vec![BATCH, SEQ, attnopt_ir::Dim::Fixed(d)]),
+        )
+        .unwrap();
+    let mask = b
+        .graph
+        .input("attention_mask", DType::I64, Shape(vec![BATCH, SEQ]))
+        .unwrap();
+    let mut x = x0;
+    for l in 0..layers {
+        b.set_layer(Some(l));
+        let p = |s: &str| format!("l{l}.{s}");
+        let (wq, bq) = (w(&mut b, &p("wq"), &[d, d]), w(&mut b, &p("bq"), &[d]));
+        let (wk, bk) = (w(&mut b, &p("wk"), &[d, d]), w(&mut b, &p("bk"), &[d]));
+        let (wv, bv) = (w(&mut b, &p("wv"), &[d, d]), w(&mut b, &p("bv"), &[d]));
+        let (wo, bo) = (w(&mut b, &p("wo"), &[d, d]), w(&mut b, &p("bo"), &[d]));
+        let (g1, b1) = (w(&mut b, &p("g1"), &[d]), w(&mut b, &p("b1"), &[d]));
+        let (wi, bi) = (w(&mut b, &p("wi"), &[32, d]), w(&mut b, &p("bi"), &[32]));
+        let (w2, b2) = (w(&mut b, &p("w2"), &[d, 32]), w(&mut b, &p("b2"), &[d]));
+        let (g2, bb2) = (w(&mut b, &p("g2"), &[d]), w(&mut b, &p("bb2"), &[d]));
+        let q = b
+            .linear(x, wq, Some(bq), WeightLayout::OutIn, Role::QProj)
+            .unwrap();
+        let k = b
+            .linear(x, wk, Some(bk), WeightLayout::OutIn, Role::KProj)
+            .unwrap();
+        let v = b
+            .linear(x, wv, Some(bv), WeightLayout::OutIn, Role::VProj)
+            .unwrap();
+        let spec = Attention {
+            kind: AttentionKind::Softmax,
+            heads: 2,
+            kv_heads: 2,
+            head_dim: 8,
+            causal: false,
+            padding_mask: Some(mask),
+            rope: None,
+            scale: 0.35,
+        };
+        let c = b.attention(q, k, v, &spec).unwrap();
+        let a = b
+            .linear(c, wo, Some(bo), WeightLayout::OutIn, Role::AttnOutProj)
+            .unwrap();
+        let r = b.add(a, x, Role::Residual).unwrap();
+        let h = b.layer_norm(r, g1, b1, 1e-12, Role::Norm).unwrap();
+        let o = b
+            .mlp(
+                h,
+                (wi, Some(bi)),
+                Unary::Gelu,
+                (w2, Some(b2)),
+                WeightLayout::OutIn,
+            )
+            .unwrap();
+        let r = b.add(o, h, Role::Residual).unwrap();
+        x = b.layer_norm(r, g2, bb2, 1e-12, Role::Norm).unwrap();
+        b.graph.set_output(&format!("layer.{l}"), x).unwrap();
+    }
+    b.graph.set_output("last_hidden_state", x).unwrap();
+    b.finish()
+}
+
+#[test]
+fn encoder_layer_fuses_as_expected() {
+    let g = encoder(1);
+    let l = lower(&g, &Bindings::new(2, 5)).unwrap();
+    let names: Vec<&str> = l.kernels.iter().map(|k| k.name.as_str()).collect();
+    println!("{names:?}");
+    // Q, K, V and MLP-up products carry their bias adds (and the GELU) as epilogues; the output
+    // and MLP-down products' bias and residual adds go into the LayerNorm after them.
+    assert_eq!(
+        names.iter().filter(|n| **n == "matmul+epilogue").count(),
+        4,
+        "{names:?}"
+    );
+    assert_eq!(
+        names.iter().filter(|n| **n == "matmul").count(),
+        4,
+        "{names:?}"
+    );
+    // The transposed K (permute of the last two axes) is folded into the score product.
+    assert!(l.kernels.iter().any(|k| matches!(
+        k.kind,
+        KernelKind::MatMul {
+            b_transposed: true,
+            epilogue: None,
+            ..
+        }
+    )));
+    // Softmax absorbs the scale and the padding mask; both LayerNorms absorb the residual add.
+    let softmax = l
+        .kernels
+        .iter()
+        .find(|k| k.name == "row:softmax")
+        .expect("a softmax row kernel");
+    assert!(
+        softmax.nodes.len() >= 3,
+        "scale + mask + softmax: {:?}",
+        softmax.nodes
+    );
+    assert_eq!(names.iter().filter(|n| **n == "row:layer_norm").count(), 2);
+    for k in l.kernels.iter().filter(|k| k.name == "row:layer_norm") {
+        assert_eq!(
+            k.nodes.len(),
+            3,
+            "layer_norm with its bias and residual adds"
+        );
+    }
+    assert_eq!(names.iter().filter(|n| **n == "additive_mask").count(), 1);
+    // Every graph node that needs work is in exactly one kernel.
+    let mut seen = std::collections::HashSet::new();
+    for k in &l.kernels {
+        for &n in &k.nodes {
+            assert!(seen.insert(n), "node {n:?} in two kernels");
+        }
+    }
+}
+
+#[test]
+fn memory_plan_is_valid_and_reuses() {
+    for layers in [1, 4] {
+        for (b, n) in [(1, 1), (2, 5), (3, 64)] {
+            let g = encoder(layers);
+            let l = lower(&g, &Bindings::new(b, n)).unwrap();
+            check(&l.memory, &l.values, &l.kernels, &l.outputs).unwrap();
+            println!(
+                "{layers} layers B={b} N={n}: arena {} B, naive {} B",
+                l.memory.arena_bytes, l.memory.naive_bytes
+            );
+            if layers == 4 {
+                assert!(
+                    l.memory.arena_bytes < l.memory.naive_bytes / 2,
+                    "reuse should at least halve memory"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn kernels_run_after_their_inputs() {
+    let g = encoder(2);
+    let l = lower(&g, &Bindings::new(2, 7)).unwrap();
+    let mut ready: Vec<bool> = l
+        .values
+        .iter()
+        .map(|v| matches!(v.kind, ValueKind::Input(_) | ValueKind::Weight(_)))
+        .collect();
+    for k in &l.kernels {
+        for &v in &k.inputs {
+            assert!(
+                ready[v] || v == k.output,
+                "{} reads value {v} before it is computed",
+                k.name
+            );
+        }
+        ready[k.output] = true;
+    }
+    for (_, v) in &l.outputs {
+        assert!(ready[*v]);
+    }
+}
