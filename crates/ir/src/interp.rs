@@ -243,6 +243,16 @@ fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     (outer, shape[axis], inner)
 }
 
+/// The reference meaning of one operator (not `Input` or `Weight`) applied to `args` under
+/// `b`: what a backend's generic kernels fall back to, and what its own kernels are tested
+/// against. `Err` carries a message about the operands.
+pub fn eval_op(op: &Op, args: &[&Tensor], b: &Bindings) -> Result<Tensor, String> {
+    if matches!(op, Op::Input { .. } | Op::Weight(_)) {
+        return Err(format!("{op} is a leaf, not an operator"));
+    }
+    eval(&Graph::new(), op, args, b, &HashMap::new())
+}
+
 fn eval(
     graph: &Graph,
     op: &Op,
