@@ -21,6 +21,8 @@ pub enum Error {
     },
     #[error("running the model: {0}")]
     Run(#[from] attnopt_ir::interp::InterpError),
+    #[error("running the model on the CPU backend: {0}")]
+    Cpu(#[from] attnopt_cpu::CpuError),
     #[error("{}: writing safetensors: {msg}", path.display())]
     Output { path: PathBuf, msg: String },
     #[error("not supported yet: {0}")]

@@ -11,9 +11,9 @@
 //! The pieces live in their own crates and are re-exported: [`ir`] (graph, interpreter) and
 //! [`import`] (checkpoints). This crate adds the [`Model`] facade, [`inspect`] and the CLI.
 
+pub mod bench;
 pub mod calib;
 mod error;
-pub mod fold;
 pub mod inspect;
 mod model;
 pub mod optimize;
@@ -25,4 +25,4 @@ pub use attnopt_import as import;
 pub use attnopt_ir as ir;
 pub use attnopt_rewrite as rewrite;
 pub use error::Error;
-pub use model::{Model, RunOptions};
+pub use model::{Backend, Model, RunOptions};

@@ -56,8 +56,11 @@ enum Command {
         #[arg(long)]
         compare: Option<PathBuf>,
         /// Execution backend.
-        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         backend: Backend,
+        /// Threads for the CPU backend (0: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Export the model graph: Graphviz DOT, SVG (needs graphviz's `dot`), or the text form.
     Graph {
@@ -129,10 +132,33 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         time_limit: f64,
     },
-    /// Benchmark a model (not supported yet).
+    /// Measure a model on the CPU backend: the original and the exactly optimised graph at each
+    /// sequence length — latency (median, min, max), compile time, per-kernel breakdown,
+    /// GFLOP/s. Uses oneDNN for matrix products when installed, else the gemm crate.
     Bench {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
+        /// Model folder.
+        model: PathBuf,
+        /// Sequence lengths.
+        #[arg(long, value_delimiter = ',', default_value = "128")]
+        seq: Vec<usize>,
+        /// Batch size.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Threads (0: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Timed repetitions per configuration.
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        /// Only the original graph (skip the optimised one).
+        #[arg(long)]
+        no_optimise: bool,
+        /// `f32` (bf16 is not supported yet).
+        #[arg(long, default_value = "f32")]
+        precision: String,
+        /// Print one JSON object (schema in docs/CLI.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Emit GPU kernels (not supported yet).
     Emit {
@@ -145,7 +171,7 @@ enum Command {
 enum Backend {
     /// The reference interpreter (slow, exact by definition).
     Interp,
-    /// JIT-compiled CPU kernels (not supported yet).
+    /// JIT-compiled CPU kernels with oneDNN or gemm matrix products.
     Cpu,
     /// CUDA (not supported yet).
     Cuda,
@@ -192,14 +218,15 @@ fn run(cli: Cli) -> Result<()> {
             all_layers,
             compare,
             backend,
+            threads,
         } => {
-            match backend {
-                Backend::Interp => {}
-                Backend::Cpu => bail!(
-                    "not supported yet: --backend cpu (the JIT CPU backend); use --backend interp"
-                ),
-                Backend::Cuda => bail!("not supported yet: --backend cuda; use --backend interp"),
-            }
+            let backend = match backend {
+                Backend::Interp => attnopt::Backend::Interp,
+                Backend::Cpu => attnopt::Backend::Cpu { threads },
+                Backend::Cuda => {
+                    bail!("not supported yet: --backend cuda (the GPU backend); use --backend cpu")
+                }
+            };
             if output.is_none() && compare.is_none() {
                 bail!("nothing to do: give --output FILE and/or --compare FILE");
             }
@@ -207,7 +234,10 @@ fn run(cli: Cli) -> Result<()> {
                 &model,
                 &input,
                 output.as_deref(),
-                all_layers,
+                RunOptions {
+                    all_layers,
+                    backend,
+                },
                 compare.as_deref(),
             )?;
         }
@@ -303,7 +333,38 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", opt.report.render());
             }
         }
-        Command::Bench { .. } => bail!("not supported yet: bench (needs the CPU backend)"),
+        Command::Bench {
+            model,
+            seq,
+            batch,
+            threads,
+            reps,
+            no_optimise,
+            precision,
+            json,
+        } => {
+            if precision != "f32" {
+                bail!("not supported yet: --precision {precision} (only f32 is implemented)");
+            }
+            if seq.is_empty() || seq.contains(&0) || batch == 0 || reps == 0 {
+                bail!("--seq, --batch and --reps take positive numbers");
+            }
+            let m = Model::load(&model)?;
+            let opts = attnopt::bench::BenchOptions {
+                seqs: seq,
+                batch,
+                threads,
+                reps,
+                optimised: !no_optimise,
+            };
+            let mut progress = |step: &str| eprintln!("[bench] {step}");
+            let report = attnopt::bench::bench(&m, &opts, &mut progress)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+        }
         Command::Emit { .. } => bail!("not supported yet: emit (needs the GPU backend)"),
     }
     Ok(())
@@ -313,7 +374,7 @@ fn run_model(
     model: &Path,
     input: &Path,
     output: Option<&Path>,
-    all_layers: bool,
+    opts: RunOptions,
     compare: Option<&Path>,
 ) -> Result<()> {
     let m = Model::load(model)?;
@@ -341,12 +402,16 @@ fn run_model(
         );
     }
     eprintln!(
-        "running {} ({} nodes) through the reference interpreter...",
+        "running {} ({} nodes) on {}...",
         m.imported().detection.arch.name(),
-        m.graph().node_count()
+        m.graph().node_count(),
+        match opts.backend {
+            attnopt::Backend::Interp => "the reference interpreter",
+            attnopt::Backend::Cpu { .. } => "the CPU backend",
+        }
     );
     let start = std::time::Instant::now();
-    let outs = m.run(inputs, RunOptions { all_layers })?;
+    let outs = m.run(inputs, opts)?;
     eprintln!("done in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
     for (name, t) in &outs {
         println!("{name:20} {:?}", t.shape());

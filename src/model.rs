@@ -18,6 +18,18 @@ pub struct Model {
 pub struct RunOptions {
     /// Also return `embeddings` and every `layer.{i}`, not only `last_hidden_state`.
     pub all_layers: bool,
+    /// Where to run.
+    pub backend: Backend,
+}
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The reference interpreter: slow, exact by definition.
+    #[default]
+    Interp,
+    /// The CPU backend (JIT kernels, oneDNN or gemm) with this many threads (0: all cores).
+    Cpu { threads: usize },
 }
 
 impl Model {
@@ -119,7 +131,13 @@ impl Model {
         } else {
             vec!["last_hidden_state"]
         };
-        let out = interp::run(g, &feed, &wanted)?;
+        let out = match opts.backend {
+            Backend::Interp => interp::run(g, &feed, &wanted)?,
+            Backend::Cpu { threads } => {
+                let mut cpu = attnopt_cpu::CpuModel::new(g.clone(), threads)?;
+                cpu.run(&feed, &wanted, false)?.0
+            }
+        };
         Ok(out.into_iter().collect())
     }
 }

@@ -8,9 +8,9 @@ use std::path::{Component, Path, PathBuf};
 
 use attnopt_import::optimized::{Manifest, SourceFile, FORMAT, MANIFEST};
 
-use crate::fold::fold_weights;
 use crate::optimize::Optimization;
 use crate::{tensors, Error, Model};
+use attnopt_ir::fold::fold_weights;
 
 /// What was written.
 #[derive(Debug, Clone)]
@@ -122,7 +122,8 @@ fn write_into(
             source,
         }
     };
-    let folded = fold_weights(&opt.graph)?;
+    let folded = fold_weights(&opt.graph)
+        .map_err(|e| Error::NotSupported(format!("precomputing weights: {e}")))?;
     let graph_text = folded.graph.to_string();
     std::fs::write(dir.join("graph.txt"), &graph_text).map_err(io(dir.join("graph.txt")))?;
     let weights = if folded.weights.is_empty() {

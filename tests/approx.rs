@@ -57,10 +57,22 @@ fn run_case(name: &str, budget: Option<f64>) -> Outcome {
     let reloaded = Model::load(&folder).unwrap();
     let inputs = golden_inputs(&model, &dir);
     let want = model
-        .run(inputs.clone(), RunOptions { all_layers: true })
+        .run(
+            inputs.clone(),
+            RunOptions {
+                all_layers: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
     let got = reloaded
-        .run(inputs, RunOptions { all_layers: true })
+        .run(
+            inputs,
+            RunOptions {
+                all_layers: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
     let measured = relative(&got["last_hidden_state"], &want["last_hidden_state"]);
     let reported = opt

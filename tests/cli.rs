@@ -169,7 +169,7 @@ fn errors_are_one_line_and_nonzero() {
         stderr(&o)
     );
 
-    let o = attnopt(&["bench", "fixtures/bert"]);
+    let o = attnopt(&["emit", "fixtures/bert"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not supported yet"), "{}", stderr(&o));
 
@@ -252,4 +252,68 @@ fn graph_writes_dot_and_text() {
     let t = std::fs::read_to_string(&text).unwrap();
     assert!(t.contains("output last_hidden_state = %"), "{t}");
     assert!(Path::new(&text).exists());
+}
+
+/// `bench --json` writes the documented schema; `run --backend cpu` (the default) matches the
+/// interpreter.
+#[test]
+fn bench_json_and_cpu_run() {
+    let o = attnopt(&[
+        "bench",
+        "fixtures/gpt2",
+        "--seq",
+        "8,16",
+        "--reps",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("bench --json prints JSON");
+    for key in ["model", "threads", "precision", "matmul", "runs"] {
+        assert!(v.get(key).is_some(), "missing `{key}`");
+    }
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4, "original and optimised at two lengths");
+    for r in runs {
+        for key in [
+            "graph",
+            "seq",
+            "median_ms",
+            "min_ms",
+            "max_ms",
+            "compile_ms",
+            "kernels",
+        ] {
+            assert!(r.get(key).is_some(), "run lacks `{key}`: {r}");
+        }
+        assert!(r["min_ms"].as_f64().unwrap() <= r["median_ms"].as_f64().unwrap());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        dir.path().join("cpu.safetensors"),
+        dir.path().join("interp.safetensors"),
+    );
+    for (backend, out) in [("cpu", &a), ("interp", &b)] {
+        let o = attnopt(&[
+            "run",
+            "fixtures/llama",
+            "-i",
+            "fixtures/llama/golden.safetensors",
+            "-o",
+            out.to_str().unwrap(),
+            "--backend",
+            backend,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let (x, y) = (
+        attnopt::tensors::read(&a).unwrap(),
+        attnopt::tensors::read(&b).unwrap(),
+    );
+    let err = x["last_hidden_state"]
+        .max_abs_diff(&y["last_hidden_state"])
+        .unwrap();
+    assert!(err < 1e-4, "cpu vs interp: {err}");
 }

@@ -13,6 +13,7 @@ pub mod builder;
 pub mod cost;
 pub mod dot;
 mod dtype;
+pub mod fold;
 mod graph;
 pub mod infer;
 pub mod interp;

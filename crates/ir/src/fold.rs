@@ -6,9 +6,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use attnopt_ir::{interp, Graph, NodeId, Op, Tensor, Weight};
+use crate::{interp, Graph, GraphError, NodeId, Op, Tensor, Weight};
 
-use crate::Error;
+/// Why folding failed (a bug rather than a user error: weight-only values need no inputs).
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    #[error("evaluating weights: {0}")]
+    Interp(#[from] interp::InterpError),
+    #[error("rebuilding the graph: {0}")]
+    Graph(#[from] GraphError),
+    #[error("making a folded weight: {0}")]
+    Weight(#[from] crate::WeightError),
+}
 
 /// A graph with weight-only subgraphs replaced by new weights.
 pub struct Folded {
@@ -25,7 +34,7 @@ fn is_view(op: &Op) -> bool {
 }
 
 /// Folds every maximal weight-only subgraph that is more than a view of one weight.
-pub fn fold_weights(g: &Graph) -> Result<Folded, Error> {
+pub fn fold_weights(g: &Graph) -> Result<Folded, FoldError> {
     let order = g.topo_order();
     // weight_only[n]: computable from weights alone; view_of_weight[n]: a chain of views of one weight.
     let mut weight_only: HashMap<NodeId, bool> = HashMap::new();
@@ -72,8 +81,7 @@ pub fn fold_weights(g: &Graph) -> Result<Folded, Error> {
             .as_f32()
             .map(<[f32]>::to_vec)
             .unwrap_or_else(|| t.to_f32_vec());
-        let w = Weight::from_f32(name.clone(), t.shape().to_vec(), &data)
-            .map_err(|e| Error::NotSupported(format!("folding weights: {e}")))?;
+        let w = Weight::from_f32(name.clone(), t.shape().to_vec(), &data)?;
         replacement.insert(n, w);
         weights.insert(name, t);
     }

@@ -1,0 +1,758 @@
+//! Running a graph on the CPU: lower it at the run's batch and sequence sizes (once per size),
+//! compile each distinct row program once, prepare each weight for the matrix-product library
+//! once, then run the kernels in order over one activation arena.
+//!
+//! Safety: every kernel's slices are cut from the arena, the inputs or the weights after
+//! checking their bounds; the memory plan guarantees that values live at the same time do not
+//! overlap (checked in debug builds); JIT code and library calls check lengths again.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use attnopt_ir::{Bindings, DType, Data, Dim, Graph, Op, Sym, Tensor, WeightId};
+use attnopt_lower::memory::storage_of;
+use attnopt_lower::{lower, Kernel, KernelKind, Lowered, RowProgram, ValueId, ValueKind};
+
+use crate::jit::{Arg, JitModule, RowKernel, Valid};
+use crate::matmul::{best_available, Batch, MatMul, MatMut, MatRef, PreparedWeight};
+use crate::ops;
+
+/// Why a CPU run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    #[error("input `{0}` is missing")]
+    MissingInput(String),
+    #[error("input `{name}`: {msg}")]
+    BadInput { name: String, msg: String },
+    #[error("lowering: {0}")]
+    Lower(#[from] attnopt_lower::LowerError),
+    #[error("kernel {kernel} ({name}): {msg}")]
+    Kernel {
+        kernel: usize,
+        name: String,
+        msg: String,
+    },
+    #[error("no output named `{0}`")]
+    UnknownOutput(String),
+    #[error("thread pool: {0}")]
+    Threads(String),
+    #[error("precomputing weight-only values: {0}")]
+    Fold(String),
+}
+
+/// A compiled kernel's executable part.
+enum Exec {
+    Row(RowKernel),
+    Epilogue(RowKernel),
+    None,
+}
+
+/// Everything prepared for one (batch, sequence) size.
+struct Plan {
+    lowered: Lowered,
+    execs: Vec<Exec>,
+    arena: Vec<u64>,
+    compile_time: Duration,
+}
+
+/// Time spent per kernel in the last profiled run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KernelTime {
+    pub index: usize,
+    pub name: String,
+    pub layer: Option<u32>,
+    pub seconds: f64,
+    pub flops: u64,
+    pub bytes: u64,
+}
+
+/// A graph ready to run on the CPU.
+pub struct CpuModel {
+    graph: Graph,
+    matmul: Box<dyn MatMul>,
+    matmul_why: String,
+    /// Products of two activations (attention scores and context, per head): the `gemm` crate,
+    /// which measured faster than oneDNN on these small batched shapes (CPU-NOTES §4).
+    activations: crate::matmul::GemmMatMul,
+    jit: JitModule,
+    pool: rayon::ThreadPool,
+    threads: usize,
+    /// f32 copies of weights stored in another dtype (or unaligned).
+    converted: HashMap<WeightId, Vec<f32>>,
+    prepared: HashMap<(WeightId, bool), Box<dyn PreparedWeight>>,
+    plans: HashMap<(usize, usize), Plan>,
+    /// Row kernels by program (identical programs share one compiled kernel).
+    kernels: Vec<(RowProgram, usize)>,
+}
+
+/// Elements of a value during a run.
+enum Src<'a> {
+    F32(&'a [f32]),
+    I64(&'a [i64]),
+}
+
+impl CpuModel {
+    /// Prepares `graph` to run with `threads` threads (0: all cores). Matrix products use
+    /// oneDNN when `libdnnl.so.2` loads, else the `gemm` crate ([`CpuModel::matmul_name`]).
+    pub fn new(graph: Graph, threads: usize) -> Result<CpuModel, CpuError> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let (matmul, why) = best_available(threads);
+        CpuModel::with_matmul(graph, threads, matmul, why)
+    }
+
+    /// As [`CpuModel::new`] with a given matrix-product implementation (`why`: how it was chosen).
+    pub fn with_matmul(
+        graph: Graph,
+        threads: usize,
+        matmul: Box<dyn MatMul>,
+        matmul_why: String,
+    ) -> Result<CpuModel, CpuError> {
+        let threads = threads.max(1);
+        // What depends on weights only (fused Q/K/V weights, scaled weights) is computed once here.
+        let graph = attnopt_ir::fold::fold_weights(&graph)
+            .map_err(|e| CpuError::Fold(e.to_string()))?
+            .graph;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| CpuError::Threads(e.to_string()))?;
+        let jit = JitModule::new().map_err(|e| CpuError::Kernel {
+            kernel: 0,
+            name: "jit".into(),
+            msg: e.to_string(),
+        })?;
+        let mut converted = HashMap::new();
+        for (i, w) in graph.weights().iter().enumerate() {
+            let aligned = w.bytes().as_ptr() as usize % std::mem::align_of::<f32>() == 0;
+            if w.dtype() != DType::F32 || !aligned {
+                converted.insert(WeightId(i as u32), w.to_f32());
+            }
+        }
+        Ok(CpuModel {
+            graph,
+            matmul,
+            matmul_why,
+            activations: crate::matmul::GemmMatMul::new(threads),
+            jit,
+            pool,
+            threads,
+            converted,
+            prepared: HashMap::new(),
+            plans: HashMap::new(),
+            kernels: Vec::new(),
+        })
+    }
+
+    /// The matrix-product library in use and why.
+    pub fn matmul_name(&self) -> (&str, &str) {
+        (self.matmul.name(), &self.matmul_why)
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// A weight's f32 elements: zero-copy from the checkpoint when stored as aligned f32.
+    fn weight(&self, id: WeightId) -> &[f32] {
+        if let Some(v) = self.converted.get(&id) {
+            return v;
+        }
+        let b = self.graph.weight_data(id).bytes();
+        // SAFETY: the weight is F32 (checked at construction of `converted`), its byte length is
+        // numel × 4 (checked by `Weight::new`) and its start is 4-byte aligned (checked above);
+        // the bytes live as long as the graph, which `self` owns.
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) }
+    }
+
+    /// Lowers and compiles for `(batch, seq)` if not done yet; returns the compile time spent.
+    pub fn prepare(&mut self, batch: usize, seq: usize) -> Result<Duration, CpuError> {
+        if let Some(p) = self.plans.get(&(batch, seq)) {
+            return Ok(p.compile_time);
+        }
+        let t0 = Instant::now();
+        let lowered = lower(&self.graph, &Bindings::new(batch, seq))?;
+        #[cfg(debug_assertions)]
+        attnopt_lower::memory::check(
+            &lowered.memory,
+            &lowered.values,
+            &lowered.kernels,
+            &lowered.outputs,
+        )
+        .map_err(|msg| CpuError::Kernel {
+            kernel: 0,
+            name: "memory plan".into(),
+            msg,
+        })?;
+        let mut execs = Vec::with_capacity(lowered.kernels.len());
+        for (i, k) in lowered.kernels.iter().enumerate() {
+            let err = |msg: String| CpuError::Kernel {
+                kernel: i,
+                name: k.name.clone(),
+                msg,
+            };
+            let program = match &k.kind {
+                KernelKind::Row { program, .. } => Some((program, false)),
+                KernelKind::MatMul {
+                    epilogue: Some((program, _)),
+                    ..
+                } => Some((program, true)),
+                _ => None,
+            };
+            execs.push(match program {
+                Some((p, epi)) => {
+                    let kernel = self.jit.compile(p).map_err(|e| err(e.to_string()))?;
+                    if !self.kernels.iter().any(|(q, _)| q == p) {
+                        self.kernels.push((p.clone(), i));
+                    }
+                    if epi {
+                        Exec::Epilogue(kernel)
+                    } else {
+                        Exec::Row(kernel)
+                    }
+                }
+                None => Exec::None,
+            });
+            if let KernelKind::MatMul { b_transposed, .. } = k.kind {
+                if let ValueKind::Weight(w) = lowered.values[k.inputs[1]].kind {
+                    if !self.prepared.contains_key(&(w, b_transposed)) {
+                        let shape = &lowered.values[k.inputs[1]].shape;
+                        let (r, c) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+                        let data = self.weight(w);
+                        let view = MatRef::row_major(data, r, c);
+                        let view = if b_transposed { view.t() } else { view };
+                        let p = self.matmul.prepare(view).map_err(|e| err(e.to_string()))?;
+                        self.prepared.insert((w, b_transposed), p);
+                    }
+                }
+            }
+        }
+        let words = lowered.memory.arena_bytes.div_ceil(8);
+        let plan = Plan {
+            lowered,
+            execs,
+            arena: vec![0u64; words],
+            compile_time: t0.elapsed(),
+        };
+        let ct = plan.compile_time;
+        self.plans.insert((batch, seq), plan);
+        Ok(ct)
+    }
+
+    /// Runs the graph; returns the named outputs (all if `wanted` is empty) and, with
+    /// `profile`, the time of every kernel.
+    pub fn run(
+        &mut self,
+        inputs: &HashMap<String, Tensor>,
+        wanted: &[&str],
+        profile: bool,
+    ) -> Result<(HashMap<String, Tensor>, Vec<KernelTime>), CpuError> {
+        let (batch, seq) = self.bind(inputs)?;
+        self.prepare(batch, seq)?;
+        let mut plan = self.plans.remove(&(batch, seq)).expect("prepared above");
+        let result = self
+            .pool
+            .install(|| self.execute(&mut plan, inputs, wanted, profile));
+        self.plans.insert((batch, seq), plan);
+        result
+    }
+
+    /// Batch and sequence sizes from the inputs, checked against the graph's declared inputs.
+    fn bind(&self, inputs: &HashMap<String, Tensor>) -> Result<(usize, usize), CpuError> {
+        let mut b = Bindings::default();
+        for (name, id) in self.graph.inputs() {
+            let Op::Input { shape, dtype, .. } = &self.graph.node(*id).op else {
+                continue;
+            };
+            let t = inputs
+                .get(name)
+                .ok_or_else(|| CpuError::MissingInput(name.clone()))?;
+            let bad = |msg: String| CpuError::BadInput {
+                name: name.clone(),
+                msg,
+            };
+            if t.dtype() != *dtype {
+                return Err(bad(format!("must be {dtype}, got {}", t.dtype())));
+            }
+            if t.rank() != shape.rank() {
+                return Err(bad(format!(
+                    "has shape {:?}, the model expects {shape}",
+                    t.shape()
+                )));
+            }
+            for (d, &n) in shape.0.iter().zip(t.shape()) {
+                match d {
+                    Dim::Fixed(f) if *f != n => {
+                        return Err(bad(format!(
+                            "has shape {:?}, the model expects {shape}",
+                            t.shape()
+                        )))
+                    }
+                    Dim::Sym(s) => b.bind(*s, n).map_err(|old| {
+                        bad(format!(
+                            "{} = {n} contradicts {old} set by another input",
+                            s.name()
+                        ))
+                    })?,
+                    _ => {}
+                }
+            }
+        }
+        Ok((b.get(Sym::Batch).unwrap_or(1), b.get(Sym::Seq).unwrap_or(1)))
+    }
+
+    fn execute(
+        &self,
+        plan: &mut Plan,
+        inputs: &HashMap<String, Tensor>,
+        wanted: &[&str],
+        profile: bool,
+    ) -> Result<(HashMap<String, Tensor>, Vec<KernelTime>), CpuError> {
+        let lowered = &plan.lowered;
+        let arena_len = plan.arena.len() * 8;
+        let base = plan.arena.as_mut_ptr() as *mut u8;
+        let mut times = Vec::new();
+        for (i, k) in lowered.kernels.iter().enumerate() {
+            let t0 = profile.then(Instant::now);
+            let err = |msg: String| CpuError::Kernel {
+                kernel: i,
+                name: k.name.clone(),
+                msg,
+            };
+            // SAFETY (for `src` and `dst`): slices come from disjoint live values of the arena
+            // (memory plan), bounds-checked against the arena's length.
+            let src = |v: ValueId| -> Result<Src, CpuError> {
+                self.src(lowered, inputs, base, arena_len, v).map_err(err)
+            };
+            match &k.kind {
+                KernelKind::View => {}
+                KernelKind::AdditiveMask => {
+                    let Src::I64(m) = src(k.inputs[0])? else {
+                        return Err(err("mask must be an integer tensor".into()));
+                    };
+                    let out = self
+                        .dst_f32(lowered, base, arena_len, k.output)
+                        .map_err(err)?;
+                    for (o, &x) in out.iter_mut().zip(m) {
+                        *o = if x == 0 { f32::NEG_INFINITY } else { 0.0 };
+                    }
+                }
+                KernelKind::Row {
+                    rows, d, causal, ..
+                } => {
+                    let Exec::Row(kernel) = &plan.execs[i] else {
+                        return Err(err("row kernel not compiled".into()));
+                    };
+                    let ins = k
+                        .inputs
+                        .iter()
+                        .map(|&v| f32_of(src(v)?).map_err(err))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let out = self
+                        .dst_f32(lowered, base, arena_len, k.output)
+                        .map_err(err)?;
+                    let valid = match causal {
+                        Some(offset) => {
+                            let s = &lowered.values[k.output].shape;
+                            Valid::Causal {
+                                queries: s[s.len().saturating_sub(2)].max(1),
+                                offset: *offset,
+                            }
+                        }
+                        None => Valid::Full,
+                    };
+                    if out.len() != rows * d {
+                        return Err(err(format!(
+                            "output holds {} elements, not {rows}×{d}",
+                            out.len()
+                        )));
+                    }
+                    kernel
+                        .run_rows(&ins, out, *d, valid, &[])
+                        .map_err(|e| err(e.to_string()))?;
+                }
+                KernelKind::MatMul {
+                    m,
+                    k: kk,
+                    n,
+                    b_transposed,
+                    epilogue,
+                } => {
+                    self.matmul(
+                        lowered,
+                        inputs,
+                        base,
+                        arena_len,
+                        k,
+                        *m,
+                        *kk,
+                        *n,
+                        *b_transposed,
+                    )
+                    .map_err(err)?;
+                    if let (Some((_, at)), Exec::Epilogue(kernel)) = (epilogue, &plan.execs[i]) {
+                        let extra = &k.inputs[2..];
+                        let mut args = Vec::with_capacity(extra.len());
+                        for (j, &v) in extra.iter().enumerate() {
+                            args.push(if j == *at {
+                                Arg::Out
+                            } else {
+                                Arg::Data(f32_of(src(v)?).map_err(err)?)
+                            });
+                        }
+                        let out = self
+                            .dst_f32(lowered, base, arena_len, k.output)
+                            .map_err(err)?;
+                        kernel
+                            .run_rows_in_place(&args, out, *n, Valid::Full, &[])
+                            .map_err(|e| err(e.to_string()))?;
+                    }
+                }
+                KernelKind::Op(op) => self
+                    .generic(lowered, inputs, base, arena_len, k, op)
+                    .map_err(err)?,
+            }
+            if let Some(t0) = t0 {
+                times.push(KernelTime {
+                    index: i,
+                    name: k.name.clone(),
+                    layer: k.layer,
+                    seconds: t0.elapsed().as_secs_f64(),
+                    flops: k.flops,
+                    bytes: k.bytes,
+                });
+            }
+        }
+        let mut out = HashMap::new();
+        for (name, v) in &lowered.outputs {
+            if !wanted.is_empty() && !wanted.contains(&name.as_str()) {
+                continue;
+            }
+            let shape = lowered.values[*v].shape.clone();
+            let t = match self
+                .src(lowered, inputs, base, arena_len, *v)
+                .map_err(|msg| CpuError::Kernel {
+                    kernel: usize::MAX,
+                    name: name.clone(),
+                    msg,
+                })? {
+                Src::F32(s) => Tensor::f32(shape, s.to_vec()),
+                Src::I64(s) => Tensor::i64(shape, s.to_vec()),
+            }
+            .expect("value lengths match their shapes");
+            out.insert(name.clone(), t);
+        }
+        for w in wanted {
+            if !out.contains_key(*w) {
+                return Err(CpuError::UnknownOutput(w.to_string()));
+            }
+        }
+        Ok((out, times))
+    }
+
+    /// The elements of value `v`.
+    fn src<'a>(
+        &'a self,
+        l: &Lowered,
+        inputs: &'a HashMap<String, Tensor>,
+        base: *mut u8,
+        arena_len: usize,
+        v: ValueId,
+    ) -> Result<Src<'a>, String> {
+        let s = storage_of(&l.values, v);
+        let value = &l.values[v];
+        let numel = value.numel();
+        match &l.values[s].kind {
+            ValueKind::Input(name) => match inputs.get(name).map(|t| t.data()) {
+                Some(Data::F32(x)) if x.len() == numel => Ok(Src::F32(x)),
+                Some(Data::I64(x)) if x.len() == numel => Ok(Src::I64(x)),
+                _ => Err(format!("input `{name}` does not hold {numel} elements")),
+            },
+            ValueKind::Weight(w) => {
+                let x = self.weight(*w);
+                if x.len() != numel {
+                    return Err(format!(
+                        "weight holds {} elements, expected {numel}",
+                        x.len()
+                    ));
+                }
+                Ok(Src::F32(x))
+            }
+            ValueKind::Temp => {
+                let off = l.memory.offsets[s].ok_or("value has no arena offset")?;
+                let size = l.values[s].dtype.size();
+                if off + numel * size > arena_len {
+                    return Err("value reaches past the arena".into());
+                }
+                // SAFETY: in bounds (checked), aligned (offsets are multiples of 64), and not
+                // written while read (the memory plan keeps live values disjoint).
+                Ok(unsafe {
+                    match l.values[s].dtype {
+                        DType::I64 => Src::I64(std::slice::from_raw_parts(
+                            base.add(off) as *const i64,
+                            numel,
+                        )),
+                        _ => Src::F32(std::slice::from_raw_parts(
+                            base.add(off) as *const f32,
+                            numel,
+                        )),
+                    }
+                })
+            }
+            ValueKind::Alias(_) => unreachable!("storage_of follows aliases"),
+        }
+    }
+
+    /// Writable f32 elements of the arena value `v`.
+    #[allow(clippy::mut_from_ref)]
+    fn dst_f32<'a>(
+        &self,
+        l: &Lowered,
+        base: *mut u8,
+        arena_len: usize,
+        v: ValueId,
+    ) -> Result<&'a mut [f32], String> {
+        let s = storage_of(&l.values, v);
+        let numel = l.values[v].numel();
+        if l.values[s].kind != ValueKind::Temp || l.values[s].dtype != DType::F32 {
+            return Err("the output is not an f32 arena value".into());
+        }
+        let off = l.memory.offsets[s].ok_or("value has no arena offset")?;
+        if off + numel * 4 > arena_len {
+            return Err("value reaches past the arena".into());
+        }
+        // SAFETY: as in `src`; the plan gives the output bytes no other live value.
+        Ok(unsafe { std::slice::from_raw_parts_mut(base.add(off) as *mut f32, numel) })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        l: &Lowered,
+        inputs: &HashMap<String, Tensor>,
+        base: *mut u8,
+        arena_len: usize,
+        k: &Kernel,
+        m: usize,
+        kk: usize,
+        n: usize,
+        b_transposed: bool,
+    ) -> Result<(), String> {
+        let a = f32_of(self.src(l, inputs, base, arena_len, k.inputs[0])?)?;
+        let (a_shape, b_shape) = (&l.values[k.inputs[0]].shape, &l.values[k.inputs[1]].shape);
+        let out_shape = l.values[k.output].shape.clone();
+        let c = self.dst_f32(l, base, arena_len, k.output)?;
+        let mm = |e: crate::matmul::MatMulError| e.to_string();
+        // A weight (rank 2): one product over all rows of `a`.
+        if let ValueKind::Weight(w) = l.values[k.inputs[1]].kind {
+            if b_shape.len() == 2 {
+                let rows = a.len() / kk.max(1);
+                let p = self
+                    .prepared
+                    .get(&(w, b_transposed))
+                    .ok_or("weight not prepared")?;
+                return self
+                    .matmul
+                    .matmul_prepared(
+                        MatRef::row_major(a, rows, kk),
+                        p.as_ref(),
+                        MatMut::row_major(c, rows, n),
+                        false,
+                    )
+                    .map_err(mm);
+            }
+        }
+        let b = f32_of(self.src(l, inputs, base, arena_len, k.inputs[1])?)?;
+        fn view_b(data: &[f32], kk: usize, n: usize, transposed: bool) -> MatRef<'_> {
+            if transposed {
+                MatRef::row_major(data, n, kk).t()
+            } else {
+                MatRef::row_major(data, kk, n)
+            }
+        }
+        // Batch axes: broadcast like the interpreter.
+        let rank = out_shape.len();
+        let batch_out = &out_shape[..rank - 2];
+        let count: usize = batch_out.iter().product();
+        let pad = |s: &[usize]| -> Vec<usize> {
+            let lead = &s[..s.len() - 2];
+            let mut v = vec![1; batch_out.len() - lead.len()];
+            v.extend_from_slice(lead);
+            v
+        };
+        let (ab, bb) = (pad(a_shape), pad(b_shape));
+        if ab == batch_out && bb == batch_out {
+            let batch = Batch {
+                count,
+                a_stride: m * kk,
+                b_stride: kk * n,
+                c_stride: m * n,
+            };
+            return self
+                .activations
+                .batched(
+                    MatRef::row_major(a, m, kk),
+                    view_b(b, kk, n, b_transposed),
+                    MatMut::row_major(c, m, n),
+                    batch,
+                    false,
+                )
+                .map_err(mm);
+        }
+        if bb.iter().all(|&x| x == 1) {
+            // Shared right operand: one tall product.
+            return self
+                .matmul
+                .matmul(
+                    MatRef::row_major(a, count * m, kk),
+                    view_b(b, kk, n, b_transposed),
+                    MatMut::row_major(c, count * m, n),
+                    false,
+                )
+                .map_err(mm);
+        }
+        // General broadcasting: one product per output batch index.
+        let strides = |s: &[usize]| -> Vec<usize> {
+            let mut st = vec![0; s.len()];
+            let mut acc = 1;
+            for i in (0..s.len()).rev() {
+                st[i] = if s[i] == 1 { 0 } else { acc };
+                acc *= s[i];
+            }
+            st
+        };
+        let (sa, sb) = (strides(&ab), strides(&bb));
+        let mut idx = vec![0usize; batch_out.len()];
+        for i in 0..count {
+            let ia: usize = idx.iter().zip(&sa).map(|(x, s)| x * s).sum();
+            let ib: usize = idx.iter().zip(&sb).map(|(x, s)| x * s).sum();
+            let a_i = a
+                .get(ia * m * kk..(ia + 1) * m * kk)
+                .ok_or("a batch out of range")?;
+            let b_i = b
+                .get(ib * kk * n..(ib + 1) * kk * n)
+                .ok_or("b batch out of range")?;
+            let c_i = &mut c[i * m * n..(i + 1) * m * n];
+            self.matmul
+                .matmul(
+                    MatRef::row_major(a_i, m, kk),
+                    view_b(b_i, kk, n, b_transposed),
+                    MatMut::row_major(c_i, m, n),
+                    false,
+                )
+                .map_err(mm)?;
+            for ax in (0..idx.len()).rev() {
+                idx[ax] += 1;
+                if idx[ax] < batch_out[ax] {
+                    break;
+                }
+                idx[ax] = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn generic(
+        &self,
+        l: &Lowered,
+        inputs: &HashMap<String, Tensor>,
+        base: *mut u8,
+        arena_len: usize,
+        k: &Kernel,
+        op: &Op,
+    ) -> Result<(), String> {
+        let in_shape = l.values[k.inputs[0]].shape.clone();
+        let out_v = storage_of(&l.values, k.output);
+        // Layout operators: native strided copies.
+        if let Some((shape, perm)) = ops::as_permute(op, &in_shape) {
+            match self.src(l, inputs, base, arena_len, k.inputs[0])? {
+                Src::F32(x) => ops::permute(
+                    x,
+                    &shape,
+                    &perm,
+                    self.dst_f32(l, base, arena_len, k.output)?,
+                ),
+                Src::I64(x) => {
+                    let mut tmp = vec![0i64; x.len()];
+                    ops::permute(x, &shape, &perm, &mut tmp);
+                    self.write_i64(l, base, arena_len, out_v, &tmp)?;
+                }
+            }
+            return Ok(());
+        }
+        // Everything else: the reference meaning.
+        let mut args = Vec::with_capacity(k.inputs.len());
+        for &v in &k.inputs {
+            let shape = l.values[v].shape.clone();
+            let t = match self.src(l, inputs, base, arena_len, v)? {
+                Src::F32(x) => Tensor::f32(shape, x.to_vec()),
+                Src::I64(x) => Tensor::i64(shape, x.to_vec()),
+            }
+            .map_err(|e| e.to_string())?;
+            args.push(t);
+        }
+        let refs: Vec<&Tensor> = args.iter().collect();
+        let t = ops::reference(op, &refs, &l.bindings)?;
+        if t.shape() != l.values[k.output].shape {
+            return Err(format!(
+                "computed shape {:?}, planned {:?}",
+                t.shape(),
+                l.values[k.output].shape
+            ));
+        }
+        match t.data() {
+            Data::F32(x) => self
+                .dst_f32(l, base, arena_len, k.output)?
+                .copy_from_slice(x),
+            Data::I64(x) => self.write_i64(l, base, arena_len, out_v, x)?,
+        }
+        Ok(())
+    }
+
+    fn write_i64(
+        &self,
+        l: &Lowered,
+        base: *mut u8,
+        arena_len: usize,
+        v: ValueId,
+        x: &[i64],
+    ) -> Result<(), String> {
+        let off = l.memory.offsets[v].ok_or("value has no arena offset")?;
+        if l.values[v].dtype != DType::I64
+            || l.values[v].numel() != x.len()
+            || off + x.len() * 8 > arena_len
+        {
+            return Err("i64 output does not fit its arena slot".into());
+        }
+        // SAFETY: bounds checked above; aligned; no other live value shares the bytes.
+        unsafe { std::slice::from_raw_parts_mut(base.add(off) as *mut i64, x.len()) }
+            .copy_from_slice(x);
+        Ok(())
+    }
+
+    /// Peak activation memory of the plan for `(batch, seq)`, if prepared.
+    pub fn arena_bytes(&self, batch: usize, seq: usize) -> Option<usize> {
+        self.plans
+            .get(&(batch, seq))
+            .map(|p| p.lowered.memory.arena_bytes)
+    }
+
+    /// The lowered kernels for `(batch, seq)`, if prepared.
+    pub fn lowered(&self, batch: usize, seq: usize) -> Option<&Lowered> {
+        self.plans.get(&(batch, seq)).map(|p| &p.lowered)
+    }
+}
+
+fn f32_of(s: Src<'_>) -> Result<&[f32], String> {
+    match s {
+        Src::F32(x) => Ok(x),
+        Src::I64(_) => Err("expected an f32 operand, got integers".into()),
+    }
+}

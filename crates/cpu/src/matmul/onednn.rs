@@ -1,0 +1,1217 @@
+//! [`OneDnnMatMul`]: matrix products through oneDNN's matmul primitive, loaded at run time.
+//!
+//! * The library is `libdnnl.so.2` (the 2.x C API; Debian's `libdnnl-dev` 2.6.3), opened with
+//!   `libloading`; nothing links against it, so builds and tests work without it.
+//! * Primitives are created once per (batch, m, k, n, strides of a/b/c, weight layout,
+//!   accumulate) and cached; each call only points the cached memory objects at the caller's
+//!   slices (`dnnl_memory_set_data_handle`) and executes.
+//! * [`MatMul::prepare`] asks a probe primitive (weights `format_tag_any`) for the weight layout
+//!   oneDNN prefers (blocked, e.g. `BA16a64b` for `brg:avx512_core`) and reorders the weight
+//!   into it once. That layout does not depend on m (checked for m = 1…1024), so one prepared
+//!   weight serves every m.
+//! * oneDNN only runs its fast kernels on dense operands: a row-strided `a` (one head of a fused
+//!   QKV buffer) or a padded `c` with a blocked weight falls to `ref:any`, which is orders of
+//!   magnitude slower. When a primitive comes back as a `ref:` implementation, it is rebuilt
+//!   with dense staging copies of the operands that are not dense (copying m×k floats is cheap
+//!   next to m×k×n multiply-adds).
+//! * `accumulate` is oneDNN's `sum` post-op (scale 1).
+//! * Threads: Debian's build uses OpenMP. Before each execution the calling thread's OpenMP
+//!   thread count is set to `threads` (`omp_set_num_threads`, a per-thread setting). Calls are
+//!   serialised by a mutex. Do not call from inside a rayon parallel region (module docs).
+//!   libgomp's default makes idle OpenMP threads spin after each product, which starved the
+//!   rayon threads (and oneDNN itself) 10–60× on a 2-vCPU VM; so [`OneDnnMatMul::load`] sets
+//!   `OMP_WAIT_POLICY=PASSIVE` before opening oneDNN unless the variable is already set or
+//!   libgomp is already loaded (see [`OneDnnMatMul::wait_policy`]).
+
+use super::ffi::{self, check, dnnl_memory_desc_t, Api};
+use super::{
+    check_batched, check_bounds, check_prepared, check_product, pack_row_major, trivial_product,
+    unpack_row_major, Batch, Layout, MatMul, MatMulError, MatMut, MatRef, Precision,
+    PreparedWeight,
+};
+use std::any::Any;
+use std::collections::HashMap;
+use std::ffi::{c_int, c_void, CStr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// m of the probe primitive that decides a prepared weight's layout.
+const PROBE_M: i64 = 128;
+
+/// Most primitives kept in the cache before it is emptied.
+const MAX_CACHED: usize = 256;
+
+/// Matrix products through oneDNN. See the module docs.
+pub struct OneDnnMatMul {
+    shared: Arc<Shared>,
+    threads: usize,
+    precision: Precision,
+    name: String,
+    version: String,
+}
+
+/// What every handle of one instance shares. Field order is drop order: the cached objects,
+/// stream and engine go before the library is unloaded.
+struct Shared {
+    state: Mutex<State>,
+    api: Api,
+}
+
+struct State {
+    cache: HashMap<Key, Entry>,
+    stream: Handle,
+    engine: Handle,
+}
+
+/// An owned oneDNN object with its destroy function (valid while the library is loaded, which
+/// the owner guarantees).
+struct Handle {
+    ptr: *mut c_void,
+    destroy: unsafe extern "C" fn(*mut c_void) -> ffi::dnnl_status_t,
+}
+
+// SAFETY: oneDNN objects are not tied to the creating thread; every use of a `Handle` happens
+// under the instance's mutex (or in Drop, when no one else can hold it).
+unsafe impl Send for Handle {}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: created by the matching create function, destroyed exactly once.
+            unsafe { (self.destroy)(self.ptr) };
+        }
+    }
+}
+
+/// Cache key: everything a primitive is specialised on.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct Key {
+    ndims: u8,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    /// (batch, row, column) strides.
+    a: [usize; 3],
+    b: BKey,
+    c: [usize; 3],
+    accumulate: bool,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+enum BKey {
+    Strides([usize; 3]),
+    Prepared(Vec<i64>),
+}
+
+/// A cached primitive with its memory objects (data handles set per call).
+struct Entry {
+    prim: Handle,
+    src: Handle,
+    /// `None` for prepared weights: their own memory object is passed.
+    wei: Option<Handle>,
+    dst: Handle,
+    stage_a: bool,
+    stage_b: bool,
+    stage_c: bool,
+    /// Built after an execution failure, with every non-dense operand staged.
+    forced: bool,
+    buf_a: Vec<f32>,
+    buf_b: Vec<f32>,
+    buf_c: Vec<f32>,
+    /// bf16 weights: the f32 → bf16 conversion of `a` (into `buf_a16`, which `src` reads).
+    convert: Option<Convert>,
+    buf_a16: Vec<u16>,
+    impl_name: String,
+}
+
+/// A reorder primitive converting the f32 activations to the matmul's bf16 source layout.
+struct Convert {
+    reorder: Handle,
+    from: Handle,
+}
+
+/// A weight reordered into oneDNN's preferred layout. Field order: the memory object is
+/// destroyed before the last reference to the library may go.
+struct OneDnnWeight {
+    mem: Option<Handle>,
+    md: Box<dnnl_memory_desc_t>,
+    key: Vec<i64>,
+    k: usize,
+    n: usize,
+    bytes: usize,
+    shared: Arc<Shared>,
+}
+
+// SAFETY: the memory object is only used under `shared.state`'s lock (execution) and destroyed
+// in Drop; the descriptor is plain data.
+unsafe impl Sync for OneDnnWeight {}
+
+impl Drop for OneDnnWeight {
+    fn drop(&mut self) {
+        let _guard = lock(&self.shared.state);
+        self.mem.take();
+    }
+}
+
+impl PreparedWeight for OneDnnWeight {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn n(&self) -> usize {
+        self.n
+    }
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock cannot leave oneDNN objects half-built (each is owned by a
+    // Handle), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One operand as oneDNN sees it: dims and strides (outermost first), 2 or 3 of them.
+#[derive(Clone, Copy, Debug)]
+struct Operand {
+    ndims: usize,
+    batch: usize,
+    batch_stride: usize,
+    l: Layout,
+}
+
+impl Operand {
+    fn dims(&self) -> [i64; 3] {
+        if self.ndims == 3 {
+            [self.batch as i64, self.l.rows as i64, self.l.cols as i64]
+        } else {
+            [self.l.rows as i64, self.l.cols as i64, 0]
+        }
+    }
+    fn strides(&self) -> [i64; 3] {
+        if self.ndims == 3 {
+            [
+                self.batch_stride as i64,
+                self.l.row_stride as i64,
+                self.l.col_stride as i64,
+            ]
+        } else {
+            [self.l.row_stride as i64, self.l.col_stride as i64, 0]
+        }
+    }
+    fn key(&self) -> [usize; 3] {
+        [self.batch_stride, self.l.row_stride, self.l.col_stride]
+    }
+    /// Whether oneDNN's fast kernels can read it as is (each matrix dense, batches packed).
+    fn is_dense(&self) -> bool {
+        self.l.is_dense()
+            && (self.ndims == 2
+                || self.batch <= 1
+                || self.batch_stride == self.l.rows * self.l.cols)
+    }
+    /// Whether two of its elements share an address (a zero or overlapping stride).
+    fn overlaps(&self) -> bool {
+        let mut d = [
+            (self.batch, self.batch_stride),
+            (self.l.rows, self.l.row_stride),
+            (self.l.cols, self.l.col_stride),
+        ];
+        if self.ndims == 2 {
+            d[0].0 = 1;
+        }
+        super::check_no_alias(&d, "").is_err()
+    }
+    /// The same operand with the strides of size-1 dimensions (never used for addressing)
+    /// replaced by ones that make the layout look dense where it can: oneDNN 2.6's
+    /// gemm-based matmul accepts e.g. a 1×n `c` with strides (1, 1) at creation but fails at
+    /// execution (leading dimension < n).
+    fn canonical(mut self) -> Operand {
+        let l = &mut self.l;
+        if l.cols == 1 {
+            l.col_stride = 1;
+        }
+        if l.rows == 1 {
+            l.row_stride = if l.col_stride == 1 { l.cols } else { 1 };
+        }
+        if self.batch == 1 || self.ndims == 2 {
+            self.batch_stride = if self.ndims == 2 { 0 } else { l.rows * l.cols };
+        }
+        self
+    }
+    /// The same operand, dense row-major with packed batches.
+    fn dense(&self) -> Operand {
+        Operand {
+            batch_stride: self.l.rows * self.l.cols,
+            l: Layout {
+                row_stride: self.l.cols,
+                col_stride: 1,
+                ..self.l
+            },
+            ..*self
+        }
+    }
+}
+
+impl Shared {
+    fn md_strided(&self, op: &Operand) -> Result<dnnl_memory_desc_t, MatMulError> {
+        let mut md = dnnl_memory_desc_t::zeroed();
+        let (dims, strides) = (op.dims(), op.strides());
+        // SAFETY: `md` is a valid out-pointer; dims/strides hold at least `ndims` entries.
+        let s = unsafe {
+            (self.api.memory_desc_init_by_strides)(
+                &mut md,
+                op.ndims as c_int,
+                dims.as_ptr(),
+                ffi::DNNL_F32,
+                strides.as_ptr(),
+            )
+        };
+        check("dnnl_memory_desc_init_by_strides", s)?;
+        Ok(md)
+    }
+
+    fn md_tag(
+        &self,
+        dims: &[i64],
+        data_type: c_int,
+        tag: c_int,
+    ) -> Result<dnnl_memory_desc_t, MatMulError> {
+        let mut md = dnnl_memory_desc_t::zeroed();
+        // SAFETY: valid out-pointer; `dims` has `dims.len()` entries.
+        let s = unsafe {
+            (self.api.memory_desc_init_by_tag)(
+                &mut md,
+                dims.len() as c_int,
+                dims.as_ptr(),
+                data_type,
+                tag,
+            )
+        };
+        check("dnnl_memory_desc_init_by_tag", s)?;
+        Ok(md)
+    }
+
+    /// A matmul primitive descriptor (with the `sum` post-op when accumulating).
+    fn matmul_pd(
+        &self,
+        engine: &Handle,
+        a: &dnnl_memory_desc_t,
+        b: &dnnl_memory_desc_t,
+        c: &dnnl_memory_desc_t,
+        accumulate: bool,
+    ) -> Result<Handle, MatMulError> {
+        let api = &self.api;
+        let mut desc: ffi::dnnl_matmul_desc_t = unsafe { std::mem::zeroed() };
+        // SAFETY: all descriptors are initialised; bias NULL disables the bias term.
+        check("dnnl_matmul_desc_init", unsafe {
+            (api.matmul_desc_init)(&mut desc, a, b, std::ptr::null(), c)
+        })?;
+        let attr = if accumulate {
+            let mut po = std::ptr::null_mut();
+            // SAFETY: out-pointers; each created object is owned by a Handle at once.
+            check("dnnl_post_ops_create", unsafe {
+                (api.post_ops_create)(&mut po)
+            })?;
+            let po = Handle {
+                ptr: po,
+                destroy: api.post_ops_destroy,
+            };
+            check("dnnl_post_ops_append_sum", unsafe {
+                (api.post_ops_append_sum)(po.ptr, 1.0)
+            })?;
+            let mut attr = std::ptr::null_mut();
+            check("dnnl_primitive_attr_create", unsafe {
+                (api.primitive_attr_create)(&mut attr)
+            })?;
+            let attr = Handle {
+                ptr: attr,
+                destroy: api.primitive_attr_destroy,
+            };
+            check("dnnl_primitive_attr_set_post_ops", unsafe {
+                (api.primitive_attr_set_post_ops)(attr.ptr, po.ptr)
+            })?;
+            Some(attr)
+        } else {
+            None
+        };
+        let mut pd = std::ptr::null_mut();
+        // SAFETY: `desc` is an initialised matmul descriptor; attr may be NULL; the pd copies
+        // the attributes, so they can go afterwards.
+        let s = unsafe {
+            (api.primitive_desc_create)(
+                &mut pd,
+                (&desc as *const ffi::dnnl_matmul_desc_t).cast(),
+                attr.as_ref().map_or(std::ptr::null_mut(), |a| a.ptr),
+                engine.ptr,
+                std::ptr::null_mut(),
+            )
+        };
+        check("dnnl_primitive_desc_create(matmul)", s)?;
+        Ok(Handle {
+            ptr: pd,
+            destroy: api.primitive_desc_destroy,
+        })
+    }
+
+    fn impl_name(&self, pd: &Handle) -> String {
+        let mut p: *const std::ffi::c_char = std::ptr::null();
+        // SAFETY: impl_info_str answers a `const char *` owned by the pd.
+        let s = unsafe {
+            (self.api.primitive_desc_query)(
+                pd.ptr,
+                ffi::DNNL_QUERY_IMPL_INFO_STR,
+                0,
+                (&mut p as *mut *const std::ffi::c_char).cast(),
+            )
+        };
+        if s != ffi::DNNL_SUCCESS || p.is_null() {
+            return "unknown".into();
+        }
+        // SAFETY: NUL-terminated string valid while the pd lives (copied here).
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+
+    /// A copy of one of the pd's memory descriptors.
+    fn query_md(
+        &self,
+        pd: &Handle,
+        what: c_int,
+        name: &'static str,
+    ) -> Result<dnnl_memory_desc_t, MatMulError> {
+        // SAFETY: valid pd; the answer points into it and is copied at once.
+        let p = unsafe { (self.api.primitive_desc_query_md)(pd.ptr, what, 0) };
+        if p.is_null() {
+            return Err(MatMulError::Internal(format!(
+                "dnnl_primitive_desc_query_md({name}) returned NULL"
+            )));
+        }
+        // SAFETY: non-null pointer to a descriptor owned by the live pd.
+        Ok(unsafe { *p })
+    }
+
+    fn memory(
+        &self,
+        engine: &Handle,
+        md: &dnnl_memory_desc_t,
+        handle: *mut c_void,
+    ) -> Result<Handle, MatMulError> {
+        let mut mem = std::ptr::null_mut();
+        // SAFETY: valid descriptor and engine; handle is NULL (set later), the library's
+        // ALLOCATE marker, or a buffer of at least the descriptor's size.
+        check("dnnl_memory_create", unsafe {
+            (self.api.memory_create)(&mut mem, md, engine.ptr, handle)
+        })?;
+        Ok(Handle {
+            ptr: mem,
+            destroy: self.api.memory_destroy,
+        })
+    }
+
+    fn primitive(&self, pd: &Handle) -> Result<Handle, MatMulError> {
+        let mut p = std::ptr::null_mut();
+        // SAFETY: valid pd; the primitive keeps its own copy of it.
+        check("dnnl_primitive_create", unsafe {
+            (self.api.primitive_create)(&mut p, pd.ptr)
+        })?;
+        Ok(Handle {
+            ptr: p,
+            destroy: self.api.primitive_destroy,
+        })
+    }
+
+    /// Sets the calling thread's OpenMP thread count (a per-thread setting) when it differs.
+    fn set_threads(&self, threads: usize) {
+        if let Some((set, get)) = self.api.omp {
+            let t = threads.min(c_int::MAX as usize) as c_int;
+            // SAFETY: plain OpenMP runtime calls.
+            unsafe {
+                if get() != t {
+                    set(t);
+                }
+            }
+        }
+    }
+
+    fn execute(
+        &self,
+        stream: &Handle,
+        prim: &Handle,
+        args: &[ffi::dnnl_exec_arg_t],
+    ) -> Result<(), MatMulError> {
+        // SAFETY: the caller set every memory object's handle to a buffer that holds every
+        // element its descriptor names (checked views or staging buffers of the dense size).
+        check("dnnl_primitive_execute", unsafe {
+            (self.api.primitive_execute)(prim.ptr, stream.ptr, args.len() as c_int, args.as_ptr())
+        })?;
+        check("dnnl_stream_wait", unsafe {
+            (self.api.stream_wait)(stream.ptr)
+        })
+    }
+
+    /// Builds the cached primitive for `a · b = c`; `b` is strided (`Err` side) or a prepared
+    /// descriptor.
+    fn build(
+        &self,
+        engine: &Handle,
+        a: &Operand,
+        b: Result<&dnnl_memory_desc_t, &Operand>,
+        c: &Operand,
+        accumulate: bool,
+        force_staging: bool,
+    ) -> Result<Entry, MatMulError> {
+        let b_op = b.err();
+        // bf16 weights take bf16 activations: `a` is converted into a dense bf16 buffer.
+        let bf16 = matches!(b, Ok(md) if md.data_type == ffi::DNNL_BF16);
+        let mds = |sa: bool, sb: bool, sc: bool| -> Result<_, MatMulError> {
+            let pick = |o: &Operand, stage: bool| if stage { o.dense() } else { *o };
+            let a_md = if bf16 {
+                let dims = [a.l.rows as i64, a.l.cols as i64];
+                self.md_tag(&dims, ffi::DNNL_BF16, ffi::DNNL_AB)?
+            } else {
+                self.md_strided(&pick(a, sa))?
+            };
+            let b_md = match b {
+                Ok(md) => *md,
+                Err(o) => self.md_strided(&pick(o, sb))?,
+            };
+            let c_md = self.md_strided(&pick(c, sc))?;
+            Ok((a_md, b_md, c_md))
+        };
+        let attempt = |sa: bool, sb: bool, sc: bool| -> Result<_, MatMulError> {
+            let (a_md, b_md, c_md) = mds(sa, sb, sc)?;
+            let pd = self.matmul_pd(engine, &a_md, &b_md, &c_md, accumulate)?;
+            Ok((pd, [a_md, b_md, c_md], (sa, sb, sc)))
+        };
+        let want = (
+            !a.is_dense(),
+            b_op.is_some_and(|o| !o.is_dense()),
+            !c.is_dense(),
+        );
+        // Inputs that read one element twice (zero or overlapping strides) are always copied:
+        // oneDNN's fast kernels do not take them and its gemm-based one may fail on them.
+        let initial = if force_staging {
+            want
+        } else {
+            (a.overlaps(), b_op.is_some_and(|o| o.overlaps()), false)
+        };
+        let first = attempt(initial.0, initial.1, initial.2);
+        // Rejected layouts and reference kernels: try dense copies of every operand that is
+        // not dense.
+        let slow = match &first {
+            Ok((pd, ..)) => self.impl_name(pd).starts_with("ref"),
+            Err(_) => true,
+        };
+        let (pd, [a_md, b_md, c_md], (mut sa, sb, sc)) = if slow && want != initial {
+            match attempt(want.0, want.1, want.2) {
+                Ok(staged) => staged,
+                // Staging did not help: keep the first (slow but working) choice.
+                Err(e) => first.map_err(|_| e)?,
+            }
+        } else {
+            first?
+        };
+        let impl_name = self.impl_name(&pd);
+        // Memory objects must carry the descriptors the pd settled on (it may canonicalise
+        // strides of size-1 dimensions, e.g. a 1×n column-major `c`), and those must address
+        // exactly the elements our views name.
+        let pick = |o: &Operand, stage: bool| if stage { o.dense() } else { *o };
+        let src_md = self.query_md(&pd, ffi::DNNL_QUERY_SRC_MD, "src")?;
+        let (mut convert, mut buf_a16) = (None, Vec::new());
+        if bf16 {
+            // SAFETY: initialised descriptor.
+            let bytes = unsafe { (self.api.memory_desc_get_size)(&src_md) };
+            buf_a16 = vec![0u16; bytes.div_ceil(2)];
+            let reorder = |stage: bool| -> Result<_, MatMulError> {
+                let from_md = self.md_strided(&pick(a, stage))?;
+                let mut rpd = std::ptr::null_mut();
+                // SAFETY: initialised descriptors, one engine, no attributes.
+                check("dnnl_reorder_primitive_desc_create", unsafe {
+                    (self.api.reorder_primitive_desc_create)(
+                        &mut rpd,
+                        &from_md,
+                        engine.ptr,
+                        &src_md,
+                        engine.ptr,
+                        std::ptr::null_mut(),
+                    )
+                })?;
+                let rpd = Handle {
+                    ptr: rpd,
+                    destroy: self.api.primitive_desc_destroy,
+                };
+                Ok(Convert {
+                    reorder: self.primitive(&rpd)?,
+                    from: self.memory(engine, &from_md, std::ptr::null_mut())?,
+                })
+            };
+            convert = Some(match reorder(sa) {
+                Ok(cv) => cv,
+                Err(_) if !sa => {
+                    sa = true;
+                    reorder(true)?
+                }
+                Err(e) => return Err(e),
+            });
+        } else {
+            same_addressing(&src_md, &pick(a, sa), "src")?;
+        }
+        let dst_md = self.query_md(&pd, ffi::DNNL_QUERY_DST_MD, "dst")?;
+        same_addressing(&dst_md, &pick(c, sc), "dst")?;
+        let wei = match b_op {
+            None => None,
+            Some(o) => {
+                let md = self.query_md(&pd, ffi::DNNL_QUERY_WEIGHTS_MD, "weights")?;
+                same_addressing(&md, &pick(o, sb), "weights")?;
+                Some(self.memory(engine, &md, std::ptr::null_mut())?)
+            }
+        };
+        let _ = (a_md, b_md, c_md);
+        let prim = self.primitive(&pd)?;
+        Ok(Entry {
+            prim,
+            src: self.memory(engine, &src_md, std::ptr::null_mut())?,
+            wei,
+            dst: self.memory(engine, &dst_md, std::ptr::null_mut())?,
+            stage_a: sa,
+            stage_b: sb,
+            stage_c: sc,
+            forced: force_staging,
+            buf_a: Vec::new(),
+            buf_b: Vec::new(),
+            buf_c: Vec::new(),
+            convert,
+            buf_a16,
+            impl_name,
+        })
+    }
+}
+
+/// Checks that a plain (blocked, no inner blocks) descriptor from oneDNN names the same
+/// elements as the operand: same dims, zero offset, equal strides wherever a dim exceeds 1.
+fn same_addressing(md: &dnnl_memory_desc_t, op: &Operand, name: &str) -> Result<(), MatMulError> {
+    let (dims, strides) = (op.dims(), op.strides());
+    let nd = op.ndims;
+    let mut ok = md.ndims as usize == nd
+        && md.format_kind == ffi::DNNL_BLOCKED
+        && md.offset0 == 0
+        && md.dims[..nd] == dims[..nd];
+    if ok {
+        // SAFETY: format_kind is blocked, so `blocking` is the live member.
+        let b = unsafe { &md.format_desc.blocking };
+        ok = b.inner_nblks == 0 && (0..nd).all(|i| dims[i] <= 1 || b.strides[i] == strides[i]);
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(MatMulError::Internal(format!(
+            "the matmul's {name} descriptor does not address the view's elements ({op:?})"
+        )))
+    }
+}
+
+/// Copies every batch entry of a view into a dense buffer.
+fn stage_in(data: &[f32], op: &Operand, buf: &mut Vec<f32>) {
+    buf.clear();
+    let mut one = Vec::new();
+    for i in 0..op.batch.max(1) {
+        let v = MatRef {
+            data: &data[i * op.batch_stride..],
+            rows: op.l.rows,
+            cols: op.l.cols,
+            row_stride: op.l.row_stride,
+            col_stride: op.l.col_stride,
+        };
+        pack_row_major(&v, &mut one);
+        buf.extend_from_slice(&one);
+    }
+}
+
+/// Copies a dense buffer back into every batch entry of a view.
+fn stage_out(buf: &[f32], op: &Operand, data: &mut [f32]) {
+    let size = op.l.rows * op.l.cols;
+    for i in 0..op.batch.max(1) {
+        let mut v = MatMut {
+            data: &mut data[i * op.batch_stride..],
+            rows: op.l.rows,
+            cols: op.l.cols,
+            row_stride: op.l.row_stride,
+            col_stride: op.l.col_stride,
+        };
+        unpack_row_major(&buf[i * size..(i + 1) * size], &mut v);
+    }
+}
+
+fn set_handle(api: &Api, mem: &Handle, ptr: *const c_void) -> Result<(), MatMulError> {
+    // SAFETY: `mem` is a live memory object; oneDNN only reads source buffers, so casting away
+    // const for a/b is sound; the buffer covers the descriptor (checked by the caller).
+    check("dnnl_memory_set_data_handle", unsafe {
+        (api.memory_set_data_handle)(mem.ptr, ptr.cast_mut())
+    })
+}
+
+impl OneDnnMatMul {
+    /// Loads `libdnnl.so.2` (or the file named by `ATTNOPT_ONEDNN_LIBRARY`), creates a CPU
+    /// engine and stream, and runs a small self-test product. `threads` is the OpenMP thread
+    /// count used for every product.
+    pub fn load(threads: usize) -> Result<Self, MatMulError> {
+        Self::load_with(threads, Precision::F32)
+    }
+
+    /// Like [`OneDnnMatMul::load`] for a precision. With [`Precision::Bf16`], *prepared* weights
+    /// are stored in bf16 and each product converts its activations to bf16 (round to
+    /// nearest even; oneDNN reorder), accumulating and writing f32: the weight projections run
+    /// in bf16. Products of two activations ([`MatMul::matmul`], [`MatMul::batched`], e.g.
+    /// attention) stay f32. Fails with [`MatMulError::NotSupported`] where oneDNN has no native
+    /// bf16 kernel (needs AVX512-BF16 or AMX; emulated bf16 would be slower than f32).
+    pub fn load_with(threads: usize, precision: Precision) -> Result<Self, MatMulError> {
+        let threads = threads.max(1);
+        let api = Api::load()?;
+        let (major, minor, patch, runtime) = api.version_info();
+        let mut engine = std::ptr::null_mut();
+        // SAFETY: out-pointer; CPU engine 0 always exists in a CPU-enabled build.
+        check("dnnl_engine_create", unsafe {
+            (api.engine_create)(&mut engine, ffi::DNNL_CPU, 0)
+        })?;
+        let engine = Handle {
+            ptr: engine,
+            destroy: api.engine_destroy,
+        };
+        let mut stream = std::ptr::null_mut();
+        check("dnnl_stream_create", unsafe {
+            (api.stream_create)(&mut stream, engine.ptr, ffi::DNNL_STREAM_DEFAULT_FLAGS)
+        })?;
+        let stream = Handle {
+            ptr: stream,
+            destroy: api.stream_destroy,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                cache: HashMap::new(),
+                stream,
+                engine,
+            }),
+            api,
+        });
+        let version = format!("oneDNN {major}.{minor}.{patch}");
+        let dt = match precision {
+            Precision::F32 => ffi::DNNL_F32,
+            Precision::Bf16 => ffi::DNNL_BF16,
+        };
+        // The kernel a BERT-sized projection with prepared weights gets names the
+        // implementation.
+        let kernel = {
+            let st = lock(&shared.state);
+            shared.set_threads(threads);
+            let a = shared.md_tag(&[PROBE_M, 768], dt, ffi::DNNL_AB)?;
+            let b = shared.md_tag(&[768, 768], dt, ffi::DNNL_FORMAT_TAG_ANY)?;
+            let c = shared.md_tag(&[PROBE_M, 768], ffi::DNNL_F32, ffi::DNNL_AB)?;
+            let pd = shared.matmul_pd(&st.engine, &a, &b, &c, false);
+            pd.map(|pd| shared.impl_name(&pd))
+        };
+        let kernel = match (precision, kernel) {
+            (Precision::F32, k) => k?,
+            (Precision::Bf16, Ok(k)) if k.contains("bf16") || k.contains("amx") => k,
+            (Precision::Bf16, k) => {
+                return Err(MatMulError::NotSupported(format!(
+                    "bf16: oneDNN has no native bf16 kernel on this CPU (it picked {})",
+                    k.unwrap_or_else(|e| e.to_string())
+                )))
+            }
+        };
+        let bf16_note = if precision == Precision::Bf16 {
+            ", bf16 weights"
+        } else {
+            ""
+        };
+        let omp_note = match (runtime, shared.api.omp.is_some()) {
+            (ffi::DNNL_RUNTIME_OMP, false) => ", OpenMP thread control not found",
+            _ => "",
+        };
+        let m = OneDnnMatMul {
+            name: format!("{version} ({kernel}{bf16_note}{omp_note})"),
+            shared,
+            threads,
+            version,
+            precision,
+        };
+        m.self_test()?;
+        Ok(m)
+    }
+
+    /// The precision of products with prepared weights.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn weight_type(&self) -> c_int {
+        match self.precision {
+            Precision::F32 => ffi::DNNL_F32,
+            Precision::Bf16 => ffi::DNNL_BF16,
+        }
+    }
+
+    /// "oneDNN 2.6.3".
+    pub fn version_string(&self) -> &str {
+        &self.version
+    }
+
+    /// The file the library was loaded from.
+    pub fn library_path(&self) -> &str {
+        &self.shared.api.path
+    }
+
+    /// How OpenMP's idle threads wait, e.g. `"OMP_WAIT_POLICY=PASSIVE (set by attnopt)"`.
+    pub fn wait_policy(&self) -> &str {
+        &self.shared.api.wait_policy
+    }
+
+    /// The implementation oneDNN picked for products of this shape and layout (e.g.
+    /// `brg:avx512_core`, `gemm:jit`), creating and caching the primitive if needed.
+    pub fn implementation_for(
+        &self,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        c: MatMut<'_>,
+    ) -> Result<String, MatMulError> {
+        check_product(&a, &b, &c)?;
+        let (ao, bo, co) = ops2(&a, &b, &c);
+        let key = key2(&ao, BKey::Strides(bo.key()), &co, false);
+        let mut st = lock(&self.shared.state);
+        let st = &mut *st;
+        if !st.cache.contains_key(&key) {
+            let e = self
+                .shared
+                .build(&st.engine, &ao, Err(&bo), &co, false, false)?;
+            st.cache.insert(key.clone(), e);
+        }
+        let e = &st.cache[&key];
+        let staged = [(e.stage_a, "a"), (e.stage_b, "b"), (e.stage_c, "c")]
+            .iter()
+            .filter(|s| s.0)
+            .map(|s| s.1)
+            .collect::<Vec<_>>();
+        Ok(if staged.is_empty() {
+            e.impl_name.clone()
+        } else {
+            format!("{} (dense copies of {})", e.impl_name, staged.join(", "))
+        })
+    }
+
+    /// Number of cached primitives.
+    pub fn cached_primitives(&self) -> usize {
+        lock(&self.shared.state).cache.len()
+    }
+
+    /// Checks a 3×5 · 5×4 product against plain Rust, to catch ABI mismatches at load.
+    fn self_test(&self) -> Result<(), MatMulError> {
+        let a: Vec<f32> = (0..15).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let b: Vec<f32> = (0..20).map(|i| (i % 7) as f32 - 2.0).collect();
+        // The values are exact in bf16 too, so both paths must match to f32 rounding.
+        let mut c = vec![f32::NAN; 12];
+        self.matmul(
+            MatRef::row_major(&a, 3, 5),
+            MatRef::row_major(&b, 5, 4),
+            MatMut::row_major(&mut c, 3, 4),
+            false,
+        )?;
+        self.check_self_test(&a, &b, &c)?;
+        let w = self.prepare(MatRef::row_major(&b, 5, 4))?;
+        let mut c = vec![f32::NAN; 12];
+        self.matmul_prepared(
+            MatRef::row_major(&a, 3, 5),
+            &*w,
+            MatMut::row_major(&mut c, 3, 4),
+            false,
+        )?;
+        self.check_self_test(&a, &b, &c)?;
+        drop(w);
+        // The cached self-test primitives are of no further use.
+        lock(&self.shared.state).cache.clear();
+        Ok(())
+    }
+
+    fn check_self_test(&self, a: &[f32], b: &[f32], c: &[f32]) -> Result<(), MatMulError> {
+        for r in 0..3 {
+            for j in 0..4 {
+                let want: f32 = (0..5).map(|t| a[r * 5 + t] * b[t * 4 + j]).sum();
+                if (c[r * 4 + j] - want).abs() > 1e-4 {
+                    return Err(MatMulError::Load(format!(
+                        "{} self-test gave {} for {want} at ({r},{j}): ABI mismatch?",
+                        self.version,
+                        c[r * 4 + j]
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the cached primitive for `key` (building it first if needed) on the given buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        key: Key,
+        a: (&[f32], Operand),
+        b: Result<(&OneDnnWeight, &dnnl_memory_desc_t), (&[f32], Operand)>,
+        c: (&mut [f32], Operand),
+        accumulate: bool,
+    ) -> Result<(), MatMulError> {
+        let sh = &*self.shared;
+        let mut guard = lock(&sh.state);
+        // Before building too: oneDNN sizes its work partition by the thread count it sees at
+        // creation.
+        sh.set_threads(self.threads);
+        let State {
+            cache,
+            stream,
+            engine,
+        } = &mut *guard;
+        let (c_data, c_op) = c;
+        for forced in [false, true] {
+            if forced {
+                cache.remove(&key);
+            }
+            if !cache.contains_key(&key) {
+                if cache.len() >= MAX_CACHED {
+                    // Models use a handful of shapes; an ever-growing key set means a caller
+                    // iterating over shapes, where starting afresh is fine.
+                    cache.clear();
+                }
+                let b_arg = match &b {
+                    Ok((_, md)) => Ok(*md),
+                    Err((_, o)) => Err(o),
+                };
+                let e = sh.build(engine, &a.1, b_arg, &c_op, accumulate, forced)?;
+                cache.insert(key.clone(), e);
+            }
+            let e = cache.get_mut(&key).expect("just inserted");
+            match self.execute_entry(e, stream, a, &b, (&mut *c_data, c_op), accumulate) {
+                Ok(()) => return Ok(()),
+                // oneDNN 2.6 accepts some layouts at creation that its gemm-based kernel then
+                // rejects at execution: rebuild once with dense copies, unless the failed run
+                // may have already added into the caller's `c`.
+                Err(err) if !e.forced && (!accumulate || e.stage_c) => {
+                    let _ = err;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        unreachable!("the forced build returns")
+    }
+
+    /// Points the entry's memory objects at the operands (or staging copies) and executes.
+    fn execute_entry(
+        &self,
+        e: &mut Entry,
+        stream: &Handle,
+        a: (&[f32], Operand),
+        b: &Result<(&OneDnnWeight, &dnnl_memory_desc_t), (&[f32], Operand)>,
+        c: (&mut [f32], Operand),
+        accumulate: bool,
+    ) -> Result<(), MatMulError> {
+        let sh = &*self.shared;
+        let a_ptr = if e.stage_a {
+            stage_in(a.0, &a.1, &mut e.buf_a);
+            e.buf_a.as_ptr()
+        } else {
+            a.0.as_ptr()
+        };
+        if let Some(cv) = &e.convert {
+            // f32 activations → the bf16 buffer the matmul reads (sized by its descriptor).
+            set_handle(&sh.api, &cv.from, a_ptr.cast())?;
+            set_handle(&sh.api, &e.src, e.buf_a16.as_ptr().cast())?;
+            let args = [
+                ffi::dnnl_exec_arg_t {
+                    arg: ffi::DNNL_ARG_FROM,
+                    memory: cv.from.ptr,
+                },
+                ffi::dnnl_exec_arg_t {
+                    arg: ffi::DNNL_ARG_TO,
+                    memory: e.src.ptr,
+                },
+            ];
+            sh.execute(stream, &cv.reorder, &args)?;
+        } else {
+            set_handle(&sh.api, &e.src, a_ptr.cast())?;
+        }
+        let wei_ptr = match b {
+            Ok((w, _)) => w.mem.as_ref().expect("non-empty weight").ptr,
+            Err((data, op)) => {
+                let p = if e.stage_b {
+                    stage_in(data, op, &mut e.buf_b);
+                    e.buf_b.as_ptr()
+                } else {
+                    data.as_ptr()
+                };
+                let wei = e
+                    .wei
+                    .as_ref()
+                    .expect("strided weights have a memory object");
+                set_handle(&sh.api, wei, p.cast())?;
+                wei.ptr
+            }
+        };
+        let (c_data, c_op) = c;
+        let c_ptr = if e.stage_c {
+            if accumulate {
+                stage_in(c_data, &c_op, &mut e.buf_c);
+            } else {
+                e.buf_c.clear();
+                e.buf_c
+                    .resize(c_op.batch.max(1) * c_op.l.rows * c_op.l.cols, 0.0);
+            }
+            e.buf_c.as_mut_ptr()
+        } else {
+            c_data.as_mut_ptr()
+        };
+        set_handle(&sh.api, &e.dst, c_ptr.cast_const().cast())?;
+        let args = [
+            ffi::dnnl_exec_arg_t {
+                arg: ffi::DNNL_ARG_SRC,
+                memory: e.src.ptr,
+            },
+            ffi::dnnl_exec_arg_t {
+                arg: ffi::DNNL_ARG_WEIGHTS,
+                memory: wei_ptr,
+            },
+            ffi::dnnl_exec_arg_t {
+                arg: ffi::DNNL_ARG_DST,
+                memory: e.dst.ptr,
+            },
+        ];
+        sh.execute(stream, &e.prim, &args)?;
+        if e.stage_c {
+            stage_out(&e.buf_c, &c_op, c_data);
+        }
+        Ok(())
+    }
+}
+
+fn op2(l: Layout) -> Operand {
+    Operand {
+        ndims: 2,
+        batch: 1,
+        batch_stride: 0,
+        l,
+    }
+    .canonical()
+}
+
+fn ops2(a: &MatRef, b: &MatRef, c: &MatMut) -> (Operand, Operand, Operand) {
+    (op2(a.layout()), op2(b.layout()), op2(c.layout()))
+}
+
+fn key2(a: &Operand, b: BKey, c: &Operand, accumulate: bool) -> Key {
+    Key {
+        ndims: a.ndims as u8,
+        batch: a.batch,
+        m: a.l.rows,
+        k: a.l.cols,
+        n: c.l.cols,
+        a: a.key(),
+        b,
+        c: c.key(),
+        accumulate,
+    }
+}
+
+impl MatMul for OneDnnMatMul {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn matmul(
+        &self,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        mut c: MatMut<'_>,
+        accumulate: bool,
+    ) -> Result<(), MatMulError> {
+        check_product(&a, &b, &c)?;
+        if trivial_product(a.cols, &mut c, accumulate) {
+            return Ok(());
+        }
+        let (ao, bo, co) = ops2(&a, &b, &c);
+        let key = key2(&ao, BKey::Strides(bo.key()), &co, accumulate);
+        self.run(
+            key,
+            (a.data, ao),
+            Err((b.data, bo)),
+            (c.data, co),
+            accumulate,
+        )
+    }
+
+    fn prepare(&self, b: MatRef<'_>) -> Result<Box<dyn PreparedWeight>, MatMulError> {
+        check_bounds(&b.layout(), b.data.len(), 1, 0, "b")?;
+        let (k, n) = (b.rows, b.cols);
+        if k == 0 || n == 0 {
+            return Ok(Box::new(OneDnnWeight {
+                mem: None,
+                md: Box::new(dnnl_memory_desc_t::zeroed()),
+                key: vec![k as i64, n as i64],
+                k,
+                n,
+                bytes: 0,
+                shared: self.shared.clone(),
+            }));
+        }
+        let sh = &*self.shared;
+        let api = &sh.api;
+        let st = lock(&sh.state);
+        sh.set_threads(self.threads);
+        // The layout the matmul prefers for this weight.
+        let dt = self.weight_type();
+        let probe_a = sh.md_tag(&[PROBE_M, k as i64], dt, ffi::DNNL_AB)?;
+        let any = sh.md_tag(&[k as i64, n as i64], dt, ffi::DNNL_FORMAT_TAG_ANY)?;
+        let probe_c = sh.md_tag(&[PROBE_M, n as i64], ffi::DNNL_F32, ffi::DNNL_AB)?;
+        let pd = sh.matmul_pd(&st.engine, &probe_a, &any, &probe_c, false)?;
+        // SAFETY: the pd answers a pointer to its weights descriptor, copied before pd goes.
+        let wmd = unsafe {
+            let p = (api.primitive_desc_query_md)(pd.ptr, ffi::DNNL_QUERY_WEIGHTS_MD, 0);
+            if p.is_null() {
+                return Err(MatMulError::Internal(
+                    "dnnl_primitive_desc_query_md(weights) returned NULL".into(),
+                ));
+            }
+            *p
+        };
+        drop(pd);
+        // SAFETY: initialised descriptor.
+        let bytes = unsafe { (api.memory_desc_get_size)(&wmd) };
+        let src_md = sh.md_strided(&op2(b.layout()))?;
+        let mut rpd = std::ptr::null_mut();
+        // SAFETY: initialised descriptors, one engine for both sides, no attributes.
+        check("dnnl_reorder_primitive_desc_create", unsafe {
+            (api.reorder_primitive_desc_create)(
+                &mut rpd,
+                &src_md,
+                st.engine.ptr,
+                &wmd,
+                st.engine.ptr,
+                std::ptr::null_mut(),
+            )
+        })?;
+        let rpd = Handle {
+            ptr: rpd,
+            destroy: api.primitive_desc_destroy,
+        };
+        let reorder = sh.primitive(&rpd)?;
+        // The source handle is the caller's slice (bounds checked above; only read).
+        let src = sh.memory(&st.engine, &src_md, b.data.as_ptr() as *mut c_void)?;
+        // DNNL_MEMORY_ALLOCATE: the library allocates (and aligns) the reordered weight.
+        let dst = sh.memory(&st.engine, &wmd, usize::MAX as *mut c_void)?;
+        let args = [
+            ffi::dnnl_exec_arg_t {
+                arg: ffi::DNNL_ARG_FROM,
+                memory: src.ptr,
+            },
+            ffi::dnnl_exec_arg_t {
+                arg: ffi::DNNL_ARG_TO,
+                memory: dst.ptr,
+            },
+        ];
+        sh.execute(&st.stream, &reorder, &args)?;
+        drop(st);
+        Ok(Box::new(OneDnnWeight {
+            mem: Some(dst),
+            key: wmd.layout_key(),
+            md: Box::new(wmd),
+            k,
+            n,
+            bytes,
+            shared: self.shared.clone(),
+        }))
+    }
+
+    fn matmul_prepared(
+        &self,
+        a: MatRef<'_>,
+        b: &dyn PreparedWeight,
+        mut c: MatMut<'_>,
+        accumulate: bool,
+    ) -> Result<(), MatMulError> {
+        let w = b.as_any().downcast_ref::<OneDnnWeight>().ok_or_else(|| {
+            MatMulError::ForeignWeight(format!(
+                "{} was given a weight prepared by another implementation",
+                self.name
+            ))
+        })?;
+        if !Arc::ptr_eq(&w.shared, &self.shared) {
+            return Err(MatMulError::ForeignWeight(
+                "the weight was prepared by another oneDNN instance (engine)".into(),
+            ));
+        }
+        check_prepared(&a, w.k, w.n, &c)?;
+        if trivial_product(a.cols, &mut c, accumulate) {
+            return Ok(());
+        }
+        let ao = op2(a.layout());
+        let co = op2(c.layout());
+        let key = key2(&ao, BKey::Prepared(w.key.clone()), &co, accumulate);
+        self.run(key, (a.data, ao), Ok((w, &w.md)), (c.data, co), accumulate)
+    }
+
+    fn batched(
+        &self,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        c: MatMut<'_>,
+        batch: Batch,
+        accumulate: bool,
+    ) -> Result<(), MatMulError> {
+        check_batched(&a, &b, &c, &batch)?;
+        if batch.count == 0 || c.rows == 0 || c.cols == 0 {
+            return Ok(());
+        }
+        if batch.count == 1 || a.cols == 0 {
+            // Plain products (k = 0 zeroes each c_i without touching a or b).
+            for i in 0..batch.count {
+                let ai = MatRef {
+                    data: a.data.get(i * batch.a_stride..).unwrap_or(&[]),
+                    ..a
+                };
+                let bi = MatRef {
+                    data: b.data.get(i * batch.b_stride..).unwrap_or(&[]),
+                    ..b
+                };
+                let ci = MatMut {
+                    data: &mut c.data[i * batch.c_stride..],
+                    rows: c.rows,
+                    cols: c.cols,
+                    row_stride: c.row_stride,
+                    col_stride: c.col_stride,
+                };
+                self.matmul(ai, bi, ci, accumulate)?;
+            }
+            return Ok(());
+        }
+        let op3 = |l: Layout, s: usize| {
+            Operand {
+                ndims: 3,
+                batch: batch.count,
+                batch_stride: s,
+                l,
+            }
+            .canonical()
+        };
+        let ao = op3(a.layout(), batch.a_stride);
+        let bo = op3(b.layout(), batch.b_stride);
+        let co = op3(c.layout(), batch.c_stride);
+        let key = key2(&ao, BKey::Strides(bo.key()), &co, accumulate);
+        self.run(
+            key,
+            (a.data, ao),
+            Err((b.data, bo)),
+            (c.data, co),
+            accumulate,
+        )
+    }
+}

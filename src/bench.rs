@@ -1,0 +1,246 @@
+//! `bench`: latency of a model on the CPU backend — the original graph and the exactly
+//! optimised one, at each sequence length — with compile time, the per-kernel breakdown,
+//! GFLOP/s and GB/s. Timings are medians over repetitions; nothing here asserts a time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use attnopt_cpu::CpuModel;
+use attnopt_ir::cost::total_cost;
+use attnopt_ir::{Bindings, Tensor};
+use attnopt_rewrite::{optimize, Limits, Options, RuleSet};
+
+use crate::calib::calibration_inputs;
+use crate::{Error, Model};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub seqs: Vec<usize>,
+    pub batch: usize,
+    pub threads: usize,
+    pub reps: usize,
+    /// Also measure the exactly optimised graph.
+    pub optimised: bool,
+}
+
+/// Time of one kind of kernel in one run, summed over its instances.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KernelStat {
+    pub name: String,
+    pub count: usize,
+    pub ms: f64,
+    pub share: f64,
+    pub gflops: f64,
+    pub gbps: f64,
+}
+
+/// One graph at one length.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRun {
+    /// `"original"` or `"optimised"`.
+    pub graph: &'static str,
+    pub seq: usize,
+    pub batch: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    /// Lowering, JIT compilation and weight preparation for this size.
+    pub compile_ms: f64,
+    /// Model FLOPs (ir cost counts) per run, and the rate at the median.
+    pub gflop: f64,
+    pub gflops: f64,
+    pub arena_bytes: usize,
+    pub kernels: Vec<KernelStat>,
+}
+
+/// The `bench --json` object (schema in docs/CLI.md).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub threads: usize,
+    pub precision: &'static str,
+    pub matmul: String,
+    pub matmul_reason: String,
+    pub runs: Vec<BenchRun>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Benchmarks `model`; `progress` hears about each step.
+pub fn bench(
+    model: &Model,
+    opts: &BenchOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<BenchReport, Error> {
+    let rules = RuleSet::embedded()?;
+    let mut runs = Vec::new();
+    let (mut matmul, mut matmul_reason, mut threads) = (String::new(), String::new(), opts.threads);
+    for &seq in &opts.seqs {
+        let mut graphs = vec![("original", model.graph().clone())];
+        if opts.optimised {
+            let o = optimize(
+                model.graph(),
+                &Options {
+                    rules: &rules,
+                    seq,
+                    limits: Limits::default(),
+                    conversions: BTreeMap::new(),
+                },
+            )?;
+            graphs.push(("optimised", o.graph));
+        }
+        let mut inputs = calibration_inputs(model, None, seq, 0)?;
+        // Generated inputs have batch 2; re-make them at the requested batch.
+        for t in inputs.values_mut() {
+            let mut shape = t.shape().to_vec();
+            if shape.first() == Some(&crate::calib::CALIB_BATCH) {
+                let per = t.numel() / crate::calib::CALIB_BATCH;
+                shape[0] = opts.batch;
+                *t = match t.data() {
+                    attnopt_ir::Data::F32(x) => Tensor::f32(
+                        shape,
+                        (0..opts.batch * per).map(|i| x[i % x.len()]).collect(),
+                    ),
+                    attnopt_ir::Data::I64(x) => Tensor::i64(
+                        shape,
+                        (0..opts.batch * per).map(|i| x[i % x.len()]).collect(),
+                    ),
+                }
+                .expect("lengths match");
+            }
+        }
+        let feed: HashMap<String, Tensor> = model.prepare_inputs(inputs)?;
+        for (label, graph) in graphs {
+            progress(&format!("{label} graph, N={seq}: compiling"));
+            let b = Bindings::new(opts.batch, seq);
+            let flops = total_cost(&graph, &b).flops as f64;
+            let mut cpu = CpuModel::new(graph, opts.threads)?;
+            (matmul, matmul_reason) = (
+                cpu.matmul_name().0.to_string(),
+                cpu.matmul_name().1.to_string(),
+            );
+            threads = cpu.threads();
+            let t0 = Instant::now();
+            cpu.prepare(opts.batch, seq)?;
+            let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+            cpu.run(&feed, &["last_hidden_state"], false)?; // warm-up
+            let mut times = Vec::with_capacity(opts.reps);
+            for r in 0..opts.reps {
+                if r % 5 == 0 {
+                    progress(&format!(
+                        "{label} graph, N={seq}: run {}/{}",
+                        r + 1,
+                        opts.reps
+                    ));
+                }
+                let t = Instant::now();
+                cpu.run(&feed, &["last_hidden_state"], false)?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let (_, profile) = cpu.run(&feed, &["last_hidden_state"], true)?;
+            let total: f64 = profile.iter().map(|k| k.seconds).sum();
+            let mut by_name: BTreeMap<String, (usize, f64, u64, u64)> = BTreeMap::new();
+            for k in &profile {
+                let e = by_name.entry(k.name.clone()).or_insert((0, 0.0, 0, 0));
+                e.0 += 1;
+                e.1 += k.seconds;
+                e.2 += k.flops;
+                e.3 += k.bytes;
+            }
+            let mut kernels: Vec<KernelStat> = by_name
+                .into_iter()
+                .map(|(name, (count, s, f, by))| KernelStat {
+                    name,
+                    count,
+                    ms: s * 1e3,
+                    share: if total > 0.0 { s / total } else { 0.0 },
+                    gflops: if s > 0.0 { f as f64 / s / 1e9 } else { 0.0 },
+                    gbps: if s > 0.0 { by as f64 / s / 1e9 } else { 0.0 },
+                })
+                .collect();
+            kernels.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+            let (min_ms, max_ms) = times
+                .iter()
+                .fold((f64::INFINITY, 0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+            let median_ms = median(&mut times);
+            runs.push(BenchRun {
+                graph: label,
+                seq,
+                batch: opts.batch,
+                median_ms,
+                min_ms,
+                max_ms,
+                compile_ms,
+                gflop: flops / 1e9,
+                gflops: flops / (median_ms / 1e3) / 1e9,
+                arena_bytes: cpu.arena_bytes(opts.batch, seq).unwrap_or(0),
+                kernels,
+            });
+        }
+    }
+    Ok(BenchReport {
+        model: model.imported().dir.display().to_string(),
+        threads,
+        precision: "f32",
+        matmul,
+        matmul_reason,
+        runs,
+    })
+}
+
+impl BenchReport {
+    /// The human-readable table.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "model    {}", self.model);
+        let _ = writeln!(
+            s,
+            "threads  {}, precision {}, matrix products: {} ({})",
+            self.threads, self.precision, self.matmul, self.matmul_reason
+        );
+        let _ = writeln!(
+            s,
+            "\ngraph       N      batch  median ms   min ms   max ms  compile ms  GFLOP/s  arena"
+        );
+        for r in &self.runs {
+            let _ = writeln!(
+                s,
+                "{:<10}  {:<5}  {:>5}  {:>9.3}  {:>7.3}  {:>7.3}  {:>10.1}  {:>7.1}  {}",
+                r.graph,
+                r.seq,
+                r.batch,
+                r.median_ms,
+                r.min_ms,
+                r.max_ms,
+                r.compile_ms,
+                r.gflops,
+                crate::inspect::si(r.arena_bytes as f64) + "B"
+            );
+        }
+        for r in &self.runs {
+            let _ = writeln!(
+                s,
+                "\nkernels of the {} graph at N={} (one profiled run):",
+                r.graph, r.seq
+            );
+            for k in r.kernels.iter().take(12) {
+                let _ = writeln!(
+                    s,
+                    "  {:<20} ×{:<4} {:>9.3} ms  {:>5.1}%  {:>7.1} GFLOP/s  {:>6.1} GB/s",
+                    k.name,
+                    k.count,
+                    k.ms,
+                    100.0 * k.share,
+                    k.gflops,
+                    k.gbps
+                );
+            }
+        }
+        s
+    }
+}

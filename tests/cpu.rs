@@ -1,0 +1,94 @@
+//! The CPU backend against the reference interpreter and the PyTorch goldens, on every fixture,
+//! for the original and the exactly optimised graph.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use attnopt_cpu::CpuModel;
+use attnopt_ir::{interp, Tensor};
+use attnopt_rewrite::{optimize, Limits, Options, RuleSet};
+
+fn check(model: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(model);
+    let m = attnopt_import::load(&dir).unwrap();
+    let all = attnopt::tensors::read(&dir.join("golden.safetensors")).unwrap();
+    let takes: Vec<&str> = m.graph.inputs().iter().map(|(n, _)| n.as_str()).collect();
+    let inputs: HashMap<String, Tensor> = all
+        .iter()
+        .filter(|(k, _)| takes.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let rules = RuleSet::embedded().unwrap();
+    let opt = optimize(
+        &m.graph,
+        &Options {
+            rules: &rules,
+            seq: 128,
+            limits: Limits::default(),
+            conversions: Default::default(),
+        },
+    )
+    .unwrap();
+    for (label, graph) in [("original", m.graph.clone()), ("optimised", opt.graph)] {
+        let want = interp::run(&graph, &inputs, &[]).unwrap();
+        // The best library here (oneDNN when installed) and the pure-Rust fallback.
+        let gemm: Box<dyn attnopt_cpu::matmul::MatMul> =
+            Box::new(attnopt_cpu::matmul::GemmMatMul::new(2));
+        for mut cpu in [
+            CpuModel::new(graph.clone(), 2).unwrap(),
+            CpuModel::with_matmul(graph.clone(), 2, gemm, "forced".into()).unwrap(),
+        ] {
+            let (got, _) = cpu.run(&inputs, &[], false).unwrap();
+            for (name, w) in &want {
+                let g = &got[name];
+                let scale = w.max_abs().max(1e-6);
+                let err = g.max_abs_diff(w).expect("same shape");
+                let gerr = g.max_abs_diff(&all[name]).expect("same shape as golden");
+                println!(
+                    "{model} {label} {name}: cpu vs interp {err:.2e}, vs PyTorch {gerr:.2e} ({})",
+                    cpu.matmul_name().0
+                );
+                assert!(
+                    err <= 1e-5 * scale,
+                    "{model} {label} {name}: cpu differs from the interpreter by {err}"
+                );
+                assert!(
+                    gerr <= 1e-5 * scale,
+                    "{model} {label} {name}: cpu differs from PyTorch by {gerr}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bert_on_cpu() {
+    check("bert");
+}
+
+#[test]
+fn gpt2_on_cpu() {
+    check("gpt2");
+}
+
+#[test]
+fn vit_on_cpu() {
+    check("vit");
+}
+
+#[test]
+fn llama_on_cpu() {
+    check("llama");
+}
+
+#[test]
+fn vit_hydra_on_cpu() {
+    check("vit-hydra");
+}
+
+#[test]
+fn gpt2_linear_on_cpu() {
+    check("gpt2-linear");
+}
