@@ -687,6 +687,35 @@ impl CpuModel {
             }
             return Ok(());
         }
+        // Embedding lookups and slices: native row copies (they run every layer, and the generic
+        // path would copy whole embedding tables).
+        match op {
+            Op::Gather => {
+                let table = f32_of(self.src(l, inputs, base, arena_len, k.inputs[0])?)?;
+                let Src::I64(ids) = self.src(l, inputs, base, arena_len, k.inputs[1])? else {
+                    return Err("ids must be integers".into());
+                };
+                let (rows, d) = (in_shape[0], in_shape[1]);
+                let out = self.dst_f32(l, base, arena_len, k.output)?;
+                return ops::gather(table, rows, d, ids, out);
+            }
+            Op::Slice { axis, start, .. } => {
+                let out_shape = &l.values[k.output].shape;
+                let (outer, inner) = (
+                    in_shape[..*axis].iter().product(),
+                    in_shape[axis + 1..].iter().product(),
+                );
+                let (len_in, len_out) = (in_shape[*axis], out_shape[*axis]);
+                match self.src(l, inputs, base, arena_len, k.inputs[0])? {
+                    Src::F32(x) => {
+                        let out = self.dst_f32(l, base, arena_len, k.output)?;
+                        return ops::slice(x, outer, len_in, inner, *start, len_out, out);
+                    }
+                    Src::I64(_) => {} // rare: the reference path below
+                }
+            }
+            _ => {}
+        }
         // Everything else: the reference meaning.
         let mut args = Vec::with_capacity(k.inputs.len());
         for &v in &k.inputs {

@@ -69,6 +69,56 @@ pub fn as_permute(op: &Op, in_shape: &[usize]) -> Option<(Vec<usize>, Vec<usize>
     }
 }
 
+/// `out` = rows `ids` of `table` (`rows × d`); an id outside the table is an error.
+pub fn gather(
+    table: &[f32],
+    rows: usize,
+    d: usize,
+    ids: &[i64],
+    out: &mut [f32],
+) -> Result<(), String> {
+    if table.len() != rows * d || out.len() != ids.len() * d {
+        return Err(format!(
+            "gather: table {} / output {} elements do not fit {rows}×{d} and {} ids",
+            table.len(),
+            out.len(),
+            ids.len()
+        ));
+    }
+    for (o, &id) in out.chunks_exact_mut(d.max(1)).zip(ids) {
+        if id < 0 || id as u64 >= rows as u64 {
+            return Err(format!("id {id} is outside the table's {rows} rows"));
+        }
+        let r = id as usize * d;
+        o.copy_from_slice(&table[r..r + d]);
+    }
+    Ok(())
+}
+
+/// `out` = `x[.., start..start+len_out, ..]` for `x` seen as `outer × len_in × inner`.
+pub fn slice(
+    x: &[f32],
+    outer: usize,
+    len_in: usize,
+    inner: usize,
+    start: usize,
+    len_out: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    if start + len_out > len_in {
+        return Err(format!("slice {start}..{} of an axis of size {len_in} (is the sequence longer than the model allows?)", start + len_out));
+    }
+    if x.len() != outer * len_in * inner || out.len() != outer * len_out * inner {
+        return Err("slice: operand sizes do not fit".into());
+    }
+    let run = len_out * inner;
+    for o in 0..outer {
+        let from = (o * len_in + start) * inner;
+        out[o * run..(o + 1) * run].copy_from_slice(&x[from..from + run]);
+    }
+    Ok(())
+}
+
 /// Falls back to the reference meaning of `op`.
 pub fn reference(op: &Op, args: &[&Tensor], b: &Bindings) -> Result<Tensor, String> {
     interp::eval_op(op, args, b)
