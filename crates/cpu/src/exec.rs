@@ -714,6 +714,45 @@ impl CpuModel {
                     Src::I64(_) => {} // rare: the reference path below
                 }
             }
+            Op::Reduce { kind, axis, .. } => {
+                let x = f32_of(self.src(l, inputs, base, arena_len, k.inputs[0])?)?;
+                let (outer, len, inner) = ops::around(&in_shape, *axis);
+                let out = self.dst_f32(l, base, arena_len, k.output)?;
+                return ops::reduce(*kind, x, outer, len, inner, out);
+            }
+            Op::CumSum { axis } => {
+                let x = f32_of(self.src(l, inputs, base, arena_len, k.inputs[0])?)?;
+                let (outer, len, inner) = ops::around(&in_shape, *axis);
+                let out = self.dst_f32(l, base, arena_len, k.output)?;
+                return ops::cumsum(x, outer, len, inner, out);
+            }
+            Op::Rope { theta, style } => {
+                let x = f32_of(self.src(l, inputs, base, arena_len, k.inputs[0])?)?;
+                let out = self.dst_f32(l, base, arena_len, k.output)?;
+                return ops::rope(x, &in_shape, theta.get() as f64, *style, out);
+            }
+            Op::RepeatHeads { times } => {
+                let x = f32_of(self.src(l, inputs, base, arena_len, k.inputs[0])?)?;
+                let out = self.dst_f32(l, base, arena_len, k.output)?;
+                return ops::repeat_heads(x, &in_shape, *times, out);
+            }
+            Op::Expand(_) | Op::Concat { .. }
+                if k.inputs.iter().all(|&v| l.values[v].dtype == DType::F32) =>
+            {
+                let out_shape = l.values[k.output].shape.clone();
+                let mut parts = Vec::with_capacity(k.inputs.len());
+                for &v in &k.inputs {
+                    parts.push((
+                        f32_of(self.src(l, inputs, base, arena_len, v)?)?,
+                        l.values[v].shape.clone(),
+                    ));
+                }
+                let out = self.dst_f32(l, base, arena_len, k.output)?;
+                return match op {
+                    Op::Concat { axis } => ops::concat(&parts, *axis, &out_shape, out),
+                    _ => ops::expand(parts[0].0, &parts[0].1, &out_shape, out),
+                };
+            }
             _ => {}
         }
         // Everything else: the reference meaning.

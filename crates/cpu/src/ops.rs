@@ -123,3 +123,203 @@ pub fn slice(
 pub fn reference(op: &Op, args: &[&Tensor], b: &Bindings) -> Result<Tensor, String> {
     interp::eval_op(op, args, b)
 }
+
+/// Splits `shape` around `axis` into (outer, len, inner) element counts.
+pub fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what}: {got} elements where {want} were planned"))
+    }
+}
+
+/// Sum, max or mean over the middle axis of `x` seen as `outer × len × inner` (f64 sums).
+pub fn reduce(
+    kind: attnopt_ir::Reduce,
+    x: &[f32],
+    outer: usize,
+    len: usize,
+    inner: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    check_len("reduce input", x.len(), outer * len * inner)?;
+    check_len("reduce output", out.len(), outer * inner)?;
+    for o in 0..outer {
+        let dst = &mut out[o * inner..(o + 1) * inner];
+        match kind {
+            attnopt_ir::Reduce::Max => {
+                dst.fill(f32::NEG_INFINITY);
+                for l in 0..len {
+                    let row = &x[(o * len + l) * inner..(o * len + l + 1) * inner];
+                    for (d, &v) in dst.iter_mut().zip(row) {
+                        *d = d.max(v);
+                    }
+                }
+            }
+            _ => {
+                let mut acc = vec![0f64; inner];
+                for l in 0..len {
+                    let row = &x[(o * len + l) * inner..(o * len + l + 1) * inner];
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += v as f64;
+                    }
+                }
+                let scale = if kind == attnopt_ir::Reduce::Mean {
+                    1.0 / len.max(1) as f64
+                } else {
+                    1.0
+                };
+                for (d, a) in dst.iter_mut().zip(acc) {
+                    *d = (a * scale) as f32;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inclusive prefix sum over the middle axis (f64 running sums, like the interpreter).
+pub fn cumsum(
+    x: &[f32],
+    outer: usize,
+    len: usize,
+    inner: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    check_len("cumsum input", x.len(), outer * len * inner)?;
+    check_len("cumsum output", out.len(), x.len())?;
+    let mut acc = vec![0f64; inner];
+    for o in 0..outer {
+        acc.iter_mut().for_each(|a| *a = 0.0);
+        for l in 0..len {
+            let at = (o * len + l) * inner;
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a += x[at + i] as f64;
+                out[at + i] = *a as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rotary embedding on `[B, H, N, Dh]`: position of row `t` is `t` (see `Op::Rope`).
+pub fn rope(
+    x: &[f32],
+    shape: &[usize],
+    theta: f64,
+    style: attnopt_ir::RopeStyle,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let (n, d) = (shape[2], shape[3]);
+    check_len("rope", x.len(), shape.iter().product())?;
+    check_len("rope output", out.len(), x.len())?;
+    let half = d / 2;
+    // One table of (cos, sin) per position and pair, shared by every head.
+    let mut table = Vec::with_capacity(n * half);
+    for t in 0..n {
+        for i in 0..half {
+            let (s, c) = (t as f64 * theta.powf(-(2.0 * i as f64) / d as f64)).sin_cos();
+            table.push((c, s));
+        }
+    }
+    for (r, (row, o)) in x
+        .chunks_exact(d.max(1))
+        .zip(out.chunks_exact_mut(d.max(1)))
+        .enumerate()
+    {
+        let t = r % n.max(1);
+        for i in 0..half {
+            let (c, s) = table[t * half + i];
+            let (p, q) = match style {
+                attnopt_ir::RopeStyle::Half => (i, i + half),
+                attnopt_ir::RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+            };
+            let (x1, x2) = (row[p] as f64, row[q] as f64);
+            o[p] = (x1 * c - x2 * s) as f32;
+            o[q] = (x2 * c + x1 * s) as f32;
+        }
+    }
+    Ok(())
+}
+
+/// Grouped-query attention: each head of `[B, Hkv, N, Dh]` repeated `times` times in place.
+pub fn repeat_heads(
+    x: &[f32],
+    shape: &[usize],
+    times: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let per_head = shape[2] * shape[3];
+    check_len("repeat_heads output", out.len(), x.len() * times)?;
+    if per_head == 0 {
+        return Ok(());
+    }
+    for (h, head) in x.chunks_exact(per_head).enumerate() {
+        for r in 0..times {
+            let at = (h * times + r) * per_head;
+            out[at..at + per_head].copy_from_slice(head);
+        }
+    }
+    Ok(())
+}
+
+/// Joins `parts` (data, shape) along `axis` into `out` of `out_shape`.
+pub fn concat(
+    parts: &[(&[f32], Vec<usize>)],
+    axis: usize,
+    out_shape: &[usize],
+    out: &mut [f32],
+) -> Result<(), String> {
+    check_len("concat output", out.len(), out_shape.iter().product())?;
+    let outer: usize = out_shape[..axis].iter().product();
+    let inner: usize = out_shape[axis + 1..].iter().product();
+    let mut at = 0;
+    for o in 0..outer {
+        for (data, shape) in parts {
+            let run = shape[axis] * inner;
+            check_len("concat part", data.len(), outer * run)?;
+            out[at..at + run].copy_from_slice(&data[o * run..(o + 1) * run]);
+            at += run;
+        }
+    }
+    Ok(())
+}
+
+/// Broadcasts `x` of `shape` to `out_shape` (size-1 axes stretch; new axes on the left).
+pub fn expand(
+    x: &[f32],
+    shape: &[usize],
+    out_shape: &[usize],
+    out: &mut [f32],
+) -> Result<(), String> {
+    check_len("expand output", out.len(), out_shape.iter().product())?;
+    check_len("expand input", x.len(), shape.iter().product())?;
+    let r = out_shape.len();
+    let st = strides(shape);
+    let bst: Vec<usize> = (0..r)
+        .map(|i| match (i + shape.len()).checked_sub(r) {
+            Some(k) if shape[k] != 1 => st[k],
+            _ => 0,
+        })
+        .collect();
+    let mut idx = vec![0usize; r];
+    for o in out.iter_mut() {
+        *o = x[idx.iter().zip(&bst).map(|(i, s)| i * s).sum::<usize>()];
+        for ax in (0..r).rev() {
+            idx[ax] += 1;
+            if idx[ax] < out_shape[ax] {
+                break;
+            }
+            idx[ax] = 0;
+        }
+    }
+    Ok(())
+}

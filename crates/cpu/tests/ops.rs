@@ -1,0 +1,148 @@
+//! The CPU backend's native generic kernels against the reference interpreter's meaning of the
+//! same operators, on seeded random data and odd shapes.
+
+use attnopt_cpu::ops;
+use attnopt_ir::{interp, Bindings, Op, Reduce, RopeStyle, Scalar, Shape, Tensor};
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+fn reference(op: &Op, args: &[&Tensor]) -> Vec<f32> {
+    interp::eval_op(op, args, &Bindings::new(1, 1))
+        .unwrap()
+        .as_f32()
+        .unwrap()
+        .to_vec()
+}
+
+fn close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "{what}[{i}]: {g} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn reductions_and_prefix_sums_match_the_interpreter() {
+    for shape in [
+        vec![3usize, 5, 7],
+        vec![1, 1, 4],
+        vec![2, 9, 1],
+        vec![4, 3, 2, 5],
+    ] {
+        let n: usize = shape.iter().product();
+        let x = Tensor::f32(shape.clone(), data(n, 7)).unwrap();
+        for axis in 0..shape.len() {
+            let (outer, len, inner) = ops::around(&shape, axis);
+            for kind in [Reduce::Sum, Reduce::Max, Reduce::Mean] {
+                let mut out = vec![0f32; outer * inner];
+                ops::reduce(kind, x.as_f32().unwrap(), outer, len, inner, &mut out).unwrap();
+                close(
+                    &out,
+                    &reference(
+                        &Op::Reduce {
+                            kind,
+                            axis,
+                            keep_dim: true,
+                        },
+                        &[&x],
+                    ),
+                    &format!("{kind:?} axis {axis} of {shape:?}"),
+                );
+            }
+            let mut out = vec![0f32; n];
+            ops::cumsum(x.as_f32().unwrap(), outer, len, inner, &mut out).unwrap();
+            close(
+                &out,
+                &reference(&Op::CumSum { axis }, &[&x]),
+                &format!("cumsum axis {axis} of {shape:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn rope_and_repeat_heads_match_the_interpreter() {
+    for shape in [vec![2usize, 3, 5, 8], vec![1, 1, 1, 2], vec![1, 2, 17, 6]] {
+        let n: usize = shape.iter().product();
+        let x = Tensor::f32(shape.clone(), data(n, 3)).unwrap();
+        for style in [RopeStyle::Half, RopeStyle::Interleaved] {
+            let mut out = vec![0f32; n];
+            ops::rope(x.as_f32().unwrap(), &shape, 10000.0, style, &mut out).unwrap();
+            close(
+                &out,
+                &reference(
+                    &Op::Rope {
+                        theta: Scalar::new(10000.0),
+                        style,
+                    },
+                    &[&x],
+                ),
+                &format!("rope {style:?} {shape:?}"),
+            );
+        }
+        for times in [1, 3] {
+            let mut out = vec![0f32; n * times];
+            ops::repeat_heads(x.as_f32().unwrap(), &shape, times, &mut out).unwrap();
+            close(
+                &out,
+                &reference(&Op::RepeatHeads { times }, &[&x]),
+                &format!("repeat_heads ×{times} {shape:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn concat_and_expand_match_the_interpreter() {
+    let a = Tensor::f32(vec![2, 1, 4], data(8, 1)).unwrap();
+    let b = Tensor::f32(vec![2, 3, 4], data(24, 2)).unwrap();
+    let mut out = vec![0f32; 32];
+    let parts = [
+        (a.as_f32().unwrap(), a.shape().to_vec()),
+        (b.as_f32().unwrap(), b.shape().to_vec()),
+    ];
+    ops::concat(&parts, 1, &[2, 4, 4], &mut out).unwrap();
+    close(
+        &out,
+        &reference(&Op::Concat { axis: 1 }, &[&a, &b]),
+        "concat axis 1",
+    );
+    let c = Tensor::f32(vec![1, 1, 4], data(4, 5)).unwrap();
+    let mut out = vec![0f32; 24];
+    ops::expand(c.as_f32().unwrap(), &[1, 1, 4], &[2, 3, 4], &mut out).unwrap();
+    close(
+        &out,
+        &reference(&Op::Expand(Shape::fixed(&[2, 3, 4])), &[&c]),
+        "expand",
+    );
+}
+
+#[test]
+fn gather_refuses_ids_outside_the_table() {
+    let table = data(12, 9);
+    let mut out = vec![0f32; 6];
+    assert!(ops::gather(&table, 4, 3, &[0, 3], &mut out).is_ok());
+    assert_eq!(&out[3..], &table[9..12]);
+    let e = ops::gather(&table, 4, 3, &[0, 4], &mut out).unwrap_err();
+    assert!(e.contains("id 4 is outside the table's 4 rows"), "{e}");
+    assert!(ops::gather(&table, 4, 3, &[-1, 0], &mut out).is_err());
+    assert!(
+        ops::slice(&table, 1, 12, 1, 10, 5, &mut vec![0f32; 5]).is_err(),
+        "a slice past the axis is an error"
+    );
+}
