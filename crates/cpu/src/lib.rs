@@ -1,5 +1,13 @@
-//! attnopt's CPU backend (being built): matrix products through oneDNN or the `gemm` crate,
-//! everything between them JIT-compiled with Cranelift.
+//! attnopt's CPU backend: matrix products through oneDNN (loaded at run time) or the `gemm`
+//! crate, everything between them JIT-compiled with Cranelift from `lower`'s row programs, run
+//! over one activation arena.
+//!
+//! * [`matmul`] — the `MatMul` trait and its two implementations;
+//! * [`jit`] — row-kernel compilation and the safe calling API;
+//! * [`exec`] — `CpuModel`: lowering, compilation and execution of a graph;
+//! * [`ops`] — native kernels for layout and other generic operators.
+//!
+//! Depends on `attnopt-lower` and `attnopt-ir` only; never on a GPU crate.
 
 pub mod exec;
 pub mod jit;
