@@ -338,26 +338,7 @@ pub trait MatMul: Send + Sync {
         if c.rows == 0 || c.cols == 0 {
             return Ok(());
         }
-        for i in 0..batch.count {
-            // Empty operands (k = 0) may have offsets past their slice: `get` keeps that safe.
-            let ai = MatRef {
-                data: a.data.get(i * batch.a_stride..).unwrap_or(&[]),
-                ..a
-            };
-            let bi = MatRef {
-                data: b.data.get(i * batch.b_stride..).unwrap_or(&[]),
-                ..b
-            };
-            let ci = MatMut {
-                data: &mut c.data[i * batch.c_stride..],
-                rows: c.rows,
-                cols: c.cols,
-                row_stride: c.row_stride,
-                col_stride: c.col_stride,
-            };
-            self.matmul(ai, bi, ci, accumulate)?;
-        }
-        Ok(())
+        each_product(self, a, b, c, batch, accumulate)
     }
 }
 
@@ -535,6 +516,39 @@ fn check_shapes(a: &Layout, b: &Layout, c: &Layout) -> Result<(), MatMulError> {
 }
 
 /// All checks for one product `c = a·b`.
+/// `batch.count` plain products, one [`MatMul::matmul`] call each: the default of
+/// [`MatMul::batched`], and the fallback of implementations that batch otherwise. The caller has
+/// run [`check_batched`].
+pub(crate) fn each_product<M: MatMul + ?Sized>(
+    mm: &M,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: MatMut<'_>,
+    batch: Batch,
+    accumulate: bool,
+) -> Result<(), MatMulError> {
+    for i in 0..batch.count {
+        // Empty operands (k = 0) may have offsets past their slice: `get` keeps that safe.
+        let ai = MatRef {
+            data: a.data.get(i * batch.a_stride..).unwrap_or(&[]),
+            ..a
+        };
+        let bi = MatRef {
+            data: b.data.get(i * batch.b_stride..).unwrap_or(&[]),
+            ..b
+        };
+        let ci = MatMut {
+            data: &mut c.data[i * batch.c_stride..],
+            rows: c.rows,
+            cols: c.cols,
+            row_stride: c.row_stride,
+            col_stride: c.col_stride,
+        };
+        mm.matmul(ai, bi, ci, accumulate)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn check_product(a: &MatRef, b: &MatRef, c: &MatMut) -> Result<(), MatMulError> {
     let (la, lb, lc) = (a.layout(), b.layout(), c.layout());
     check_shapes(&la, &lb, &lc)?;

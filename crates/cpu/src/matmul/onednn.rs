@@ -1173,25 +1173,7 @@ impl MatMul for OneDnnMatMul {
         }
         if batch.count == 1 || a.cols == 0 {
             // Plain products (k = 0 zeroes each c_i without touching a or b).
-            for i in 0..batch.count {
-                let ai = MatRef {
-                    data: a.data.get(i * batch.a_stride..).unwrap_or(&[]),
-                    ..a
-                };
-                let bi = MatRef {
-                    data: b.data.get(i * batch.b_stride..).unwrap_or(&[]),
-                    ..b
-                };
-                let ci = MatMut {
-                    data: &mut c.data[i * batch.c_stride..],
-                    rows: c.rows,
-                    cols: c.cols,
-                    row_stride: c.row_stride,
-                    col_stride: c.col_stride,
-                };
-                self.matmul(ai, bi, ci, accumulate)?;
-            }
-            return Ok(());
+            return super::each_product(self, a, b, c, batch, accumulate);
         }
         let op3 = |l: Layout, s: usize| {
             Operand {
