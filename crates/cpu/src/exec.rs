@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use attnopt_ir::{Bindings, DType, Data, Dim, Graph, Op, Sym, Tensor, WeightId};
+use attnopt_ir::{broadcast_strides, Bindings, DType, Data, Dim, Graph, Op, Sym, Tensor, WeightId};
 use attnopt_lower::memory::storage_of;
 use attnopt_lower::{lower, Kernel, KernelKind, Lowered, RowProgram, ValueId, ValueKind};
 
@@ -619,16 +619,10 @@ impl CpuModel {
                 .map_err(mm);
         }
         // General broadcasting: one product per output batch index.
-        let strides = |s: &[usize]| -> Vec<usize> {
-            let mut st = vec![0; s.len()];
-            let mut acc = 1;
-            for i in (0..s.len()).rev() {
-                st[i] = if s[i] == 1 { 0 } else { acc };
-                acc *= s[i];
-            }
-            st
-        };
-        let (sa, sb) = (strides(&ab), strides(&bb));
+        let (sa, sb) = (
+            broadcast_strides(&ab, ab.len()),
+            broadcast_strides(&bb, bb.len()),
+        );
         let mut idx = vec![0usize; batch_out.len()];
         for i in 0..count {
             let ia: usize = idx.iter().zip(&sa).map(|(x, s)| x * s).sum();

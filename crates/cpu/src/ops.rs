@@ -5,16 +5,7 @@
 //! back to the reference interpreter's `eval_op`, which is correct by definition and slow; the
 //! per-kernel breakdown lists them as `op:NAME` so the slow ones are visible.
 
-use attnopt_ir::{interp, Bindings, Op, Tensor};
-
-/// Row-major strides of `shape`.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
-}
+use attnopt_ir::{broadcast_strides, interp, strides, Bindings, Op, Tensor};
 
 /// `dst` = `src` (of `shape`) with axes reordered: output axis `i` is input axis `perm[i]`.
 /// The innermost output axis is copied in runs when it is also innermost in the input.
@@ -303,13 +294,7 @@ pub fn expand(
     check_len("expand output", out.len(), out_shape.iter().product())?;
     check_len("expand input", x.len(), shape.iter().product())?;
     let r = out_shape.len();
-    let st = strides(shape);
-    let bst: Vec<usize> = (0..r)
-        .map(|i| match (i + shape.len()).checked_sub(r) {
-            Some(k) if shape[k] != 1 => st[k],
-            _ => 0,
-        })
-        .collect();
+    let bst = broadcast_strides(shape, r);
     let mut idx = vec![0usize; r];
     for o in out.iter_mut() {
         *o = x[idx.iter().zip(&bst).map(|(i, s)| i * s).sum::<usize>()];

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use crate::infer::broadcast_shapes;
 use crate::op::{Binary, Reduce, RopeStyle, Unary};
 use crate::tensor::Data;
-use crate::tensor::{checked_numel, strides};
+use crate::tensor::{broadcast_strides, checked_numel, strides};
 use crate::{Bindings, DType, Dim, Graph, NodeId, NodeMeta, Op, Shape, Tensor};
 
 /// Why a run failed.
@@ -529,16 +529,7 @@ fn unary(u: Unary, x: f32) -> f32 {
 
 /// Offset of every element of `out_shape` in a tensor of `shape` broadcast to it.
 fn broadcast_offsets(shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
-    let r = out_shape.len();
-    let st = strides(shape);
-    // Stride per output axis; 0 where the input axis is missing or of size 1.
-    let bst: Vec<usize> = (0..r)
-        .map(|i| match (i + shape.len()).checked_sub(r) {
-            Some(k) if shape[k] != 1 => st[k],
-            _ => 0,
-        })
-        .collect();
-    offsets_with(out_shape, &bst)
+    offsets_with(out_shape, &broadcast_strides(shape, out_shape.len()))
 }
 
 fn binary(k: Binary, x: &Tensor, y: &Tensor) -> R<Tensor> {

@@ -31,5 +31,5 @@ pub use graph::{Graph, GraphError, Node, NodeId, WeightId};
 pub use meta::{NodeMeta, Role};
 pub use op::{Binary, Op, Reduce, RopeStyle, Scalar, Unary};
 pub use shape::{Bindings, Dim, Shape, Sym, BATCH, SEQ};
-pub use tensor::{Data, LenMismatch, Tensor};
+pub use tensor::{broadcast_strides, strides, Data, LenMismatch, Tensor};
 pub use weight::{Storage, Weight, WeightError};

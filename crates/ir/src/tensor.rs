@@ -41,6 +41,18 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
+/// Element strides of a row-major `shape` broadcast to rank `rank` (right-aligned): 0 on the
+/// axes it lacks and on its size-1 axes, so index · strides addresses the broadcast element.
+pub fn broadcast_strides(shape: &[usize], rank: usize) -> Vec<usize> {
+    let st = strides(shape);
+    (0..rank)
+        .map(|i| match (i + shape.len()).checked_sub(rank) {
+            Some(k) if shape[k] != 1 => st[k],
+            _ => 0,
+        })
+        .collect()
+}
+
 impl Tensor {
     pub fn new(shape: Vec<usize>, data: Data) -> Result<Tensor, LenMismatch> {
         let got = match &data {
