@@ -23,6 +23,23 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Writes `dir/in.safetensors` holding one `input_ids` tensor of raw little-endian `bytes`.
+fn write_input_ids(
+    dir: &Path,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    bytes: &[u8],
+) -> PathBuf {
+    let view = safetensors::tensor::TensorView::new(dtype, shape, bytes).unwrap();
+    let input = dir.join("in.safetensors");
+    std::fs::write(
+        &input,
+        safetensors::serialize(vec![("input_ids", view)], None).unwrap(),
+    )
+    .unwrap();
+    input
+}
+
 fn meta(model: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(root().join("fixtures").join(model).join("meta.json"))
         .expect("meta.json");
@@ -113,14 +130,7 @@ fn run_accepts_i32_ids_without_batch_axis() {
         .map(|&x| x as i32)
         .collect();
     let bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![7], &bytes).unwrap();
-    let input = dir.path().join("in.safetensors");
-    std::fs::write(
-        &input,
-        safetensors::serialize(vec![("input_ids", view)], None).unwrap(),
-    )
-    .unwrap();
+    let input = write_input_ids(dir.path(), safetensors::Dtype::I32, vec![7], &bytes);
     let out = dir.path().join("out.safetensors");
     let o = attnopt(&[
         "run",
@@ -199,14 +209,7 @@ fn bad_token_id_fails_cleanly_without_output() {
         .iter()
         .flat_map(|x| x.to_le_bytes())
         .collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![1, 3], &bytes).unwrap();
-    let input = dir.path().join("in.safetensors");
-    std::fs::write(
-        &input,
-        safetensors::serialize(vec![("input_ids", view)], None).unwrap(),
-    )
-    .unwrap();
+    let input = write_input_ids(dir.path(), safetensors::Dtype::I64, vec![1, 3], &bytes);
     let out = dir.path().join("out.safetensors");
     let o = attnopt(&[
         "run",
