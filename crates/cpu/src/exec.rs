@@ -318,6 +318,13 @@ impl CpuModel {
         let lowered = &plan.lowered;
         let arena_len = plan.arena.len() * 8;
         let base = plan.arena.as_mut_ptr() as *mut u8;
+        let f = Frame {
+            model: self,
+            l: lowered,
+            inputs,
+            base,
+            arena_len,
+        };
         let mut times = Vec::new();
         for (i, k) in lowered.kernels.iter().enumerate() {
             let t0 = profile.then(Instant::now);
@@ -328,18 +335,14 @@ impl CpuModel {
             };
             // SAFETY (for `src` and `dst`): slices come from disjoint live values of the arena
             // (memory plan), bounds-checked against the arena's length.
-            let src = |v: ValueId| -> Result<Src, CpuError> {
-                self.src(lowered, inputs, base, arena_len, v).map_err(err)
-            };
+            let src = |v: ValueId| -> Result<Src, CpuError> { f.src(v).map_err(err) };
             match &k.kind {
                 KernelKind::View => {}
                 KernelKind::AdditiveMask => {
                     let Src::I64(m) = src(k.inputs[0])? else {
                         return Err(err("mask must be an integer tensor".into()));
                     };
-                    let out = self
-                        .dst_f32(lowered, base, arena_len, k.output)
-                        .map_err(err)?;
+                    let out = f.dst_f32(k.output).map_err(err)?;
                     for (o, &x) in out.iter_mut().zip(m) {
                         *o = if x == 0 { f32::NEG_INFINITY } else { 0.0 };
                     }
@@ -355,9 +358,7 @@ impl CpuModel {
                         .iter()
                         .map(|&v| f32_of(src(v)?).map_err(err))
                         .collect::<Result<Vec<_>, _>>()?;
-                    let out = self
-                        .dst_f32(lowered, base, arena_len, k.output)
-                        .map_err(err)?;
+                    let out = f.dst_f32(k.output).map_err(err)?;
                     let valid = match causal {
                         Some(offset) => {
                             let s = &lowered.values[k.output].shape;
@@ -385,18 +386,8 @@ impl CpuModel {
                     b_transposed,
                     epilogue,
                 } => {
-                    self.matmul(
-                        lowered,
-                        inputs,
-                        base,
-                        arena_len,
-                        k,
-                        *m,
-                        *kk,
-                        *n,
-                        *b_transposed,
-                    )
-                    .map_err(err)?;
+                    self.matmul(&f, k, *m, *kk, *n, *b_transposed)
+                        .map_err(err)?;
                     if let (Some((_, at)), Exec::Epilogue(kernel)) = (epilogue, &plan.execs[i]) {
                         let extra = &k.inputs[2..];
                         let mut args = Vec::with_capacity(extra.len());
@@ -407,17 +398,13 @@ impl CpuModel {
                                 Arg::Data(f32_of(src(v)?).map_err(err)?)
                             });
                         }
-                        let out = self
-                            .dst_f32(lowered, base, arena_len, k.output)
-                            .map_err(err)?;
+                        let out = f.dst_f32(k.output).map_err(err)?;
                         kernel
                             .run_rows_in_place(&args, out, *n, Valid::Full, &[])
                             .map_err(|e| err(e.to_string()))?;
                     }
                 }
-                KernelKind::Op(op) => self
-                    .generic(lowered, inputs, base, arena_len, k, op)
-                    .map_err(err)?,
+                KernelKind::Op(op) => self.generic(&f, k, op).map_err(err)?,
             }
             if let Some(t0) = t0 {
                 times.push(KernelTime {
@@ -436,13 +423,11 @@ impl CpuModel {
                 continue;
             }
             let shape = lowered.values[*v].shape.clone();
-            let t = match self
-                .src(lowered, inputs, base, arena_len, *v)
-                .map_err(|msg| CpuError::Kernel {
-                    kernel: usize::MAX,
-                    name: name.clone(),
-                    msg,
-                })? {
+            let t = match f.src(*v).map_err(|msg| CpuError::Kernel {
+                kernel: usize::MAX,
+                name: name.clone(),
+                msg,
+            })? {
                 Src::F32(s) => Tensor::f32(shape, s.to_vec()),
                 Src::I64(s) => Tensor::i64(shape, s.to_vec()),
             }
@@ -457,101 +442,26 @@ impl CpuModel {
         Ok((out, times))
     }
 
-    /// The elements of value `v`.
-    fn src<'a>(
-        &'a self,
-        l: &Lowered,
-        inputs: &'a HashMap<String, Tensor>,
-        base: *mut u8,
-        arena_len: usize,
-        v: ValueId,
-    ) -> Result<Src<'a>, String> {
-        let s = storage_of(&l.values, v);
-        let value = &l.values[v];
-        let numel = value.numel();
-        match &l.values[s].kind {
-            ValueKind::Input(name) => match inputs.get(name).map(|t| t.data()) {
-                Some(Data::F32(x)) if x.len() == numel => Ok(Src::F32(x)),
-                Some(Data::I64(x)) if x.len() == numel => Ok(Src::I64(x)),
-                _ => Err(format!("input `{name}` does not hold {numel} elements")),
-            },
-            ValueKind::Weight(w) => {
-                let x = self.weight(*w);
-                if x.len() != numel {
-                    return Err(format!(
-                        "weight holds {} elements, expected {numel}",
-                        x.len()
-                    ));
-                }
-                Ok(Src::F32(x))
-            }
-            ValueKind::Temp => {
-                let off = l.memory.offsets[s].ok_or("value has no arena offset")?;
-                let size = l.values[s].dtype.size();
-                if off + numel * size > arena_len {
-                    return Err("value reaches past the arena".into());
-                }
-                // SAFETY: in bounds (checked), aligned (offsets are multiples of 64), and not
-                // written while read (the memory plan keeps live values disjoint).
-                Ok(unsafe {
-                    match l.values[s].dtype {
-                        DType::I64 => Src::I64(std::slice::from_raw_parts(
-                            base.add(off) as *const i64,
-                            numel,
-                        )),
-                        _ => Src::F32(std::slice::from_raw_parts(
-                            base.add(off) as *const f32,
-                            numel,
-                        )),
-                    }
-                })
-            }
-            ValueKind::Alias(_) => unreachable!("storage_of follows aliases"),
-        }
-    }
-
-    /// Writable f32 elements of the arena value `v`.
-    #[allow(clippy::mut_from_ref)]
-    fn dst_f32<'a>(
-        &self,
-        l: &Lowered,
-        base: *mut u8,
-        arena_len: usize,
-        v: ValueId,
-    ) -> Result<&'a mut [f32], String> {
-        let s = storage_of(&l.values, v);
-        let numel = l.values[v].numel();
-        if l.values[s].kind != ValueKind::Temp || l.values[s].dtype != DType::F32 {
-            return Err("the output is not an f32 arena value".into());
-        }
-        let off = l.memory.offsets[s].ok_or("value has no arena offset")?;
-        if off + numel * 4 > arena_len {
-            return Err("value reaches past the arena".into());
-        }
-        // SAFETY: as in `src`; the plan gives the output bytes no other live value.
-        Ok(unsafe { std::slice::from_raw_parts_mut(base.add(off) as *mut f32, numel) })
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &self,
-        l: &Lowered,
-        inputs: &HashMap<String, Tensor>,
-        base: *mut u8,
-        arena_len: usize,
+        f: &Frame,
         k: &Kernel,
         m: usize,
         kk: usize,
         n: usize,
         b_transposed: bool,
     ) -> Result<(), String> {
-        let a = f32_of(self.src(l, inputs, base, arena_len, k.inputs[0])?)?;
-        let (a_shape, b_shape) = (&l.values[k.inputs[0]].shape, &l.values[k.inputs[1]].shape);
-        let out_shape = l.values[k.output].shape.clone();
-        let c = self.dst_f32(l, base, arena_len, k.output)?;
+        let a = f32_of(f.src(k.inputs[0])?)?;
+        let (a_shape, b_shape) = (
+            &f.l.values[k.inputs[0]].shape,
+            &f.l.values[k.inputs[1]].shape,
+        );
+        let out_shape = f.l.values[k.output].shape.clone();
+        let c = f.dst_f32(k.output)?;
         let mm = |e: crate::matmul::MatMulError| e.to_string();
         // A weight (rank 2): one product over all rows of `a`.
-        if let ValueKind::Weight(w) = l.values[k.inputs[1]].kind {
+        if let ValueKind::Weight(w) = f.l.values[k.inputs[1]].kind {
             if b_shape.len() == 2 {
                 let rows = a.len() / kk.max(1);
                 let p = self
@@ -569,7 +479,7 @@ impl CpuModel {
                     .map_err(mm);
             }
         }
-        let b = f32_of(self.src(l, inputs, base, arena_len, k.inputs[1])?)?;
+        let b = f32_of(f.src(k.inputs[1])?)?;
         fn view_b(data: &[f32], kk: usize, n: usize, transposed: bool) -> MatRef<'_> {
             if transposed {
                 MatRef::row_major(data, n, kk).t()
@@ -653,30 +563,17 @@ impl CpuModel {
         Ok(())
     }
 
-    fn generic(
-        &self,
-        l: &Lowered,
-        inputs: &HashMap<String, Tensor>,
-        base: *mut u8,
-        arena_len: usize,
-        k: &Kernel,
-        op: &Op,
-    ) -> Result<(), String> {
-        let in_shape = l.values[k.inputs[0]].shape.clone();
-        let out_v = storage_of(&l.values, k.output);
+    fn generic(&self, f: &Frame, k: &Kernel, op: &Op) -> Result<(), String> {
+        let in_shape = f.l.values[k.inputs[0]].shape.clone();
+        let out_v = storage_of(&f.l.values, k.output);
         // Layout operators: native strided copies.
         if let Some((shape, perm)) = ops::as_permute(op, &in_shape) {
-            match self.src(l, inputs, base, arena_len, k.inputs[0])? {
-                Src::F32(x) => ops::permute(
-                    x,
-                    &shape,
-                    &perm,
-                    self.dst_f32(l, base, arena_len, k.output)?,
-                ),
+            match f.src(k.inputs[0])? {
+                Src::F32(x) => ops::permute(x, &shape, &perm, f.dst_f32(k.output)?),
                 Src::I64(x) => {
                     let mut tmp = vec![0i64; x.len()];
                     ops::permute(x, &shape, &perm, &mut tmp);
-                    self.write_i64(l, base, arena_len, out_v, &tmp)?;
+                    f.write_i64(out_v, &tmp)?;
                 }
             }
             return Ok(());
@@ -685,63 +582,60 @@ impl CpuModel {
         // path would copy whole embedding tables).
         match op {
             Op::Gather => {
-                let table = f32_of(self.src(l, inputs, base, arena_len, k.inputs[0])?)?;
-                let Src::I64(ids) = self.src(l, inputs, base, arena_len, k.inputs[1])? else {
+                let table = f32_of(f.src(k.inputs[0])?)?;
+                let Src::I64(ids) = f.src(k.inputs[1])? else {
                     return Err("ids must be integers".into());
                 };
                 let (rows, d) = (in_shape[0], in_shape[1]);
-                let out = self.dst_f32(l, base, arena_len, k.output)?;
+                let out = f.dst_f32(k.output)?;
                 return ops::gather(table, rows, d, ids, out);
             }
             Op::Slice { axis, start, .. } => {
-                let out_shape = &l.values[k.output].shape;
+                let out_shape = &f.l.values[k.output].shape;
                 let (outer, inner) = (
                     in_shape[..*axis].iter().product(),
                     in_shape[axis + 1..].iter().product(),
                 );
                 let (len_in, len_out) = (in_shape[*axis], out_shape[*axis]);
-                match self.src(l, inputs, base, arena_len, k.inputs[0])? {
+                match f.src(k.inputs[0])? {
                     Src::F32(x) => {
-                        let out = self.dst_f32(l, base, arena_len, k.output)?;
+                        let out = f.dst_f32(k.output)?;
                         return ops::slice(x, outer, len_in, inner, *start, len_out, out);
                     }
                     Src::I64(_) => {} // rare: the reference path below
                 }
             }
             Op::Reduce { kind, axis, .. } => {
-                let x = f32_of(self.src(l, inputs, base, arena_len, k.inputs[0])?)?;
+                let x = f32_of(f.src(k.inputs[0])?)?;
                 let (outer, len, inner) = ops::around(&in_shape, *axis);
-                let out = self.dst_f32(l, base, arena_len, k.output)?;
+                let out = f.dst_f32(k.output)?;
                 return ops::reduce(*kind, x, outer, len, inner, out);
             }
             Op::CumSum { axis } => {
-                let x = f32_of(self.src(l, inputs, base, arena_len, k.inputs[0])?)?;
+                let x = f32_of(f.src(k.inputs[0])?)?;
                 let (outer, len, inner) = ops::around(&in_shape, *axis);
-                let out = self.dst_f32(l, base, arena_len, k.output)?;
+                let out = f.dst_f32(k.output)?;
                 return ops::cumsum(x, outer, len, inner, out);
             }
             Op::Rope { theta, style } => {
-                let x = f32_of(self.src(l, inputs, base, arena_len, k.inputs[0])?)?;
-                let out = self.dst_f32(l, base, arena_len, k.output)?;
+                let x = f32_of(f.src(k.inputs[0])?)?;
+                let out = f.dst_f32(k.output)?;
                 return ops::rope(x, &in_shape, theta.get() as f64, *style, out);
             }
             Op::RepeatHeads { times } => {
-                let x = f32_of(self.src(l, inputs, base, arena_len, k.inputs[0])?)?;
-                let out = self.dst_f32(l, base, arena_len, k.output)?;
+                let x = f32_of(f.src(k.inputs[0])?)?;
+                let out = f.dst_f32(k.output)?;
                 return ops::repeat_heads(x, &in_shape, *times, out);
             }
             Op::Expand(_) | Op::Concat { .. }
-                if k.inputs.iter().all(|&v| l.values[v].dtype == DType::F32) =>
+                if k.inputs.iter().all(|&v| f.l.values[v].dtype == DType::F32) =>
             {
-                let out_shape = l.values[k.output].shape.clone();
+                let out_shape = f.l.values[k.output].shape.clone();
                 let mut parts = Vec::with_capacity(k.inputs.len());
                 for &v in &k.inputs {
-                    parts.push((
-                        f32_of(self.src(l, inputs, base, arena_len, v)?)?,
-                        l.values[v].shape.clone(),
-                    ));
+                    parts.push((f32_of(f.src(v)?)?, f.l.values[v].shape.clone()));
                 }
-                let out = self.dst_f32(l, base, arena_len, k.output)?;
+                let out = f.dst_f32(k.output)?;
                 return match op {
                     Op::Concat { axis } => ops::concat(&parts, *axis, &out_shape, out),
                     _ => ops::expand(parts[0].0, &parts[0].1, &out_shape, out),
@@ -752,8 +646,8 @@ impl CpuModel {
         // Everything else: the reference meaning.
         let mut args = Vec::with_capacity(k.inputs.len());
         for &v in &k.inputs {
-            let shape = l.values[v].shape.clone();
-            let t = match self.src(l, inputs, base, arena_len, v)? {
+            let shape = f.l.values[v].shape.clone();
+            let t = match f.src(v)? {
                 Src::F32(x) => Tensor::f32(shape, x.to_vec()),
                 Src::I64(x) => Tensor::i64(shape, x.to_vec()),
             }
@@ -761,41 +655,18 @@ impl CpuModel {
             args.push(t);
         }
         let refs: Vec<&Tensor> = args.iter().collect();
-        let t = ops::reference(op, &refs, &l.bindings)?;
-        if t.shape() != l.values[k.output].shape {
+        let t = ops::reference(op, &refs, &f.l.bindings)?;
+        if t.shape() != f.l.values[k.output].shape {
             return Err(format!(
                 "computed shape {:?}, planned {:?}",
                 t.shape(),
-                l.values[k.output].shape
+                f.l.values[k.output].shape
             ));
         }
         match t.data() {
-            Data::F32(x) => self
-                .dst_f32(l, base, arena_len, k.output)?
-                .copy_from_slice(x),
-            Data::I64(x) => self.write_i64(l, base, arena_len, out_v, x)?,
+            Data::F32(x) => f.dst_f32(k.output)?.copy_from_slice(x),
+            Data::I64(x) => f.write_i64(out_v, x)?,
         }
-        Ok(())
-    }
-
-    fn write_i64(
-        &self,
-        l: &Lowered,
-        base: *mut u8,
-        arena_len: usize,
-        v: ValueId,
-        x: &[i64],
-    ) -> Result<(), String> {
-        let off = l.memory.offsets[v].ok_or("value has no arena offset")?;
-        if l.values[v].dtype != DType::I64
-            || l.values[v].numel() != x.len()
-            || off + x.len() * 8 > arena_len
-        {
-            return Err("i64 output does not fit its arena slot".into());
-        }
-        // SAFETY: bounds checked above; aligned; no other live value shares the bytes.
-        unsafe { std::slice::from_raw_parts_mut(base.add(off) as *mut i64, x.len()) }
-            .copy_from_slice(x);
         Ok(())
     }
 
@@ -816,5 +687,92 @@ fn f32_of(s: Src<'_>) -> Result<&[f32], String> {
     match s {
         Src::F32(x) => Ok(x),
         Src::I64(_) => Err("expected an f32 operand, got integers".into()),
+    }
+}
+
+/// One run's view of its values: the plan, the inputs, the arena, and the model's weights.
+struct Frame<'a> {
+    model: &'a CpuModel,
+    l: &'a Lowered,
+    inputs: &'a HashMap<String, Tensor>,
+    base: *mut u8,
+    arena_len: usize,
+}
+
+impl<'a> Frame<'a> {
+    /// The elements of value `v`.
+    fn src(&self, v: ValueId) -> Result<Src<'a>, String> {
+        let s = storage_of(&self.l.values, v);
+        let value = &self.l.values[v];
+        let numel = value.numel();
+        match &self.l.values[s].kind {
+            ValueKind::Input(name) => match self.inputs.get(name).map(|t| t.data()) {
+                Some(Data::F32(x)) if x.len() == numel => Ok(Src::F32(x)),
+                Some(Data::I64(x)) if x.len() == numel => Ok(Src::I64(x)),
+                _ => Err(format!("input `{name}` does not hold {numel} elements")),
+            },
+            ValueKind::Weight(w) => {
+                let x = self.model.weight(*w);
+                if x.len() != numel {
+                    return Err(format!(
+                        "weight holds {} elements, expected {numel}",
+                        x.len()
+                    ));
+                }
+                Ok(Src::F32(x))
+            }
+            ValueKind::Temp => {
+                let off = self.l.memory.offsets[s].ok_or("value has no arena offset")?;
+                let size = self.l.values[s].dtype.size();
+                if off + numel * size > self.arena_len {
+                    return Err("value reaches past the arena".into());
+                }
+                // SAFETY: in bounds (checked), aligned (offsets are multiples of 64), and not
+                // written while read (the memory plan keeps live values disjoint).
+                Ok(unsafe {
+                    match self.l.values[s].dtype {
+                        DType::I64 => Src::I64(std::slice::from_raw_parts(
+                            self.base.add(off) as *const i64,
+                            numel,
+                        )),
+                        _ => Src::F32(std::slice::from_raw_parts(
+                            self.base.add(off) as *const f32,
+                            numel,
+                        )),
+                    }
+                })
+            }
+            ValueKind::Alias(_) => unreachable!("storage_of follows aliases"),
+        }
+    }
+
+    /// Writable f32 elements of the arena value `v`.
+    #[allow(clippy::mut_from_ref)]
+    fn dst_f32(&self, v: ValueId) -> Result<&'a mut [f32], String> {
+        let s = storage_of(&self.l.values, v);
+        let numel = self.l.values[v].numel();
+        if self.l.values[s].kind != ValueKind::Temp || self.l.values[s].dtype != DType::F32 {
+            return Err("the output is not an f32 arena value".into());
+        }
+        let off = self.l.memory.offsets[s].ok_or("value has no arena offset")?;
+        if off + numel * 4 > self.arena_len {
+            return Err("value reaches past the arena".into());
+        }
+        // SAFETY: as in `src`; the plan gives the output bytes no other live value.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.base.add(off) as *mut f32, numel) })
+    }
+
+    fn write_i64(&self, v: ValueId, x: &[i64]) -> Result<(), String> {
+        let off = self.l.memory.offsets[v].ok_or("value has no arena offset")?;
+        if self.l.values[v].dtype != DType::I64
+            || self.l.values[v].numel() != x.len()
+            || off + x.len() * 8 > self.arena_len
+        {
+            return Err("i64 output does not fit its arena slot".into());
+        }
+        // SAFETY: bounds checked above; aligned; no other live value shares the bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(off) as *mut i64, x.len()) }
+            .copy_from_slice(x);
+        Ok(())
     }
 }
