@@ -257,7 +257,7 @@ impl<'g> Lowering<'g> {
         Some(match op {
             Op::Unary(Unary::Rsqrt) => {
                 let a = self.operand(ops[0], root_shape, pb, false)?;
-                Expr::un(UnaryOp::Recip, Expr::un(UnaryOp::Sqrt, a))
+                Expr::rsqrt(a)
             }
             Op::Unary(u) => Expr::un(unary(u), self.operand(ops[0], root_shape, pb, false)?),
             Op::Binary(b) => {
@@ -330,13 +330,7 @@ impl<'g> Lowering<'g> {
                 let mean = Expr::bin(BinaryOp::Mul, Expr::Reduced(0), Expr::Const(inv_d));
                 let centred = Expr::bin(BinaryOp::Sub, x.clone(), mean);
                 let var = Expr::bin(BinaryOp::Mul, Expr::Reduced(1), Expr::Const(inv_d));
-                let inv = Expr::un(
-                    UnaryOp::Recip,
-                    Expr::un(
-                        UnaryOp::Sqrt,
-                        Expr::bin(BinaryOp::Add, var, Expr::Const(eps.get())),
-                    ),
-                );
+                let inv = Expr::rsqrt(Expr::bin(BinaryOp::Add, var, Expr::Const(eps.get())));
                 let out = Expr::bin(
                     BinaryOp::Add,
                     Expr::bin(
@@ -347,14 +341,8 @@ impl<'g> Lowering<'g> {
                     b,
                 );
                 let reds = vec![
-                    Reduction {
-                        kind: ReduceKind::Sum,
-                        expr: x,
-                    },
-                    Reduction {
-                        kind: ReduceKind::Sum,
-                        expr: Expr::un(UnaryOp::Square, centred),
-                    },
+                    Reduction::sum(x),
+                    Reduction::sum(Expr::un(UnaryOp::Square, centred)),
                 ];
                 (reds, out, 0.0, false)
             }
@@ -362,19 +350,10 @@ impl<'g> Lowering<'g> {
                 let x = self.operand(ops[0], &shape, &mut pb, false)?;
                 let g = self.operand(ops[1], &shape, &mut pb, false)?;
                 let ms = Expr::bin(BinaryOp::Mul, Expr::Reduced(0), Expr::Const(inv_d));
-                let inv = Expr::un(
-                    UnaryOp::Recip,
-                    Expr::un(
-                        UnaryOp::Sqrt,
-                        Expr::bin(BinaryOp::Add, ms, Expr::Const(eps.get())),
-                    ),
-                );
+                let inv = Expr::rsqrt(Expr::bin(BinaryOp::Add, ms, Expr::Const(eps.get())));
                 let out = Expr::bin(BinaryOp::Mul, Expr::bin(BinaryOp::Mul, x.clone(), inv), g);
                 (
-                    vec![Reduction {
-                        kind: ReduceKind::Sum,
-                        expr: Expr::un(UnaryOp::Square, x),
-                    }],
+                    vec![Reduction::sum(Expr::un(UnaryOp::Square, x))],
                     out,
                     0.0,
                     false,
@@ -389,10 +368,7 @@ impl<'g> Lowering<'g> {
                 );
                 let out = Expr::bin(BinaryOp::Div, x.clone(), norm);
                 (
-                    vec![Reduction {
-                        kind: ReduceKind::Sum,
-                        expr: Expr::un(UnaryOp::Square, x),
-                    }],
+                    vec![Reduction::sum(Expr::un(UnaryOp::Square, x))],
                     out,
                     0.0,
                     false,
@@ -409,10 +385,7 @@ impl<'g> Lowering<'g> {
                         kind: ReduceKind::Max,
                         expr: x,
                     },
-                    Reduction {
-                        kind: ReduceKind::Sum,
-                        expr: shifted.clone(),
-                    },
+                    Reduction::sum(shifted.clone()),
                 ];
                 (
                     reds,

@@ -74,6 +74,15 @@ pub struct Reduction {
     pub expr: Expr,
 }
 
+impl Reduction {
+    pub fn sum(expr: Expr) -> Reduction {
+        Reduction {
+            kind: ReduceKind::Sum,
+            expr,
+        }
+    }
+}
+
 /// One fused row kernel.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RowProgram {
@@ -98,6 +107,10 @@ impl Expr {
     }
     pub fn bin(op: BinaryOp, a: Expr, b: Expr) -> Expr {
         Expr::Binary(op, Box::new(a), Box::new(b))
+    }
+    /// `1 / sqrt(a)` (there is no rsqrt instruction to aim for).
+    pub fn rsqrt(a: Expr) -> Expr {
+        Expr::un(UnaryOp::Recip, Expr::un(UnaryOp::Sqrt, a))
     }
 
     /// Scalar value at column `c` (f64 arithmetic).
