@@ -25,10 +25,11 @@ For each model it
                           fusions (model_type bert/gpt2/vit), ORT_ENABLE_ALL, CPU provider
      each: --warmup untimed calls, then --reps timed calls; median and min;
   4. runs `attnopt bench DIR --seq S --threads T --reps R --json` (original and exactly
-     optimised graph; the binary is built with `cargo build --release` if missing);
-  5. runs `attnopt run DIR --input X --output Y --backend cpu --threads T` on the same inputs
-     and compares last_hidden_state with torch-f32's: max-abs error, max-abs / max|ref|
-     (flagged when > 1e-3) and ||d||_2 / ||ref||_2;
+     optimised graph; the binary is built with `cargo build --release` if missing), and
+     the same with `--precision bf16 --no-optimise` (the "attnopt bf16" row);
+  5. runs `attnopt run DIR --input X --output Y --backend cpu --threads T` (and with
+     `--precision bf16`) on the same inputs and compares last_hidden_state with torch-f32's:
+     max-abs error, max-abs / max|ref| (flagged when > 1e-3) and ||d||_2 / ||ref||_2;
   6. prints one table per model: each peer's median ms and attnopt/peer (< 1: attnopt
      faster), then attnopt's kernel breakdown (matmul share vs the rest).
 
@@ -429,6 +430,24 @@ def run_attnopt(args, name: str, model_dir: str, inputs: str) -> dict:
     res["run_wall_s"] = time.time() - t0
     if r.returncode != 0:
         res["run_failed"] = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+    # bf16: the original graph's latency and its output (compared with torch-f32 like a peer).
+    cmd = [b, "bench", model_dir, "--seq", str(args.seq), "--threads", str(args.threads),
+           "--reps", str(args.reps), "--precision", "bf16", "--no-optimise", "--json"]
+    res["bf16_bench_command"] = " ".join(cmd)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(args))
+    if r.returncode != 0:
+        res["bf16_bench_failed"] = r.stderr.strip().splitlines()[-1:] or [f"exit {r.returncode}"]
+    else:
+        run = json.loads(r.stdout[r.stdout.index("{"):])["runs"][0]
+        res["bf16"] = {k: run.get(k) for k in ("median_ms", "min_ms", "max_ms", "compile_ms",
+                                               "gflop", "gflops", "error_vs_f32")}
+        res["bf16"]["kernels"] = kernel_summary(run)
+    cmd = [b, "run", model_dir, "--input", inputs, "--output",
+           paths(args.out, name, args.seq)["out"]("attnopt-bf16"), "--threads", str(args.threads),
+           "--precision", "bf16"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(args))
+    if r.returncode != 0:
+        res["bf16_run_failed"] = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
     return res
 
 
@@ -458,14 +477,18 @@ def print_report(results: dict, args) -> None:
     w(f"\nthreads {args.threads}, batch 1, seq {args.seq} (ViT: its image), reps {args.reps}; "
       "ratio = attnopt median / peer median (< 1: attnopt faster)\n\n")
     w("| model | runner | median ms | min ms | attnopt orig / runner | attnopt opt / runner "
-      "| max-abs vs torch-f32 | note |\n|---|---|---:|---:|---:|---:|---:|---|\n")
+      "| attnopt bf16 / runner | max-abs vs torch-f32 | note |\n"
+      "|---|---|---:|---:|---:|---:|---:|---:|---|\n")
     for name, r in results["models"].items():
         a = r.get("attnopt", {})
         ao = a.get("original", {}).get("median_ms")
         ap = a.get("optimised", {}).get("median_ms")
+        ab = a.get("bf16", {}).get("median_ms")
         rows = [("attnopt original", a.get("original"), r["agreement"].get("attnopt"),
                  "CPU backend, f32"),
-                ("attnopt optimised", a.get("optimised"), None, "exact rewrites only")]
+                ("attnopt optimised", a.get("optimised"), None, "exact rewrites only"),
+                ("attnopt bf16", a.get("bf16"), r["agreement"].get("attnopt-bf16"),
+                 "original graph, bf16 products")]
         for peer in r["peers"]:
             pr = r["peers"][peer]
             if "median_ms" in pr:
@@ -477,15 +500,17 @@ def print_report(results: dict, args) -> None:
             mn = m.get("min_ms") if m else None
             ro = f"{ao / med:.2f}" if (ao and med and not label.startswith("attnopt")) else ""
             rp = f"{ap / med:.2f}" if (ap and med and not label.startswith("attnopt")) else ""
+            rb = f"{ab / med:.2f}" if (ab and med and not label.startswith("attnopt")) else ""
             err = "" if not agr else (f"{agr['max_abs']:.1e}" + (" ⚠" if agr.get("flag") else ""))
-            w(f"| {name} | {label} | {fmt_ms(med)} | {fmt_ms(mn)} | {ro} | {rp} | {err} | {note} |\n")
+            w(f"| {name} | {label} | {fmt_ms(med)} | {fmt_ms(mn)} | {ro} | {rp} | {rb} | {err} "
+              f"| {note} |\n")
     w("\nattnopt kernel breakdown (original graph / optimised graph):\n\n")
     for name, r in results["models"].items():
         a = r.get("attnopt", {})
         if "bench_failed" in a or "original" not in a:
             w(f"- {name}: bench failed: {a.get('bench_failed')}\n")
             continue
-        for g in ("original", "optimised"):
+        for g in ("original", "optimised", "bf16"):
             if g not in a:
                 continue
             k = a[g]["kernels"]
@@ -562,7 +587,7 @@ def main() -> None:
         d = build_checkpoint(name, args.out)
         x = write_inputs(name, args.out, args.seq)
         r = {"dir": d, "inputs": x, "peers": {}, "agreement": {}}
-        for peer in ["attnopt"] + PEERS:  # no stale outputs from earlier runs
+        for peer in ["attnopt", "attnopt-bf16"] + PEERS:  # no stale outputs from earlier runs
             stale = paths(args.out, name, args.seq)["out"](peer)
             if os.path.exists(stale):
                 os.remove(stale)
@@ -577,7 +602,7 @@ def main() -> None:
             log(f"{name}: attnopt bench + run")
             r["attnopt"] = run_attnopt(args, name, d, x)
         ref = paths(args.out, name, args.seq)["out"]("torch-f32")
-        for peer in ["attnopt"] + [p for p in peers if p != "torch-f32"]:
+        for peer in ["attnopt", "attnopt-bf16"] + [p for p in peers if p != "torch-f32"]:
             r["agreement"][peer] = compare(ref, paths(args.out, name, args.seq)["out"](peer))
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     jpath = os.path.join(args.out, f"results-{stamp}.json")

@@ -1,17 +1,19 @@
 //! `bench`: latency of a model on the CPU backend — the original graph and the exactly
 //! optimised one, at each sequence length — with compile time, the per-kernel breakdown,
 //! GFLOP/s and GB/s. Timings are medians over repetitions; nothing here asserts a time.
+//! In bf16 each run also reports its error against the f32 reference interpreter.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use attnopt_cpu::CpuModel;
 use attnopt_ir::cost::total_cost;
-use attnopt_ir::{Bindings, Tensor};
+use attnopt_ir::{interp, Bindings, Tensor};
 use attnopt_rewrite::{optimize, Limits, Options, RuleSet};
 
 use crate::calib::calibration_inputs;
-use crate::{Error, Model};
+use crate::report::ErrorStat;
+use crate::{Error, Model, Precision};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -22,6 +24,8 @@ pub struct BenchOptions {
     pub reps: usize,
     /// Also measure the exactly optimised graph.
     pub optimised: bool,
+    /// Precision of the products against weights.
+    pub precision: Precision,
 }
 
 /// Time of one kind of kernel in one run, summed over its instances.
@@ -52,6 +56,10 @@ pub struct BenchRun {
     pub gflops: f64,
     pub arena_bytes: usize,
     pub kernels: Vec<KernelStat>,
+    /// bf16 only: the error of `last_hidden_state` against the f32 reference interpreter on
+    /// the benchmark's input, by output name (absent in f32, which is exact within rounding).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_vs_f32: Option<BTreeMap<String, ErrorStat>>,
 }
 
 /// The `bench --json` object (schema in docs/CLI.md).
@@ -114,11 +122,19 @@ pub fn bench(
             }
         }
         let feed: HashMap<String, Tensor> = model.prepare_inputs(inputs)?;
+        let reference = if opts.precision == Precision::Bf16 {
+            progress(&format!(
+                "N={seq}: f32 reference interpreter, to measure the bf16 error"
+            ));
+            Some(interp::run(model.graph(), &feed, &["last_hidden_state"])?)
+        } else {
+            None
+        };
         for (label, graph) in graphs {
             progress(&format!("{label} graph, N={seq}: compiling"));
             let b = Bindings::new(opts.batch, seq);
             let flops = total_cost(&graph, &b).flops as f64;
-            let mut cpu = CpuModel::new(graph, opts.threads)?;
+            let mut cpu = CpuModel::with_precision(graph, opts.threads, opts.precision)?;
             (matmul, matmul_reason) = (
                 cpu.matmul_name().0.to_string(),
                 cpu.matmul_name().1.to_string(),
@@ -141,7 +157,14 @@ pub fn bench(
                 cpu.run(&feed, &["last_hidden_state"], false)?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
-            let (_, profile) = cpu.run(&feed, &["last_hidden_state"], true)?;
+            let (outs, profile) = cpu.run(&feed, &["last_hidden_state"], true)?;
+            let error_vs_f32 = reference.as_ref().map(|r| {
+                outs.iter()
+                    .filter_map(|(name, t)| {
+                        Some((name.clone(), ErrorStat::between(t, r.get(name)?)))
+                    })
+                    .collect()
+            });
             let total: f64 = profile.iter().map(|k| k.seconds).sum();
             let mut by_name: BTreeMap<String, (usize, f64, u64, u64)> = BTreeMap::new();
             for k in &profile {
@@ -179,13 +202,17 @@ pub fn bench(
                 gflops: flops / (median_ms / 1e3) / 1e9,
                 arena_bytes: cpu.arena_bytes(opts.batch, seq).unwrap_or(0),
                 kernels,
+                error_vs_f32,
             });
         }
     }
     Ok(BenchReport {
         model: model.imported().dir.display().to_string(),
         threads,
-        precision: "f32",
+        precision: match opts.precision {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        },
         matmul,
         matmul_reason,
         runs,
@@ -221,6 +248,15 @@ impl BenchReport {
                 r.gflops,
                 crate::inspect::si(r.arena_bytes as f64) + "B"
             );
+        }
+        for r in &self.runs {
+            for (name, e) in r.error_vs_f32.iter().flatten() {
+                let _ = writeln!(
+                    s,
+                    "{} graph, N={}: {name} bf16 error vs the f32 interpreter: max-abs {:.3e}, relative {:.3e}",
+                    r.graph, r.seq, e.max_abs, e.relative
+                );
+            }
         }
         for r in &self.runs {
             let _ = writeln!(

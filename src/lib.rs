@@ -21,6 +21,7 @@ pub mod report;
 pub mod save;
 pub mod tensors;
 
+pub use attnopt_cpu::matmul::Precision;
 pub use attnopt_import as import;
 pub use attnopt_ir as ir;
 pub use attnopt_rewrite as rewrite;

@@ -61,6 +61,11 @@ enum Command {
         /// Threads for the CPU backend (0: all cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Precision of the CPU backend's products against weights: `f32` (exact within float
+        /// rounding) or `bf16` (bf16 weights and product inputs, f32 accumulation and f32
+        /// elsewhere; approximate — the error against the f32 interpreter is printed).
+        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+        precision: PrecisionArg,
     },
     /// Export the model graph: Graphviz DOT, SVG (needs graphviz's `dot`), or the text form.
     Graph {
@@ -153,9 +158,10 @@ enum Command {
         /// Only the original graph (skip the optimised one).
         #[arg(long)]
         no_optimise: bool,
-        /// `f32` (bf16 is not supported yet).
-        #[arg(long, default_value = "f32")]
-        precision: String,
+        /// `f32`, or `bf16` (bf16 weights and product inputs, f32 accumulation; its error
+        /// against the f32 interpreter is measured and reported per output).
+        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+        precision: PrecisionArg,
         /// Print one JSON object (schema in docs/CLI.md).
         #[arg(long)]
         json: bool,
@@ -165,6 +171,21 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    Bf16,
+}
+
+impl From<PrecisionArg> for attnopt::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => attnopt::Precision::F32,
+            PrecisionArg::Bf16 => attnopt::Precision::Bf16,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -219,10 +240,17 @@ fn run(cli: Cli) -> Result<()> {
             compare,
             backend,
             threads,
+            precision,
         } => {
             let backend = match backend {
+                Backend::Interp if precision != PrecisionArg::F32 => {
+                    bail!("the interpreter runs in f32 only; --precision bf16 needs --backend cpu")
+                }
                 Backend::Interp => attnopt::Backend::Interp,
-                Backend::Cpu => attnopt::Backend::Cpu { threads },
+                Backend::Cpu => attnopt::Backend::Cpu {
+                    threads,
+                    precision: precision.into(),
+                },
                 Backend::Cuda => {
                     bail!("not supported yet: --backend cuda (the GPU backend); use --backend cpu")
                 }
@@ -343,9 +371,6 @@ fn run(cli: Cli) -> Result<()> {
             precision,
             json,
         } => {
-            if precision != "f32" {
-                bail!("not supported yet: --precision {precision} (only f32 is implemented)");
-            }
             if seq.is_empty() || seq.contains(&0) || batch == 0 || reps == 0 {
                 bail!("--seq, --batch and --reps take positive numbers");
             }
@@ -356,6 +381,7 @@ fn run(cli: Cli) -> Result<()> {
                 threads,
                 reps,
                 optimised: !no_optimise,
+                precision: precision.into(),
             };
             let mut progress = |step: &str| eprintln!("[bench] {step}");
             let report = attnopt::bench::bench(&m, &opts, &mut progress)?;
@@ -411,10 +437,37 @@ fn run_model(
         }
     );
     let start = std::time::Instant::now();
-    let outs = m.run(inputs, opts)?;
+    let bf16 = matches!(
+        opts.backend,
+        attnopt::Backend::Cpu {
+            precision: attnopt::Precision::Bf16,
+            ..
+        }
+    );
+    let outs = m.run(inputs.clone(), opts)?;
     eprintln!("done in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
     for (name, t) in &outs {
         println!("{name:20} {:?}", t.shape());
+    }
+    if bf16 {
+        // bf16 is an approximation: say how far it is from the definition.
+        eprintln!("measuring the bf16 error: running the f32 reference interpreter...");
+        let exact = m.run(
+            inputs,
+            RunOptions {
+                backend: attnopt::Backend::Interp,
+                ..opts
+            },
+        )?;
+        for (name, t) in &outs {
+            if let Some(r) = exact.get(name) {
+                let e = attnopt::report::ErrorStat::between(t, r);
+                println!(
+                    "{name:20} bf16 error vs the f32 interpreter: max-abs {:.3e}, relative {:.3e}",
+                    e.max_abs, e.relative
+                );
+            }
+        }
     }
     if let Some(path) = output {
         tensors::write(path, &outs)?;

@@ -28,8 +28,12 @@ pub enum Backend {
     /// The reference interpreter: slow, exact by definition.
     #[default]
     Interp,
-    /// The CPU backend (JIT kernels, oneDNN or gemm) with this many threads (0: all cores).
-    Cpu { threads: usize },
+    /// The CPU backend (JIT kernels, oneDNN or gemm) with this many threads (0: all cores),
+    /// its products against weights in `precision` (bf16 is an approximation: measure it).
+    Cpu {
+        threads: usize,
+        precision: crate::Precision,
+    },
 }
 
 impl Model {
@@ -133,8 +137,8 @@ impl Model {
         };
         let out = match opts.backend {
             Backend::Interp => interp::run(g, &feed, &wanted)?,
-            Backend::Cpu { threads } => {
-                let mut cpu = attnopt_cpu::CpuModel::new(g.clone(), threads)?;
+            Backend::Cpu { threads, precision } => {
+                let mut cpu = attnopt_cpu::CpuModel::with_precision(g.clone(), threads, precision)?;
                 cpu.run(&feed, &wanted, false)?.0
             }
         };

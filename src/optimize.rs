@@ -61,27 +61,6 @@ pub struct Optimization {
     pub report: Report,
 }
 
-fn error_stat(got: &Tensor, want: &Tensor) -> ErrorStat {
-    let (a, b) = (got.to_f32_vec(), want.to_f32_vec());
-    let (mut max_abs, mut num, mut den) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(&b) {
-        let d = (*x as f64 - *y as f64).abs();
-        max_abs = if d.is_nan() {
-            f64::INFINITY
-        } else {
-            max_abs.max(d)
-        };
-        num += d * d;
-        den += (*y as f64) * (*y as f64);
-    }
-    let relative = if den > 0.0 {
-        (num / den).sqrt()
-    } else {
-        num.sqrt()
-    };
-    ErrorStat { max_abs, relative }
-}
-
 /// Runs `g` on `inputs` and compares every `layer.{i}` and `last_hidden_state` with `reference`.
 fn measure(
     g: &Graph,
@@ -95,10 +74,10 @@ fn measure(
             .strip_prefix("layer.")
             .and_then(|s| s.parse::<u32>().ok())
         {
-            per_layer.insert(l, error_stat(t, &reference[name]));
+            per_layer.insert(l, ErrorStat::between(t, &reference[name]));
         }
     }
-    let last = error_stat(&out["last_hidden_state"], &reference["last_hidden_state"]);
+    let last = ErrorStat::between(&out["last_hidden_state"], &reference["last_hidden_state"]);
     Ok((per_layer, last))
 }
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use attnopt_ir::Tensor;
 use attnopt_rewrite::report::CostAt;
 
 use crate::inspect::si;
@@ -14,6 +15,30 @@ use crate::inspect::si;
 pub struct ErrorStat {
     pub max_abs: f64,
     pub relative: f64,
+}
+
+impl ErrorStat {
+    /// The error of `got` against `want` (same element count; NaN counts as infinite).
+    pub fn between(got: &Tensor, want: &Tensor) -> ErrorStat {
+        let (a, b) = (got.to_f32_vec(), want.to_f32_vec());
+        let (mut max_abs, mut num, mut den) = (0f64, 0f64, 0f64);
+        for (x, y) in a.iter().zip(&b) {
+            let d = (*x as f64 - *y as f64).abs();
+            max_abs = if d.is_nan() {
+                f64::INFINITY
+            } else {
+                max_abs.max(d)
+            };
+            num += d * d;
+            den += (*y as f64) * (*y as f64);
+        }
+        let relative = if den > 0.0 {
+            (num / den).sqrt()
+        } else {
+            num.sqrt()
+        };
+        ErrorStat { max_abs, relative }
+    }
 }
 
 /// Error at a layer's own output and at the model's final output.

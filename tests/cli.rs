@@ -320,3 +320,65 @@ fn bench_json_and_cpu_run() {
         .unwrap();
     assert!(err < 1e-4, "cpu vs interp: {err}");
 }
+
+/// `--precision bf16`: `run` prints its error against the f32 interpreter per output and
+/// `bench --json` carries it per run; the interpreter refuses bf16.
+#[test]
+fn bf16_runs_report_their_error() {
+    let o = attnopt(&[
+        "run",
+        "fixtures/bert",
+        "-i",
+        "fixtures/bert/golden.safetensors",
+        "--compare",
+        "fixtures/bert/golden.safetensors",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let line = out
+        .lines()
+        .find(|l| l.contains("bf16 error vs the f32 interpreter"))
+        .unwrap_or_else(|| panic!("no bf16 error line in: {out}"));
+    let rel: f64 = line
+        .rsplit("relative ")
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unparsable: {line}"));
+    assert!(rel > 1e-5 && rel < 2e-2, "{line}");
+
+    let o = attnopt(&[
+        "bench",
+        "fixtures/bert",
+        "--seq",
+        "8",
+        "--reps",
+        "1",
+        "--no-optimise",
+        "--precision",
+        "bf16",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["precision"], "bf16");
+    let e = &v["runs"][0]["error_vs_f32"]["last_hidden_state"];
+    let rel = e["relative"].as_f64().unwrap_or_else(|| panic!("{v}"));
+    assert!(rel > 1e-5 && rel < 2e-2, "{e}");
+
+    let o = attnopt(&[
+        "run",
+        "fixtures/bert",
+        "-i",
+        "fixtures/bert/golden.safetensors",
+        "--compare",
+        "fixtures/bert/golden.safetensors",
+        "--backend",
+        "interp",
+        "--precision",
+        "bf16",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("f32 only"), "{}", stderr(&o));
+}

@@ -1,9 +1,12 @@
 //! The CPU backend against the reference interpreter and the PyTorch goldens, on every fixture,
-//! for the original and the exactly optimised graph.
+//! for the original and the exactly optimised graph; and its bf16 precision's error against the
+//! f32 interpreter.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use attnopt::report::ErrorStat;
+use attnopt_cpu::matmul::{GemmMatMul, MatMul, Precision};
 use attnopt_cpu::CpuModel;
 use attnopt_ir::{interp, Tensor};
 use attnopt_rewrite::{optimize, Limits, Options, RuleSet};
@@ -59,6 +62,43 @@ fn check(model: &str) {
                     "{model} {label} {name}: cpu differs from PyTorch by {gerr}"
                 );
             }
+        }
+        // bf16: oneDNN's native kernels where the CPU has them, and gemm's emulation.
+        let gemm16: Box<dyn MatMul> = Box::new(GemmMatMul::with_precision(2, Precision::Bf16));
+        for mut cpu in [
+            CpuModel::with_precision(graph.clone(), 2, Precision::Bf16).unwrap(),
+            CpuModel::with_matmul(graph.clone(), 2, gemm16, "forced".into()).unwrap(),
+        ] {
+            let (got, _) = cpu.run(&inputs, &[], false).unwrap();
+            let mut worst = 0f64;
+            for (name, w) in &want {
+                let e = ErrorStat::between(&got[name], w);
+                println!(
+                    "{model} {label} {name}: bf16 vs the f32 interpreter: max-abs {:.2e}, relative {:.2e} ({})",
+                    e.max_abs,
+                    e.relative,
+                    cpu.matmul_name().0
+                );
+                // bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 2e-3 per operand);
+                // over a few layers the error stays at that scale.
+                assert!(
+                    e.relative <= 2e-2,
+                    "{model} {label} {name}: bf16 relative error {}",
+                    e.relative
+                );
+                worst = worst.max(e.relative);
+            }
+            // Not f32 in disguise.
+            assert!(
+                worst > 1e-5,
+                "{model} {label}: bf16 error {worst} looks like f32"
+            );
+            // Weights used only by products are never widened to f32.
+            let widened = cpu.widened_weights();
+            assert!(
+                !widened.iter().any(|n| n.ends_with("proj.weight")),
+                "{model} {label}: f32 copies of product weights: {widened:?}"
+            );
         }
     }
 }

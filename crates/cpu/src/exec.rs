@@ -7,6 +7,7 @@
 //! overlap (checked in debug builds); JIT code and library calls check lengths again.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use attnopt_ir::{broadcast_strides, Bindings, DType, Data, Dim, Graph, Op, Sym, Tensor, WeightId};
@@ -14,7 +15,7 @@ use attnopt_lower::memory::storage_of;
 use attnopt_lower::{lower, Kernel, KernelKind, Lowered, RowProgram, ValueId, ValueKind};
 
 use crate::jit::{Arg, JitModule, RowKernel, Valid};
-use crate::matmul::{best_available, Batch, MatMul, MatMut, MatRef, PreparedWeight};
+use crate::matmul::{best_available_for, Batch, MatMul, MatMut, MatRef, Precision, PreparedWeight};
 use crate::ops;
 
 /// Why a CPU run failed.
@@ -77,8 +78,9 @@ pub struct CpuModel {
     jit: JitModule,
     pool: rayon::ThreadPool,
     threads: usize,
-    /// f32 copies of weights stored in another dtype (or unaligned).
-    converted: HashMap<WeightId, Vec<f32>>,
+    /// f32 copies of weights stored in another dtype (or unaligned), made on first use by a
+    /// kernel that reads f32: a bf16 weight used only by matrix products is never widened.
+    converted: HashMap<WeightId, OnceLock<Vec<f32>>>,
     prepared: HashMap<(WeightId, bool), Box<dyn PreparedWeight>>,
     plans: HashMap<(usize, usize), Plan>,
     /// Row kernels by program (identical programs share one compiled kernel).
@@ -95,12 +97,24 @@ impl CpuModel {
     /// Prepares `graph` to run with `threads` threads (0: all cores). Matrix products use
     /// oneDNN when `libdnnl.so.2` loads, else the `gemm` crate ([`CpuModel::matmul_name`]).
     pub fn new(graph: Graph, threads: usize) -> Result<CpuModel, CpuError> {
+        CpuModel::with_precision(graph, threads, Precision::F32)
+    }
+
+    /// As [`CpuModel::new`], with products against weights in `precision`. With
+    /// [`Precision::Bf16`] the weights are stored in bf16 and the products' activations rounded
+    /// to bf16, accumulating in `f32` (oneDNN's native bf16 kernels, or `gemm` widening bf16 on
+    /// the fly); products of two activations (attention) and everything else stay `f32`.
+    pub fn with_precision(
+        graph: Graph,
+        threads: usize,
+        precision: Precision,
+    ) -> Result<CpuModel, CpuError> {
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
             threads
         };
-        let (matmul, why) = best_available(threads);
+        let (matmul, why) = best_available_for(threads, precision);
         CpuModel::with_matmul(graph, threads, matmul, why)
     }
 
@@ -113,7 +127,7 @@ impl CpuModel {
     ) -> Result<CpuModel, CpuError> {
         let threads = threads.max(1);
         // What depends on weights only (fused Q/K/V weights, scaled weights) is computed once here.
-        let graph = attnopt_ir::fold::fold_weights(&graph)
+        let graph = attnopt_ir::fold::fold_weights_keeping_bf16(&graph)
             .map_err(|e| CpuError::Fold(e.to_string()))?
             .graph;
         let pool = rayon::ThreadPoolBuilder::new()
@@ -129,7 +143,7 @@ impl CpuModel {
         for (i, w) in graph.weights().iter().enumerate() {
             let aligned = w.bytes().as_ptr() as usize % std::mem::align_of::<f32>() == 0;
             if w.dtype() != DType::F32 || !aligned {
-                converted.insert(WeightId(i as u32), w.to_f32());
+                converted.insert(WeightId(i as u32), OnceLock::new());
             }
         }
         Ok(CpuModel {
@@ -147,6 +161,19 @@ impl CpuModel {
         })
     }
 
+    /// Names of the weights this model has widened to f32 copies so far (bf16 or unaligned
+    /// weights read by a kernel other than a matrix product against a weight).
+    pub fn widened_weights(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .converted
+            .iter()
+            .filter(|(_, c)| c.get().is_some())
+            .map(|(&id, _)| self.graph.weight_data(id).name().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The matrix-product library in use and why.
     pub fn matmul_name(&self) -> (&str, &str) {
         (self.matmul.name(), &self.matmul_why)
@@ -160,16 +187,52 @@ impl CpuModel {
         &self.graph
     }
 
-    /// A weight's f32 elements: zero-copy from the checkpoint when stored as aligned f32.
+    /// A weight's f32 elements: zero-copy from the checkpoint when stored as aligned f32, else
+    /// converted once, on first use.
     fn weight(&self, id: WeightId) -> &[f32] {
         if let Some(v) = self.converted.get(&id) {
-            return v;
+            return v.get_or_init(|| self.graph.weight_data(id).to_f32());
         }
         let b = self.graph.weight_data(id).bytes();
         // SAFETY: the weight is F32 (checked at construction of `converted`), its byte length is
         // numel × 4 (checked by `Weight::new`) and its start is 4-byte aligned (checked above);
         // the bytes live as long as the graph, which `self` owns.
         unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) }
+    }
+
+    /// Prepares the `r × c` weight `w` (transposed: used as `c × r`) for the matrix-product
+    /// library. A bf16 weight goes to the library as bf16, without an f32 copy.
+    fn prepare_weight(
+        &self,
+        w: WeightId,
+        r: usize,
+        c: usize,
+        transposed: bool,
+    ) -> Result<Box<dyn PreparedWeight>, crate::matmul::MatMulError> {
+        let data = self.graph.weight_data(w);
+        if data.dtype() == DType::BF16 {
+            let bytes = data.bytes();
+            let copied: Vec<u16>;
+            let bits: &[u16] = if cfg!(target_endian = "little") && bytes.as_ptr() as usize % 2 == 0
+            {
+                // SAFETY: little-endian and 2-byte aligned (checked), the byte length is numel × 2 (checked by
+                // `Weight::new`), and the bytes live as long as the graph, which `self` owns.
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u16>(), bytes.len() / 2) }
+            } else {
+                copied = bytes
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                &copied
+            };
+            let view = MatRef::row_major(bits, r, c);
+            return self
+                .matmul
+                .prepare_bf16(if transposed { view.t() } else { view });
+        }
+        let view = MatRef::row_major(self.weight(w), r, c);
+        self.matmul
+            .prepare(if transposed { view.t() } else { view })
     }
 
     /// Lowers and compiles for `(batch, seq)` if not done yet; returns the compile time spent.
@@ -225,10 +288,9 @@ impl CpuModel {
                     if !self.prepared.contains_key(&(w, b_transposed)) {
                         let shape = &lowered.values[k.inputs[1]].shape;
                         let (r, c) = (shape[shape.len() - 2], shape[shape.len() - 1]);
-                        let data = self.weight(w);
-                        let view = MatRef::row_major(data, r, c);
-                        let view = if b_transposed { view.t() } else { view };
-                        let p = self.matmul.prepare(view).map_err(|e| err(e.to_string()))?;
+                        let p = self
+                            .prepare_weight(w, r, c, b_transposed)
+                            .map_err(|e| err(e.to_string()))?;
                         self.prepared.insert((w, b_transposed), p);
                     }
                 }

@@ -532,100 +532,166 @@ fn names_and_selection() {
     }
 }
 
-#[test]
-fn bf16_precision() {
-    let e = GemmMatMul::with_precision(2, Precision::Bf16).unwrap_err();
-    assert!(matches!(e, MatMulError::NotSupported(_)), "{e}");
-    assert!(GemmMatMul::with_precision(2, Precision::F32).is_ok());
-    if onednn().is_none() {
-        return;
-    }
-    let d = match OneDnnMatMul::load_with(2, Precision::Bf16) {
-        Ok(d) => d,
-        Err(e) => {
-            assert!(matches!(e, MatMulError::NotSupported(_)), "{e}");
-            println!("skipping the oneDNN bf16 checks: {e}");
-            return;
+/// The bf16 implementations to test: gemm's emulation always, oneDNN's where the CPU has it.
+fn bf16_impls() -> Vec<Box<dyn MatMul>> {
+    let mut v: Vec<Box<dyn MatMul>> =
+        vec![Box::new(GemmMatMul::with_precision(2, Precision::Bf16))];
+    if onednn().is_some() {
+        match OneDnnMatMul::load_with(2, Precision::Bf16) {
+            Ok(d) => {
+                assert_eq!(d.precision(), Precision::Bf16);
+                v.push(Box::new(d));
+            }
+            Err(e) => {
+                assert!(matches!(e, MatMulError::NotSupported(_)), "{e}");
+                println!("skipping the oneDNN bf16 checks: {e}");
+            }
         }
-    };
-    println!("bf16: {}", d.name());
-    assert_eq!(d.precision(), Precision::Bf16);
+    }
+    v
+}
+
+/// `x` rounded to bf16 (ties to even), computed here independently of the crate.
+fn bf16_round(x: f32) -> f32 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+    f32::from_bits(rounded)
+}
+
+#[test]
+fn bf16_products_are_bf16_inputs_with_f32_accumulation() {
     let mut rng = Rng::new(7);
-    for &(m, k, n) in &[
-        (1usize, 7usize, 33usize),
-        (7, 129, 33),
-        (128, 768, 96),
-        (33, 64, 1),
-    ] {
-        let torch = rng.vec(n * k);
-        let b = MatRef::row_major(&torch, n, k).t();
-        let w = d.prepare(b).unwrap();
-        assert!(
-            w.bytes() >= 2 * k * n,
-            "bf16 storage {} for {k}x{n}",
-            w.bytes()
-        );
-        if k * n >= 768 * 96 {
+    for d in bf16_impls() {
+        println!("bf16: {}", d.name());
+        for &(m, k, n) in &[
+            (1usize, 7usize, 33usize),
+            (7, 129, 33),
+            (128, 768, 96),
+            (33, 64, 1),
+            (5, 40, 600), // more than one of gemm's widening panels
+        ] {
+            let torch = rng.vec(n * k);
+            let b = MatRef::row_major(&torch, n, k).t();
+            let w = d.prepare(b).unwrap();
             assert!(
-                w.bytes() < 4 * k * n,
+                w.bytes() >= 2 * k * n,
                 "bf16 storage {} for {k}x{n}",
                 w.bytes()
             );
-        }
-        for &(sa, sc, acc) in &[
-            (Store::RowMajor, Store::RowMajor, false),
-            (Store::Padded(5), Store::Padded(2), true),
-            (Store::Gapped, Store::ColMajor, false),
-        ] {
-            let (ad, ars, acs) = make(&mut rng, sa, m, k);
-            let (mut cd, crs, ccs) = make(&mut rng, sc, m, n);
-            let a = MatRef::new(&ad, m, k, ars, acs);
-            let old = cd.clone();
-            let (want, mag) = reference(&a, &b, acc.then_some(&MatRef::new(&old, m, n, crs, ccs)));
-            d.matmul_prepared(a, &*w, MatMut::new(&mut cd, m, n, crs, ccs), acc)
-                .unwrap();
-            let got = MatRef::new(&cd, m, n, crs, ccs);
-            let mut worst = 0.0f64;
-            for i in 0..m {
-                for j in 0..n {
-                    let err = (got.get(i, j).unwrap() as f64 - want[i * n + j]).abs();
-                    // Both factors rounded to bf16 (relative 2^-9 each).
-                    let tol = 8e-3 * mag[i * n + j] + 1e-6;
-                    assert!(
-                        err <= tol,
-                        "bf16 {m}x{k}x{n} {sa:?}/{sc:?} [{i},{j}]: error {err} > {tol}"
-                    );
-                    worst = worst.max(err / mag[i * n + j].max(1e-30));
-                }
-            }
-            // Not f32 in disguise: some relative error at the bf16 scale shows up.
-            if k >= 64 && m * n >= 64 {
+            if k * n >= 768 * 96 {
                 assert!(
-                    worst > 1e-5,
-                    "bf16 {m}x{k}x{n}: error {worst} looks like f32"
+                    w.bytes() < 4 * k * n,
+                    "bf16 storage {} for {k}x{n}",
+                    w.bytes()
                 );
             }
+            let rounded_w: Vec<f32> = torch.iter().map(|&x| bf16_round(x)).collect();
+            let b16 = MatRef::row_major(&rounded_w, n, k).t();
+            for &(sa, sc, acc) in &[
+                (Store::RowMajor, Store::RowMajor, false),
+                (Store::Padded(5), Store::Padded(2), true),
+                (Store::Gapped, Store::ColMajor, false),
+            ] {
+                let (ad, ars, acs) = make(&mut rng, sa, m, k);
+                let (mut cd, crs, ccs) = make(&mut rng, sc, m, n);
+                let a = MatRef::new(&ad, m, k, ars, acs);
+                let old = cd.clone();
+                let c_old = acc.then_some(MatRef::new(&old, m, n, crs, ccs));
+                let (exact, mag) = reference(&a, &b, c_old.as_ref());
+                // The same product on bf16-rounded inputs, in f64.
+                let ad16: Vec<f32> = ad.iter().map(|&x| bf16_round(x)).collect();
+                let a16 = MatRef::new(&ad16, m, k, ars, acs);
+                let (want, _) = reference(&a16, &b16, c_old.as_ref());
+                d.matmul_prepared(a, &*w, MatMut::new(&mut cd, m, n, crs, ccs), acc)
+                    .unwrap();
+                let got = MatRef::new(&cd, m, n, crs, ccs);
+                let mut worst = 0.0f64;
+                for i in 0..m {
+                    for j in 0..n {
+                        let g = got.get(i, j).unwrap() as f64;
+                        // f32 accumulation of the rounded inputs' products.
+                        let tol = 2e-6 * (k as f64).sqrt() * mag[i * n + j] + 1e-6;
+                        let err = (g - want[i * n + j]).abs();
+                        assert!(
+                            err <= tol,
+                            "{} {m}x{k}x{n} {sa:?}/{sc:?} [{i},{j}]: {err} from the bf16-input product > {tol}",
+                            d.name()
+                        );
+                        worst = worst.max((g - exact[i * n + j]).abs() / mag[i * n + j].max(1e-30));
+                    }
+                }
+                // Not f32 in disguise: some relative error at the bf16 scale shows up.
+                if k >= 64 && m * n >= 64 {
+                    assert!(
+                        worst > 1e-5,
+                        "bf16 {m}x{k}x{n}: error {worst} looks like f32"
+                    );
+                }
+            }
         }
+        // Products of two activations stay f32.
+        let a = rng.vec(33 * 65);
+        let b2 = rng.vec(65 * 17);
+        let (a, b2) = (
+            MatRef::row_major(&a, 33, 65),
+            MatRef::row_major(&b2, 65, 17),
+        );
+        let mut c = vec![0.0; 33 * 17];
+        d.matmul(a, b2, MatMut::row_major(&mut c, 33, 17), false)
+            .unwrap();
+        assert_close(
+            "bf16 instance, f32 matmul",
+            &MatRef::row_major(&c, 33, 17),
+            &reference(&a, &b2, None),
+        );
+        // f32 and bf16 weights do not mix across instances.
+        let f32_w = gemm2().prepare(b2).unwrap();
+        let e = d.matmul_prepared(a, &*f32_w, MatMut::row_major(&mut c, 33, 17), false);
+        assert!(matches!(e, Err(MatMulError::ForeignWeight(_))), "{e:?}");
     }
-    // Products of two activations stay f32.
-    let a = rng.vec(33 * 65);
-    let b2 = rng.vec(65 * 17);
-    let (a, b2) = (
-        MatRef::row_major(&a, 33, 65),
-        MatRef::row_major(&b2, 65, 17),
-    );
-    let mut c = vec![0.0; 33 * 17];
-    d.matmul(a, b2, MatMut::row_major(&mut c, 33, 17), false)
-        .unwrap();
-    assert_close(
-        "bf16 instance, f32 matmul",
-        &MatRef::row_major(&c, 33, 17),
-        &reference(&a, &b2, None),
-    );
-    // f32 and bf16 weights do not mix across instances.
-    let f32_w = onednn().unwrap().prepare(b2).unwrap();
-    let e = d.matmul_prepared(a, &*f32_w, MatMut::row_major(&mut c, 33, 17), false);
-    assert!(matches!(e, Err(MatMulError::ForeignWeight(_))), "{e:?}");
+}
+
+#[test]
+fn bf16_weights_prepare_like_their_f32_values() {
+    // A checkpoint's bf16 weight prepared from its bits gives the same products, bit for bit,
+    // as the same values prepared from f32, in every implementation and precision.
+    let mut rng = Rng::new(8);
+    let mut all: Vec<Box<dyn MatMul>> = bf16_impls();
+    all.push(Box::new(GemmMatMul::new(2)));
+    if onednn().is_some() {
+        all.push(Box::new(OneDnnMatMul::load(2).unwrap()));
+    }
+    for d in &all {
+        for &(m, k, n) in &[(3usize, 17usize, 9usize), (64, 96, 300)] {
+            let bits: Vec<u16> = rng
+                .vec(n * k)
+                .iter()
+                .map(|&x| half::bf16::from_f32(x).to_bits())
+                .collect();
+            let wide: Vec<f32> = bits
+                .iter()
+                .map(|&b| f32::from_bits((b as u32) << 16))
+                .collect();
+            // PyTorch layout [n, k], used transposed.
+            let w16 = d.prepare_bf16(MatRef::row_major(&bits, n, k).t()).unwrap();
+            let w32 = d.prepare(MatRef::row_major(&wide, n, k).t()).unwrap();
+            let a = rng.vec(m * k);
+            let (mut c16, mut c32) = (vec![0.0; m * n], vec![0.0; m * n]);
+            let a = MatRef::row_major(&a, m, k);
+            d.matmul_prepared(a, &*w16, MatMut::row_major(&mut c16, m, n), false)
+                .unwrap();
+            d.matmul_prepared(a, &*w32, MatMut::row_major(&mut c32, m, n), false)
+                .unwrap();
+            assert_eq!(c16, c32, "{} {m}x{k}x{n}", d.name());
+        }
+        // A view past the end of its slice is an error, not a read.
+        let bits = vec![0u16; 10];
+        let e = d
+            .prepare_bf16(MatRef::row_major(&bits, 4, 3))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(e, MatMulError::Bounds(_)), "{e}");
+    }
 }
 
 #[test]

@@ -2,7 +2,10 @@
 //! softmax scale folded in) into new weight tensors, so a run never recomputes it.
 //!
 //! Pure views of one weight (transposes, reshapes) are left as they are: they cost nothing to
-//! keep and folding them would copy every projection matrix of the model.
+//! keep and folding them would copy every projection matrix of the model. With
+//! [`fold_weights_keeping_bf16`], what is computed from bf16 weights alone stays bf16 when every
+//! value is exactly a bf16 (a concatenated Q/K/V weight, a power-of-two scale), so a backend
+//! running a bf16 checkpoint gains no f32 copy.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -22,7 +25,7 @@ pub enum FoldError {
 /// A graph with weight-only subgraphs replaced by new weights.
 pub struct Folded {
     pub graph: Graph,
-    /// The new weights by name (all f32).
+    /// The new weights by name, as f32 values (whatever the graph stores them as).
     pub weights: BTreeMap<String, Tensor>,
 }
 
@@ -33,15 +36,33 @@ fn is_view(op: &Op) -> bool {
     )
 }
 
-/// Folds every maximal weight-only subgraph that is more than a view of one weight.
+/// Folds every maximal weight-only subgraph that is more than a view of one weight; the new
+/// weights are f32.
 pub fn fold_weights(g: &Graph) -> Result<Folded, FoldError> {
+    fold(g, false)
+}
+
+/// As [`fold_weights`], but a new weight computed from bf16 weights only is stored as bf16
+/// when that loses nothing (every value exactly a bf16).
+pub fn fold_weights_keeping_bf16(g: &Graph) -> Result<Folded, FoldError> {
+    fold(g, true)
+}
+
+fn fold(g: &Graph, keep_bf16: bool) -> Result<Folded, FoldError> {
     let order = g.topo_order();
     // weight_only[n]: computable from weights alone; view_of_weight[n]: a chain of views of one weight.
     let mut weight_only: HashMap<NodeId, bool> = HashMap::new();
     let mut view: HashMap<NodeId, bool> = HashMap::new();
+    // Computed from bf16 weights only.
+    let mut from_bf16: HashMap<NodeId, bool> = HashMap::new();
     for &n in &order {
         let node = g.node(n);
         let ops = g.operands(n);
+        let b = match &node.op {
+            Op::Weight(w) => g.weight_data(*w).dtype() == crate::DType::BF16,
+            _ => !ops.is_empty() && ops.iter().all(|o| from_bf16[o]),
+        };
+        from_bf16.insert(n, b);
         let (w, v) = match node.op {
             Op::Weight(_) => (true, true),
             Op::Input { .. } => (false, false),
@@ -81,7 +102,12 @@ pub fn fold_weights(g: &Graph) -> Result<Folded, FoldError> {
             .as_f32()
             .map(<[f32]>::to_vec)
             .unwrap_or_else(|| t.to_f32_vec());
-        let w = Weight::from_f32(name.clone(), t.shape().to_vec(), &data)?;
+        let shape = t.shape().to_vec();
+        let w = match keep_bf16 && from_bf16[&n] {
+            true => Weight::bf16_if_exact(name.clone(), shape.clone(), &data),
+            false => None,
+        }
+        .unwrap_or_else(|| Weight::from_f32(name.clone(), shape, &data))?;
         replacement.insert(n, w);
         weights.insert(name, t);
     }

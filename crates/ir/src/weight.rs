@@ -102,6 +102,32 @@ impl Weight {
         Weight::new(name, DType::F32, shape, Arc::new(bytes), 0..len)
     }
 
+    /// A weight that owns `values` stored as bfloat16, or `None` when some value is not
+    /// exactly a bfloat16 (nothing is rounded). Folding uses it so that what is computed from
+    /// bf16 weights by exact operations (concatenation, a power-of-two scale) stays bf16.
+    pub fn bf16_if_exact(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        values: &[f32],
+    ) -> Option<Result<Weight, WeightError>> {
+        let mut bytes = Vec::with_capacity(values.len() * 2);
+        for v in values {
+            let b = half::bf16::from_f32(*v);
+            if b.to_f32().to_bits() != v.to_bits() {
+                return None;
+            }
+            bytes.extend_from_slice(&b.to_le_bytes());
+        }
+        let len = bytes.len();
+        Some(Weight::new(
+            name,
+            DType::BF16,
+            shape,
+            Arc::new(bytes),
+            0..len,
+        ))
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

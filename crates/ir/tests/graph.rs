@@ -644,3 +644,65 @@ fn builder_attention_matches_naive_attention() {
     // The fully masked query row is exactly zero.
     assert!(f32s(got)[..heads * dh].iter().all(|&x| x == 0.0));
 }
+
+// ---------------------------------------------------------------- folding
+
+#[test]
+fn folding_keeps_bf16_only_when_nothing_is_lost() {
+    // Two bf16 weights concatenated (exact) and scaled by 0.125 (exact) stay bf16; a scale by
+    // 0.3 rounds, so that one is f32. Mixed with an f32 weight it is f32 too.
+    let bf16 = |name: &str, vals: &[f32]| {
+        let bytes: Vec<u8> = vals
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        let len = bytes.len();
+        Weight::new(name, DType::BF16, vec![vals.len()], Arc::new(bytes), 0..len).unwrap()
+    };
+    let mut g = Graph::new();
+    let x = g.input("x", DType::F32, fixed(&[6])).unwrap();
+    let a = g.weight(bf16("a", &[1.5, -2.0, 0.375]));
+    let b = g.weight(bf16("b", &[3.0, 0.1, -7.0]));
+    let f = g.weight(w("f", &[6]));
+    let cat = g.add(Op::Concat { axis: 0 }, &[a, b], meta()).unwrap();
+    let exact = g
+        .add(Op::Scale(Scalar::new(0.125)), &[cat], meta())
+        .unwrap();
+    let lossy = g.add(Op::Scale(Scalar::new(0.3)), &[cat], meta()).unwrap();
+    let mixed = g.add(Op::Binary(Binary::Add), &[cat, f], meta()).unwrap();
+    let mut outs = vec![];
+    for (i, v) in [exact, lossy, mixed].into_iter().enumerate() {
+        let o = g.add(Op::Binary(Binary::Mul), &[x, v], meta()).unwrap();
+        g.set_output(&format!("o{i}"), o).unwrap();
+        outs.push(o);
+    }
+    let dtypes = |folded: &Graph| -> Vec<DType> {
+        let mut d: Vec<(String, DType)> = folded
+            .weights()
+            .iter()
+            .filter(|w| w.name().starts_with("attnopt."))
+            .map(|w| (w.name().to_string(), w.dtype()))
+            .collect();
+        d.sort();
+        d.into_iter().map(|(_, t)| t).collect()
+    };
+    let kept = attnopt_ir::fold::fold_weights_keeping_bf16(&g).unwrap();
+    let plain = attnopt_ir::fold::fold_weights(&g).unwrap();
+    assert_eq!(kept.weights.len(), 3);
+    let mut got = dtypes(&kept.graph);
+    got.sort_by_key(|d| d.size());
+    assert_eq!(got, vec![DType::BF16, DType::F32, DType::F32]);
+    assert!(dtypes(&plain.graph).iter().all(|&d| d == DType::F32));
+    // Both compute the same outputs as the unfolded graph.
+    let feed = HashMap::from([(
+        "x".to_string(),
+        Tensor::f32(vec![6], vec![1.0, 2.0, -1.0, 0.5, 4.0, 3.0]).unwrap(),
+    )]);
+    let want = interp::run(&g, &feed, &[]).unwrap();
+    for folded in [&kept.graph, &plain.graph] {
+        let got = interp::run(folded, &feed, &[]).unwrap();
+        for (name, t) in &want {
+            assert_eq!(got[name].max_abs_diff(t).unwrap(), 0.0, "{name}");
+        }
+    }
+}

@@ -12,10 +12,17 @@
 //!
 //! Batched products run one product per task over at most `threads` rayon tasks, each product
 //! single-threaded (faster than threading inside one attention head, CPU-NOTES §3).
+//!
+//! **bf16** ([`Precision::Bf16`], the fallback where oneDNN or native bf16 is missing): prepared
+//! weights are stored as bf16 (half the memory), and each product rounds its activations to bf16
+//! and widens the weight to `f32` on the fly, one column panel at a time (a panel of
+//! [`BF16_PANEL`] columns stays in cache), then multiplies in `f32`. The numbers are those of a
+//! native bf16 product with `f32` accumulation; the speed is below `f32`'s (the widening costs a
+//! pass over the weight per product).
 
 use super::{
-    check_batched, check_prepared, check_product, pack_row_major, trivial_product, Batch, MatMul,
-    MatMulError, MatMut, MatRef, Precision, PreparedWeight,
+    bf16, check_batched, check_prepared, check_product, pack_row_major, trivial_product, Batch,
+    MatMul, MatMulError, MatMut, MatRef, Precision, PreparedWeight,
 };
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -24,19 +31,29 @@ use std::any::Any;
 /// Products with fewer multiply-adds than this (m·n·k) run single-threaded.
 const DEFAULT_PAR_THRESHOLD: usize = 1 << 20;
 
+/// Columns of a bf16 weight widened to `f32` at once.
+pub const BF16_PANEL: usize = 256;
+
 /// Matrix products through the `gemm` crate. See the module docs.
 #[derive(Debug, Clone)]
 pub struct GemmMatMul {
     threads: usize,
     par_threshold: usize,
+    precision: Precision,
     name: String,
 }
 
 /// A weight copied into dense row-major `k × n` for [`GemmMatMul`].
 struct GemmWeight {
-    data: Vec<f32>,
+    data: WeightData,
     k: usize,
     n: usize,
+}
+
+/// A prepared weight's elements: `f32`, or bf16 bits for [`Precision::Bf16`].
+enum WeightData {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
 }
 
 impl PreparedWeight for GemmWeight {
@@ -47,7 +64,10 @@ impl PreparedWeight for GemmWeight {
         self.n
     }
     fn bytes(&self) -> usize {
-        self.data.len() * 4
+        match &self.data {
+            WeightData::F32(v) => v.len() * 4,
+            WeightData::Bf16(v) => v.len() * 2,
+        }
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -118,14 +138,15 @@ impl GemmMatMul {
         Self::with_threshold(threads, DEFAULT_PAR_THRESHOLD)
     }
 
-    /// Like [`GemmMatMul::new`], for a given precision; only [`Precision::F32`] exists here.
-    pub fn with_precision(threads: usize, precision: Precision) -> Result<Self, MatMulError> {
-        match precision {
-            Precision::F32 => Ok(Self::new(threads)),
-            Precision::Bf16 => Err(MatMulError::NotSupported(
-                "bf16 products in the gemm implementation (oneDNN provides them)".into(),
-            )),
+    /// Like [`GemmMatMul::new`], for a given precision ([`Precision::Bf16`] is emulated: see
+    /// the module docs).
+    pub fn with_precision(threads: usize, precision: Precision) -> Self {
+        let mut m = Self::new(threads);
+        if precision == Precision::Bf16 {
+            m.precision = precision;
+            m.name = format!("{} bf16 weights widened on the fly", m.name);
         }
+        m
     }
 
     /// Like [`GemmMatMul::new`], with products of fewer than `par_threshold` multiply-adds
@@ -135,6 +156,7 @@ impl GemmMatMul {
         GemmMatMul {
             threads,
             par_threshold,
+            precision: Precision::F32,
             name: format!("gemm 0.19 ({})", kernel_isa()),
         }
     }
@@ -161,6 +183,44 @@ fn kernel_isa() -> &'static str {
         }
     }
     "generic"
+}
+
+impl GemmMatMul {
+    /// `c = bf16(a) · W` (`+ c`) for a checked product with a dense row-major bf16 `k × n`
+    /// weight, widened one column panel at a time.
+    fn matmul_bf16(
+        &self,
+        a: MatRef<'_>,
+        w: &[u16],
+        k: usize,
+        n: usize,
+        c: MatMut<'_>,
+        accumulate: bool,
+    ) -> Result<(), MatMulError> {
+        let mut a16 = Vec::new();
+        pack_row_major(&a, &mut a16);
+        a16.iter_mut().for_each(|x| *x = bf16::round(*x));
+        let a16 = MatRef::row_major(&a16, a.rows, a.cols);
+        let mut panel = Vec::with_capacity(k * BF16_PANEL.min(n));
+        for j0 in (0..n).step_by(BF16_PANEL) {
+            let j1 = (j0 + BF16_PANEL).min(n);
+            panel.clear();
+            for r in 0..k {
+                panel.extend(w[r * n + j0..r * n + j1].iter().map(|&b| bf16::to_f32(b)));
+            }
+            // Columns j0..j1 of c: the view starts at (0, j0), in bounds as c was checked and
+            // j0 < n (so c.cols > 0 and the offset names an element of c).
+            let cj = MatMut {
+                data: &mut c.data[j0 * c.col_stride..],
+                rows: c.rows,
+                cols: j1 - j0,
+                row_stride: c.row_stride,
+                col_stride: c.col_stride,
+            };
+            self.matmul(a16, MatRef::row_major(&panel, k, j1 - j0), cj, accumulate)?;
+        }
+        Ok(())
+    }
 }
 
 impl MatMul for GemmMatMul {
@@ -193,6 +253,27 @@ impl MatMul for GemmMatMul {
         super::check_bounds(&b.layout(), b.data.len(), 1, 0, "b")?;
         let mut data = Vec::new();
         pack_row_major(&b, &mut data);
+        let data = match self.precision {
+            Precision::F32 => WeightData::F32(data),
+            Precision::Bf16 => WeightData::Bf16(data.into_iter().map(bf16::from_f32).collect()),
+        };
+        Ok(Box::new(GemmWeight {
+            data,
+            k: b.rows,
+            n: b.cols,
+        }))
+    }
+
+    fn prepare_bf16(&self, b: MatRef<'_, u16>) -> Result<Box<dyn PreparedWeight>, MatMulError> {
+        super::check_bounds(&b.layout(), b.data.len(), 1, 0, "b")?;
+        let data = match self.precision {
+            Precision::F32 => WeightData::F32(bf16::widen_row_major(&b)),
+            Precision::Bf16 => {
+                let mut bits = Vec::new();
+                bf16::pack_row_major(&b, &mut bits);
+                WeightData::Bf16(bits)
+            }
+        };
         Ok(Box::new(GemmWeight {
             data,
             k: b.rows,
@@ -213,8 +294,23 @@ impl MatMul for GemmMatMul {
                 self.name
             ))
         })?;
+        let precision = match w.data {
+            WeightData::F32(_) => Precision::F32,
+            WeightData::Bf16(_) => Precision::Bf16,
+        };
+        if precision != self.precision {
+            return Err(MatMulError::ForeignWeight(format!(
+                "a {precision:?} weight given to {}",
+                self.name
+            )));
+        }
         check_prepared(&a, w.k, w.n, &c)?;
-        self.matmul(a, MatRef::row_major(&w.data, w.k, w.n), c, accumulate)
+        match &w.data {
+            WeightData::F32(data) => {
+                self.matmul(a, MatRef::row_major(data, w.k, w.n), c, accumulate)
+            }
+            WeightData::Bf16(bits) => self.matmul_bf16(a, bits, w.k, w.n, c, accumulate),
+        }
     }
 
     fn batched(

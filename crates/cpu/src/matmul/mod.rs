@@ -31,6 +31,7 @@
 //! oversubscribed. Calls on one [`OneDnnMatMul`] are serialised by a lock, so concurrent callers
 //! wait rather than oversubscribe.
 
+pub mod bf16;
 mod ffi;
 mod gemm;
 mod onednn;
@@ -89,12 +90,14 @@ pub enum Precision {
     Bf16,
 }
 
-/// A read-only strided `f32` matrix view: element `(r, c)` at
-/// `data[r * row_stride + c * col_stride]`. `data` starts at element `(0, 0)`.
-#[derive(Clone, Copy, Debug)]
-pub struct MatRef<'a> {
+/// A read-only strided matrix view: element `(r, c)` at
+/// `data[r * row_stride + c * col_stride]`. `data` starts at element `(0, 0)`. The elements are
+/// `f32`, or bfloat16 bit patterns (`u16`) for weights a checkpoint stores in bf16
+/// ([`MatMul::prepare_bf16`]).
+#[derive(Debug)]
+pub struct MatRef<'a, T = f32> {
     /// The backing slice; must hold every element the view names.
-    pub data: &'a [f32],
+    pub data: &'a [T],
     /// Number of rows.
     pub rows: usize,
     /// Number of columns.
@@ -121,10 +124,17 @@ pub struct MatMut<'a> {
     pub col_stride: usize,
 }
 
-impl<'a> MatRef<'a> {
+impl<T> Clone for MatRef<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for MatRef<'_, T> {}
+
+impl<'a, T> MatRef<'a, T> {
     /// A general strided view (not checked here; every product checks it).
     pub fn new(
-        data: &'a [f32],
+        data: &'a [T],
         rows: usize,
         cols: usize,
         row_stride: usize,
@@ -140,7 +150,7 @@ impl<'a> MatRef<'a> {
     }
 
     /// A dense row-major `rows × cols` view.
-    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
         MatRef {
             data,
             rows,
@@ -162,7 +172,10 @@ impl<'a> MatRef<'a> {
     }
 
     /// Element `(r, c)`, or `None` when it lies outside the shape or the slice.
-    pub fn get(&self, r: usize, c: usize) -> Option<f32> {
+    pub fn get(&self, r: usize, c: usize) -> Option<T>
+    where
+        T: Copy,
+    {
         if r >= self.rows || c >= self.cols {
             return None;
         }
@@ -313,6 +326,15 @@ pub trait MatMul: Send + Sync {
     /// `[out, in]` weight can be passed transposed via strides without a copy.
     fn prepare(&self, b: MatRef<'_>) -> Result<Box<dyn PreparedWeight>, MatMulError>;
 
+    /// Like [`MatMul::prepare`] for a weight stored as bfloat16 (bit patterns), e.g. straight
+    /// from a bf16 checkpoint's memory map. Implementations that read bf16 keep no `f32` copy;
+    /// the default widens to `f32` and calls [`MatMul::prepare`].
+    fn prepare_bf16(&self, b: MatRef<'_, u16>) -> Result<Box<dyn PreparedWeight>, MatMulError> {
+        check_bounds(&b.layout(), b.data.len(), 1, 0, "b")?;
+        let wide = bf16::widen_row_major(&b);
+        self.prepare(MatRef::row_major(&wide, b.rows, b.cols))
+    }
+
     /// `c = a · W` (`+ c` if `accumulate`) with a weight from [`MatMul::prepare`] of this
     /// instance.
     fn matmul_prepared(
@@ -342,29 +364,36 @@ pub trait MatMul: Send + Sync {
     }
 }
 
-/// Like [`best_available`], asking for a precision: with [`Precision::Bf16`] it returns
-/// oneDNN in bf16 where the CPU has native bf16, else falls back to the f32 choice and says so.
+/// Like [`best_available`], asking for a precision. With [`Precision::Bf16`]: oneDNN in bf16
+/// where the library loads and the CPU has native bf16 (AVX512-BF16 or AMX), else `gemm` with
+/// bf16 weights widened to `f32` on the fly (same numbers, slower); the string says which and
+/// why.
 pub fn best_available_for(threads: usize, precision: Precision) -> (Box<dyn MatMul>, String) {
-    if precision == Precision::Bf16
-        && !std::env::var("ATTNOPT_MATMUL").is_ok_and(|v| v.eq_ignore_ascii_case("gemm"))
-    {
-        match OneDnnMatMul::load_with(threads.max(1), Precision::Bf16) {
-            Ok(m) => {
-                let why = format!(
-                    "{} found at {}; bf16 weights; {}",
-                    m.version_string(),
-                    m.library_path(),
-                    m.wait_policy()
-                );
-                return (Box::new(m), why);
-            }
-            Err(e) => {
-                let (m, why) = best_available(threads);
-                return (m, format!("bf16 unavailable ({e}); f32: {why}"));
-            }
-        }
+    if precision == Precision::F32 {
+        return best_available(threads);
     }
-    best_available(threads)
+    let threads = threads.max(1);
+    let emulated = |why: String| -> (Box<dyn MatMul>, String) {
+        (
+            Box::new(GemmMatMul::with_precision(threads, Precision::Bf16)),
+            format!("{why}; using gemm with bf16 weights widened on the fly"),
+        )
+    };
+    if std::env::var("ATTNOPT_MATMUL").is_ok_and(|v| v.eq_ignore_ascii_case("gemm")) {
+        return emulated("ATTNOPT_MATMUL=gemm".into());
+    }
+    match OneDnnMatMul::load_with(threads, Precision::Bf16) {
+        Ok(m) => {
+            let why = format!(
+                "{} found at {}; bf16 weights; {}",
+                m.version_string(),
+                m.library_path(),
+                m.wait_policy()
+            );
+            (Box::new(m), why)
+        }
+        Err(e) => emulated(e.to_string()),
+    }
 }
 
 /// Picks the fastest implementation that works here: oneDNN (f32) when `libdnnl.so.2` loads,

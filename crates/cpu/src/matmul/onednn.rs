@@ -257,6 +257,14 @@ impl Operand {
 
 impl Shared {
     fn md_strided(&self, op: &Operand) -> Result<dnnl_memory_desc_t, MatMulError> {
+        self.md_strided_typed(op, ffi::DNNL_F32)
+    }
+
+    fn md_strided_typed(
+        &self,
+        op: &Operand,
+        data_type: c_int,
+    ) -> Result<dnnl_memory_desc_t, MatMulError> {
         let mut md = dnnl_memory_desc_t::zeroed();
         let (dims, strides) = (op.dims(), op.strides());
         // SAFETY: `md` is a valid out-pointer; dims/strides hold at least `ndims` entries.
@@ -265,7 +273,7 @@ impl Shared {
                 &mut md,
                 op.ndims as c_int,
                 dims.as_ptr(),
-                ffi::DNNL_F32,
+                data_type,
                 strides.as_ptr(),
             )
         };
@@ -1018,40 +1026,18 @@ fn key2(a: &Operand, b: BKey, c: &Operand, accumulate: bool) -> Key {
     }
 }
 
-impl MatMul for OneDnnMatMul {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn threads(&self) -> usize {
-        self.threads
-    }
-
-    fn matmul(
+impl OneDnnMatMul {
+    /// Reorders a weight (`b`: its layout; `src`: its first element, of `src_type`, with every
+    /// element of the layout inside the caller's checked slice) into the layout and type the
+    /// matmul prefers.
+    fn prepare_from(
         &self,
-        a: MatRef<'_>,
-        b: MatRef<'_>,
-        mut c: MatMut<'_>,
-        accumulate: bool,
-    ) -> Result<(), MatMulError> {
-        check_product(&a, &b, &c)?;
-        if trivial_product(a.cols, &mut c, accumulate) {
-            return Ok(());
-        }
-        let (ao, bo, co) = ops2(&a, &b, &c);
-        let key = key2(&ao, BKey::Strides(bo.key()), &co, accumulate);
-        self.run(
-            key,
-            (a.data, ao),
-            Err((b.data, bo)),
-            (c.data, co),
-            accumulate,
-        )
-    }
-
-    fn prepare(&self, b: MatRef<'_>) -> Result<Box<dyn PreparedWeight>, MatMulError> {
-        check_bounds(&b.layout(), b.data.len(), 1, 0, "b")?;
+        b: Layout,
+        src_type: c_int,
+        src: *const c_void,
+    ) -> Result<Box<dyn PreparedWeight>, MatMulError> {
         let (k, n) = (b.rows, b.cols);
+
         if k == 0 || n == 0 {
             return Ok(Box::new(OneDnnWeight {
                 mem: None,
@@ -1086,7 +1072,7 @@ impl MatMul for OneDnnMatMul {
         drop(pd);
         // SAFETY: initialised descriptor.
         let bytes = unsafe { (api.memory_desc_get_size)(&wmd) };
-        let src_md = sh.md_strided(&op2(b.layout()))?;
+        let src_md = sh.md_strided_typed(&op2(b), src_type)?;
         let mut rpd = std::ptr::null_mut();
         // SAFETY: initialised descriptors, one engine for both sides, no attributes.
         check("dnnl_reorder_primitive_desc_create", unsafe {
@@ -1104,8 +1090,8 @@ impl MatMul for OneDnnMatMul {
             destroy: api.primitive_desc_destroy,
         };
         let reorder = sh.primitive(&rpd)?;
-        // The source handle is the caller's slice (bounds checked above; only read).
-        let src = sh.memory(&st.engine, &src_md, b.data.as_ptr() as *mut c_void)?;
+        // The source handle is the caller's slice (bounds checked by the caller; only read).
+        let src = sh.memory(&st.engine, &src_md, src.cast_mut())?;
         // DNNL_MEMORY_ALLOCATE: the library allocates (and aligns) the reordered weight.
         let dst = sh.memory(&st.engine, &wmd, usize::MAX as *mut c_void)?;
         let args = [
@@ -1130,7 +1116,49 @@ impl MatMul for OneDnnMatMul {
             shared: self.shared.clone(),
         }))
     }
+}
 
+impl MatMul for OneDnnMatMul {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn matmul(
+        &self,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        mut c: MatMut<'_>,
+        accumulate: bool,
+    ) -> Result<(), MatMulError> {
+        check_product(&a, &b, &c)?;
+        if trivial_product(a.cols, &mut c, accumulate) {
+            return Ok(());
+        }
+        let (ao, bo, co) = ops2(&a, &b, &c);
+        let key = key2(&ao, BKey::Strides(bo.key()), &co, accumulate);
+        self.run(
+            key,
+            (a.data, ao),
+            Err((b.data, bo)),
+            (c.data, co),
+            accumulate,
+        )
+    }
+
+    fn prepare(&self, b: MatRef<'_>) -> Result<Box<dyn PreparedWeight>, MatMulError> {
+        check_bounds(&b.layout(), b.data.len(), 1, 0, "b")?;
+        self.prepare_from(b.layout(), ffi::DNNL_F32, b.data.as_ptr().cast())
+    }
+
+    fn prepare_bf16(&self, b: MatRef<'_, u16>) -> Result<Box<dyn PreparedWeight>, MatMulError> {
+        // The reorder reads the bf16 bits directly (and widens them for an f32 instance).
+        check_bounds(&b.layout(), b.data.len(), 1, 0, "b")?;
+        self.prepare_from(b.layout(), ffi::DNNL_BF16, b.data.as_ptr().cast())
+    }
     fn matmul_prepared(
         &self,
         a: MatRef<'_>,
