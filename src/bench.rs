@@ -12,6 +12,7 @@ use attnopt_ir::{interp, Bindings, Tensor};
 use attnopt_rewrite::{optimize, Limits, Options, RuleSet};
 
 use crate::calib::calibration_inputs;
+use crate::progress::Step;
 use crate::report::ErrorStat;
 use crate::{Error, Model, Precision};
 
@@ -82,7 +83,7 @@ fn median(v: &mut [f64]) -> f64 {
 pub fn bench(
     model: &Model,
     opts: &BenchOptions,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Step),
 ) -> Result<BenchReport, Error> {
     let rules = RuleSet::embedded()?;
     let mut runs = Vec::new();
@@ -123,15 +124,15 @@ pub fn bench(
         }
         let feed: HashMap<String, Tensor> = model.prepare_inputs(inputs)?;
         let reference = if opts.precision == Precision::Bf16 {
-            progress(&format!(
+            progress(Step::phase(&format!(
                 "N={seq}: f32 reference interpreter, to measure the bf16 error"
-            ));
+            )));
             Some(interp::run(model.graph(), &feed, &["last_hidden_state"])?)
         } else {
             None
         };
         for (label, graph) in graphs {
-            progress(&format!("{label} graph, N={seq}: compiling"));
+            progress(Step::phase(&format!("{label} graph, N={seq}: compiling")));
             let b = Bindings::new(opts.batch, seq);
             let flops = total_cost(&graph, &b).flops as f64;
             let mut cpu = CpuModel::with_precision(graph, opts.threads, opts.precision)?;
@@ -145,18 +146,20 @@ pub fn bench(
             let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
             cpu.run(&feed, &["last_hidden_state"], false)?; // warm-up
             let mut times = Vec::with_capacity(opts.reps);
+            let what = format!("{label} graph, N={seq}: timed runs");
             for r in 0..opts.reps {
-                if r % 5 == 0 {
-                    progress(&format!(
-                        "{label} graph, N={seq}: run {}/{}",
-                        r + 1,
-                        opts.reps
-                    ));
-                }
+                progress(Step {
+                    what: &what,
+                    count: Some((r, opts.reps)),
+                });
                 let t = Instant::now();
                 cpu.run(&feed, &["last_hidden_state"], false)?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
+            progress(Step {
+                what: &what,
+                count: Some((opts.reps, opts.reps)),
+            });
             let (outs, profile) = cpu.run(&feed, &["last_hidden_state"], true)?;
             let error_vs_f32 = reference.as_ref().map(|r| {
                 outs.iter()

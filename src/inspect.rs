@@ -1,5 +1,7 @@
 //! `inspect`: what a checkpoint is — architecture and why, dimensions, parameters by dtype,
-//! FLOPs per token at a sequence length, and one row per attention layer.
+//! FLOPs per token at a sequence length, and one row per attention layer; with
+//! `--backend cpu`, how the CPU backend would run it (matrix-product library and why, kernels,
+//! arena, compile time).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -31,6 +33,53 @@ pub struct Inspection {
     pub flops_per_token: f64,
     pub attention_flops_fraction: f64,
     pub attention: Vec<AttentionSummary>,
+    /// With `--backend cpu`: how the CPU backend runs the model at `seq` (batch 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuPlan>,
+}
+
+/// The CPU backend's plan for a model (`inspect --backend cpu`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CpuPlan {
+    pub threads: usize,
+    /// The f32 matrix-product library and why it was chosen.
+    pub matmul: String,
+    pub matmul_reason: String,
+    /// What `--precision bf16` would use, and why.
+    pub bf16_matmul: String,
+    pub bf16_reason: String,
+    /// Kernels at `seq` by name (`matmul+epilogue`, `row:layer_norm`, ...) and their count.
+    pub kernels: BTreeMap<String, usize>,
+    pub arena_bytes: usize,
+    /// Lowering, JIT compilation and weight preparation, measured now.
+    pub compile_ms: f64,
+}
+
+/// Lowers and compiles `model` for the CPU backend at `seq` (batch 1) with `threads` threads
+/// (0: all cores) and describes the result.
+pub fn cpu_plan(model: &Model, seq: usize, threads: usize) -> Result<CpuPlan, crate::Error> {
+    let mut cpu = attnopt_cpu::CpuModel::new(model.graph().clone(), threads)?;
+    let compile = cpu.prepare(1, seq)?;
+    let (bf16, bf16_why) = attnopt_cpu::matmul::best_available_for(
+        cpu.threads(),
+        attnopt_cpu::matmul::Precision::Bf16,
+    );
+    let mut kernels = BTreeMap::new();
+    if let Some(l) = cpu.lowered(1, seq) {
+        for k in &l.kernels {
+            *kernels.entry(k.name.clone()).or_insert(0) += 1;
+        }
+    }
+    Ok(CpuPlan {
+        threads: cpu.threads(),
+        matmul: cpu.matmul_name().0.to_string(),
+        matmul_reason: cpu.matmul_name().1.to_string(),
+        bf16_matmul: bf16.name().to_string(),
+        bf16_reason: bf16_why,
+        kernels,
+        arena_bytes: cpu.arena_bytes(1, seq).unwrap_or(0),
+        compile_ms: compile.as_secs_f64() * 1e3,
+    })
 }
 
 /// Inspects `model` at sequence length `seq` (batch 1).
@@ -85,6 +134,7 @@ pub fn inspect(model: &Model, seq: usize) -> Inspection {
             attn_flops as f64 / total.flops as f64
         },
         attention,
+        cpu: None,
     }
 }
 
@@ -190,6 +240,32 @@ impl Inspection {
                 yn(a.padding_mask),
                 yn(a.rope),
                 format!("{}FLOP", si(a.cost.flops as f64))
+            );
+        }
+        if let Some(c) = &self.cpu {
+            let _ = writeln!(
+                s,
+                "\nCPU backend ({} threads, batch 1, {} tokens)",
+                c.threads, self.seq
+            );
+            let _ = writeln!(s, "  matrix products  {} ({})", c.matmul, c.matmul_reason);
+            let _ = writeln!(
+                s,
+                "  with bf16        {} ({})",
+                c.bf16_matmul, c.bf16_reason
+            );
+            let ks: Vec<String> = c.kernels.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+            let _ = writeln!(
+                s,
+                "  kernels          {} in all: {}",
+                c.kernels.values().sum::<usize>(),
+                ks.join(", ")
+            );
+            let _ = writeln!(
+                s,
+                "  arena            {}B; compile (lower + JIT + weight preparation) {:.1} ms",
+                si(c.arena_bytes as f64),
+                c.compile_ms
             );
         }
         s

@@ -17,6 +17,7 @@ mod error;
 pub mod inspect;
 mod model;
 pub mod optimize;
+pub mod progress;
 pub mod report;
 pub mod save;
 pub mod tensors;

@@ -29,6 +29,14 @@ enum Command {
         /// Sequence length (tokens) at which FLOPs are counted.
         #[arg(long, default_value_t = 128)]
         seq: usize,
+        /// Also show how this backend would run the model: `cpu` lowers and compiles it at
+        /// --seq and reports the matrix-product library (and why), kernels, arena and compile
+        /// time.
+        #[arg(long, value_enum)]
+        backend: Option<Backend>,
+        /// Threads for --backend cpu (0: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
         /// Print one JSON object instead of the text report.
         #[arg(long)]
         json: bool,
@@ -220,12 +228,25 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Inspect { model, seq, json } => {
+        Command::Inspect {
+            model,
+            seq,
+            backend,
+            threads,
+            json,
+        } => {
             if seq == 0 {
                 bail!("--seq must be at least 1");
             }
             let m = Model::load(&model)?;
-            let report = inspect::inspect(&m, seq);
+            let mut report = inspect::inspect(&m, seq);
+            match backend {
+                None | Some(Backend::Interp) => {}
+                Some(Backend::Cpu) => {
+                    report.cpu = Some(inspect::cpu_plan(&m, report.seq, threads)?)
+                }
+                Some(Backend::Cuda) => bail!("not supported yet: --backend cuda (the GPU backend)"),
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -346,7 +367,8 @@ fn run(cli: Cli) -> Result<()> {
             let Some(output) = output else {
                 bail!("give the output folder with -o/--output")
             };
-            let mut progress = |step: &str| eprintln!("[optimize] {step}");
+            let mut reporter = attnopt::progress::Reporter::new("optimize");
+            let mut progress = |step: &str| reporter.step(attnopt::progress::Step::phase(step));
             let opt = attnopt::optimize::optimize(&m, &opts, &mut progress)?;
             let saved = attnopt::save::save(&m, &opt, &output, force)?;
             eprintln!(
@@ -383,8 +405,9 @@ fn run(cli: Cli) -> Result<()> {
                 optimised: !no_optimise,
                 precision: precision.into(),
             };
-            let mut progress = |step: &str| eprintln!("[bench] {step}");
-            let report = attnopt::bench::bench(&m, &opts, &mut progress)?;
+            let mut reporter = attnopt::progress::Reporter::new("bench");
+            let report = attnopt::bench::bench(&m, &opts, &mut |s| reporter.step(s))?;
+            drop(reporter);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -382,3 +382,32 @@ fn bf16_runs_report_their_error() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("f32 only"), "{}", stderr(&o));
 }
+
+/// `inspect --backend cpu` says which matrix-product library runs and why, and the kernels.
+#[test]
+fn inspect_backend_cpu_names_the_library_and_kernels() {
+    let o = attnopt(&["inspect", "fixtures/bert", "--backend", "cpu", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let cpu = &v["cpu"];
+    let lib = cpu["matmul"].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        lib.starts_with("oneDNN") || lib.starts_with("gemm"),
+        "{lib}"
+    );
+    assert!(!cpu["matmul_reason"].as_str().unwrap().is_empty());
+    assert!(!cpu["bf16_reason"].as_str().unwrap().is_empty());
+    // Two layers: at least the two MLP products per layer plus attention's.
+    let kernels = cpu["kernels"].as_object().unwrap();
+    let products: u64 = kernels
+        .iter()
+        .filter(|(k, _)| k.starts_with("matmul"))
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum();
+    assert!(products >= 8, "{kernels:?}");
+    let o = attnopt(&["inspect", "fixtures/bert"]);
+    assert!(
+        !stdout(&o).contains("CPU backend"),
+        "only with --backend cpu"
+    );
+}
