@@ -6,6 +6,7 @@
 //! checking their bounds; the memory plan guarantees that values live at the same time do not
 //! overlap (checked in debug builds); JIT code and library calls check lengths again.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -200,6 +201,29 @@ impl CpuModel {
         unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) }
     }
 
+    /// A bf16 weight's bit patterns: zero-copy from the checkpoint when aligned; `None` for
+    /// other dtypes.
+    fn weight_bf16(&self, w: WeightId) -> Option<Cow<'_, [u16]>> {
+        let data = self.graph.weight_data(w);
+        if data.dtype() != DType::BF16 {
+            return None;
+        }
+        let bytes = data.bytes();
+        if cfg!(target_endian = "little") && bytes.as_ptr() as usize % 2 == 0 {
+            // SAFETY: little-endian and 2-byte aligned (checked); the byte length is numel × 2
+            // (checked by `Weight::new`); the bytes live as long as the graph, which `self` owns.
+            let bits = unsafe {
+                std::slice::from_raw_parts(bytes.as_ptr().cast::<u16>(), bytes.len() / 2)
+            };
+            return Some(Cow::Borrowed(bits));
+        }
+        let bits = bytes
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        Some(Cow::Owned(bits))
+    }
+
     /// Prepares the `r × c` weight `w` (transposed: used as `c × r`) for the matrix-product
     /// library. A bf16 weight goes to the library as bf16, without an f32 copy.
     fn prepare_weight(
@@ -209,23 +233,8 @@ impl CpuModel {
         c: usize,
         transposed: bool,
     ) -> Result<Box<dyn PreparedWeight>, crate::matmul::MatMulError> {
-        let data = self.graph.weight_data(w);
-        if data.dtype() == DType::BF16 {
-            let bytes = data.bytes();
-            let copied: Vec<u16>;
-            let bits: &[u16] = if cfg!(target_endian = "little") && bytes.as_ptr() as usize % 2 == 0
-            {
-                // SAFETY: little-endian and 2-byte aligned (checked), the byte length is numel × 2 (checked by
-                // `Weight::new`), and the bytes live as long as the graph, which `self` owns.
-                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u16>(), bytes.len() / 2) }
-            } else {
-                copied = bytes
-                    .chunks_exact(2)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                    .collect();
-                &copied
-            };
-            let view = MatRef::row_major(bits, r, c);
+        if let Some(bits) = self.weight_bf16(w) {
+            let view = MatRef::row_major(&bits, r, c);
             return self
                 .matmul
                 .prepare_bf16(if transposed { view.t() } else { view });
@@ -644,11 +653,19 @@ impl CpuModel {
         // path would copy whole embedding tables).
         match op {
             Op::Gather => {
-                let table = f32_of(f.src(k.inputs[0])?)?;
                 let Src::I64(ids) = f.src(k.inputs[1])? else {
                     return Err("ids must be integers".into());
                 };
                 let (rows, d) = (in_shape[0], in_shape[1]);
+                // A bf16 embedding table is read as bf16: no f32 copy of the whole table.
+                if let ValueKind::Weight(w) = f.l.values[storage_of(&f.l.values, k.inputs[0])].kind
+                {
+                    if let Some(bits) = self.weight_bf16(w) {
+                        let out = f.dst_f32(k.output)?;
+                        return ops::gather_bf16(&bits, rows, d, ids, out);
+                    }
+                }
+                let table = f32_of(f.src(k.inputs[0])?)?;
                 let out = f.dst_f32(k.output)?;
                 return ops::gather(table, rows, d, ids, out);
             }

@@ -68,6 +68,33 @@ pub fn gather(
     ids: &[i64],
     out: &mut [f32],
 ) -> Result<(), String> {
+    gather_with(table, rows, d, ids, out, |row, o| o.copy_from_slice(row))
+}
+
+/// [`gather`] from a table stored as bfloat16 bits (a bf16 checkpoint's embedding), widening
+/// only the rows looked up.
+pub fn gather_bf16(
+    table: &[u16],
+    rows: usize,
+    d: usize,
+    ids: &[i64],
+    out: &mut [f32],
+) -> Result<(), String> {
+    gather_with(table, rows, d, ids, out, |row, o| {
+        for (o, &b) in o.iter_mut().zip(row) {
+            *o = crate::matmul::bf16::to_f32(b);
+        }
+    })
+}
+
+fn gather_with<T>(
+    table: &[T],
+    rows: usize,
+    d: usize,
+    ids: &[i64],
+    out: &mut [f32],
+    copy: impl Fn(&[T], &mut [f32]),
+) -> Result<(), String> {
     if table.len() != rows * d || out.len() != ids.len() * d {
         return Err(format!(
             "gather: table {} / output {} elements do not fit {rows}×{d} and {} ids",
@@ -81,7 +108,7 @@ pub fn gather(
             return Err(format!("id {id} is outside the table's {rows} rows"));
         }
         let r = id as usize * d;
-        o.copy_from_slice(&table[r..r + d]);
+        copy(&table[r..r + d], o);
     }
     Ok(())
 }

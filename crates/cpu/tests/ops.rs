@@ -146,3 +146,25 @@ fn gather_refuses_ids_outside_the_table() {
         "a slice past the axis is an error"
     );
 }
+
+#[test]
+fn gather_from_bf16_matches_the_widened_table() {
+    // A bf16 embedding table gathers the same rows as its f32 widening, and checks ids alike.
+    let table = data(35, 10);
+    let bits: Vec<u16> = table.iter().map(|&x| ops_bf16(x)).collect();
+    let wide: Vec<f32> = bits
+        .iter()
+        .map(|&b| f32::from_bits((b as u32) << 16))
+        .collect();
+    let ids = [4i64, 0, 6, 4];
+    let (mut a, mut b) = (vec![0f32; 20], vec![1f32; 20]);
+    ops::gather(&wide, 7, 5, &ids, &mut a).unwrap();
+    ops::gather_bf16(&bits, 7, 5, &ids, &mut b).unwrap();
+    assert_eq!(a, b);
+    assert!(ops::gather_bf16(&bits, 7, 5, &[7], &mut b[..5]).is_err());
+    assert!(ops::gather_bf16(&bits[..34], 7, 5, &[0], &mut b[..5]).is_err());
+}
+
+fn ops_bf16(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
+}
