@@ -7,8 +7,8 @@
 //! cargo run --release --example postops_ab -- CHECKPOINT_DIR [SEQ=128] [ROUNDS=21] [THREADS=2]
 //! ```
 //!
-//! Prints the median whole-model time of each, then one profiled run of each per kernel kind
-//! (ms, GFLOP/s, and the JIT epilogue's share), and the largest difference between their outputs.
+//! Prints the median whole-model time of each, the median time per kernel kind (ms, GFLOP/s,
+//! and of it the JIT epilogue passes), and the largest difference between their outputs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -64,41 +64,52 @@ fn main() {
         dir.display(),
         models[0].matmul_name().0
     );
+    // Every run is profiled (one clock read per kernel), so each kernel kind gets a median too.
     let mut times = [Vec::new(), Vec::new()];
-    for _ in 0..rounds {
+    type Kinds = BTreeMap<String, (usize, Vec<f64>, Vec<f64>, u64)>;
+    let mut kinds: [Kinds; 2] = [BTreeMap::new(), BTreeMap::new()];
+    let mut outputs = Vec::new();
+    for round in 0..rounds {
         for (i, m) in models.iter_mut().enumerate() {
             let t = Instant::now();
-            m.run(&feed, &out, false).expect("runs");
+            let (o, profile) = m.run(&feed, &out, true).expect("runs");
             times[i].push(t.elapsed().as_secs_f64() * 1e3);
+            let mut sums: BTreeMap<&str, (usize, f64, f64, u64)> = BTreeMap::new();
+            for k in &profile {
+                let e = sums.entry(&k.name).or_default();
+                e.0 += 1;
+                e.1 += k.seconds;
+                e.2 += k.epilogue_seconds;
+                e.3 += k.flops;
+            }
+            for (name, (n, s, epi, f)) in sums {
+                let e = kinds[i].entry(name.to_string()).or_default();
+                (e.0, e.3) = (n, f);
+                e.1.push(s * 1e3);
+                e.2.push(epi * 1e3);
+            }
+            if round == 0 {
+                outputs.push(o);
+            }
         }
     }
     let label = ["post-ops (fused)", "JIT epilogues (ATTNOPT_POSTOPS=0)"];
-    let mut outputs = Vec::new();
-    for (i, m) in models.iter_mut().enumerate() {
+    for i in 0..2 {
         let lo = times[i].iter().copied().fold(f64::INFINITY, f64::min);
         println!(
             "\n{}: median {:.2} ms, min {lo:.2} ms",
             label[i],
             median(&mut times[i])
         );
-        let (o, profile) = m.run(&feed, &out, true).expect("profiled run");
-        outputs.push(o);
-        let mut by: BTreeMap<String, (usize, f64, f64, u64)> = BTreeMap::new();
-        for k in &profile {
-            let e = by.entry(k.name.clone()).or_default();
-            e.0 += 1;
-            e.1 += k.seconds;
-            e.2 += k.epilogue_seconds;
-            e.3 += k.flops;
-        }
-        let mut rows: Vec<_> = by.into_iter().collect();
-        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-        for (name, (n, s, epi, f)) in rows.iter().take(6) {
+        let mut rows: Vec<_> = kinds[i]
+            .iter_mut()
+            .map(|(name, (n, s, epi, f))| (name.clone(), *n, median(s), median(epi), *f))
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        for (name, n, ms, epi, f) in rows.iter().take(6) {
             println!(
-                "  {name:<20} ×{n:<3} {:>8.3} ms {:>7.1} GFLOP/s  JIT epilogue {:>6.3} ms",
-                s * 1e3,
-                *f as f64 / s / 1e9,
-                epi * 1e3
+                "  {name:<20} ×{n:<3} {ms:>8.3} ms {:>7.1} GFLOP/s  JIT epilogue {epi:>6.3} ms",
+                *f as f64 / ms / 1e6
             );
         }
     }
