@@ -35,6 +35,9 @@ pub struct KernelStat {
     pub name: String,
     pub count: usize,
     pub ms: f64,
+    /// Of `ms`, the JIT epilogue passes run after products (0 where the matrix-product
+    /// library fused the epilogue, or there is none).
+    pub epilogue_ms: f64,
     pub share: f64,
     pub gflops: f64,
     pub gbps: f64,
@@ -169,20 +172,22 @@ pub fn bench(
                     .collect()
             });
             let total: f64 = profile.iter().map(|k| k.seconds).sum();
-            let mut by_name: BTreeMap<String, (usize, f64, u64, u64)> = BTreeMap::new();
+            let mut by_name: BTreeMap<String, (usize, f64, f64, u64, u64)> = BTreeMap::new();
             for k in &profile {
-                let e = by_name.entry(k.name.clone()).or_insert((0, 0.0, 0, 0));
+                let e = by_name.entry(k.name.clone()).or_insert((0, 0.0, 0.0, 0, 0));
                 e.0 += 1;
                 e.1 += k.seconds;
-                e.2 += k.flops;
-                e.3 += k.bytes;
+                e.2 += k.epilogue_seconds;
+                e.3 += k.flops;
+                e.4 += k.bytes;
             }
             let mut kernels: Vec<KernelStat> = by_name
                 .into_iter()
-                .map(|(name, (count, s, f, by))| KernelStat {
+                .map(|(name, (count, s, epi, f, by))| KernelStat {
                     name,
                     count,
                     ms: s * 1e3,
+                    epilogue_ms: epi * 1e3,
                     share: if total > 0.0 { s / total } else { 0.0 },
                     gflops: if s > 0.0 { f as f64 / s / 1e9 } else { 0.0 },
                     gbps: if s > 0.0 { by as f64 / s / 1e9 } else { 0.0 },
@@ -270,13 +275,18 @@ impl BenchReport {
             for k in r.kernels.iter().take(12) {
                 let _ = writeln!(
                     s,
-                    "  {:<20} ×{:<4} {:>9.3} ms  {:>5.1}%  {:>7.1} GFLOP/s  {:>6.1} GB/s",
+                    "  {:<20} ×{:<4} {:>9.3} ms  {:>5.1}%  {:>7.1} GFLOP/s  {:>6.1} GB/s{}",
                     k.name,
                     k.count,
                     k.ms,
                     100.0 * k.share,
                     k.gflops,
-                    k.gbps
+                    k.gbps,
+                    if k.epilogue_ms > 0.0 {
+                        format!("  (JIT epilogue {:.3} ms)", k.epilogue_ms)
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }

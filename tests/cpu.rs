@@ -36,11 +36,15 @@ fn check(model: &str) {
     .unwrap();
     for (label, graph) in [("original", m.graph.clone()), ("optimised", opt.graph)] {
         let want = interp::run(&graph, &inputs, &[]).unwrap();
-        // The best library here (oneDNN when installed) and the pure-Rust fallback.
+        // The best library here (oneDNN when installed) with epilogues fused into its products
+        // and as JIT passes, and the pure-Rust fallback.
         let gemm: Box<dyn attnopt_cpu::matmul::MatMul> =
             Box::new(attnopt_cpu::matmul::GemmMatMul::new(2));
+        let mut jit_epilogues = CpuModel::new(graph.clone(), 2).unwrap();
+        jit_epilogues.set_post_ops(false);
         for mut cpu in [
             CpuModel::new(graph.clone(), 2).unwrap(),
+            jit_epilogues,
             CpuModel::with_matmul(graph.clone(), 2, gemm, "forced".into()).unwrap(),
         ] {
             let (got, _) = cpu.run(&inputs, &[], false).unwrap();
@@ -50,8 +54,9 @@ fn check(model: &str) {
                 let err = g.max_abs_diff(w).expect("same shape");
                 let gerr = g.max_abs_diff(&all[name]).expect("same shape as golden");
                 println!(
-                    "{model} {label} {name}: cpu vs interp {err:.2e}, vs PyTorch {gerr:.2e} ({})",
-                    cpu.matmul_name().0
+                    "{model} {label} {name}: cpu vs interp {err:.2e}, vs PyTorch {gerr:.2e} ({}, post-ops {})",
+                    cpu.matmul_name().0,
+                    cpu.post_ops()
                 );
                 assert!(
                     err <= 1e-5 * scale,

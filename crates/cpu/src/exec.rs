@@ -2,6 +2,12 @@
 //! compile each distinct row program once, prepare each weight for the matrix-product library
 //! once, then run the kernels in order over one activation arena.
 //!
+//! A product's epilogue (bias, activation, residual: `attnopt_lower::Epilogue`) runs inside the
+//! product where the matrix-product library fuses it (oneDNN post-ops) and the product has a
+//! prepared weight; otherwise as its JIT row program over the output right after the product.
+//! `ATTNOPT_POSTOPS=0` in the environment (or [`CpuModel::set_post_ops`]) keeps every epilogue
+//! on the JIT path, to compare the two.
+//!
 //! Safety: every kernel's slices are cut from the arena, the inputs or the weights after
 //! checking their bounds; the memory plan guarantees that values live at the same time do not
 //! overlap (checked in debug builds); JIT code and library calls check lengths again.
@@ -13,10 +19,16 @@ use std::time::{Duration, Instant};
 
 use attnopt_ir::{broadcast_strides, Bindings, DType, Data, Dim, Graph, Op, Sym, Tensor, WeightId};
 use attnopt_lower::memory::storage_of;
-use attnopt_lower::{lower, Kernel, KernelKind, Lowered, RowProgram, ValueId, ValueKind};
+use attnopt_lower::row::UnaryOp;
+use attnopt_lower::{
+    lower, Epilogue, Kernel, KernelKind, Lowered, RowProgram, Structured, ValueId, ValueKind,
+};
 
 use crate::jit::{Arg, JitModule, RowKernel, Valid};
-use crate::matmul::{best_available_for, Batch, MatMul, MatMut, MatRef, Precision, PreparedWeight};
+use crate::matmul::{
+    best_available_for, Activation, Batch, EpilogueKind, MatMul, MatMut, MatRef, Precision,
+    PreparedWeight,
+};
 use crate::ops;
 
 /// Why a CPU run failed.
@@ -45,8 +57,36 @@ pub enum CpuError {
 /// A compiled kernel's executable part.
 enum Exec {
     Row(RowKernel),
+    /// A product, then its epilogue as a JIT row program over the output.
     Epilogue(RowKernel),
+    /// A product with a prepared weight and its epilogue run inside it by the library.
+    Fused(Fused),
     None,
+}
+
+/// An epilogue the matrix-product library runs: the values of its bias and residual.
+struct Fused {
+    bias: Option<ValueId>,
+    activation: Option<Activation>,
+    residual: Option<ValueId>,
+}
+
+/// The library's name for an activation of the lowering's structured epilogues.
+fn activation(op: UnaryOp) -> Option<Activation> {
+    Some(match op {
+        UnaryOp::Gelu => Activation::GeluErf,
+        UnaryOp::GeluTanh => Activation::GeluTanh,
+        UnaryOp::Relu => Activation::Relu,
+        UnaryOp::Silu => Activation::Silu,
+        UnaryOp::Sigmoid => Activation::Sigmoid,
+        UnaryOp::Tanh => Activation::Tanh,
+        _ => return None,
+    })
+}
+
+/// Whether the environment asks for every epilogue on the JIT path (`ATTNOPT_POSTOPS=0`).
+fn post_ops_from_env() -> bool {
+    std::env::var("ATTNOPT_POSTOPS").map_or(true, |v| v.trim() != "0")
 }
 
 /// Everything prepared for one (batch, sequence) size.
@@ -64,6 +104,8 @@ pub struct KernelTime {
     pub name: String,
     pub layer: Option<u32>,
     pub seconds: f64,
+    /// Of `seconds`, the time of a JIT epilogue pass after the product (0 when fused or none).
+    pub epilogue_seconds: f64,
     pub flops: u64,
     pub bytes: u64,
 }
@@ -86,6 +128,8 @@ pub struct CpuModel {
     plans: HashMap<(usize, usize), Plan>,
     /// Row kernels by program (identical programs share one compiled kernel).
     kernels: Vec<(RowProgram, usize)>,
+    /// Let the matrix-product library run epilogues it can fuse (else all run as JIT passes).
+    post_ops: bool,
 }
 
 /// Elements of a value during a run.
@@ -159,6 +203,7 @@ impl CpuModel {
             prepared: HashMap::new(),
             plans: HashMap::new(),
             kernels: Vec::new(),
+            post_ops: post_ops_from_env(),
         })
     }
 
@@ -173,6 +218,58 @@ impl CpuModel {
             .collect();
         v.sort();
         v
+    }
+
+    /// Whether epilogues the matrix-product library can fuse run inside the product (the
+    /// default, unless `ATTNOPT_POSTOPS=0`), or every epilogue runs as a JIT pass after it.
+    /// Changing it drops the prepared plans (they are rebuilt on the next run).
+    pub fn set_post_ops(&mut self, on: bool) {
+        if on != self.post_ops {
+            self.post_ops = on;
+            self.plans.clear();
+        }
+    }
+
+    /// See [`CpuModel::set_post_ops`].
+    pub fn post_ops(&self) -> bool {
+        self.post_ops
+    }
+
+    /// How the library runs `e` for this product kernel, if it fuses it: a product with a
+    /// prepared (rank-2 weight) right side and k > 0, and a structured epilogue whose every
+    /// part the library maps.
+    fn fused_epilogue(&self, l: &Lowered, k: &Kernel, kk: usize, e: &Epilogue) -> Option<Fused> {
+        let s: &Structured = e.structured.as_ref()?;
+        let b = &l.values[k.inputs[1]];
+        if !self.post_ops
+            || kk == 0
+            || !matches!(b.kind, ValueKind::Weight(_))
+            || b.shape.len() != 2
+        {
+            return None;
+        }
+        let act = match s.activation {
+            Some(op) => Some(activation(op)?),
+            None => None,
+        };
+        let kind = EpilogueKind {
+            bias: s.bias.is_some(),
+            activation: act,
+            residual: s.residual.is_some(),
+        };
+        let value = |i: usize| k.inputs.get(2 + i).copied();
+        let fused = Fused {
+            bias: match s.bias {
+                Some(i) => Some(value(i)?),
+                None => None,
+            },
+            activation: act,
+            residual: match s.residual {
+                Some(i) => Some(value(i)?),
+                None => None,
+            },
+        };
+        self.matmul.fuses(kind).then_some(fused)
     }
 
     /// The matrix-product library in use and why.
@@ -270,12 +367,17 @@ impl CpuModel {
                 name: k.name.clone(),
                 msg,
             };
+            let mut fused = None;
             let program = match &k.kind {
                 KernelKind::Row { program, .. } => Some((program, false)),
                 KernelKind::MatMul {
-                    epilogue: Some((program, _)),
+                    k: kk,
+                    epilogue: Some(e),
                     ..
-                } => Some((program, true)),
+                } => {
+                    fused = self.fused_epilogue(&lowered, k, *kk, e);
+                    Some((&e.program, true)).filter(|_| fused.is_none())
+                }
                 _ => None,
             };
             execs.push(match program {
@@ -290,7 +392,7 @@ impl CpuModel {
                         Exec::Row(kernel)
                     }
                 }
-                None => Exec::None,
+                None => fused.map_or(Exec::None, Exec::Fused),
             });
             if let KernelKind::MatMul { b_transposed, .. } = k.kind {
                 if let ValueKind::Weight(w) = lowered.values[k.inputs[1]].kind {
@@ -399,6 +501,7 @@ impl CpuModel {
         let mut times = Vec::new();
         for (i, k) in lowered.kernels.iter().enumerate() {
             let t0 = profile.then(Instant::now);
+            let mut epilogue_seconds = 0.0;
             let err = |msg: String| CpuError::Kernel {
                 kernel: i,
                 name: k.name.clone(),
@@ -457,9 +560,17 @@ impl CpuModel {
                     b_transposed,
                     epilogue,
                 } => {
-                    self.matmul(&f, k, *m, *kk, *n, *b_transposed)
-                        .map_err(err)?;
-                    if let (Some((_, at)), Exec::Epilogue(kernel)) = (epilogue, &plan.execs[i]) {
+                    if let Exec::Fused(fused) = &plan.execs[i] {
+                        self.matmul_fused(&f, k, *kk, *n, *b_transposed, fused)
+                            .map_err(err)?;
+                    } else {
+                        self.matmul(&f, k, *m, *kk, *n, *b_transposed)
+                            .map_err(err)?;
+                    }
+                    let t1 = profile.then(Instant::now);
+                    if let (Some(Epilogue { at, .. }), Exec::Epilogue(kernel)) =
+                        (epilogue, &plan.execs[i])
+                    {
                         let extra = &k.inputs[2..];
                         let mut args = Vec::with_capacity(extra.len());
                         for (j, &v) in extra.iter().enumerate() {
@@ -473,6 +584,7 @@ impl CpuModel {
                         kernel
                             .run_rows_in_place(&args, out, *n, Valid::Full, &[])
                             .map_err(|e| err(e.to_string()))?;
+                        epilogue_seconds = t1.map_or(0.0, |t| t.elapsed().as_secs_f64());
                     }
                 }
                 KernelKind::Op(op) => self.generic(&f, k, op).map_err(err)?,
@@ -483,6 +595,7 @@ impl CpuModel {
                     name: k.name.clone(),
                     layer: k.layer,
                     seconds: t0.elapsed().as_secs_f64(),
+                    epilogue_seconds,
                     flops: k.flops,
                     bytes: k.bytes,
                 });
@@ -511,6 +624,49 @@ impl CpuModel {
             }
         }
         Ok((out, times))
+    }
+
+    /// A product with a prepared weight and its epilogue run inside it by the library.
+    fn matmul_fused(
+        &self,
+        f: &Frame,
+        k: &Kernel,
+        kk: usize,
+        n: usize,
+        b_transposed: bool,
+        fused: &Fused,
+    ) -> Result<(), String> {
+        let a = f32_of(f.src(k.inputs[0])?)?;
+        let ValueKind::Weight(w) = f.l.values[k.inputs[1]].kind else {
+            return Err("a fused epilogue needs a weight operand".into());
+        };
+        let p = self
+            .prepared
+            .get(&(w, b_transposed))
+            .ok_or("weight not prepared")?;
+        let rows = a.len() / kk.max(1);
+        let bias = match fused.bias {
+            Some(v) => Some(f32_of(f.src(v)?)?),
+            None => None,
+        };
+        let residual = match fused.residual {
+            Some(v) => Some(MatRef::row_major(f32_of(f.src(v)?)?, rows, n)),
+            None => None,
+        };
+        let c = f.dst_f32(k.output)?;
+        let epilogue = crate::matmul::Epilogue {
+            bias,
+            activation: fused.activation,
+            residual,
+        };
+        self.matmul
+            .matmul_prepared_epilogue(
+                MatRef::row_major(a, rows, kk),
+                p.as_ref(),
+                MatMut::row_major(c, rows, n),
+                &epilogue,
+            )
+            .map_err(|e| e.to_string())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use attnopt_ir::cost::node_cost;
 use attnopt_ir::{Binary, Bindings, DType, Graph, NodeId, Op, Role, Unary};
 
+use crate::epilogue::Epilogue;
 use crate::kernel::{Kernel, KernelKind, Value, ValueId, ValueKind};
 use crate::memory::{plan, MemoryPlan};
 use crate::row::{BinaryOp, Expr, InputKind, ReduceKind, Reduction, RowProgram, UnaryOp};
@@ -568,7 +569,13 @@ impl<'g> Lowering<'g> {
                 let mut inputs = vec![av, bv];
                 inputs.extend(extra);
                 nodes.extend(chain);
-                let name = "matmul+epilogue".to_string();
+                let epilogue = Epilogue::new(program, at);
+                // Named by what it does where that has a name (`matmul+bias+gelu`), so
+                // breakdowns separate the kinds.
+                let name = match &epilogue.structured {
+                    Some(s) => format!("matmul+{}", s.name()),
+                    None => "matmul+epilogue".to_string(),
+                };
                 self.emit(
                     root,
                     KernelKind::MatMul {
@@ -576,7 +583,7 @@ impl<'g> Lowering<'g> {
                         k,
                         n,
                         b_transposed,
-                        epilogue: Some((program, at)),
+                        epilogue: Some(epilogue),
                     },
                     inputs,
                     nodes,

@@ -3,6 +3,7 @@
 use attnopt_ir::{DType, NodeId, Op, Role, WeightId};
 use serde::Serialize;
 
+use crate::epilogue::Epilogue;
 use crate::row::RowProgram;
 
 /// Index into [`crate::Lowered::values`].
@@ -48,13 +49,14 @@ pub enum KernelKind {
     /// `out[i] = a[i] · b[i]` over broadcast batch indices (`[.., m, k] × [.., k, n]`), with
     /// `b` read transposed when `b_transposed` (a `permute` of its last two axes folded in: `b`'s
     /// value then has shape `[.., n, k]`). With an epilogue, the product is then transformed in
-    /// place by a row program (no reductions) whose input `epilogue_input` is the product.
+    /// place by a row program (no reductions) whose input `epilogue.at` is the product; its
+    /// other inputs are the kernel's inputs after `a` and `b`.
     MatMul {
         m: usize,
         k: usize,
         n: usize,
         b_transposed: bool,
-        epilogue: Option<(RowProgram, usize)>,
+        epilogue: Option<Epilogue>,
     },
     /// A row program over `rows × d`; with `causal = Some(offset)`, row `r` has
     /// `valid = min(d, (r mod nq) + 1 + offset)` where `nq` is the second-to-last output axis.
@@ -83,7 +85,7 @@ pub struct Kernel {
     pub nodes: Vec<NodeId>,
     pub layer: Option<u32>,
     pub role: Role,
-    /// A short name for breakdowns (`matmul+epilogue`, `row:layer_norm`, `op:permute`, ...).
+    /// A short name for breakdowns (`matmul+bias+gelu`, `matmul+epilogue`, `row:layer_norm`, `op:permute`, ...).
     pub name: String,
     pub flops: u64,
     pub bytes: u64,

@@ -4,17 +4,21 @@
 //! * [`kernel`] — what one kernel computes: a matrix product (optionally with a fused row
 //!   epilogue), a row program (elementwise chains and reductions over the last axis, fused), a
 //!   view (no work), or a single ir operator left to the backend's generic kernels;
+//! * [`epilogue`] — the elementwise work fused after a product, as a row program and, where it
+//!   has the shape `act(x + bias) + residual`, in structured form for libraries that fuse it;
 //! * [`fuse`] — which ir nodes become one kernel;
 //! * [`memory`] — liveness-based offsets in one arena, and the peak it needs.
 //!
 //! Nothing here knows about a particular target: the CPU backend is the first user, a GPU
 //! backend the second. Every kernel carries the concrete shapes its backend must check.
 
+pub mod epilogue;
 pub mod fuse;
 pub mod kernel;
 pub mod memory;
 pub mod row;
 
+pub use epilogue::{Epilogue, Structured};
 pub use fuse::{lower, LowerError, Lowered};
 pub use kernel::{Kernel, KernelKind, Value, ValueId, ValueKind};
 pub use memory::MemoryPlan;

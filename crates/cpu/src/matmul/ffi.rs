@@ -30,6 +30,7 @@ pub const DNNL_F32: c_int = 3;
 // dnnl_format_tag_t
 pub const DNNL_FORMAT_TAG_ANY: c_int = 1;
 pub const DNNL_AB: c_int = 3;
+pub const DNNL_ABC: c_int = 4;
 // dnnl_engine_kind_t
 pub const DNNL_CPU: c_int = 1;
 // dnnl_stream_flags_t
@@ -41,10 +42,25 @@ pub const DNNL_QUERY_WEIGHTS_MD: c_int = 131;
 pub const DNNL_QUERY_DST_MD: c_int = 133;
 // DNNL_ARG_*
 pub const DNNL_ARG_SRC: c_int = 1;
+pub const DNNL_ARG_SRC_1: c_int = 2;
+pub const DNNL_ARG_BIAS: c_int = 41;
+pub const DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE: c_int = 16384;
 pub const DNNL_ARG_DST: c_int = 17;
 pub const DNNL_ARG_WEIGHTS: c_int = 33;
 pub const DNNL_ARG_FROM: c_int = DNNL_ARG_SRC;
 pub const DNNL_ARG_TO: c_int = DNNL_ARG_DST;
+/// `DNNL_ARG_ATTR_MULTIPLE_POST_OP(idx)`: the argument base of post-op `idx`.
+pub const fn arg_post_op(idx: c_int) -> c_int {
+    DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE * (idx + 1)
+}
+// dnnl_alg_kind_t
+pub const DNNL_ELTWISE_RELU: c_int = 0x1f;
+pub const DNNL_ELTWISE_TANH: c_int = 0x2f;
+pub const DNNL_ELTWISE_LOGISTIC: c_int = 0xaf;
+pub const DNNL_ELTWISE_GELU_TANH: c_int = 0xcf;
+pub const DNNL_ELTWISE_SWISH: c_int = 0xdf;
+pub const DNNL_ELTWISE_GELU_ERF: c_int = 0x30;
+pub const DNNL_BINARY_ADD: c_int = 0x1fff0;
 // dnnl_format_kind_t
 pub const DNNL_BLOCKED: c_int = 2;
 // cpu_runtime of dnnl_version_t
@@ -264,6 +280,11 @@ pub struct Api {
         unsafe extern "C" fn(dnnl_primitive_attr_t, dnnl_post_ops_t) -> dnnl_status_t,
     pub post_ops_create: unsafe extern "C" fn(*mut dnnl_post_ops_t) -> dnnl_status_t,
     pub post_ops_append_sum: unsafe extern "C" fn(dnnl_post_ops_t, f32) -> dnnl_status_t,
+    /// `(post_ops, scale, alg_kind, alpha, beta)`.
+    pub post_ops_append_eltwise:
+        unsafe extern "C" fn(dnnl_post_ops_t, f32, c_int, f32, f32) -> dnnl_status_t,
+    pub post_ops_append_binary:
+        unsafe extern "C" fn(dnnl_post_ops_t, c_int, *const dnnl_memory_desc_t) -> dnnl_status_t,
     pub post_ops_destroy: unsafe extern "C" fn(dnnl_post_ops_t) -> dnnl_status_t,
     /// `omp_set_num_threads` / `omp_get_max_threads`, when OpenMP is found.
     pub omp: Option<(unsafe extern "C" fn(c_int), unsafe extern "C" fn() -> c_int)>,
@@ -340,6 +361,8 @@ impl Api {
                 primitive_attr_set_post_ops: sym(&lib, "dnnl_primitive_attr_set_post_ops")?,
                 post_ops_create: sym(&lib, "dnnl_post_ops_create")?,
                 post_ops_append_sum: sym(&lib, "dnnl_post_ops_append_sum")?,
+                post_ops_append_eltwise: sym(&lib, "dnnl_post_ops_append_eltwise")?,
+                post_ops_append_binary: sym(&lib, "dnnl_post_ops_append_binary")?,
                 post_ops_destroy: sym(&lib, "dnnl_post_ops_destroy")?,
                 omp,
                 path: loaded_path("libdnnl.so").unwrap_or_else(|| file.clone()),

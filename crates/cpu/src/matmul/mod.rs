@@ -12,6 +12,12 @@
 //!
 //! [`best_available`] picks oneDNN when it loads and says why it picked what it picked.
 //!
+//! # Epilogues
+//! [`MatMul::matmul_prepared_epilogue`] computes `c = activation(a·W + bias) + residual` with the
+//! [`Epilogue`] run inside the product where the implementation can ([`MatMul::fuses`]):
+//! oneDNN maps it to the matmul's bias argument and its eltwise and binary post-ops. `gemm`
+//! fuses nothing; callers then run the epilogue as a pass of their own.
+//!
 //! # Views and safety
 //! Operands are strided views ([`MatRef`], [`MatMut`]) over plain `f32` slices: element
 //! `(r, c)` lives at `data[r * row_stride + c * col_stride]`, so a PyTorch `[out, in]` weight
@@ -32,10 +38,12 @@
 //! wait rather than oversubscribe.
 
 pub mod bf16;
+mod epilogue;
 mod ffi;
 mod gemm;
 mod onednn;
 
+pub use self::epilogue::{Activation, Epilogue, EpilogueKind};
 pub use self::gemm::GemmMatMul;
 pub use self::onednn::OneDnnMatMul;
 
@@ -344,6 +352,33 @@ pub trait MatMul: Send + Sync {
         c: MatMut<'_>,
         accumulate: bool,
     ) -> Result<(), MatMulError>;
+
+    /// Whether [`MatMul::matmul_prepared_epilogue`] runs epilogues of this kind inside the
+    /// product. The default fuses only the empty epilogue.
+    fn fuses(&self, kind: EpilogueKind) -> bool {
+        kind.is_none()
+    }
+
+    /// `c = activation(a · W + bias) + residual` with a weight from [`MatMul::prepare`], the
+    /// epilogue run inside the product. Kinds [`MatMul::fuses`] refuses, and non-empty
+    /// epilogues on empty products (k = 0), answer [`MatMulError::NotSupported`]: the caller
+    /// runs those epilogues itself. The default does the empty epilogue only.
+    fn matmul_prepared_epilogue(
+        &self,
+        a: MatRef<'_>,
+        b: &dyn PreparedWeight,
+        c: MatMut<'_>,
+        epilogue: &Epilogue<'_>,
+    ) -> Result<(), MatMulError> {
+        let kind = epilogue.kind();
+        if kind.is_none() {
+            return self.matmul_prepared(a, b, c, false);
+        }
+        Err(MatMulError::NotSupported(format!(
+            "{} does not fuse a {kind} epilogue",
+            self.name()
+        )))
+    }
 
     /// `batch.count` products `c_i = a_i · b_i` (`+ c_i`) of identical shapes (see [`Batch`]).
     /// All the `c_i` together must not alias one another. The default loops over

@@ -15,6 +15,11 @@
 //!   with dense staging copies of the operands that are not dense (copying m×k floats is cheap
 //!   next to m×k×n multiply-adds).
 //! * `accumulate` is oneDNN's `sum` post-op (scale 1).
+//! * Epilogues ([`MatMul::matmul_prepared_epilogue`]): the bias is the matmul's own bias
+//!   argument (`DNNL_ARG_BIAS`, a `1 × n` tensor broadcast over rows), the activation an
+//!   eltwise post-op (`gelu_erf`, `gelu_tanh`, `relu`, `swish` with α = 1, `logistic`, `tanh`),
+//!   the residual a binary `add` post-op reading the full `m × n` residual (so the output is
+//!   written once and the residual never copied).
 //! * Threads: Debian's build uses OpenMP. Before each execution the calling thread's OpenMP
 //!   thread count is set to `threads` (`omp_set_num_threads`, a per-thread setting). Calls are
 //!   serialised by a mutex. Do not call from inside a rayon parallel region (module docs).
@@ -23,11 +28,12 @@
 //!   `OMP_WAIT_POLICY=PASSIVE` before opening oneDNN unless the variable is already set or
 //!   libgomp is already loaded (see [`OneDnnMatMul::wait_policy`]).
 
+use super::epilogue::check_epilogue;
 use super::ffi::{self, check, dnnl_memory_desc_t, Api};
 use super::{
     check_batched, check_bounds, check_prepared, check_product, pack_row_major, trivial_product,
-    unpack_row_major, Batch, Layout, MatMul, MatMulError, MatMut, MatRef, Precision,
-    PreparedWeight,
+    unpack_row_major, Activation, Batch, Epilogue, EpilogueKind, Layout, MatMul, MatMulError,
+    MatMut, MatRef, Precision, PreparedWeight,
 };
 use std::any::Any;
 use std::collections::HashMap;
@@ -95,6 +101,45 @@ struct Key {
     b: BKey,
     c: [usize; 3],
     accumulate: bool,
+    epilogue: EpilogueKind,
+    /// The residual's (batch, row, column) strides.
+    residual: Option<[usize; 3]>,
+}
+
+/// What a primitive computes besides the product.
+#[derive(Clone, Copy, Debug, Default)]
+struct Extras {
+    /// `c += a·b`: the `sum` post-op.
+    accumulate: bool,
+    /// The matmul's bias argument, `1 × n`.
+    bias: bool,
+    /// An eltwise post-op.
+    activation: Option<Activation>,
+    /// A binary `add` post-op reading this operand.
+    residual: Option<Operand>,
+}
+
+impl Extras {
+    fn of(accumulate: bool, e: &Epilogue) -> Extras {
+        Extras {
+            accumulate,
+            bias: e.bias.is_some(),
+            activation: e.activation,
+            residual: e.residual.map(|r| op2(r.layout())),
+        }
+    }
+}
+
+/// oneDNN's eltwise algorithm and α for an activation (β is unused by all of them).
+fn eltwise(a: Activation) -> (c_int, f32) {
+    match a {
+        Activation::GeluErf => (ffi::DNNL_ELTWISE_GELU_ERF, 0.0),
+        Activation::GeluTanh => (ffi::DNNL_ELTWISE_GELU_TANH, 0.0),
+        Activation::Relu => (ffi::DNNL_ELTWISE_RELU, 0.0),
+        Activation::Silu => (ffi::DNNL_ELTWISE_SWISH, 1.0),
+        Activation::Sigmoid => (ffi::DNNL_ELTWISE_LOGISTIC, 0.0),
+        Activation::Tanh => (ffi::DNNL_ELTWISE_TANH, 0.0),
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -110,6 +155,9 @@ struct Entry {
     /// `None` for prepared weights: their own memory object is passed.
     wei: Option<Handle>,
     dst: Handle,
+    /// The bias and residual memory objects of an epilogue.
+    bias: Option<Handle>,
+    residual: Option<Handle>,
     stage_a: bool,
     stage_b: bool,
     stage_c: bool,
@@ -302,22 +350,42 @@ impl Shared {
         Ok(md)
     }
 
-    /// A matmul primitive descriptor (with the `sum` post-op when accumulating).
+    /// The `1 × n` (or `1 × 1 × n`) f32 bias descriptor for an output descriptor.
+    fn bias_md(&self, c: &dnnl_memory_desc_t) -> Result<dnnl_memory_desc_t, MatMulError> {
+        let nd = c.ndims.clamp(2, 3) as usize;
+        let mut dims = [1i64; 3];
+        dims[nd - 1] = c.dims[nd - 1];
+        let tag = if nd == 3 { ffi::DNNL_ABC } else { ffi::DNNL_AB };
+        self.md_tag(&dims[..nd], ffi::DNNL_F32, tag)
+    }
+
+    /// A matmul primitive descriptor with the bias and post-ops `x` asks for.
     fn matmul_pd(
         &self,
         engine: &Handle,
         a: &dnnl_memory_desc_t,
         b: &dnnl_memory_desc_t,
         c: &dnnl_memory_desc_t,
-        accumulate: bool,
+        x: &Extras,
     ) -> Result<Handle, MatMulError> {
         let api = &self.api;
         let mut desc: ffi::dnnl_matmul_desc_t = unsafe { std::mem::zeroed() };
+        let bias_md = if x.bias { Some(self.bias_md(c)?) } else { None };
         // SAFETY: all descriptors are initialised; bias NULL disables the bias term.
         check("dnnl_matmul_desc_init", unsafe {
-            (api.matmul_desc_init)(&mut desc, a, b, std::ptr::null(), c)
+            (api.matmul_desc_init)(
+                &mut desc,
+                a,
+                b,
+                bias_md.as_ref().map_or(std::ptr::null(), |m| m as *const _),
+                c,
+            )
         })?;
-        let attr = if accumulate {
+        let residual_md = match &x.residual {
+            Some(r) => Some(self.md_strided(r)?),
+            None => None,
+        };
+        let attr = if x.accumulate || x.activation.is_some() || residual_md.is_some() {
             let mut po = std::ptr::null_mut();
             // SAFETY: out-pointers; each created object is owned by a Handle at once.
             check("dnnl_post_ops_create", unsafe {
@@ -327,9 +395,24 @@ impl Shared {
                 ptr: po,
                 destroy: api.post_ops_destroy,
             };
-            check("dnnl_post_ops_append_sum", unsafe {
-                (api.post_ops_append_sum)(po.ptr, 1.0)
-            })?;
+            if x.accumulate {
+                check("dnnl_post_ops_append_sum", unsafe {
+                    (api.post_ops_append_sum)(po.ptr, 1.0)
+                })?;
+            }
+            if let Some(act) = x.activation {
+                let (alg, alpha) = eltwise(act);
+                // SAFETY: live post-ops object; scale 1 leaves the result unscaled.
+                check("dnnl_post_ops_append_eltwise", unsafe {
+                    (api.post_ops_append_eltwise)(po.ptr, 1.0, alg, alpha, 0.0)
+                })?;
+            }
+            if let Some(md) = &residual_md {
+                // SAFETY: live post-ops object; the descriptor is copied.
+                check("dnnl_post_ops_append_binary", unsafe {
+                    (api.post_ops_append_binary)(po.ptr, ffi::DNNL_BINARY_ADD, md)
+                })?;
+            }
             let mut attr = std::ptr::null_mut();
             check("dnnl_primitive_attr_create", unsafe {
                 (api.primitive_attr_create)(&mut attr)
@@ -467,7 +550,7 @@ impl Shared {
         a: &Operand,
         b: Result<&dnnl_memory_desc_t, &Operand>,
         c: &Operand,
-        accumulate: bool,
+        x: &Extras,
         force_staging: bool,
     ) -> Result<Entry, MatMulError> {
         let b_op = b.err();
@@ -490,7 +573,7 @@ impl Shared {
         };
         let attempt = |sa: bool, sb: bool, sc: bool| -> Result<_, MatMulError> {
             let (a_md, b_md, c_md) = mds(sa, sb, sc)?;
-            let pd = self.matmul_pd(engine, &a_md, &b_md, &c_md, accumulate)?;
+            let pd = self.matmul_pd(engine, &a_md, &b_md, &c_md, x)?;
             Ok((pd, [a_md, b_md, c_md], (sa, sb, sc)))
         };
         let want = (
@@ -576,6 +659,20 @@ impl Shared {
                 Some(self.memory(engine, &md, std::ptr::null_mut())?)
             }
         };
+        let bias = if x.bias {
+            // The fully specified descriptor the pd was created with.
+            let md = self.bias_md(&dst_md)?;
+            Some(self.memory(engine, &md, std::ptr::null_mut())?)
+        } else {
+            None
+        };
+        let residual = match &x.residual {
+            Some(r) => {
+                let md = self.md_strided(r)?;
+                Some(self.memory(engine, &md, std::ptr::null_mut())?)
+            }
+            None => None,
+        };
         let _ = (a_md, b_md, c_md);
         let prim = self.primitive(&pd)?;
         Ok(Entry {
@@ -583,6 +680,8 @@ impl Shared {
             src: self.memory(engine, &src_md, std::ptr::null_mut())?,
             wei,
             dst: self.memory(engine, &dst_md, std::ptr::null_mut())?,
+            bias,
+            residual,
             stage_a: sa,
             stage_b: sb,
             stage_c: sc,
@@ -716,7 +815,7 @@ impl OneDnnMatMul {
             let a = shared.md_tag(&[PROBE_M, 768], dt, ffi::DNNL_AB)?;
             let b = shared.md_tag(&[768, 768], dt, ffi::DNNL_FORMAT_TAG_ANY)?;
             let c = shared.md_tag(&[PROBE_M, 768], ffi::DNNL_F32, ffi::DNNL_AB)?;
-            let pd = shared.matmul_pd(&st.engine, &a, &b, &c, false);
+            let pd = shared.matmul_pd(&st.engine, &a, &b, &c, &Extras::default());
             pd.map(|pd| shared.impl_name(&pd))
         };
         let kernel = match (precision, kernel) {
@@ -792,7 +891,7 @@ impl OneDnnMatMul {
         if !st.cache.contains_key(&key) {
             let e = self
                 .shared
-                .build(&st.engine, &ao, Err(&bo), &co, false, false)?;
+                .build(&st.engine, &ao, Err(&bo), &co, &Extras::default(), false)?;
             st.cache.insert(key.clone(), e);
         }
         let e = &st.cache[&key];
@@ -806,6 +905,22 @@ impl OneDnnMatMul {
         } else {
             format!("{} (dense copies of {})", e.impl_name, staged.join(", "))
         })
+    }
+
+    /// A prepared weight of this instance, or [`MatMulError::ForeignWeight`].
+    fn own_weight<'w>(&self, b: &'w dyn PreparedWeight) -> Result<&'w OneDnnWeight, MatMulError> {
+        let w = b.as_any().downcast_ref::<OneDnnWeight>().ok_or_else(|| {
+            MatMulError::ForeignWeight(format!(
+                "{} was given a weight prepared by another implementation",
+                self.name
+            ))
+        })?;
+        if !Arc::ptr_eq(&w.shared, &self.shared) {
+            return Err(MatMulError::ForeignWeight(
+                "the weight was prepared by another oneDNN instance (engine)".into(),
+            ));
+        }
+        Ok(w)
     }
 
     /// Number of cached primitives.
@@ -866,6 +981,7 @@ impl OneDnnMatMul {
         b: Result<(&OneDnnWeight, &dnnl_memory_desc_t), (&[f32], Operand)>,
         c: (&mut [f32], Operand),
         accumulate: bool,
+        epilogue: &Epilogue,
     ) -> Result<(), MatMulError> {
         let sh = &*self.shared;
         let mut guard = lock(&sh.state);
@@ -892,11 +1008,13 @@ impl OneDnnMatMul {
                     Ok((_, md)) => Ok(*md),
                     Err((_, o)) => Err(o),
                 };
-                let e = sh.build(engine, &a.1, b_arg, &c_op, accumulate, forced)?;
+                let x = Extras::of(accumulate, epilogue);
+                let e = sh.build(engine, &a.1, b_arg, &c_op, &x, forced)?;
                 cache.insert(key.clone(), e);
             }
             let e = cache.get_mut(&key).expect("just inserted");
-            match self.execute_entry(e, stream, a, &b, (&mut *c_data, c_op), accumulate) {
+            let c = (&mut *c_data, c_op);
+            match self.execute_entry(e, stream, a, &b, c, accumulate, epilogue) {
                 Ok(()) => return Ok(()),
                 // oneDNN 2.6 accepts some layouts at creation that its gemm-based kernel then
                 // rejects at execution: rebuild once with dense copies, unless the failed run
@@ -919,6 +1037,7 @@ impl OneDnnMatMul {
         b: &Result<(&OneDnnWeight, &dnnl_memory_desc_t), (&[f32], Operand)>,
         c: (&mut [f32], Operand),
         accumulate: bool,
+        epilogue: &Epilogue,
     ) -> Result<(), MatMulError> {
         let sh = &*self.shared;
         let a_ptr = if e.stage_a {
@@ -976,7 +1095,7 @@ impl OneDnnMatMul {
             c_data.as_mut_ptr()
         };
         set_handle(&sh.api, &e.dst, c_ptr.cast_const().cast())?;
-        let args = [
+        let mut args = vec![
             ffi::dnnl_exec_arg_t {
                 arg: ffi::DNNL_ARG_SRC,
                 memory: e.src.ptr,
@@ -990,6 +1109,39 @@ impl OneDnnMatMul {
                 memory: e.dst.ptr,
             },
         ];
+        // The entry was built for this epilogue's kind (it is part of the cache key), so the
+        // memory objects and the data agree; check_epilogue sized the data.
+        match (&e.bias, epilogue.bias) {
+            (Some(mem), Some(bias)) => {
+                set_handle(&sh.api, mem, bias.as_ptr().cast())?;
+                args.push(ffi::dnnl_exec_arg_t {
+                    arg: ffi::DNNL_ARG_BIAS,
+                    memory: mem.ptr,
+                });
+            }
+            (None, None) => {}
+            _ => {
+                return Err(MatMulError::Internal(
+                    "bias without its memory object".into(),
+                ))
+            }
+        }
+        match (&e.residual, &epilogue.residual) {
+            (Some(mem), Some(r)) => {
+                set_handle(&sh.api, mem, r.data.as_ptr().cast())?;
+                let idx = c_int::from(epilogue.activation.is_some());
+                args.push(ffi::dnnl_exec_arg_t {
+                    arg: ffi::arg_post_op(idx) | ffi::DNNL_ARG_SRC_1,
+                    memory: mem.ptr,
+                });
+            }
+            (None, None) => {}
+            _ => {
+                return Err(MatMulError::Internal(
+                    "residual without its memory object".into(),
+                ))
+            }
+        }
         sh.execute(stream, &e.prim, &args)?;
         if e.stage_c {
             stage_out(&e.buf_c, &c_op, c_data);
@@ -1013,6 +1165,10 @@ fn ops2(a: &MatRef, b: &MatRef, c: &MatMut) -> (Operand, Operand, Operand) {
 }
 
 fn key2(a: &Operand, b: BKey, c: &Operand, accumulate: bool) -> Key {
+    key_with(a, b, c, accumulate, &Epilogue::default())
+}
+
+fn key_with(a: &Operand, b: BKey, c: &Operand, accumulate: bool, e: &Epilogue) -> Key {
     Key {
         ndims: a.ndims as u8,
         batch: a.batch,
@@ -1023,6 +1179,8 @@ fn key2(a: &Operand, b: BKey, c: &Operand, accumulate: bool) -> Key {
         b,
         c: c.key(),
         accumulate,
+        epilogue: e.kind(),
+        residual: e.residual.map(|r| op2(r.layout()).key()),
     }
 }
 
@@ -1058,7 +1216,7 @@ impl OneDnnMatMul {
         let probe_a = sh.md_tag(&[PROBE_M, k as i64], dt, ffi::DNNL_AB)?;
         let any = sh.md_tag(&[k as i64, n as i64], dt, ffi::DNNL_FORMAT_TAG_ANY)?;
         let probe_c = sh.md_tag(&[PROBE_M, n as i64], ffi::DNNL_F32, ffi::DNNL_AB)?;
-        let pd = sh.matmul_pd(&st.engine, &probe_a, &any, &probe_c, false)?;
+        let pd = sh.matmul_pd(&st.engine, &probe_a, &any, &probe_c, &Extras::default())?;
         // SAFETY: the pd answers a pointer to its weights descriptor, copied before pd goes.
         let wmd = unsafe {
             let p = (api.primitive_desc_query_md)(pd.ptr, ffi::DNNL_QUERY_WEIGHTS_MD, 0);
@@ -1146,6 +1304,7 @@ impl MatMul for OneDnnMatMul {
             Err((b.data, bo)),
             (c.data, co),
             accumulate,
+            &Epilogue::default(),
         )
     }
 
@@ -1166,17 +1325,7 @@ impl MatMul for OneDnnMatMul {
         mut c: MatMut<'_>,
         accumulate: bool,
     ) -> Result<(), MatMulError> {
-        let w = b.as_any().downcast_ref::<OneDnnWeight>().ok_or_else(|| {
-            MatMulError::ForeignWeight(format!(
-                "{} was given a weight prepared by another implementation",
-                self.name
-            ))
-        })?;
-        if !Arc::ptr_eq(&w.shared, &self.shared) {
-            return Err(MatMulError::ForeignWeight(
-                "the weight was prepared by another oneDNN instance (engine)".into(),
-            ));
-        }
+        let w = self.own_weight(b)?;
         check_prepared(&a, w.k, w.n, &c)?;
         if trivial_product(a.cols, &mut c, accumulate) {
             return Ok(());
@@ -1184,7 +1333,52 @@ impl MatMul for OneDnnMatMul {
         let ao = op2(a.layout());
         let co = op2(c.layout());
         let key = key2(&ao, BKey::Prepared(w.key.clone()), &co, accumulate);
-        self.run(key, (a.data, ao), Ok((w, &w.md)), (c.data, co), accumulate)
+        let none = Epilogue::default();
+        self.run(
+            key,
+            (a.data, ao),
+            Ok((w, &w.md)),
+            (c.data, co),
+            accumulate,
+            &none,
+        )
+    }
+
+    fn fuses(&self, _kind: EpilogueKind) -> bool {
+        // Every activation has an eltwise algorithm; bias and residual always map.
+        true
+    }
+
+    fn matmul_prepared_epilogue(
+        &self,
+        a: MatRef<'_>,
+        b: &dyn PreparedWeight,
+        c: MatMut<'_>,
+        epilogue: &Epilogue<'_>,
+    ) -> Result<(), MatMulError> {
+        let w = self.own_weight(b)?;
+        check_prepared(&a, w.k, w.n, &c)?;
+        check_epilogue(epilogue, &c)?;
+        if c.rows == 0 || c.cols == 0 {
+            return Ok(());
+        }
+        if a.cols == 0 {
+            // oneDNN has no product to fuse into; callers run such epilogues themselves.
+            return Err(MatMulError::NotSupported(
+                "an epilogue on an empty product (k = 0)".into(),
+            ));
+        }
+        let ao = op2(a.layout());
+        let co = op2(c.layout());
+        let key = key_with(&ao, BKey::Prepared(w.key.clone()), &co, false, epilogue);
+        self.run(
+            key,
+            (a.data, ao),
+            Ok((w, &w.md)),
+            (c.data, co),
+            false,
+            epilogue,
+        )
     }
 
     fn batched(
@@ -1222,6 +1416,7 @@ impl MatMul for OneDnnMatMul {
             Err((b.data, bo)),
             (c.data, co),
             accumulate,
+            &Epilogue::default(),
         )
     }
 }
