@@ -13,6 +13,7 @@ use attnopt_ir::{broadcast_strides, Bindings, DType, Data, Dim, Graph, Op, Sym, 
 use attnopt_lower::memory::storage_of;
 use attnopt_lower::{lower, Kernel, KernelKind, Lowered, RowProgram, ValueId, ValueKind};
 
+use crate::hydra::HydraKernel;
 use crate::jit::{Arg, JitModule, RowKernel, Valid};
 use crate::matmul::{best_available, Batch, MatMul, MatMut, MatRef, PreparedWeight};
 use crate::ops;
@@ -43,6 +44,7 @@ pub enum CpuError {
 /// A compiled kernel's executable part.
 enum Exec {
     Row(RowKernel),
+    Hydra(HydraKernel),
     Epilogue(RowKernel),
     None,
 }
@@ -206,8 +208,11 @@ impl CpuModel {
                 } => Some((program, true)),
                 _ => None,
             };
-            execs.push(match program {
-                Some((p, epi)) => {
+            execs.push(match (program, &k.kind) {
+                (None, KernelKind::Hydra(spec)) => Exec::Hydra(
+                    HydraKernel::compile(&mut self.jit, spec).map_err(|e| err(e.to_string()))?,
+                ),
+                (Some((p, epi)), _) => {
                     let kernel = self.jit.compile(p).map_err(|e| err(e.to_string()))?;
                     if !self.kernels.iter().any(|(q, _)| q == p) {
                         self.kernels.push((p.clone(), i));
@@ -218,7 +223,7 @@ impl CpuModel {
                         Exec::Row(kernel)
                     }
                 }
-                None => Exec::None,
+                (None, _) => Exec::None,
             });
             if let KernelKind::MatMul { b_transposed, .. } = k.kind {
                 if let ValueKind::Weight(w) = lowered.values[k.inputs[1]].kind {
@@ -403,6 +408,22 @@ impl CpuModel {
                             .run_rows_in_place(&args, out, *n, Valid::Full, &[])
                             .map_err(|e| err(e.to_string()))?;
                     }
+                }
+                KernelKind::Hydra(_) => {
+                    let Exec::Hydra(kernel) = &plan.execs[i] else {
+                        return Err(err("Hydra kernel not compiled".into()));
+                    };
+                    let [q, kk, v] = [0, 1, 2].map(|j| k.inputs.get(j).copied());
+                    let (Some(q), Some(kk), Some(v)) = (q, kk, v) else {
+                        return Err(err("a Hydra kernel takes Q, K and V".into()));
+                    };
+                    let (q, kk, v) = (
+                        f32_of(src(q)?).map_err(err)?,
+                        f32_of(src(kk)?).map_err(err)?,
+                        f32_of(src(v)?).map_err(err)?,
+                    );
+                    let out = f.dst_f32(k.output).map_err(err)?;
+                    kernel.run(q, kk, v, out).map_err(|e| err(e.to_string()))?;
                 }
                 KernelKind::Op(op) => self.generic(&f, k, op).map_err(err)?,
             }

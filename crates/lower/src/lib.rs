@@ -5,17 +5,20 @@
 //!   epilogue), a row program (elementwise chains and reductions over the last axis, fused), a
 //!   view (no work), or a single ir operator left to the backend's generic kernels;
 //! * [`fuse`] — which ir nodes become one kernel;
+//! * [`hydra`] — the Hydra attention pattern as one kernel, and its row programs;
 //! * [`memory`] — liveness-based offsets in one arena, and the peak it needs.
 //!
 //! Nothing here knows about a particular target: the CPU backend is the first user, a GPU
 //! backend the second. Every kernel carries the concrete shapes its backend must check.
 
 pub mod fuse;
+pub mod hydra;
 pub mod kernel;
 pub mod memory;
 pub mod row;
 
 pub use fuse::{lower, LowerError, Lowered};
+pub use hydra::{Hydra, RowView};
 pub use kernel::{Kernel, KernelKind, Value, ValueId, ValueKind};
 pub use memory::MemoryPlan;
 pub use row::{Expr, InputKind, ReduceKind, Reduction, RowProgram};
