@@ -8,6 +8,7 @@
 //!    output once: 16·N·D) / time, for Q/K/V as strided slices of one fused `[N, 3D]` QKV
 //!    buffer and as three separate buffers, non-causal and causal; against a 2-thread copy
 //!    moving the same bytes (read 2·N·D floats, write 2·N·D). Median of interleaved rounds.
+//!    `-- --bandwidth-only 4096,16384` runs only this part, at the sizes given.
 //! 2. Attention, 12 heads × 64 (D=768), at N=1024, 4096, 16384: attnopt's softmax attention
 //!    (the ir builder's `AttentionKind::Softmax`: QKᵀ·scale → softmax → ·V, lowered and run by
 //!    `CpuModel`) vs the Hydra graph (`Builder::hydra_linear`, one fused kernel) through
@@ -56,8 +57,7 @@ fn mem_available() -> Option<usize> {
     Some(kb * 1024)
 }
 
-fn bandwidth(pool: &rayon::ThreadPool) {
-    let n = 4096;
+fn bandwidth(pool: &rayon::ThreadPool, n: usize) {
     let bytes = (16 * n * D) as f64;
     println!("## Hydra kernel bandwidth, N={n}, D={D}, B=1, {THREADS} threads");
     println!(
@@ -277,6 +277,15 @@ fn main() {
         .num_threads(THREADS)
         .build()
         .expect("thread pool");
-    bandwidth(&pool);
+    // `-- --bandwidth-only N1,N2,..`: part 1 at other sizes (e.g. past the L3 cache) and exit.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--bandwidth-only") {
+        let sizes = args.get(i + 1).map(String::as_str).unwrap_or("4096");
+        for n in sizes.split(',').filter_map(|x| x.parse().ok()) {
+            bandwidth(&pool, n);
+        }
+        return;
+    }
+    bandwidth(&pool, 4096);
     attention();
 }

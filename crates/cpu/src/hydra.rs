@@ -216,6 +216,8 @@ impl HydraKernel {
     /// `acc += φ(K_r) ⊙ V_r`.
     fn accumulate(&self, x: &Operands, r: usize, acc: &mut [f32]) -> Result<(), JitError> {
         let (d, [_, kv, vv]) = (self.spec.d, self.spec.views);
+        prefetch(x.k, kv, r + PREFETCH_ROWS, d);
+        prefetch(x.v, vv, r + PREFETCH_ROWS, d);
         self.kv_step.run_row_in_place(
             &[
                 Arg::Data(row(x.k, kv, r, d)),
@@ -237,6 +239,7 @@ impl HydraKernel {
         out_row: &mut [f32],
     ) -> Result<(), JitError> {
         let d = self.spec.d;
+        prefetch(x.q, self.spec.views[0], r + PREFETCH_ROWS, d);
         self.output_row.run_row_in_place(
             &[Arg::Data(row(x.q, self.spec.views[0], r, d)), Arg::Data(kv)],
             out_row,
@@ -256,6 +259,31 @@ struct Operands<'a> {
 fn row(x: &[f32], view: RowView, r: usize, d: usize) -> &[f32] {
     let start = r * view.row_stride + view.offset;
     &x[start..start + d]
+}
+
+/// Rows fetched ahead of the one being computed (see [`prefetch`]).
+const PREFETCH_ROWS: usize = 8;
+
+/// Asks the cache to fetch row `r` of an operand, if it exists. Strided rows (Q, K and V of a
+/// fused `[N, 3D]` buffer: 3 KB read, 6 KB skipped) defeat the hardware stream prefetchers.
+fn prefetch(x: &[f32], view: RowView, r: usize, d: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if view.row_stride != d {
+        let start = r
+            .saturating_mul(view.row_stride)
+            .saturating_add(view.offset);
+        if let Some(row) = x.get(start..start.saturating_add(d)) {
+            for line in row.chunks(16) {
+                // SAFETY: a prefetch reads nothing into the program and never faults; the
+                // address is inside `x` anyway.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        line.as_ptr() as *const i8,
+                    )
+                };
+            }
+        }
+    }
 }
 
 fn check_operand(
