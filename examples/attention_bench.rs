@@ -11,8 +11,10 @@
 //!    `-- --bandwidth-only 4096,16384` runs only this part, at the sizes given.
 //! 2. Attention, 12 heads × 64 (D=768), at N=1024, 4096, 16384: attnopt's softmax attention
 //!    (the ir builder's `AttentionKind::Softmax`: QKᵀ·scale → softmax → ·V, lowered and run by
-//!    `CpuModel`) vs the Hydra graph (`Builder::hydra_linear`, one fused kernel) through
-//!    `CpuModel` on the same Q, K, V. Softmax needs two `12·Nq·N` f32 score tensors (scores and
+//!    `CpuModel`) vs the Hydra kernel alone and the Hydra graph (`Builder::hydra_linear`, one
+//!    fused kernel) through `CpuModel::run` on the same Q, K, V. `run` also copies the output
+//!    into a fresh `Tensor` (at N=16384 a 50 MB allocation whose page faults cost more than the
+//!    kernel). Softmax needs two `12·Nq·N` f32 score tensors (scores and
 //!    probabilities): when they do not fit in half the available memory, queries are split into
 //!    chunks run one after another against all keys, and the times are added (said in the
 //!    output).
@@ -220,10 +222,45 @@ fn time_graph(
     (Duration::from_secs_f64(median(t)), names)
 }
 
-fn attention() {
+/// Median time of the Hydra kernel alone on separate `q`, `k`, `v` of `n × D` (output buffer
+/// allocated once, as in the executor's arena).
+fn time_kernel(pool: &rayon::ThreadPool, inputs: &HashMap<String, Tensor>, n: usize) -> Duration {
+    let mut jit = JitModule::new().expect("jit");
+    let dense = RowView {
+        row_stride: D,
+        offset: 0,
+    };
+    let spec = Hydra {
+        batch: 1,
+        tokens: n,
+        d: D,
+        causal: false,
+        eps_q: 1e-12,
+        eps_k: 1e-12,
+        views: [dense; 3],
+    };
+    let k = HydraKernel::compile(&mut jit, &spec).expect("compiles");
+    let x = |name: &str| inputs[name].as_f32().expect("f32");
+    let mut out = vec![0f32; n * D];
+    let mut t = Vec::new();
+    for i in 0..8 {
+        let t0 = Instant::now();
+        pool.install(|| k.run(x("q"), x("k"), x("v"), &mut out))
+            .expect("runs");
+        if i >= 1 {
+            t.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Duration::from_secs_f64(median(t))
+}
+
+fn attention(pool: &rayon::ThreadPool) {
     println!("## Attention alone, {HEADS} heads × {HEAD_DIM} (D={D}), f32, {THREADS} threads");
-    println!("| N | attnopt softmax (ms) | attnopt Hydra (ms) | softmax / Hydra | note |");
-    println!("|---:|---:|---:|---:|---|");
+    println!(
+        "| N | attnopt softmax (ms) | Hydra kernel (ms) | Hydra via CpuModel::run (ms) | \
+         softmax / Hydra kernel | softmax / Hydra via run | note |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---|");
     let avail = mem_available().unwrap_or(8 << 30);
     for n in [1024usize, 4096, 16384] {
         let t = |name: &str, seed| {
@@ -235,6 +272,7 @@ fn attention() {
             .expect("tensors");
         let reps = if n <= 1024 { 7 } else { 3 };
         let (hydra, names) = time_graph(hydra_graph(n), &full, reps.max(5));
+        let kernel = time_kernel(pool, &full, n);
         assert_eq!(names, ["hydra"], "the Hydra graph lowers to one kernel");
         // Scores and probabilities, 12·nq·n f32 each, must fit in half of what is available.
         let mut chunks = 1;
@@ -264,9 +302,11 @@ fn attention() {
             String::new()
         };
         println!(
-            "| {n} | {:.1} | {:.3} | {:.0}× | {note} |",
+            "| {n} | {:.1} | {:.3} | {:.3} | {:.0}× | {:.0}× | {note} |",
             softmax.as_secs_f64() * 1e3,
+            kernel.as_secs_f64() * 1e3,
             hydra.as_secs_f64() * 1e3,
+            softmax.as_secs_f64() / kernel.as_secs_f64(),
             softmax.as_secs_f64() / hydra.as_secs_f64()
         );
     }
@@ -287,5 +327,5 @@ fn main() {
         return;
     }
     bandwidth(&pool, 4096);
-    attention();
+    attention(&pool);
 }
