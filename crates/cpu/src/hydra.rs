@@ -12,7 +12,8 @@
 //! Q, K and V are read in place as strided rows ([`RowView`]), usually of one fused QKV
 //! buffer. Every length is checked before any row is touched, and rows are cut from the
 //! slices with bounds-checked indexing; the JIT row functions get only `d`-long slices
-//! ([`RowKernel::run_row_in_place`] checks them again). Never: read a row outside its slice,
+//! ([`RowKernel::run_row_in_place`] checks them again). Strided rows are prefetched a few rows
+//! ahead (`prefetch`), as the hardware prefetchers lose them. Never: read a row outside its slice,
 //! or decide what runs when (the executor's business).
 //!
 //! [`KernelKind::Hydra`]: attnopt_lower::KernelKind::Hydra
