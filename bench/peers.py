@@ -34,6 +34,11 @@ For each model it
      faster), then attnopt's kernel breakdown (matmul share vs the rest).
 
 Everything measured also goes to OUT/results-<time>.json.
+
+With --attention it instead times attention alone: PyTorch's fused SDPA
+(`torch.nn.functional.scaled_dot_product_attention`, f32, no mask, [1, heads, N, head_dim])
+at each N of --attention-seq, --threads threads, median of a few calls (fewer at large N).
+Compare with `cargo run --release --example attention_bench` (attnopt softmax and Hydra).
 """
 
 from __future__ import annotations
@@ -559,6 +564,11 @@ def main() -> None:
                     help="seconds allowed for torch.compile's first call")
     ap.add_argument("--peer-timeout", type=int, default=600)
     ap.add_argument("--no-attnopt", action="store_true")
+    ap.add_argument("--attention", action="store_true",
+                    help="time PyTorch SDPA attention alone (see below) and exit")
+    ap.add_argument("--attention-seq", default="1024,4096,16384")
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--head-dim", type=int, default=64)
     # worker mode (internal)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -572,6 +582,9 @@ def main() -> None:
 
     if args.worker:
         print(json.dumps(worker(args)), flush=True)
+        return
+    if args.attention:
+        attention_only(args)
         return
 
     names = list(MODELS) if args.models == "all" else args.models.split(",")
@@ -613,6 +626,32 @@ def main() -> None:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()))
     print_report(results, args)
     print(f"\nall numbers: {jpath}")
+
+
+def attention_only(args) -> None:
+    """PyTorch SDPA alone, per sequence length: median ms of up to --reps calls (each N gets
+    as many calls as fit in ~20 s after one warm-up)."""
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"machine: {machine()['cpu']}; torch {torch.__version__}; threads {args.threads}; "
+          f"{args.heads} heads x {args.head_dim}, f32")
+    print(f"{'N':>7} {'calls':>5} {'median ms':>10} {'min ms':>10}")
+    for n in [int(x) for x in args.attention_seq.split(",")]:
+        q, k, v = (torch.randn(1, args.heads, n, args.head_dim) for _ in range(3))
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            F.scaled_dot_product_attention(q, k, v)
+            first = time.perf_counter() - t0
+            reps = max(1, min(args.reps, int(20.0 / max(first, 1e-3))))
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                F.scaled_dot_product_attention(q, k, v)
+                times.append(time.perf_counter() - t0)
+        print(f"{n:>7} {reps:>5} {statistics.median(times) * 1e3:>10.1f} "
+              f"{min(times) * 1e3:>10.1f}", flush=True)
 
 
 def machine() -> dict:

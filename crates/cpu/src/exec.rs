@@ -24,6 +24,7 @@ use attnopt_lower::{
     lower, Epilogue, Kernel, KernelKind, Lowered, RowProgram, Structured, ValueId, ValueKind,
 };
 
+use crate::hydra::HydraKernel;
 use crate::jit::{Arg, JitModule, RowKernel, Valid};
 use crate::matmul::{
     best_available_for, Activation, Batch, EpilogueKind, MatMul, MatMut, MatRef, Precision,
@@ -57,6 +58,7 @@ pub enum CpuError {
 /// A compiled kernel's executable part.
 enum Exec {
     Row(RowKernel),
+    Hydra(HydraKernel),
     /// A product, then its epilogue as a JIT row program over the output.
     Epilogue(RowKernel),
     /// A product with a prepared weight and its epilogue run inside it by the library.
@@ -380,8 +382,11 @@ impl CpuModel {
                 }
                 _ => None,
             };
-            execs.push(match program {
-                Some((p, epi)) => {
+            execs.push(match (program, &k.kind) {
+                (None, KernelKind::Hydra(spec)) => Exec::Hydra(
+                    HydraKernel::compile(&mut self.jit, spec).map_err(|e| err(e.to_string()))?,
+                ),
+                (Some((p, epi)), _) => {
                     let kernel = self.jit.compile(p).map_err(|e| err(e.to_string()))?;
                     if !self.kernels.iter().any(|(q, _)| q == p) {
                         self.kernels.push((p.clone(), i));
@@ -392,7 +397,7 @@ impl CpuModel {
                         Exec::Row(kernel)
                     }
                 }
-                None => fused.map_or(Exec::None, Exec::Fused),
+                (None, _) => fused.map_or(Exec::None, Exec::Fused),
             });
             if let KernelKind::MatMul { b_transposed, .. } = k.kind {
                 if let ValueKind::Weight(w) = lowered.values[k.inputs[1]].kind {
@@ -586,6 +591,22 @@ impl CpuModel {
                             .map_err(|e| err(e.to_string()))?;
                         epilogue_seconds = t1.map_or(0.0, |t| t.elapsed().as_secs_f64());
                     }
+                }
+                KernelKind::Hydra(_) => {
+                    let Exec::Hydra(kernel) = &plan.execs[i] else {
+                        return Err(err("Hydra kernel not compiled".into()));
+                    };
+                    let [q, kk, v] = [0, 1, 2].map(|j| k.inputs.get(j).copied());
+                    let (Some(q), Some(kk), Some(v)) = (q, kk, v) else {
+                        return Err(err("a Hydra kernel takes Q, K and V".into()));
+                    };
+                    let (q, kk, v) = (
+                        f32_of(src(q)?).map_err(err)?,
+                        f32_of(src(kk)?).map_err(err)?,
+                        f32_of(src(v)?).map_err(err)?,
+                    );
+                    let out = f.dst_f32(k.output).map_err(err)?;
+                    kernel.run(q, kk, v, out).map_err(|e| err(e.to_string()))?;
                 }
                 KernelKind::Op(op) => self.generic(&f, k, op).map_err(err)?,
             }

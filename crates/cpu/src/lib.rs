@@ -5,11 +5,13 @@
 //! * [`matmul`] — the `MatMul` trait and its two implementations;
 //! * [`jit`] — row-kernel compilation and the safe calling API;
 //! * [`exec`] — `CpuModel`: lowering, compilation and execution of a graph;
+//! * [`hydra`] — the fused Hydra attention kernel (two JIT row programs over tokens);
 //! * [`ops`] — native kernels for layout and other generic operators.
 //!
 //! Depends on `attnopt-lower` and `attnopt-ir` only; never on a GPU crate.
 
 pub mod exec;
+pub mod hydra;
 pub mod jit;
 pub mod matmul;
 pub mod ops;

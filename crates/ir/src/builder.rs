@@ -3,7 +3,8 @@
 //! checkpoint tensor names (that mapping lives in import only).
 
 use crate::{
-    Binary, Dim, Graph, GraphError, NodeId, NodeMeta, Op, Role, RopeStyle, Scalar, Shape, Unary,
+    Binary, Dim, Graph, GraphError, NodeId, NodeMeta, Op, Reduce, Role, RopeStyle, Scalar, Shape,
+    Unary,
 };
 
 /// How a checkpoint stores a linear layer's weight.
@@ -172,6 +173,37 @@ impl Builder {
             AttentionKind::Hydra => self.hydra_attention(q, k, v, a),
             AttentionKind::LinearElu { eps } => self.linear_attention(q, k, v, a, eps),
         }
+    }
+
+    /// Hydra attention in its linear form over `[B, N, D]` (what `rules/hydra.rules` produces):
+    /// `φ(q) ⊙ Σ_t φ(k)_t ⊙ v_t`, with `φ = l2_normalize` over the features; `causal` takes a
+    /// prefix sum over tokens (`cumsum`) instead of the total (`reduce_sum`).
+    pub fn hydra_linear(
+        &mut self,
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        causal: bool,
+        eps: f32,
+    ) -> Result<NodeId, GraphError> {
+        let norm = Op::L2Normalize {
+            axis: 2,
+            eps: Scalar::new(eps),
+        };
+        let q = self.op(norm.clone(), &[q], Role::QProj)?;
+        let k = self.op(norm, &[k], Role::KProj)?;
+        let kv = self.mul(k, v, Role::AttnContext)?;
+        let sum = if causal {
+            Op::CumSum { axis: 1 }
+        } else {
+            Op::Reduce {
+                kind: Reduce::Sum,
+                axis: 1,
+                keep_dim: true,
+            }
+        };
+        let kv = self.op(sum, &[kv], Role::AttnContext)?;
+        self.mul(q, kv, Role::AttnContext)
     }
 
     fn hydra_attention(

@@ -5,7 +5,8 @@
 //! have the root's shape: the absorbed chain becomes one [`RowProgram`]. Reductions over the
 //! last axis (LayerNorm, RMSNorm, softmax, L2-normalise) root row programs of their own kind; a
 //! single-use matrix product under an elementwise chain becomes a product with that chain as
-//! its epilogue; a transpose of a product's right operand is folded into the product. What
+//! its epilogue; a transpose of a product's right operand is folded into the product; the Hydra
+//! attention pattern becomes one kernel ([`crate::hydra`]). What
 //! fits none of these stays one ir operator for the backend's generic kernels.
 
 use std::collections::HashMap;
@@ -109,12 +110,12 @@ fn input_kind(s: &[usize], out: &[usize]) -> Option<InputKind> {
     None
 }
 
-struct Lowering<'g> {
-    g: &'g Graph,
+pub(crate) struct Lowering<'g> {
+    pub(crate) g: &'g Graph,
     b: Bindings,
-    shapes: HashMap<NodeId, Vec<usize>>,
-    users: HashMap<NodeId, usize>,
-    assigned: HashMap<NodeId, usize>,
+    pub(crate) shapes: HashMap<NodeId, Vec<usize>>,
+    pub(crate) users: HashMap<NodeId, usize>,
+    pub(crate) assigned: HashMap<NodeId, usize>,
     values: Vec<Value>,
     value_of: HashMap<NodeId, ValueId>,
     additive_masks: HashMap<NodeId, ValueId>,
@@ -137,7 +138,7 @@ impl<'g> Lowering<'g> {
     }
 
     /// The value a node's result lives in, created on first use.
-    fn value(&mut self, n: NodeId) -> ValueId {
+    pub(crate) fn value(&mut self, n: NodeId) -> ValueId {
         if let Some(&v) = self.value_of.get(&n) {
             return v;
         }
@@ -483,6 +484,20 @@ impl<'g> Lowering<'g> {
                 return;
             }
             _ => {}
+        }
+        if let Some(h) = self.hydra(n) {
+            let name = if h.spec.causal {
+                "hydra:causal"
+            } else {
+                "hydra"
+            };
+            // What the fused kernel moves, not the sum of the nodes it replaces.
+            let bytes = h.spec.bytes();
+            self.emit(n, KernelKind::Hydra(h.spec), h.inputs, h.nodes, name.into());
+            if let Some((_, k)) = self.kernels.last_mut() {
+                k.bytes = bytes;
+            }
+            return;
         }
         if let Some((program, pb, rows, d)) = self.row_program(n) {
             if let Some(mm) = pb.matmul {

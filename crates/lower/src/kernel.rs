@@ -4,6 +4,7 @@ use attnopt_ir::{DType, NodeId, Op, Role, WeightId};
 use serde::Serialize;
 
 use crate::epilogue::Epilogue;
+use crate::hydra::Hydra;
 use crate::row::RowProgram;
 
 /// Index into [`crate::Lowered::values`].
@@ -66,6 +67,9 @@ pub enum KernelKind {
         d: usize,
         causal: Option<usize>,
     },
+    /// Hydra attention, `φ(Q) ⊙ Σ_t φ(K_t) ⊙ V_t` (causal: a prefix sum over tokens), inputs
+    /// Q, K, V read as strided rows ([`crate::hydra`]); the output is `[batch, tokens, d]`.
+    Hydra(Hydra),
     /// `attention_mask` (i64, 1 keeps / 0 masks) to an additive f32 mask (0 / -inf).
     AdditiveMask,
     /// The output aliases input 0 (reshape): nothing to do.

@@ -7,6 +7,7 @@
 //! * [`epilogue`] — the elementwise work fused after a product, as a row program and, where it
 //!   has the shape `act(x + bias) + residual`, in structured form for libraries that fuse it;
 //! * [`fuse`] — which ir nodes become one kernel;
+//! * [`hydra`] — the Hydra attention pattern as one kernel, and its row programs;
 //! * [`memory`] — liveness-based offsets in one arena, and the peak it needs.
 //!
 //! Nothing here knows about a particular target: the CPU backend is the first user, a GPU
@@ -14,12 +15,14 @@
 
 pub mod epilogue;
 pub mod fuse;
+pub mod hydra;
 pub mod kernel;
 pub mod memory;
 pub mod row;
 
 pub use epilogue::{Epilogue, Structured};
 pub use fuse::{lower, LowerError, Lowered};
+pub use hydra::{Hydra, RowView};
 pub use kernel::{Kernel, KernelKind, Value, ValueId, ValueKind};
 pub use memory::MemoryPlan;
 pub use row::{Expr, InputKind, ReduceKind, Reduction, RowProgram};

@@ -359,6 +359,54 @@ impl RowKernel {
         Ok(())
     }
 
+    /// One row where inputs given as [`Arg::Out`] are read from `io` itself (an accumulator:
+    /// `acc = acc + f(row)`). Each [`Arg::Data`] is already this row's slice of length
+    /// `d = io.len()`. Allocates nothing (it runs once per token in the Hydra kernel).
+    pub fn run_row_in_place(
+        &self,
+        inputs: &[Arg],
+        io: &mut [f32],
+        valid: usize,
+        params: &[f32],
+    ) -> Result<(), JitError> {
+        const MAX: usize = 8;
+        let d = io.len();
+        self.check_counts(inputs.len(), params)?;
+        if inputs.len() > MAX {
+            return Err(JitError::InputCount {
+                expected: MAX,
+                got: inputs.len(),
+            });
+        }
+        if valid > d {
+            return Err(JitError::ValidTooLong { row: 0, valid, d });
+        }
+        let io_ptr = io.as_mut_ptr();
+        let mut ptrs = [std::ptr::null::<f32>(); MAX];
+        for (i, (arg, &kind)) in inputs.iter().zip(&self.inputs).enumerate() {
+            ptrs[i] = match *arg {
+                Arg::Out if kind != InputKind::Rows => {
+                    return Err(JitError::InPlaceNotRows { input: i })
+                }
+                Arg::Out => io_ptr as *const f32,
+                Arg::Data(s) if s.len() != d => {
+                    return Err(JitError::InputLen {
+                        input: i,
+                        kind,
+                        expected: d,
+                        got: s.len(),
+                    })
+                }
+                Arg::Data(s) => s.as_ptr(),
+            };
+        }
+        // SAFETY: every input pointer has d readable elements (an `Out` input is `io`, read
+        // column by column before that column is stored), io has d writable ones, valid ≤ d,
+        // and params has as many elements as the program reads.
+        unsafe { (self.f)(ptrs.as_ptr(), io_ptr, d, valid, params.as_ptr()) };
+        Ok(())
+    }
+
     /// Every row of `out` (`rows = out.len() / d`), from whole tensors: a `Rows` input has
     /// `rows·d` elements, a `Vector` `d`, a `GroupVector { rows_per_group }`
     /// `rows / rows_per_group · d`. Splits the rows across the current rayon pool when the
