@@ -31,6 +31,7 @@ use crate::matmul::{
     PreparedWeight,
 };
 use crate::ops;
+use crate::rope::RopeKernel;
 
 /// Why a CPU run failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,8 @@ pub enum CpuError {
 enum Exec {
     Row(RowKernel),
     Hydra(HydraKernel),
+    /// Rotary embeddings as JIT row programs ([`RopeKernel`]).
+    Rope(RopeKernel),
     /// A product, then its epilogue as a JIT row program over the output.
     Epilogue(RowKernel),
     /// A product with a prepared weight and its epilogue run inside it by the library.
@@ -386,6 +389,13 @@ impl CpuModel {
                 (None, KernelKind::Hydra(spec)) => Exec::Hydra(
                     HydraKernel::compile(&mut self.jit, spec).map_err(|e| err(e.to_string()))?,
                 ),
+                (None, KernelKind::Op(Op::Rope { theta, style })) => {
+                    let s = &lowered.values[k.inputs[0]].shape;
+                    let (n, d) = (s[s.len() - 2], s[s.len() - 1]);
+                    RopeKernel::compile(&mut self.jit, *style, n, d, theta.get() as f64)
+                        .map_err(|e| err(e.to_string()))?
+                        .map_or(Exec::None, Exec::Rope)
+                }
                 (Some((p, epi)), _) => {
                     let kernel = self.jit.compile(p).map_err(|e| err(e.to_string()))?;
                     if !self.kernels.iter().any(|(q, _)| q == p) {
@@ -608,7 +618,14 @@ impl CpuModel {
                     let out = f.dst_f32(k.output).map_err(err)?;
                     kernel.run(q, kk, v, out).map_err(|e| err(e.to_string()))?;
                 }
-                KernelKind::Op(op) => self.generic(&f, k, op).map_err(err)?,
+                KernelKind::Op(op) => match &plan.execs[i] {
+                    Exec::Rope(rope) => {
+                        let x = f32_of(src(k.inputs[0])?).map_err(err)?;
+                        let out = f.dst_f32(k.output).map_err(err)?;
+                        rope.run(x, out).map_err(err)?;
+                    }
+                    _ => self.generic(&f, k, op).map_err(err)?,
+                },
             }
             if let Some(t0) = t0 {
                 times.push(KernelTime {

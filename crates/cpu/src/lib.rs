@@ -15,5 +15,6 @@ pub mod hydra;
 pub mod jit;
 pub mod matmul;
 pub mod ops;
+pub mod rope;
 
 pub use exec::{CpuError, CpuModel, KernelTime};

@@ -168,3 +168,53 @@ fn gather_from_bf16_matches_the_widened_table() {
 fn ops_bf16(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
 }
+
+#[test]
+fn jit_rope_matches_the_interpreter() {
+    // Half style (rotate_half) as JIT row programs, on odd and even head dims, on one thread
+    // and split across a pool; interleaved is left to the native loop (None).
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let mut jit = attnopt_cpu::jit::JitModule::new().unwrap();
+    for &(b, h, n, d) in &[
+        (1usize, 1usize, 1usize, 2usize),
+        (1, 2, 5, 7),
+        (2, 3, 9, 8),
+        (1, 4, 17, 64),
+        (2, 8, 128, 64), // large enough to split across threads
+        (1, 2, 33, 130),
+    ] {
+        let shape = vec![b, h, n, d];
+        let x = Tensor::f32(shape.clone(), data(b * h * n * d, d as u64)).unwrap();
+        for theta in [10000.0f32, 500000.0] {
+            let op = Op::Rope {
+                theta: Scalar::new(theta),
+                style: RopeStyle::Half,
+            };
+            let want = reference(&op, &[&x]);
+            let k = attnopt_cpu::rope::RopeKernel::compile(
+                &mut jit,
+                RopeStyle::Half,
+                n,
+                d,
+                theta as f64,
+            )
+            .unwrap()
+            .expect("half style is compiled");
+            let mut got = vec![f32::NAN; want.len()];
+            k.run(x.as_f32().unwrap(), &mut got).unwrap();
+            close(&got, &want, &format!("rope {shape:?} θ={theta}"));
+            let mut par = vec![f32::NAN; want.len()];
+            pool.install(|| k.run(x.as_f32().unwrap(), &mut par))
+                .unwrap();
+            assert_eq!(got, par, "threads change nothing");
+            // Lengths that are not whole blocks of n × d are errors.
+            assert!(k.run(&x.as_f32().unwrap()[1..], &mut got[1..]).is_err());
+        }
+    }
+    let none = attnopt_cpu::rope::RopeKernel::compile(&mut jit, RopeStyle::Interleaved, 4, 8, 1e4)
+        .unwrap();
+    assert!(none.is_none());
+}
