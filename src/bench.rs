@@ -53,8 +53,14 @@ pub struct BenchRun {
     pub median_ms: f64,
     pub min_ms: f64,
     pub max_ms: f64,
-    /// Lowering, JIT compilation and weight preparation for this size.
+    /// Lowering, JIT compilation and weight preparation for this size ...
     pub compile_ms: f64,
+    /// ... of which lowering (fusion, schedule, memory plan),
+    pub lower_ms: f64,
+    /// Cranelift compilation of the distinct row kernels,
+    pub jit_ms: f64,
+    /// and matrix-product weight preparation (reorders, packing).
+    pub weights_ms: f64,
     /// Model FLOPs (ir cost counts) per run, and the rate at the median.
     pub gflop: f64,
     pub gflops: f64,
@@ -147,6 +153,8 @@ pub fn bench(
             let t0 = Instant::now();
             cpu.prepare(opts.batch, seq)?;
             let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let pt = cpu.prepare_times(opts.batch, seq).unwrap_or_default();
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
             cpu.run(&feed, &["last_hidden_state"], false)?; // warm-up
             let mut times = Vec::with_capacity(opts.reps);
             let what = format!("{label} graph, N={seq}: timed runs");
@@ -206,6 +214,9 @@ pub fn bench(
                 min_ms,
                 max_ms,
                 compile_ms,
+                lower_ms: ms(pt.lower),
+                jit_ms: ms(pt.jit),
+                weights_ms: ms(pt.weights),
                 gflop: flops / 1e9,
                 gflops: flops / (median_ms / 1e3) / 1e9,
                 arena_bytes: cpu.arena_bytes(opts.batch, seq).unwrap_or(0),
@@ -255,6 +266,17 @@ impl BenchReport {
                 r.compile_ms,
                 r.gflops,
                 crate::inspect::si(r.arena_bytes as f64) + "B"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\ncompile ms = lowering + JIT (distinct row kernels) + weight preparation:"
+        );
+        for r in &self.runs {
+            let _ = writeln!(
+                s,
+                "  {} N={}: {:.1} = {:.1} + {:.1} + {:.1}",
+                r.graph, r.seq, r.compile_ms, r.lower_ms, r.jit_ms, r.weights_ms
             );
         }
         for r in &self.runs {

@@ -100,6 +100,19 @@ struct Plan {
     execs: Vec<Exec>,
     arena: Vec<u64>,
     compile_time: Duration,
+    times: PrepareTimes,
+}
+
+/// Where [`CpuModel::prepare`]'s time went for one (batch, sequence) size.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrepareTimes {
+    /// Lowering: fusion, schedule and memory plan.
+    pub lower: Duration,
+    /// Cranelift compilation of the row kernels not compiled before (identical programs are
+    /// compiled once per model).
+    pub jit: Duration,
+    /// Matrix-product weight preparation (reorder/packing) not done before.
+    pub weights: Duration,
 }
 
 /// Time spent per kernel in the last profiled run.
@@ -132,7 +145,7 @@ pub struct CpuModel {
     prepared: HashMap<(WeightId, bool), Box<dyn PreparedWeight>>,
     plans: HashMap<(usize, usize), Plan>,
     /// Row kernels by program (identical programs share one compiled kernel).
-    kernels: Vec<(RowProgram, usize)>,
+    kernels: Vec<(RowProgram, RowKernel)>,
     /// Let the matrix-product library run epilogues it can fuse (else all run as JIT passes).
     post_ops: bool,
 }
@@ -346,6 +359,21 @@ impl CpuModel {
             .prepare(if transposed { view.t() } else { view })
     }
 
+    /// The compiled kernel of `p`: compiled once per model, shared by every kernel running it.
+    fn row_kernel(&mut self, p: &RowProgram) -> Result<RowKernel, crate::jit::JitError> {
+        if let Some((_, k)) = self.kernels.iter().find(|(q, _)| q == p) {
+            return Ok(k.clone());
+        }
+        let k = self.jit.compile(p)?;
+        self.kernels.push((p.clone(), k.clone()));
+        Ok(k)
+    }
+
+    /// Where the preparation of `(batch, seq)` spent its time (after [`CpuModel::prepare`]).
+    pub fn prepare_times(&self, batch: usize, seq: usize) -> Option<PrepareTimes> {
+        self.plans.get(&(batch, seq)).map(|p| p.times)
+    }
+
     /// Lowers and compiles for `(batch, seq)` if not done yet; returns the compile time spent.
     pub fn prepare(&mut self, batch: usize, seq: usize) -> Result<Duration, CpuError> {
         if let Some(p) = self.plans.get(&(batch, seq)) {
@@ -353,6 +381,10 @@ impl CpuModel {
         }
         let t0 = Instant::now();
         let lowered = lower(&self.graph, &Bindings::new(batch, seq))?;
+        let mut times = PrepareTimes {
+            lower: t0.elapsed(),
+            ..PrepareTimes::default()
+        };
         #[cfg(debug_assertions)]
         attnopt_lower::memory::check(
             &lowered.memory,
@@ -385,6 +417,7 @@ impl CpuModel {
                 }
                 _ => None,
             };
+            let tj = Instant::now();
             execs.push(match (program, &k.kind) {
                 (None, KernelKind::Hydra(spec)) => Exec::Hydra(
                     HydraKernel::compile(&mut self.jit, spec).map_err(|e| err(e.to_string()))?,
@@ -397,10 +430,7 @@ impl CpuModel {
                         .map_or(Exec::None, Exec::Rope)
                 }
                 (Some((p, epi)), _) => {
-                    let kernel = self.jit.compile(p).map_err(|e| err(e.to_string()))?;
-                    if !self.kernels.iter().any(|(q, _)| q == p) {
-                        self.kernels.push((p.clone(), i));
-                    }
+                    let kernel = self.row_kernel(p).map_err(|e| err(e.to_string()))?;
                     if epi {
                         Exec::Epilogue(kernel)
                     } else {
@@ -409,6 +439,8 @@ impl CpuModel {
                 }
                 (None, _) => fused.map_or(Exec::None, Exec::Fused),
             });
+            times.jit += tj.elapsed();
+            let tw = Instant::now();
             if let KernelKind::MatMul { b_transposed, .. } = k.kind {
                 if let ValueKind::Weight(w) = lowered.values[k.inputs[1]].kind {
                     if !self.prepared.contains_key(&(w, b_transposed)) {
@@ -421,6 +453,7 @@ impl CpuModel {
                     }
                 }
             }
+            times.weights += tw.elapsed();
         }
         let words = lowered.memory.arena_bytes.div_ceil(8);
         let plan = Plan {
@@ -428,6 +461,7 @@ impl CpuModel {
             execs,
             arena: vec![0u64; words],
             compile_time: t0.elapsed(),
+            times,
         };
         let ct = plan.compile_time;
         self.plans.insert((batch, seq), plan);

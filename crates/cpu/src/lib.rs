@@ -17,4 +17,4 @@ pub mod matmul;
 pub mod ops;
 pub mod rope;
 
-pub use exec::{CpuError, CpuModel, KernelTime};
+pub use exec::{CpuError, CpuModel, KernelTime, PrepareTimes};

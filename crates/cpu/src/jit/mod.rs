@@ -303,6 +303,8 @@ impl JitModule {
 }
 
 /// A compiled row program. All entry points check every length before running JIT code.
+/// Clones share the compiled code.
+#[derive(Clone)]
 pub struct RowKernel {
     f: RowFn,
     inputs: Vec<InputKind>,
