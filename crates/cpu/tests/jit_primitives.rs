@@ -166,11 +166,15 @@ fn the_option_and_the_environment_choose_the_path() {
     let detected = std::arch::is_x86_feature_detected!("avx512f");
     assert_eq!(module(true).row_primitives(), detected);
     // The only test here that touches the environment; the others pass explicit options.
+    let before = std::env::var_os(AVX512_ENV);
     std::env::set_var(AVX512_ENV, "0");
     let off = JitOptions::default().row_primitives;
     std::env::set_var(AVX512_ENV, "1");
     let on = JitOptions::default().row_primitives;
-    std::env::remove_var(AVX512_ENV);
+    match before {
+        Some(v) => std::env::set_var(AVX512_ENV, v),
+        None => std::env::remove_var(AVX512_ENV),
+    }
     assert!(!off);
     assert!(on);
 }
