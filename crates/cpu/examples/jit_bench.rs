@@ -5,7 +5,9 @@
 //! GB/s = (bytes read + bytes written) / time, counting each tensor input and the output once
 //! (per-row vectors — bias, γ, β, the mask — are cache-resident and not counted).
 //! Kernels: bias + GELU (erf) and residual + LayerNorm on rows of 768, masked scaled softmax on
-//! rows of 128; 128 and 8192 rows; `run_rows_serial`, so one thread.
+//! rows of 128; 128 and 8192 rows; `run_rows_serial`, so one thread. Softmax runs twice: as
+//! compiled by default (its exp pass a call to the AVX-512 row primitive where the CPU has
+//! avx512f) and with the f32x4 code forced (`row_primitives: false`).
 
 use std::time::{Duration, Instant};
 
@@ -146,6 +148,10 @@ fn main() {
         ..JitOptions::default()
     };
     println!("options: {options:?}");
+    println!(
+        "row primitives: {}",
+        JitModule::with_options(options).unwrap().row_primitives()
+    );
 
     println!("\n| kernel | compile median (20×), verifier off | verifier on |");
     println!("|---|---|---|");
@@ -172,6 +178,11 @@ fn main() {
     println!("\n| kernel | d | rows | time per call | GB/s | ns/element |");
     println!("|---|---|---|---|---|---|");
     let mut m = JitModule::with_options(options).unwrap();
+    let mut m4 = JitModule::with_options(JitOptions {
+        row_primitives: false,
+        ..options
+    })
+    .unwrap();
     let gelu = m.compile(&bias_gelu()).unwrap();
     let ln = m.compile(&residual_layer_norm()).unwrap();
     for rows in [128, 8192] {
@@ -206,23 +217,25 @@ fn main() {
         report("residual+LayerNorm", t, 12, d);
 
         let d = 128;
-        let sm = m.compile(&softmax(rows)).unwrap();
         let s = &x[..rows * d];
         let mask = vec![0.0f32; d];
         let mut out = vec![0.0f32; rows * d];
-        let t = time(|| {
-            sm.run_rows_serial(&[s, &mask], &mut out, d, Valid::Full, &[0.125])
-                .unwrap()
-        });
-        report("masked softmax", t, 8, d);
-        let causal = Valid::Causal {
-            queries: 128,
-            offset: 0,
-        };
-        let t = time(|| {
-            sm.run_rows_serial(&[s, &mask], &mut out, d, causal, &[0.125])
-                .unwrap()
-        });
-        report("softmax, causal", t, 8, d);
+        for (module, path) in [(&mut m, ""), (&mut m4, ", f32x4")] {
+            let sm = module.compile(&softmax(rows)).unwrap();
+            let t = time(|| {
+                sm.run_rows_serial(&[s, &mask], &mut out, d, Valid::Full, &[0.125])
+                    .unwrap()
+            });
+            report(&format!("masked softmax{path}"), t, 8, d);
+            let causal = Valid::Causal {
+                queries: 128,
+                offset: 0,
+            };
+            let t = time(|| {
+                sm.run_rows_serial(&[s, &mask], &mut out, d, causal, &[0.125])
+                    .unwrap()
+            });
+            report(&format!("softmax, causal{path}"), t, 8, d);
+        }
     }
 }

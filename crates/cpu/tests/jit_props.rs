@@ -2,11 +2,14 @@
 //! bound on the error an f32 evaluation with the JIT's documented accuracy may have
 //! (`jit_support::eval_row`). Elements whose bound is unknown (NaN, overflow, a singularity
 //! within the error) are skipped; `checked_fraction_is_high` makes sure that stays rare.
+//! Every case runs twice: with the AVX-512 row primitives (where the CPU has them) and with
+//! the f32x4 code forced; every fifth case has the softmax shape the primitives serve.
 
 mod jit_support;
 
 use attnopt_cpu::jit::{
-    Expr, InputKind, JitModule, ReduceKind, Reduction, RowProgram, UnaryOp, Valid,
+    BinaryOp, Expr, InputKind, JitModule, JitOptions, ReduceKind, Reduction, RowProgram, UnaryOp,
+    Valid,
 };
 use jit_support::{eval_row, row_slices, Rng, ALL_BINARY, ALL_UNARY};
 use proptest::prelude::*;
@@ -100,7 +103,7 @@ fn case() -> impl Strategy<Value = Case> {
                 }
                 _ => fix(out, n),
             };
-            let program = RowProgram {
+            let mut program = RowProgram {
                 inputs: INPUTS.to_vec(),
                 params: PARAMS,
                 reductions,
@@ -108,6 +111,28 @@ fn case() -> impl Strategy<Value = Case> {
                 fill: if flag { 0.0 } else { -1.5 },
                 zero_if_all_masked,
             };
+            if seed % 5 == 1 {
+                // Softmax shape: m = max X, s = Σ e^(X − m), output e^(X − m) ∘ s.
+                let x = Expr::bin(BinaryOp::Add, program.output.clone(), Expr::Input(0));
+                let x = fix(x, 0);
+                let e = Expr::un(
+                    UnaryOp::Exp,
+                    Expr::bin(BinaryOp::Sub, x.clone(), Expr::Reduced(0)),
+                );
+                let op = ALL_BINARY[(seed / 5 % 6) as usize];
+                program.reductions = vec![
+                    Reduction {
+                        kind: ReduceKind::Max,
+                        expr: x,
+                    },
+                    Reduction {
+                        kind: ReduceKind::Sum,
+                        expr: e.clone(),
+                    },
+                ];
+                program.output = Expr::bin(op, e, Expr::Reduced(1));
+                program.zero_if_all_masked = flag;
+            }
             // Every other case uses full rows, so long vector loops are common.
             let valid = valid
                 .into_iter()
@@ -139,20 +164,42 @@ fn check(c: &Case) -> Result<(usize, usize), String> {
         .collect();
     let inputs: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();
     let params = rng.vec(PARAMS, -2.0, 2.0);
-    let kernel = JitModule::new()
-        .unwrap()
-        .compile(&c.program)
-        .map_err(|e| e.to_string())?;
-    let mut out = vec![f32::NAN; ROWS * d];
-    kernel
-        .run_rows_serial(&inputs, &mut out, d, Valid::PerRow(&c.valid), &params)
-        .map_err(|e| e.to_string())?;
+    let (mut checked, mut total) = (0, 0);
+    for row_primitives in [true, false] {
+        let options = JitOptions {
+            row_primitives,
+            ..JitOptions::default()
+        };
+        let kernel = JitModule::with_options(options)
+            .unwrap()
+            .compile(&c.program)
+            .map_err(|e| e.to_string())?;
+        let mut out = vec![f32::NAN; ROWS * d];
+        kernel
+            .run_rows_serial(&inputs, &mut out, d, Valid::PerRow(&c.valid), &params)
+            .map_err(|e| e.to_string())?;
+        let (k, n) = check_output(c, &inputs, &params, &out)
+            .map_err(|m| format!("row primitives {row_primitives}: {m}"))?;
+        checked += k;
+        total += n;
+    }
+    Ok((checked / 2, total / 2))
+}
+
+/// Compares one kernel output with the bounded reference and the lowering's reference.
+fn check_output(
+    c: &Case,
+    inputs: &[&[f32]],
+    params: &[f32],
+    out: &[f32],
+) -> Result<(usize, usize), String> {
+    let d = c.d;
     let (mut checked, mut lowering) = (0, vec![0.0f32; d]);
     for r in 0..ROWS {
-        let rows = row_slices(&c.program, &inputs, d, r);
-        let want = eval_row(&c.program, &rows, d, c.valid[r], &params);
+        let rows = row_slices(&c.program, inputs, d, r);
+        let want = eval_row(&c.program, &rows, d, c.valid[r], params);
         c.program
-            .eval_reference(&rows, &mut lowering, c.valid[r], &params);
+            .eval_reference(&rows, &mut lowering, c.valid[r], params);
         for (col, w) in want.iter().enumerate() {
             if !w.checked() {
                 continue;

@@ -19,17 +19,25 @@
 //! output pass reads it back instead of computing it again (one `exp` per element, not two).
 //! The output pass then reads no input, so this is also safe when `out` is an input (in place).
 //!
+//! **Row primitives** ([`super::primitives`], when the target has them): for softmax-shaped
+//! programs (the last two reductions `m = Max(X)` and `Sum(e^(X − m))`, that exp stashed as
+//! above) the Max pass also stores `X` into `out`, and the Sum pass is one call per row to the
+//! AVX-512 routine [`Primitive::ExpSubSum`] (`out[c] = e^(out[c] − m)` in place, returning the
+//! sum) instead of an f32x4 loop. Nothing after the Max pass reads an input, so this too is
+//! safe in place. Without primitives the same program compiles to the f32x4 loops above.
+//!
 //! This module trusts its caller: the program is validated ([`super::validate`]) and every
 //! pointer checked by [`super::RowKernel`] before the code runs. It must never read past
 //! `inputs[i] + d` or write past `out + d`.
 
 use cranelift_codegen::ir::{
     condcodes::{FloatCC, IntCC},
-    types, AbiParam, BlockArg, InstBuilder, MemFlagsData, Type, Value,
+    types, AbiParam, BlockArg, FuncRef, Function, InstBuilder, MemFlagsData, Type, Value,
 };
 use cranelift_frontend::FunctionBuilder;
 
 use super::math::Math;
+use super::primitives::Primitive;
 use super::{BinaryOp, Expr, ReduceKind, RowProgram, UnaryOp};
 
 /// What the target offers the generated code, and the loop shape asked for.
@@ -40,7 +48,14 @@ pub(super) struct Target {
     pub x86: bool,
     /// Copies of the f32x4 body per main-loop iteration; `None`: [`unroll_for`].
     pub unroll: Option<usize>,
+    /// The module imports the [`Primitive`]s (the CPU has avx512f and they were not turned
+    /// off), so kernels may call them.
+    pub row_primitives: bool,
 }
+
+/// Resolves a [`Primitive`] to a callable reference inside the function being built (the
+/// module declares the import).
+pub(super) type Imports<'a> = dyn FnMut(&mut Function, Primitive) -> FuncRef + 'a;
 
 /// The function's signature: five pointer-sized parameters, no result.
 pub(super) fn signature(sig: &mut cranelift_codegen::ir::Signature, pointer: Type) {
@@ -83,6 +98,27 @@ pub(super) fn expr_cost(e: &Expr) -> usize {
     }
 }
 
+/// The per-element cost of the whole program (every pass), as compiled for `target`.
+pub(super) fn program_cost(prog: &RowProgram, target: Target) -> usize {
+    let exp_sum = exp_sub_sum_of(prog, target);
+    let last = prog.reductions.len().saturating_sub(1);
+    let reductions: usize = prog
+        .reductions
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let c = expr_cost(&r.expr);
+            // 16 lanes instead of 4.
+            if exp_sum.is_some() && k == last {
+                c.div_ceil(4)
+            } else {
+                c
+            }
+        })
+        .sum();
+    reductions + expr_cost(&prog.output) + 1
+}
+
 /// Copies of the f32x4 body per loop iteration: 4 for short expressions (independent chains,
 /// one accumulator each), fewer for long ones, which are throughput-bound already and whose
 /// copies only spill the 16 xmm registers and lengthen compilation (`examples/jit_bench.rs`:
@@ -123,6 +159,31 @@ fn stash_of(prog: &RowProgram) -> Option<&Expr> {
     let last = &prog.reductions.last()?.expr;
     let worth = reads_input(last) && contains(&prog.output, last);
     (worth && !reads_input_outside(&prog.output, last)).then_some(last)
+}
+
+/// Where [`Primitive::ExpSubSum`] serves `prog` (see the module docs): the index of the `Max`
+/// reduction whose expression `X` the last reduction, `Sum(e^(X − Reduced(max)))`, exponentiates,
+/// that exp being the stash.
+fn exp_sub_sum_of(prog: &RowProgram, target: Target) -> Option<usize> {
+    if !target.row_primitives {
+        return None;
+    }
+    let stash = stash_of(prog)?;
+    let sum = prog.reductions.len().checked_sub(1)?;
+    let max = sum.checked_sub(1)?;
+    let (mx, sm) = (&prog.reductions[max], &prog.reductions[sum]);
+    if mx.kind != ReduceKind::Max || sm.kind != ReduceKind::Sum {
+        return None;
+    }
+    let Expr::Unary(UnaryOp::Exp, arg) = stash else {
+        return None;
+    };
+    match &**arg {
+        Expr::Binary(BinaryOp::Sub, x, m) if **m == Expr::Reduced(max) && **x == mx.expr => {
+            Some(max)
+        }
+        _ => None,
+    }
 }
 
 fn reads_input(e: &Expr) -> bool {
@@ -192,8 +253,14 @@ impl<'p> Memo<'p> {
 
 const VEC_FLAGS: MemFlagsData = MemFlagsData::new().with_notrap();
 
-/// Fills `b`'s function with the row kernel for `prog` (validated).
-pub(super) fn build(b: &mut FunctionBuilder, prog: &RowProgram, target: Target) {
+/// Fills `b`'s function with the row kernel for `prog` (validated); `imports` is asked only
+/// for primitives when `target.row_primitives` is set.
+pub(super) fn build(
+    b: &mut FunctionBuilder,
+    prog: &RowProgram,
+    target: Target,
+    imports: &mut Imports,
+) {
     let ptr = target.pointer;
     signature(&mut b.func.signature, ptr);
     let entry = b.create_block();
@@ -227,11 +294,23 @@ pub(super) fn build(b: &mut FunctionBuilder, prog: &RowProgram, target: Target) 
         stashed: false,
     };
 
+    let exp_sum = exp_sub_sum_of(prog, target);
     for (k, red) in prog.reductions.iter().enumerate() {
-        let store = k + 1 == prog.reductions.len() && g.stash.is_some();
-        let r = g.reduce(b, red.kind, &red.expr, valid, store);
+        let last = k + 1 == prog.reductions.len();
+        let r = match exp_sum {
+            Some(max) if last => {
+                // `out` holds X (stored by the Max pass): e^(X − m) in place, and its sum.
+                let f = imports(&mut *b.func, Primitive::ExpSubSum);
+                let call = b.ins().call(f, &[out, valid, g.reduced[max]]);
+                b.inst_results(call)[0]
+            }
+            _ => {
+                let store = (last && g.stash.is_some()) || exp_sum == Some(k);
+                g.reduce(b, red.kind, &red.expr, valid, store)
+            }
+        };
         g.reduced.push(r);
-        g.stashed = store;
+        g.stashed = last && g.stash.is_some();
         if k == 0 && prog.zero_if_all_masked {
             // A row whose valid entries are all −∞ (or an empty row): `fill` everywhere.
             let ninf = b.ins().f32const(f32::NEG_INFINITY);
@@ -536,7 +615,7 @@ impl<'p> Gen<'p> {
     }
 
     /// Reduction `kind` of `e` over columns `0..valid`, as a scalar; with `store`, `e` is also
-    /// written to `out` (the stash, see the module docs).
+    /// written to `out` (the stash, or `X` for a row primitive; see the module docs).
     fn reduce(
         &mut self,
         b: &mut FunctionBuilder,

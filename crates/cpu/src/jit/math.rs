@@ -15,7 +15,7 @@ use cranelift_codegen::ir::{
 use cranelift_frontend::FunctionBuilder;
 
 /// `e^r ≈ 1 + r·P(r)` on `|r| ≤ ln2/2`; fit error 4.1e-9 relative.
-const EXP_P: [f32; 6] = [
+pub(super) const EXP_P: [f32; 6] = [
     1.0,
     0.5,
     0.166_665_17,
@@ -27,8 +27,8 @@ const EXP_P: [f32; 6] = [
 pub(super) const EXP_LO: f32 = -87.336_54;
 pub(super) const EXP_HI: f32 = 88.376_26;
 /// `ln 2 = LN2_HI − LN2_LO`, `LN2_HI` with 9 significant bits so `n·LN2_HI` is exact.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = 2.121_944_4e-4;
+pub(super) const LN2_HI: f32 = 0.693_359_4;
+pub(super) const LN2_LO: f32 = 2.121_944_4e-4;
 
 /// `tanh x ≈ x + x³·Q(x²)` for `|x| < TANH_SMALL`; fit error 2.9e-9 relative.
 const TANH_Q: [f32; 5] = [
