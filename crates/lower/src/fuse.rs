@@ -599,8 +599,8 @@ impl<'g> Lowering<'g> {
                 nodes.push(*x);
             }
         }
-        let views =
-            (a_view.is_some() || b_view.is_some() || merged.is_some()).then(|| ProductViews {
+        let views = (a_view.is_some() || b_view.is_some() || merged.is_some()).then(|| {
+            Box::new(ProductViews {
                 a: a_view
                     .as_ref()
                     .map_or_else(|| Strided::dense(&sa, &batch, false), |v| v.view.clone()),
@@ -613,7 +613,8 @@ impl<'g> Lowering<'g> {
                     |(_, c)| c.clone(),
                 ),
                 batch: batch.clone(),
-            });
+            })
+        });
         let av = match &a_view {
             Some(v) => v.value,
             None => self.value(a),

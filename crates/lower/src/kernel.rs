@@ -65,7 +65,7 @@ pub enum KernelKind {
         n: usize,
         b_transposed: bool,
         epilogue: Option<Epilogue>,
-        views: Option<ProductViews>,
+        views: Option<Box<ProductViews>>,
     },
     /// A row program over `rows × d`; with `causal = Some(offset)`, row `r` has
     /// `valid = min(d, (r mod nq) + 1 + offset)` where `nq` is the second-to-last output axis.
