@@ -32,6 +32,7 @@ use crate::matmul::{
 };
 use crate::ops;
 use crate::rope::RopeKernel;
+use crate::views::strided_product;
 
 /// Why a CPU run failed.
 #[derive(Debug, thiserror::Error)]
@@ -410,9 +411,13 @@ impl CpuModel {
                 KernelKind::MatMul {
                     k: kk,
                     epilogue: Some(e),
+                    views,
                     ..
                 } => {
-                    fused = self.fused_epilogue(&lowered, k, *kk, e);
+                    // Library-fused epilogues take dense operands only.
+                    if views.is_none() {
+                        fused = self.fused_epilogue(&lowered, k, *kk, e);
+                    }
                     Some((&e.program, true)).filter(|_| fused.is_none())
                 }
                 _ => None,
@@ -608,8 +613,15 @@ impl CpuModel {
                     n,
                     b_transposed,
                     epilogue,
+                    views,
                 } => {
-                    if let Exec::Fused(fused) = &plan.execs[i] {
+                    if let Some(views) = views {
+                        let a = f32_of(src(k.inputs[0])?).map_err(err)?;
+                        let b = f32_of(src(k.inputs[1])?).map_err(err)?;
+                        let c = f.dst_f32(k.output).map_err(err)?;
+                        strided_product(&self.activations, a, b, c, *m, *kk, *n, views)
+                            .map_err(err)?;
+                    } else if let Exec::Fused(fused) = &plan.execs[i] {
                         self.matmul_fused(&f, k, *kk, *n, *b_transposed, fused)
                             .map_err(err)?;
                     } else {

@@ -6,7 +6,8 @@
 //! * [`jit`] — row-kernel compilation and the safe calling API;
 //! * [`exec`] — `CpuModel`: lowering, compilation and execution of a graph;
 //! * [`hydra`] — the fused Hydra attention kernel (two JIT row programs over tokens);
-//! * [`ops`] — native kernels for layout and other generic operators.
+//! * [`ops`] — native kernels for layout and other generic operators;
+//! * [`views`] — products over strided views (attention heads read and written in place).
 //!
 //! Depends on `attnopt-lower` and `attnopt-ir` only; never on a GPU crate.
 
@@ -16,5 +17,6 @@ pub mod jit;
 pub mod matmul;
 pub mod ops;
 pub mod rope;
+pub mod views;
 
 pub use exec::{CpuError, CpuModel, KernelTime, PrepareTimes};

@@ -5,7 +5,9 @@
 //! have the root's shape: the absorbed chain becomes one [`RowProgram`]. Reductions over the
 //! last axis (LayerNorm, RMSNorm, softmax, L2-normalise) root row programs of their own kind; a
 //! single-use matrix product under an elementwise chain becomes a product with that chain as
-//! its epilogue; a transpose of a product's right operand is folded into the product; the Hydra
+//! its epilogue; a transpose of a product's right operand is folded into the product, and so are
+//! `split_heads` / `slice` copies of its operands and a `merge_heads` of its output, as strided
+//! views ([`crate::views`]); the Hydra
 //! attention pattern becomes one kernel ([`crate::hydra`]). What
 //! fits none of these stays one ir operator for the backend's generic kernels.
 
@@ -18,6 +20,7 @@ use crate::epilogue::Epilogue;
 use crate::kernel::{Kernel, KernelKind, Value, ValueId, ValueKind};
 use crate::memory::{plan, MemoryPlan};
 use crate::row::{BinaryOp, Expr, InputKind, ReduceKind, Reduction, RowProgram, UnaryOp};
+use crate::views::{ProductViews, Strided};
 
 /// A graph lowered at concrete sizes.
 #[derive(Debug, Clone)]
@@ -480,8 +483,14 @@ impl<'g> Lowering<'g> {
                 return;
             }
             Op::MatMul => {
-                self.emit_matmul(n, None);
+                self.emit_matmul(n, None, None);
                 return;
+            }
+            Op::MergeHeads => {
+                if let Some(merged) = self.merged_output(n) {
+                    self.emit_matmul(merged.0, None, Some((n, merged.1)));
+                    return;
+                }
             }
             _ => {}
         }
@@ -508,7 +517,7 @@ impl<'g> Lowering<'g> {
                     .unwrap_or(0);
                 if program.reductions.is_empty() && pb.causal.is_none() {
                     let inputs: Vec<ValueId> = pb.inputs.iter().map(|&(v, _)| v).collect();
-                    self.emit_matmul(mm, Some((n, program, at, inputs, pb.nodes)));
+                    self.emit_matmul(mm, Some((n, program, at, inputs, pb.nodes)), None);
                     return;
                 }
             } else {
@@ -536,48 +545,112 @@ impl<'g> Lowering<'g> {
         self.emit(n, KernelKind::Op(op), inputs, vec![n], name);
     }
 
-    /// A product (with, optionally, an epilogue rooted at `epi.0`).
+    /// A product (with, optionally, an epilogue rooted at `epi.0`, or written in place into
+    /// `merged.0 = merge_heads(mm)` through the view `merged.1`). Operands that are split heads
+    /// (of a slice) of another value are read from that value in place ([`crate::views`]).
     fn emit_matmul(
         &mut self,
         mm: NodeId,
         epi: Option<(NodeId, RowProgram, usize, Vec<ValueId>, Vec<NodeId>)>,
+        merged: Option<(NodeId, Strided)>,
     ) {
         let ops = self.g.operands(mm);
         let (a, mut b) = (ops[0], ops[1]);
         let mut b_transposed = false;
         let mut nodes = vec![mm];
+        let mut permute_folded = false;
         if let Op::Permute(p) = &self.g.node(b).op {
             let r = p.len();
             let swap_last: Vec<usize> = (0..r.saturating_sub(2)).chain([r - 1, r - 2]).collect();
             if r >= 2 && *p == swap_last {
                 if self.users.get(&b) == Some(&1) && !self.assigned.contains_key(&b) {
                     nodes.push(b);
+                    permute_folded = true;
                 }
                 b = self.g.operands(b)[0];
                 b_transposed = true;
             }
         }
         let sa = self.shape(a).to_vec();
+        let sb = self.shape(b).to_vec();
         let out_shape = self.shape(mm).to_vec();
         let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
         let n = out_shape[out_shape.len() - 1];
-        let av = self.value(a);
-        let bv = self.value(b);
-        match epi {
-            None => self.emit(
-                mm,
-                KernelKind::MatMul {
-                    m,
-                    k,
-                    n,
-                    b_transposed,
-                    epilogue: None,
-                },
-                vec![av, bv],
-                nodes,
-                "matmul".into(),
-            ),
-            Some((root, program, at, mut extra, chain)) => {
+        // Heads read in place: only over the `[B, H]` batch axes of attention, and for `b` only
+        // when its transpose (if any) is folded here too (else the permute's kernel needs it).
+        let batch = out_shape[..out_shape.len() - 2].to_vec();
+        let heads_axes = |s: &[usize]| batch.len() == 2 && s.len() == 4 && s[..2] == batch[..];
+        let a_view = if heads_axes(&sa) {
+            self.heads_view(a, false)
+        } else {
+            None
+        };
+        let b_view = if heads_axes(&sb) && (!b_transposed || permute_folded) {
+            self.heads_view(b, b_transposed)
+        } else {
+            None
+        };
+        let (mut layout_flops, mut layout_bytes) = (0, 0);
+        for x in a_view.iter().chain(&b_view).flat_map(|v| &v.nodes) {
+            if !nodes.contains(x) {
+                let c = node_cost(self.g, *x, &self.b);
+                layout_flops += c.flops;
+                layout_bytes += c.bytes;
+                nodes.push(*x);
+            }
+        }
+        let views = (a_view.is_some() || b_view.is_some() || merged.is_some()).then(|| {
+            Box::new(ProductViews {
+                a: a_view
+                    .as_ref()
+                    .map_or_else(|| Strided::dense(&sa, &batch, false), |v| v.view.clone()),
+                b: b_view.as_ref().map_or_else(
+                    || Strided::dense(&sb, &batch, b_transposed),
+                    |v| v.view.clone(),
+                ),
+                c: merged.as_ref().map_or_else(
+                    || Strided::dense(&out_shape, &batch, false),
+                    |(_, c)| c.clone(),
+                ),
+                batch: batch.clone(),
+            })
+        });
+        let av = match &a_view {
+            Some(v) => v.value,
+            None => self.value(a),
+        };
+        let bv = match &b_view {
+            Some(v) => v.value,
+            None => self.value(b),
+        };
+        match (epi, merged) {
+            (None, merged) => {
+                let root = match merged {
+                    Some((merge, _)) => {
+                        let c = node_cost(self.g, merge, &self.b);
+                        layout_flops += c.flops;
+                        layout_bytes += c.bytes;
+                        nodes.push(merge);
+                        merge
+                    }
+                    None => mm,
+                };
+                self.emit(
+                    root,
+                    KernelKind::MatMul {
+                        m,
+                        k,
+                        n,
+                        b_transposed,
+                        epilogue: None,
+                        views,
+                    },
+                    vec![av, bv],
+                    nodes,
+                    "matmul".into(),
+                )
+            }
+            (Some((root, program, at, mut extra, chain)), _) => {
                 // The product is written into the root's value and transformed there in place,
                 // so the epilogue's input `at` is the kernel's own output.
                 extra[at] = self.value(root);
@@ -599,12 +672,18 @@ impl<'g> Lowering<'g> {
                         n,
                         b_transposed,
                         epilogue: Some(epilogue),
+                        views,
                     },
                     inputs,
                     nodes,
                     name,
                 );
             }
+        }
+        // What the product moves, not the copies it replaces.
+        if let Some((_, k)) = self.kernels.last_mut() {
+            k.flops = k.flops.saturating_sub(layout_flops);
+            k.bytes = k.bytes.saturating_sub(layout_bytes);
         }
     }
 }

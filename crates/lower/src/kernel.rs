@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::epilogue::Epilogue;
 use crate::hydra::Hydra;
 use crate::row::RowProgram;
+use crate::views::ProductViews;
 
 /// Index into [`crate::Lowered::values`].
 pub type ValueId = usize;
@@ -52,12 +53,19 @@ pub enum KernelKind {
     /// value then has shape `[.., n, k]`). With an epilogue, the product is then transformed in
     /// place by a row program (no reductions) whose input `epilogue.at` is the product; its
     /// other inputs are the kernel's inputs after `a` and `b`.
+    ///
+    /// With `views`, `a`, `b` and the output are read and written through those strided views
+    /// of the input values 0 and 1 and the output value (heads of a fused QKV buffer, merged
+    /// heads; [`crate::views`]); the values' own shapes are then not the operands' shapes, and
+    /// `views.b` already includes the transpose (`b_transposed` only records that one was
+    /// folded). Without, every operand is its dense value.
     MatMul {
         m: usize,
         k: usize,
         n: usize,
         b_transposed: bool,
         epilogue: Option<Epilogue>,
+        views: Option<Box<ProductViews>>,
     },
     /// A row program over `rows × d`; with `causal = Some(offset)`, row `r` has
     /// `valid = min(d, (r mod nq) + 1 + offset)` where `nq` is the second-to-last output axis.

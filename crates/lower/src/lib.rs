@@ -8,6 +8,8 @@
 //!   has the shape `act(x + bias) + residual`, in structured form for libraries that fuse it;
 //! * [`fuse`] — which ir nodes become one kernel;
 //! * [`hydra`] — the Hydra attention pattern as one kernel, and its row programs;
+//! * [`views`] — strided views that let attention products read split heads and write merged
+//!   heads in place;
 //! * [`memory`] — liveness-based offsets in one arena, and the peak it needs.
 //!
 //! Nothing here knows about a particular target: the CPU backend is the first user, a GPU
@@ -19,6 +21,7 @@ pub mod hydra;
 pub mod kernel;
 pub mod memory;
 pub mod row;
+pub mod views;
 
 pub use epilogue::{Epilogue, Structured};
 pub use fuse::{lower, LowerError, Lowered};
@@ -26,3 +29,4 @@ pub use hydra::{Hydra, RowView};
 pub use kernel::{Kernel, KernelKind, Value, ValueId, ValueKind};
 pub use memory::MemoryPlan;
 pub use row::{Expr, InputKind, ReduceKind, Reduction, RowProgram};
+pub use views::{ProductViews, Strided};

@@ -1,7 +1,7 @@
 //! Lowering a BERT-like layer: which kernels fuse what, and a valid, reusing memory plan.
 
 use attnopt_ir::builder::{Attention, AttentionKind, Builder, WeightLayout};
-use attnopt_ir::{Bindings, DType, Graph, Role, Shape, Unary, Weight, BATCH, SEQ};
+use attnopt_ir::{Bindings, DType, Graph, Op, Role, Scalar, Shape, Unary, Weight, BATCH, SEQ};
 use attnopt_lower::memory::check;
 use attnopt_lower::{lower, KernelKind, ValueKind};
 
@@ -187,4 +187,144 @@ fn kernels_run_after_their_inputs() {
     for (_, v) in &l.outputs {
         assert!(ready[*v]);
     }
+}
+
+/// One attention block over a fused QKV product, as the optimizer leaves it: `[B, N, 3D]`, Q,
+/// K and V sliced out of it and split into heads, scores, softmax, context, merged heads. With
+/// `share_q`, Q's split heads are also a graph output (a second user that needs the copy).
+fn fused_qkv_attention(share_q: bool) -> Graph {
+    let (d, heads) = (12, 3);
+    let mut b = Builder::new();
+    let x = b
+        .graph
+        .input(
+            "x",
+            DType::F32,
+            Shape(vec![BATCH, SEQ, attnopt_ir::Dim::Fixed(d)]),
+        )
+        .unwrap();
+    let wqkv = w(&mut b, "wqkv", &[d, 3 * d]);
+    let qkv = b.op(Op::MatMul, &[x, wqkv], Role::QkvProj).unwrap();
+    let part = |b: &mut Builder, i: usize, role| {
+        let s = b
+            .op(
+                Op::Slice {
+                    axis: 2,
+                    start: i * d,
+                    end: attnopt_ir::Dim::Fixed((i + 1) * d),
+                },
+                &[qkv],
+                role,
+            )
+            .unwrap();
+        b.op(Op::SplitHeads { heads }, &[s], role).unwrap()
+    };
+    let q = part(&mut b, 0, Role::QProj);
+    let k = part(&mut b, 1, Role::KProj);
+    let v = part(&mut b, 2, Role::VProj);
+    let kt = b
+        .op(Op::Permute(vec![0, 1, 3, 2]), &[k], Role::AttnScores)
+        .unwrap();
+    let s = b.op(Op::MatMul, &[q, kt], Role::AttnScores).unwrap();
+    let s = b
+        .op(Op::Scale(Scalar::new(0.5)), &[s], Role::AttnScores)
+        .unwrap();
+    let p = b
+        .op(Op::Softmax { axis: 3 }, &[s], Role::AttnProbs)
+        .unwrap();
+    let c = b.op(Op::MatMul, &[p, v], Role::AttnContext).unwrap();
+    let m = b.op(Op::MergeHeads, &[c], Role::AttnContext).unwrap();
+    b.graph.set_output("last_hidden_state", m).unwrap();
+    if share_q {
+        b.graph.set_output("q_heads", q).unwrap();
+    }
+    b.finish()
+}
+
+fn layout_copies(l: &attnopt_lower::Lowered) -> Vec<&str> {
+    l.kernels
+        .iter()
+        .map(|k| k.name.as_str())
+        .filter(|n| ["op:split_heads", "op:merge_heads", "op:slice", "op:permute"].contains(n))
+        .collect()
+}
+
+#[test]
+fn attention_products_read_and_write_heads_in_place() {
+    for g in [encoder(2), fused_qkv_attention(false)] {
+        for (batch, n) in [(1, 1), (2, 5), (3, 17)] {
+            let l = lower(&g, &Bindings::new(batch, n)).unwrap();
+            assert_eq!(layout_copies(&l), Vec::<&str>::new());
+            check(&l.memory, &l.values, &l.kernels, &l.outputs).unwrap();
+            let viewed: Vec<_> = l
+                .kernels
+                .iter()
+                .filter_map(|k| match &k.kind {
+                    KernelKind::MatMul {
+                        views: Some(v),
+                        b_transposed,
+                        ..
+                    } => Some((k, v, *b_transposed)),
+                    _ => None,
+                })
+                .collect();
+            assert!(viewed.len() >= 2, "scores and context per layer");
+            assert_eq!(viewed.len() % 2, 0, "scores and context per layer");
+            for (k, v, transposed) in viewed {
+                assert_eq!(v.batch[0], batch);
+                if k.role == Role::AttnScores {
+                    // K read transposed: consecutive rows of Kᵀ are consecutive features.
+                    assert!(transposed);
+                    assert_eq!(v.b.row_stride, 1);
+                } else {
+                    // The context is written as merged heads: row stride H·d, head stride d.
+                    let out = &l.values[k.output].shape;
+                    assert_eq!(out.len(), 3, "written into merge_heads' [B, N, H·d]");
+                    assert_eq!(v.c.row_stride, out[2]);
+                    assert_eq!(v.c.batch_strides[0], out[1] * out[2]);
+                }
+            }
+        }
+    }
+    // The fused case reads Q, K and V out of the one QKV value: row stride 3D, offsets 0, D, 2D.
+    let g = fused_qkv_attention(false);
+    let l = lower(&g, &Bindings::new(2, 5)).unwrap();
+    let scores = l
+        .kernels
+        .iter()
+        .find(|k| k.role == Role::AttnScores && k.name == "matmul")
+        .unwrap();
+    let KernelKind::MatMul { views: Some(v), .. } = &scores.kind else {
+        panic!("scores product without views");
+    };
+    assert_eq!(scores.inputs[0], scores.inputs[1], "Q and K from one value");
+    assert_eq!(l.values[scores.inputs[0]].shape, vec![2, 5, 36]);
+    assert_eq!((v.a.offset, v.a.row_stride, v.a.col_stride), (0, 36, 1));
+    assert_eq!((v.b.offset, v.b.row_stride, v.b.col_stride), (12, 1, 36));
+    assert_eq!(v.a.batch_strides, vec![5 * 36, 4]);
+    assert_eq!(v.c.batch_strides, vec![3 * 25, 25]);
+}
+
+#[test]
+fn shared_split_heads_keep_their_copy() {
+    let g = fused_qkv_attention(true);
+    let l = lower(&g, &Bindings::new(2, 5)).unwrap();
+    check(&l.memory, &l.values, &l.kernels, &l.outputs).unwrap();
+    // Q's split (an output too) and its slice stay; K and V are still read in place.
+    let copies = layout_copies(&l);
+    assert_eq!(copies, vec!["op:slice", "op:split_heads"], "{copies:?}");
+    let scores = l
+        .kernels
+        .iter()
+        .find(|k| k.role == Role::AttnScores && k.name == "matmul")
+        .unwrap();
+    let KernelKind::MatMul { views: Some(v), .. } = &scores.kind else {
+        panic!("K should still be read in place");
+    };
+    assert_eq!(
+        l.values[scores.inputs[0]].shape,
+        vec![2, 3, 5, 4],
+        "Q's own heads"
+    );
+    assert_eq!(v.a.batch_strides, vec![3 * 5 * 4, 5 * 4], "Q read densely");
 }
