@@ -35,15 +35,7 @@ const HEAD_DIM: usize = 64;
 const D: usize = HEADS * HEAD_DIM;
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    attnopt::ir::rng::Rng::new(seed).values(n, -1.0, 1.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -81,35 +81,16 @@ fn residual_layer_norm() -> RowProgram {
 }
 
 fn softmax(rows_per_group: usize) -> RowProgram {
-    let x = || {
-        bin(
-            BinaryOp::Add,
-            bin(BinaryOp::Mul, Expr::Input(0), Expr::Param(0)),
-            Expr::Input(1),
-        )
-    };
-    let e = || Expr::un(UnaryOp::Exp, bin(BinaryOp::Sub, x(), Expr::Reduced(0)));
-    RowProgram {
-        inputs: vec![InputKind::Rows, InputKind::GroupVector { rows_per_group }],
-        params: 1,
-        reductions: vec![
-            Reduction {
-                kind: ReduceKind::Max,
-                expr: x(),
-            },
-            Reduction {
-                kind: ReduceKind::Sum,
-                expr: e(),
-            },
-        ],
-        output: bin(
-            BinaryOp::Mul,
-            e(),
-            Expr::un(UnaryOp::Recip, Expr::Reduced(1)),
-        ),
-        fill: 0.0,
-        zero_if_all_masked: true,
-    }
+    let x = bin(
+        BinaryOp::Add,
+        bin(BinaryOp::Mul, Expr::Input(0), Expr::Param(0)),
+        Expr::Input(1),
+    );
+    RowProgram::softmax(
+        vec![InputKind::Rows, InputKind::GroupVector { rows_per_group }],
+        1,
+        x,
+    )
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

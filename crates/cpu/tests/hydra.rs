@@ -13,17 +13,7 @@ use attnopt_lower::{Hydra, RowView};
 
 /// Deterministic values in [-1, 1) from a seed.
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    attnopt_ir::rng::Rng::new(seed).values(n, -1.0, 1.0)
 }
 
 /// The Hydra graph over `[B, N, D]`: from one `[B, N, 3D]` input sliced V | Q | K, or from

@@ -287,31 +287,16 @@ fn rms_norm() -> RowProgram {
 /// The softmax recipe of the module docs: `x = s·scale + mask`, `m = max x`,
 /// `out = e^{x−m} / Σ e^{x−m}`, zeros past `valid` and for rows with nothing unmasked.
 fn masked_softmax(rows_per_group: usize) -> RowProgram {
-    let x = || {
-        bin(
-            BinaryOp::Add,
-            bin(BinaryOp::Mul, input(0), Expr::Param(0)),
-            input(1),
-        )
-    };
-    let e = || un(UnaryOp::Exp, bin(BinaryOp::Sub, x(), Expr::Reduced(0)));
-    RowProgram {
-        inputs: vec![InputKind::Rows, InputKind::GroupVector { rows_per_group }],
-        params: 1,
-        reductions: vec![
-            Reduction {
-                kind: ReduceKind::Max,
-                expr: x(),
-            },
-            Reduction {
-                kind: ReduceKind::Sum,
-                expr: e(),
-            },
-        ],
-        output: bin(BinaryOp::Mul, e(), un(UnaryOp::Recip, Expr::Reduced(1))),
-        fill: 0.0,
-        zero_if_all_masked: true,
-    }
+    let x = bin(
+        BinaryOp::Add,
+        bin(BinaryOp::Mul, input(0), Expr::Param(0)),
+        input(1),
+    );
+    RowProgram::softmax(
+        vec![InputKind::Rows, InputKind::GroupVector { rows_per_group }],
+        1,
+        x,
+    )
 }
 
 /// `x / max(‖x‖, eps)` (torch `F.normalize`); param: eps.

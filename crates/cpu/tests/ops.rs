@@ -5,17 +5,7 @@ use attnopt_cpu::ops;
 use attnopt_ir::{interp, Bindings, Op, Reduce, RopeStyle, Scalar, Shape, Tensor};
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
+    attnopt_ir::rng::Rng::new(seed).values(n, -2.0, 2.0)
 }
 
 fn reference(op: &Op, args: &[&Tensor]) -> Vec<f32> {

@@ -3,6 +3,7 @@
 //! batches and odd head dims, Q/K/V as separate inputs or slices of one fused buffer, causal
 //! and padding masks, grouped-query heads (which keep their copies), one thread and two.
 
+use attnopt_ir::rng::Rng;
 use std::collections::HashMap;
 
 use attnopt_cpu::matmul::GemmMatMul;
@@ -11,27 +12,6 @@ use attnopt_cpu::CpuModel;
 use attnopt_ir::builder::{Attention, AttentionKind, Builder};
 use attnopt_ir::{interp, DType, Dim, Graph, Op, Role, Shape, Tensor, BATCH, SEQ};
 use attnopt_lower::{KernelKind, ProductViews, Strided};
-
-/// A small deterministic generator (no dependency).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn values(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| (self.next() % 2001) as f32 / 1000.0 - 1.0)
-            .collect()
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Case {
@@ -101,11 +81,11 @@ fn graph(c: &Case) -> Graph {
     b.finish()
 }
 
-fn inputs(c: &Case, rng: &mut Lcg) -> HashMap<String, Tensor> {
+fn inputs(c: &Case, rng: &mut Rng) -> HashMap<String, Tensor> {
     let (dq, dkv) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
     let (bt, mut m) = (c.batch * c.tokens, HashMap::new());
-    let mut put = |name: &str, d: usize, rng: &mut Lcg| {
-        let t = Tensor::f32(vec![c.batch, c.tokens, d], rng.values(bt * d)).unwrap();
+    let mut put = |name: &str, d: usize, rng: &mut Rng| {
+        let t = Tensor::f32(vec![c.batch, c.tokens, d], rng.values(bt * d, -1.0, 1.0)).unwrap();
         m.insert(name.to_string(), t);
     };
     if c.fused {
@@ -128,7 +108,7 @@ fn inputs(c: &Case, rng: &mut Lcg) -> HashMap<String, Tensor> {
     m
 }
 
-fn run_case(c: &Case, threads: usize, rng: &mut Lcg) {
+fn run_case(c: &Case, threads: usize, rng: &mut Rng) {
     let g = graph(c);
     let ins = inputs(c, rng);
     let want = &interp::run(&g, &ins, &[]).unwrap()["out"];
@@ -166,7 +146,7 @@ fn run_case(c: &Case, threads: usize, rng: &mut Lcg) {
 
 #[test]
 fn strided_attention_matches_the_interpreter_on_random_shapes() {
-    let mut rng = Lcg(0x5eed_fa77);
+    let mut rng = Rng::new(0x5eed_fa77);
     for i in 0..48 {
         let heads = 1 + rng.below(4);
         let kv_heads = if i % 6 == 5 && heads.is_multiple_of(2) {
@@ -190,7 +170,7 @@ fn strided_attention_matches_the_interpreter_on_random_shapes() {
 
 #[test]
 fn strided_attention_matches_on_larger_shapes() {
-    let mut rng = Lcg(7);
+    let mut rng = Rng::new(7);
     for (batch, tokens, heads, head_dim) in [(2, 130, 3, 33), (3, 64, 5, 7)] {
         let c = Case {
             batch,

@@ -21,6 +21,7 @@ mod meta;
 mod op;
 pub mod parse;
 mod print;
+pub mod rng;
 mod shape;
 pub mod summary;
 mod tensor;

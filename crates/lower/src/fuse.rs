@@ -19,7 +19,7 @@ use attnopt_ir::{Binary, Bindings, DType, Graph, NodeId, Op, Role, Unary};
 use crate::epilogue::Epilogue;
 use crate::kernel::{Kernel, KernelKind, Value, ValueId, ValueKind};
 use crate::memory::{plan, MemoryPlan};
-use crate::row::{BinaryOp, Expr, InputKind, ReduceKind, Reduction, RowProgram, UnaryOp};
+use crate::row::{BinaryOp, Expr, InputKind, Reduction, RowProgram, UnaryOp};
 use crate::views::{ProductViews, Strided};
 
 /// A graph lowered at concrete sizes.
@@ -381,23 +381,8 @@ impl<'g> Lowering<'g> {
             }
             Op::Softmax { axis } if axis == last => {
                 let x = self.operand(ops[0], &shape, &mut pb, true)?;
-                let shifted = Expr::un(
-                    UnaryOp::Exp,
-                    Expr::bin(BinaryOp::Sub, x.clone(), Expr::Reduced(0)),
-                );
-                let reds = vec![
-                    Reduction {
-                        kind: ReduceKind::Max,
-                        expr: x,
-                    },
-                    Reduction::sum(shifted.clone()),
-                ];
-                (
-                    reds,
-                    Expr::bin(BinaryOp::Div, shifted, Expr::Reduced(1)),
-                    0.0,
-                    true,
-                )
+                let p = RowProgram::softmax(vec![], 0, x);
+                (p.reductions, p.output, p.fill, p.zero_if_all_masked)
             }
             ref o if is_elementwise(o) || is_causal(o) => {
                 pb.nodes.clear();

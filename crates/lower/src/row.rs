@@ -98,6 +98,32 @@ pub struct RowProgram {
     pub zero_if_all_masked: bool,
 }
 
+impl RowProgram {
+    /// The numerically safe softmax of `x` along the row, as the lowering emits it:
+    /// `m = Max(x)`, `s = Sum(exp(x − m))`, output `exp(x − m) / s`, `fill = 0`, and a row
+    /// with no unmasked valid entry written as zeros (`zero_if_all_masked`), never NaN.
+    pub fn softmax(inputs: Vec<InputKind>, params: usize, x: Expr) -> RowProgram {
+        let shifted = Expr::un(
+            UnaryOp::Exp,
+            Expr::bin(BinaryOp::Sub, x.clone(), Expr::Reduced(0)),
+        );
+        RowProgram {
+            inputs,
+            params,
+            reductions: vec![
+                Reduction {
+                    kind: ReduceKind::Max,
+                    expr: x,
+                },
+                Reduction::sum(shifted.clone()),
+            ],
+            output: Expr::bin(BinaryOp::Div, shifted, Expr::Reduced(1)),
+            fill: 0.0,
+            zero_if_all_masked: true,
+        }
+    }
+}
+
 impl Expr {
     pub fn input(i: usize) -> Expr {
         Expr::Input(i)
