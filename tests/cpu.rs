@@ -139,3 +139,55 @@ fn vit_hydra_on_cpu() {
 fn gpt2_linear_on_cpu() {
     check("gpt2-linear");
 }
+
+/// Zero tokens: wherever the interpreter answers, every CPU configuration answers the same
+/// (empty) shapes; none panics (views over an empty QKV buffer, RoPE, bf16 panels).
+#[test]
+fn zero_tokens_behave_like_the_interpreter() {
+    for model in ["bert", "gpt2", "llama", "gpt2-linear"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(model);
+        let m = attnopt_import::load(&dir).unwrap();
+        let mut inputs = HashMap::new();
+        for (name, _) in m.graph.inputs() {
+            inputs.insert(name.clone(), Tensor::i64(vec![1, 0], vec![]).unwrap());
+        }
+        let rules = RuleSet::embedded().unwrap();
+        let opt = optimize(
+            &m.graph,
+            &Options {
+                rules: &rules,
+                seq: 128,
+                limits: Limits::default(),
+                conversions: Default::default(),
+            },
+        )
+        .unwrap();
+        for (label, graph) in [("original", m.graph.clone()), ("optimised", opt.graph)] {
+            let want = interp::run(&graph, &inputs, &[]);
+            let gemm16: Box<dyn MatMul> = Box::new(GemmMatMul::with_precision(2, Precision::Bf16));
+            for mut cpu in [
+                CpuModel::new(graph.clone(), 2).unwrap(),
+                CpuModel::with_precision(graph.clone(), 2, Precision::Bf16).unwrap(),
+                CpuModel::with_matmul(graph.clone(), 2, gemm16, "forced".into()).unwrap(),
+            ] {
+                let got = cpu.run(&inputs, &[], false);
+                match (&want, &got) {
+                    (Ok(w), Ok((g, _))) => {
+                        for (name, t) in w {
+                            assert_eq!(g[name].shape(), t.shape(), "{model} {label} {name}");
+                        }
+                    }
+                    (Err(_), Err(_)) => {}
+                    (w, g) => panic!(
+                        "{model} {label} ({}): interpreter {:?} but cpu {:?}",
+                        cpu.matmul_name().0,
+                        w.as_ref().map(|_| ()),
+                        g.as_ref().map(|_| ())
+                    ),
+                }
+            }
+        }
+    }
+}

@@ -146,7 +146,9 @@ pub struct CpuModel {
     prepared: HashMap<(WeightId, bool), Box<dyn PreparedWeight>>,
     plans: HashMap<(usize, usize), Plan>,
     /// Row kernels by program (identical programs share one compiled kernel).
-    kernels: Vec<(RowProgram, RowKernel)>,
+    /// Keyed by the program's `Debug` text, which tells apart what `==` on `f32` constants
+    /// does not (`-0.0` and `0.0`).
+    kernels: HashMap<String, RowKernel>,
     /// Let the matrix-product library run epilogues it can fuse (else all run as JIT passes).
     post_ops: bool,
 }
@@ -221,7 +223,7 @@ impl CpuModel {
             converted,
             prepared: HashMap::new(),
             plans: HashMap::new(),
-            kernels: Vec::new(),
+            kernels: HashMap::new(),
             post_ops: post_ops_from_env(),
         })
     }
@@ -362,11 +364,12 @@ impl CpuModel {
 
     /// The compiled kernel of `p`: compiled once per model, shared by every kernel running it.
     fn row_kernel(&mut self, p: &RowProgram) -> Result<RowKernel, crate::jit::JitError> {
-        if let Some((_, k)) = self.kernels.iter().find(|(q, _)| q == p) {
+        let key = format!("{p:?}");
+        if let Some(k) = self.kernels.get(&key) {
             return Ok(k.clone());
         }
         let k = self.jit.compile(p)?;
-        self.kernels.push((p.clone(), k.clone()));
+        self.kernels.insert(key, k.clone());
         Ok(k)
     }
 

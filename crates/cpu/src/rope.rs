@@ -85,6 +85,9 @@ impl RopeKernel {
     /// `r mod n`). Splits rows across the current rayon pool when large enough.
     pub fn run(&self, x: &[f32], out: &mut [f32]) -> Result<(), String> {
         let (n, d, h) = (self.n, self.d, self.d / 2);
+        if x.is_empty() && out.is_empty() {
+            return Ok(()); // zero tokens (or heads, or features): nothing to rotate
+        }
         if x.len() != out.len() || d == 0 || n == 0 || x.len() % (n * d) != 0 {
             return Err(format!(
                 "rope: {} input / {} output elements are not whole blocks of {n} positions × {d}",

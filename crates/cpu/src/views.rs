@@ -35,8 +35,8 @@ pub fn strided_product(
         ));
     }
     let mut axes = views.batch_axes();
-    if views.batch.contains(&0) {
-        return Ok(()); // no products at all
+    if views.batch.contains(&0) || m == 0 || n == 0 {
+        return Ok(()); // no products, or empty ones (zero tokens): nothing to write
     }
     let (count, inner) = axes.pop().unwrap_or((1, [0; 3]));
     let outer_total: usize = axes.iter().map(|&(s, _)| s).product();

@@ -999,3 +999,36 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn bf16_degenerate_sizes() {
+    // m = 0 with more columns than one widening panel, and k = 0 (c zeroed), on every bf16
+    // implementation: no panic, no read.
+    for d in bf16_impls() {
+        let w = d
+            .prepare(MatRef::row_major(&vec![0.5; 4 * 600], 4, 600))
+            .unwrap();
+        let mut c: Vec<f32> = vec![];
+        d.matmul_prepared(
+            MatRef::row_major(&[], 0, 4),
+            &*w,
+            MatMut::row_major(&mut c, 0, 600),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", d.name()));
+        let w0 = d.prepare(MatRef::row_major(&[], 0, 600)).unwrap();
+        let mut c = vec![7.0f32; 3 * 600];
+        d.matmul_prepared(
+            MatRef::row_major(&[], 3, 0),
+            &*w0,
+            MatMut::row_major(&mut c, 3, 600),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", d.name()));
+        assert!(
+            c.iter().all(|&x| x == 0.0),
+            "{}: k = 0 must zero c",
+            d.name()
+        );
+    }
+}

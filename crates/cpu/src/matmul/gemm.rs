@@ -194,9 +194,13 @@ impl GemmMatMul {
         w: &[u16],
         k: usize,
         n: usize,
-        c: MatMut<'_>,
+        mut c: MatMut<'_>,
         accumulate: bool,
     ) -> Result<(), MatMulError> {
+        // Nothing to multiply (m, n or k = 0): c stays or becomes zero, no panel is cut.
+        if trivial_product(a.cols, &mut c, accumulate) {
+            return Ok(());
+        }
         let mut a16 = Vec::new();
         pack_row_major(&a, &mut a16);
         a16.iter_mut().for_each(|x| *x = bf16::round(*x));
@@ -208,8 +212,8 @@ impl GemmMatMul {
             for r in 0..k {
                 panel.extend(w[r * n + j0..r * n + j1].iter().map(|&b| bf16::to_f32(b)));
             }
-            // Columns j0..j1 of c: the view starts at (0, j0), in bounds as c was checked and
-            // j0 < n (so c.cols > 0 and the offset names an element of c).
+            // Columns j0..j1 of c: the view starts at (0, j0), in bounds as c was checked, is
+            // not empty (above) and j0 < n, so the offset names an element of c.
             let cj = MatMut {
                 data: &mut c.data[j0 * c.col_stride..],
                 rows: c.rows,
