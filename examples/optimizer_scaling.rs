@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use attnopt_rewrite::{optimize, Limits, Options, RuleSet};
+use attnopt_rewrite::{optimize, Options, RuleSet};
 
 fn main() {
     let rules = RuleSet::embedded().expect("embedded rules load");
@@ -20,16 +20,7 @@ fn main() {
         let mut result = None;
         for _ in 0..3 {
             let t1 = Instant::now();
-            let o = optimize(
-                &m.graph,
-                &Options {
-                    rules: &rules,
-                    seq: 128,
-                    limits: Limits::default(),
-                    conversions: Default::default(),
-                },
-            )
-            .expect("optimises");
+            let o = optimize(&m.graph, &Options::exact(&rules, 128)).expect("optimises");
             best = best.min(t1.elapsed().as_secs_f64() * 1e3);
             result = Some(o);
         }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use attnopt_cpu::CpuModel;
 use attnopt_ir::cost::total_cost;
 use attnopt_ir::{interp, Bindings, Tensor};
-use attnopt_rewrite::{optimize, Limits, Options, RuleSet};
+use attnopt_rewrite::{optimize, Options, RuleSet};
 
 use crate::calib::calibration_inputs;
 use crate::progress::Step;
@@ -100,15 +100,7 @@ pub fn bench(
     for &seq in &opts.seqs {
         let mut graphs = vec![("original", model.graph().clone())];
         if opts.optimised {
-            let o = optimize(
-                model.graph(),
-                &Options {
-                    rules: &rules,
-                    seq,
-                    limits: Limits::default(),
-                    conversions: BTreeMap::new(),
-                },
-            )?;
+            let o = optimize(model.graph(), &Options::exact(&rules, seq))?;
             graphs.push(("optimised", o.graph));
         }
         let mut inputs = calibration_inputs(model, None, seq, 0)?;

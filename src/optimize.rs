@@ -349,10 +349,8 @@ pub fn explain(
         })?;
     }
     let o = Options {
-        rules: &rules,
-        seq: target,
         limits: opts.limits,
-        conversions: BTreeMap::new(),
+        ..Options::exact(&rules, target)
     };
     attnopt_rewrite::optimize::explain(&be, an, &o)
         .map_err(|e| Error::NotSupported(format!("explaining layer {layer}: {e}")))

@@ -9,7 +9,7 @@ use attnopt::report::ErrorStat;
 use attnopt_cpu::matmul::{GemmMatMul, MatMul, Precision};
 use attnopt_cpu::CpuModel;
 use attnopt_ir::{interp, Tensor};
-use attnopt_rewrite::{optimize, Limits, Options, RuleSet};
+use attnopt_rewrite::{optimize, Options, RuleSet};
 
 fn check(model: &str) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,16 +24,7 @@ fn check(model: &str) {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let rules = RuleSet::embedded().unwrap();
-    let opt = optimize(
-        &m.graph,
-        &Options {
-            rules: &rules,
-            seq: 128,
-            limits: Limits::default(),
-            conversions: Default::default(),
-        },
-    )
-    .unwrap();
+    let opt = optimize(&m.graph, &Options::exact(&rules, 128)).unwrap();
     for (label, graph) in [("original", m.graph.clone()), ("optimised", opt.graph)] {
         let want = interp::run(&graph, &inputs, &[]).unwrap();
         // The best library here (oneDNN when installed) with epilogues fused into its products
@@ -154,16 +145,7 @@ fn zero_tokens_behave_like_the_interpreter() {
             inputs.insert(name.clone(), Tensor::i64(vec![1, 0], vec![]).unwrap());
         }
         let rules = RuleSet::embedded().unwrap();
-        let opt = optimize(
-            &m.graph,
-            &Options {
-                rules: &rules,
-                seq: 128,
-                limits: Limits::default(),
-                conversions: Default::default(),
-            },
-        )
-        .unwrap();
+        let opt = optimize(&m.graph, &Options::exact(&rules, 128)).unwrap();
         for (label, graph) in [("original", m.graph.clone()), ("optimised", opt.graph)] {
             let want = interp::run(&graph, &inputs, &[]);
             let gemm16: Box<dyn MatMul> = Box::new(GemmMatMul::with_precision(2, Precision::Bf16));

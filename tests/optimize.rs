@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use attnopt_ir::{interp, Tensor};
 use attnopt_rewrite::report::costs_at;
-use attnopt_rewrite::{optimize, Limits, Options, RuleSet};
+use attnopt_rewrite::{optimize, Options, RuleSet};
 
 fn fixture(model: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -30,16 +30,7 @@ fn exact_optimisation_keeps_outputs(model: &str, seq: usize) -> attnopt_rewrite:
     let rules = RuleSet::embedded().unwrap();
     let dir = fixture(model);
     let m = attnopt_import::load(&dir).unwrap();
-    let o = optimize(
-        &m.graph,
-        &Options {
-            rules: &rules,
-            seq,
-            limits: Limits::default(),
-            conversions: Default::default(),
-        },
-    )
-    .unwrap();
+    let o = optimize(&m.graph, &Options::exact(&rules, seq)).unwrap();
     let (inputs, golden) = golden_inputs(&m, &dir);
     let before = interp::run(&m.graph, &inputs, &[]).unwrap();
     let after = interp::run(&o.graph, &inputs, &[]).unwrap();

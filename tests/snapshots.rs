@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use attnopt_rewrite::{optimize, Limits, Options, RuleSet};
+use attnopt_rewrite::{optimize, Options, RuleSet};
 
 fn optimised_layer0(model: &str) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -13,16 +13,7 @@ fn optimised_layer0(model: &str) -> String {
         .join(model);
     let m = attnopt_import::load(&dir).unwrap();
     let rules = RuleSet::embedded().unwrap();
-    let o = optimize(
-        &m.graph,
-        &Options {
-            rules: &rules,
-            seq: 128,
-            limits: Limits::default(),
-            conversions: Default::default(),
-        },
-    )
-    .unwrap();
+    let o = optimize(&m.graph, &Options::exact(&rules, 128)).unwrap();
     assert!(o.skipped.is_empty(), "{model}: {:?}", o.skipped);
     for (l, s) in &o.layers {
         assert!(

@@ -88,6 +88,18 @@ pub struct Options<'a> {
     pub conversions: BTreeMap<u32, String>,
 }
 
+impl<'a> Options<'a> {
+    /// Exact rewriting only (no conversions) for length `seq`, with the default limits.
+    pub fn exact(rules: &'a RuleSet, seq: usize) -> Options<'a> {
+        Options {
+            rules,
+            seq,
+            limits: Limits::default(),
+            conversions: BTreeMap::new(),
+        }
+    }
+}
+
 /// Why optimisation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OptimizeError {

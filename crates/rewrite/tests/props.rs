@@ -11,7 +11,7 @@ use attnopt_ir::{
     interp, Binary, Bindings, DType, Dim, Graph, NodeId, Op, Reduce, Role, RopeStyle, Scalar,
     Shape, Sym, Tensor, Unary, Weight,
 };
-use attnopt_rewrite::{optimize, Limits, Options, RuleSet};
+use attnopt_rewrite::{optimize, Options, RuleSet};
 use proptest::prelude::*;
 
 const B: Dim = Dim::Sym(Sym::Batch);
@@ -505,16 +505,8 @@ fn inputs_mode() -> impl Strategy<Value = Inputs> {
 
 /// Checks one graph; `Err` describes a difference.
 fn check(g: &Graph, seq: usize, rules: &RuleSet) -> Result<(), String> {
-    let o = optimize(
-        g,
-        &Options {
-            rules,
-            seq,
-            limits: Limits::default(),
-            conversions: Default::default(),
-        },
-    )
-    .map_err(|e| format!("optimize failed: {e}\n{g}"))?;
+    let o = optimize(g, &Options::exact(rules, seq))
+        .map_err(|e| format!("optimize failed: {e}\n{g}"))?;
     let inputs = random_inputs(g, 11);
     let want = interp::run(g, &inputs, &[]).map_err(|e| format!("original: {e}\n{g}"))?;
     let got = interp::run(&o.graph, &inputs, &[])

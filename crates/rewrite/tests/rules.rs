@@ -474,16 +474,7 @@ fn optimize_with_only(rule: &Rule, g: &Graph) -> Graph {
     };
     let text = format!("{kind} {}: code\n", rule.name);
     let rules = RuleSet::from_texts([("one.rules".to_string(), text)]).unwrap();
-    let o = optimize(
-        g,
-        &Options {
-            rules: &rules,
-            seq: 128,
-            limits: Limits::default(),
-            conversions: Default::default(),
-        },
-    )
-    .unwrap();
+    let o = optimize(g, &Options::exact(&rules, 128)).unwrap();
     for s in o.layers.values() {
         assert!(s.stats.fallback.is_none(), "{:?}", s.stats.fallback);
         assert!(
