@@ -3,19 +3,29 @@
 //! f32 interpreter.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use attnopt::report::ErrorStat;
 use attnopt_cpu::matmul::{GemmMatMul, MatMul, Precision};
 use attnopt_cpu::CpuModel;
-use attnopt_ir::{interp, Tensor};
+use attnopt_import::Imported;
+use attnopt_ir::{interp, Graph, Tensor};
 use attnopt_rewrite::{optimize, Options, RuleSet};
 
-fn check(model: &str) {
+/// A fixture's folder, its import, and its original and exactly optimised graphs.
+fn fixture(model: &str) -> (PathBuf, Imported, [(&'static str, Graph); 2]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(model);
     let m = attnopt_import::load(&dir).unwrap();
+    let rules = RuleSet::embedded().unwrap();
+    let opt = optimize(&m.graph, &Options::exact(&rules, 128)).unwrap();
+    let graphs = [("original", m.graph.clone()), ("optimised", opt.graph)];
+    (dir, m, graphs)
+}
+
+fn check(model: &str) {
+    let (dir, m, graphs) = fixture(model);
     let all = attnopt::tensors::read(&dir.join("golden.safetensors")).unwrap();
     let takes: Vec<&str> = m.graph.inputs().iter().map(|(n, _)| n.as_str()).collect();
     let inputs: HashMap<String, Tensor> = all
@@ -23,9 +33,7 @@ fn check(model: &str) {
         .filter(|(k, _)| takes.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let rules = RuleSet::embedded().unwrap();
-    let opt = optimize(&m.graph, &Options::exact(&rules, 128)).unwrap();
-    for (label, graph) in [("original", m.graph.clone()), ("optimised", opt.graph)] {
+    for (label, graph) in graphs {
         let want = interp::run(&graph, &inputs, &[]).unwrap();
         // The best library here (oneDNN when installed) with epilogues fused into its products
         // and as JIT passes, and the pure-Rust fallback.
@@ -136,17 +144,12 @@ fn gpt2_linear_on_cpu() {
 #[test]
 fn zero_tokens_behave_like_the_interpreter() {
     for model in ["bert", "gpt2", "llama", "gpt2-linear"] {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures")
-            .join(model);
-        let m = attnopt_import::load(&dir).unwrap();
+        let (_, m, graphs) = fixture(model);
         let mut inputs = HashMap::new();
         for (name, _) in m.graph.inputs() {
             inputs.insert(name.clone(), Tensor::i64(vec![1, 0], vec![]).unwrap());
         }
-        let rules = RuleSet::embedded().unwrap();
-        let opt = optimize(&m.graph, &Options::exact(&rules, 128)).unwrap();
-        for (label, graph) in [("original", m.graph.clone()), ("optimised", opt.graph)] {
+        for (label, graph) in graphs {
             let want = interp::run(&graph, &inputs, &[]);
             let gemm16: Box<dyn MatMul> = Box::new(GemmMatMul::with_precision(2, Precision::Bf16));
             for mut cpu in [
