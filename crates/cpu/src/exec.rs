@@ -142,7 +142,8 @@ pub struct CpuModel {
     threads: usize,
     /// f32 copies of weights stored in another dtype (or unaligned), made on first use by a
     /// kernel that reads f32: a bf16 weight used only by matrix products is never widened.
-    converted: HashMap<WeightId, OnceLock<Vec<f32>>>,
+    /// Indexed by weight id.
+    converted: Vec<OnceLock<Vec<f32>>>,
     prepared: HashMap<(WeightId, bool), Box<dyn PreparedWeight>>,
     plans: HashMap<(usize, usize), Plan>,
     /// Row kernels by program (identical programs share one compiled kernel).
@@ -205,13 +206,7 @@ impl CpuModel {
             name: "jit".into(),
             msg: e.to_string(),
         })?;
-        let mut converted = HashMap::new();
-        for (i, w) in graph.weights().iter().enumerate() {
-            let aligned = w.bytes().as_ptr() as usize % std::mem::align_of::<f32>() == 0;
-            if w.dtype() != DType::F32 || !aligned {
-                converted.insert(WeightId(i as u32), OnceLock::new());
-            }
-        }
+        let converted = graph.weights().iter().map(|_| OnceLock::new()).collect();
         Ok(CpuModel {
             graph,
             matmul,
@@ -234,8 +229,9 @@ impl CpuModel {
         let mut v: Vec<String> = self
             .converted
             .iter()
-            .filter(|(_, c)| c.get().is_some())
-            .map(|(&id, _)| self.graph.weight_data(id).name().to_string())
+            .zip(self.graph.weights())
+            .filter(|(c, _)| c.get().is_some())
+            .map(|(_, w)| w.name().to_string())
             .collect();
         v.sort();
         v
@@ -309,14 +305,13 @@ impl CpuModel {
     /// A weight's f32 elements: zero-copy from the checkpoint when stored as aligned f32, else
     /// converted once, on first use.
     fn weight(&self, id: WeightId) -> &[f32] {
-        if let Some(v) = self.converted.get(&id) {
-            return v.get_or_init(|| self.graph.weight_data(id).to_f32());
+        let w = self.graph.weight_data(id);
+        if w.dtype() == DType::F32 {
+            if let Some(x) = view_le::<f32>(w.bytes()) {
+                return x;
+            }
         }
-        let b = self.graph.weight_data(id).bytes();
-        // SAFETY: the weight is F32 (checked at construction of `converted`), its byte length is
-        // numel × 4 (checked by `Weight::new`) and its start is 4-byte aligned (checked above);
-        // the bytes live as long as the graph, which `self` owns.
-        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) }
+        self.converted[id.0 as usize].get_or_init(|| w.to_f32())
     }
 
     /// A bf16 weight's bit patterns: zero-copy from the checkpoint when aligned; `None` for
@@ -327,19 +322,17 @@ impl CpuModel {
             return None;
         }
         let bytes = data.bytes();
-        if cfg!(target_endian = "little") && bytes.as_ptr() as usize % 2 == 0 {
-            // SAFETY: little-endian and 2-byte aligned (checked); the byte length is numel × 2
-            // (checked by `Weight::new`); the bytes live as long as the graph, which `self` owns.
-            let bits = unsafe {
-                std::slice::from_raw_parts(bytes.as_ptr().cast::<u16>(), bytes.len() / 2)
-            };
-            return Some(Cow::Borrowed(bits));
-        }
-        let bits = bytes
-            .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-            .collect();
-        Some(Cow::Owned(bits))
+        Some(view_le::<u16>(bytes).map_or_else(
+            || {
+                Cow::Owned(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                        .collect(),
+                )
+            },
+            Cow::Borrowed,
+        ))
     }
 
     /// Prepares the `r × c` weight `w` (transposed: used as `c × r`) for the matrix-product
@@ -1003,6 +996,24 @@ impl CpuModel {
     pub fn lowered(&self, batch: usize, seq: usize) -> Option<&Lowered> {
         self.plans.get(&(batch, seq)).map(|p| &p.lowered)
     }
+}
+
+/// Numbers for which every bit pattern is a value, so checkpoint bytes can be read as them.
+trait PlainNumber: Copy {}
+impl PlainNumber for f32 {}
+impl PlainNumber for u16 {}
+
+/// `bytes` (little-endian, as checkpoints store them) viewed as `T`s without a copy: `None`
+/// unless the host is little-endian, `bytes` starts aligned for `T` and holds whole `T`s.
+fn view_le<T: PlainNumber>(bytes: &[u8]) -> Option<&[T]> {
+    let size = std::mem::size_of::<T>();
+    let aligned = bytes.as_ptr() as usize % std::mem::align_of::<T>() == 0;
+    if !cfg!(target_endian = "little") || !aligned || bytes.len() % size != 0 {
+        return None;
+    }
+    // SAFETY: aligned for `T` and a whole number of `T`s (checked); every bit pattern is a valid
+    // `T` (`PlainNumber`); the host's byte order is the data's; the result borrows `bytes`.
+    Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
 }
 
 fn f32_of(s: Src<'_>) -> Result<&[f32], String> {
