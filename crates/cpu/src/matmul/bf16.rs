@@ -3,7 +3,7 @@
 //! nearest, ties to even, as oneDNN and PyTorch do) for the `gemm` implementation's emulated
 //! bf16 products.
 
-use super::MatRef;
+use super::{pack_row_major, MatRef};
 
 /// The `f32` value of a bfloat16 bit pattern (exact: bf16 is the top half of an `f32`).
 #[inline]
@@ -23,24 +23,11 @@ pub fn round(x: f32) -> f32 {
     to_f32(from_f32(x))
 }
 
-/// Copies a (bounds-checked) bf16 view into dense row-major bf16 bits.
-pub(crate) fn pack_row_major(src: &MatRef<'_, u16>, dst: &mut Vec<u16>) {
-    dst.clear();
-    dst.reserve(src.rows * src.cols);
-    for r in 0..src.rows {
-        let base = r * src.row_stride;
-        dst.extend((0..src.cols).map(|j| src.data[base + j * src.col_stride]));
-    }
-}
-
 /// Widens a (bounds-checked) bf16 view into dense row-major `f32`.
 pub(crate) fn widen_row_major(src: &MatRef<'_, u16>) -> Vec<f32> {
-    let mut out = Vec::with_capacity(src.rows * src.cols);
-    for r in 0..src.rows {
-        let base = r * src.row_stride;
-        out.extend((0..src.cols).map(|j| to_f32(src.data[base + j * src.col_stride])));
-    }
-    out
+    let mut bits = Vec::new();
+    pack_row_major(src, &mut bits);
+    bits.into_iter().map(to_f32).collect()
 }
 
 #[cfg(test)]

@@ -274,7 +274,7 @@ impl MatMul for GemmMatMul {
             Precision::F32 => WeightData::F32(bf16::widen_row_major(&b)),
             Precision::Bf16 => {
                 let mut bits = Vec::new();
-                bf16::pack_row_major(&b, &mut bits);
+                pack_row_major(&b, &mut bits);
                 WeightData::Bf16(bits)
             }
         };

@@ -684,7 +684,7 @@ pub(crate) fn trivial_product(k: usize, c: &mut MatMut, accumulate: bool) -> boo
 }
 
 /// Copies a view into a dense row-major buffer.
-pub(crate) fn pack_row_major(src: &MatRef, dst: &mut Vec<f32>) {
+pub(crate) fn pack_row_major<T: Copy>(src: &MatRef<'_, T>, dst: &mut Vec<T>) {
     dst.clear();
     dst.reserve(src.rows * src.cols);
     for r in 0..src.rows {
