@@ -194,13 +194,23 @@ impl<'g> Lowering<'g> {
         v
     }
 
-    fn absorbable(&self, x: NodeId, root_shape: &[usize]) -> bool {
-        let node = self.g.node(x);
+    /// `x` may disappear into the kernel of its only user: not yet in a kernel, used once, and
+    /// not a graph output.
+    pub(crate) fn private(&self, x: NodeId) -> bool {
         !self.assigned.contains_key(&x)
             && self.users.get(&x) == Some(&1)
             && !self.g.outputs().iter().any(|&(_, o)| o == x)
+    }
+
+    /// [`Self::private`], and an `f32` value (what fused kernels compute in).
+    pub(crate) fn private_f32(&self, x: NodeId) -> bool {
+        self.private(x) && self.g.node(x).ty.dtype == DType::F32
+    }
+
+    fn absorbable(&self, x: NodeId, root_shape: &[usize]) -> bool {
+        let node = self.g.node(x);
+        self.private_f32(x)
             && self.shapes[&x] == root_shape
-            && node.ty.dtype == DType::F32
             && (is_elementwise(&node.op) || is_causal(&node.op))
     }
 
@@ -224,10 +234,8 @@ impl<'g> Lowering<'g> {
             && pb.allow_matmul
             && pb.matmul.is_none()
             && pb.causal.is_none()
-            && self.users.get(&x) == Some(&1)
-            && !self.assigned.contains_key(&x)
+            && self.private(x)
             && self.shapes[&x] == root_shape
-            && !self.g.outputs().iter().any(|&(_, o)| o == x)
         {
             pb.matmul = Some(x);
             let v = self.value(x);

@@ -124,18 +124,10 @@ pub(crate) struct Match {
 }
 
 impl Lowering<'_> {
-    /// An intermediate the kernel may swallow: unassigned, used once, not an output, f32.
-    fn private(&self, x: NodeId) -> bool {
-        !self.assigned.contains_key(&x)
-            && self.users.get(&x) == Some(&1)
-            && !self.g.outputs().iter().any(|&(_, o)| o == x)
-            && self.g.node(x).ty.dtype == DType::F32
-    }
-
     /// `l2_normalize{axis=2}(x)` with `x` private: `(x, eps)`.
     fn normalized(&self, n: NodeId) -> Option<(NodeId, f32)> {
         match self.g.node(n).op {
-            Op::L2Normalize { axis: 2, eps } if self.private(n) => {
+            Op::L2Normalize { axis: 2, eps } if self.private_f32(n) => {
                 Some((self.g.operands(n)[0], eps.get()))
             }
             _ => None,
@@ -163,7 +155,7 @@ impl Lowering<'_> {
         if let Op::Slice { axis: 2, start, .. } = self.g.node(x).op {
             let src = self.g.operands(x)[0];
             let s = &self.shapes[&src];
-            if self.private(x) && s.len() == 3 && start + d <= s[2] {
+            if self.private_f32(x) && s.len() == 3 && start + d <= s[2] {
                 let row_stride = s[2];
                 nodes.push(x);
                 let v = self.value(src);
@@ -208,11 +200,11 @@ impl Lowering<'_> {
                 Op::CumSum { axis: 1 } => true,
                 _ => continue,
             };
-            if !self.private(kv) || !same(self, q) {
+            if !self.private_f32(kv) || !same(self, q) {
                 continue;
             }
             let prod = self.g.operands(kv)[0];
-            if !self.private(prod) || !same(self, prod) {
+            if !self.private_f32(prod) || !same(self, prod) {
                 continue;
             }
             let Some((phi_k, v, k, eps_k)) =

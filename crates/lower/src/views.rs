@@ -111,22 +111,13 @@ pub(crate) struct ViewedOperand {
 }
 
 impl Lowering<'_> {
-    /// Whether layout node `x` can be folded into the kernel that uses it: its only user, not a
-    /// graph output, not yet in a kernel, f32.
-    fn foldable(&self, x: NodeId) -> bool {
-        !self.assigned.contains_key(&x)
-            && self.users.get(&x) == Some(&1)
-            && !self.g.outputs().iter().any(|&(_, o)| o == x)
-            && self.g.node(x).ty.dtype == DType::F32
-    }
-
     /// `x = split_heads(src)` or `split_heads(slice_last(src))`, with `x` foldable: the product
     /// operand `x` (its last two axes swapped when `transposed`) read from `src` in place.
     pub(crate) fn heads_view(&mut self, x: NodeId, transposed: bool) -> Option<ViewedOperand> {
         let Op::SplitHeads { heads } = self.g.node(x).op else {
             return None;
         };
-        if !self.foldable(x) {
+        if !self.private_f32(x) {
             return None;
         }
         let shape = self.shapes[&x].clone(); // [B, H, N, d]
@@ -139,7 +130,7 @@ impl Lowering<'_> {
         let mut start = 0;
         if let Op::Slice { axis, start: s, .. } = self.g.node(src).op {
             let ss = &self.shapes[&src];
-            if axis + 1 == ss.len() && self.foldable(src) {
+            if axis + 1 == ss.len() && self.private_f32(src) {
                 nodes.push(src);
                 start = s;
                 src = self.g.operands(src)[0];
@@ -164,7 +155,7 @@ impl Lowering<'_> {
     /// value in place, as the view of its `[B, H, N, d]` output.
     pub(crate) fn merged_output(&self, merge: NodeId) -> Option<(NodeId, Strided)> {
         let p = self.g.operands(merge)[0];
-        if !matches!(self.g.node(p).op, Op::MatMul) || !self.foldable(p) {
+        if !matches!(self.g.node(p).op, Op::MatMul) || !self.private_f32(p) {
             return None;
         }
         let s = &self.shapes[&p]; // [B, H, N, d]
