@@ -21,17 +21,13 @@ fn bin(op: BinaryOp, a: Expr, b: Expr) -> Expr {
 }
 
 fn bias_gelu() -> RowProgram {
-    RowProgram {
-        inputs: vec![InputKind::Rows, InputKind::Vector],
-        params: 0,
-        reductions: vec![],
-        output: Expr::un(
+    RowProgram::elementwise(
+        vec![InputKind::Rows, InputKind::Vector],
+        Expr::un(
             UnaryOp::Gelu,
             bin(BinaryOp::Add, Expr::Input(0), Expr::Input(1)),
         ),
-        fill: 0.0,
-        zero_if_all_masked: false,
-    }
+    )
 }
 
 fn residual_layer_norm() -> RowProgram {

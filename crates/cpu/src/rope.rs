@@ -39,14 +39,7 @@ fn half_program(first: bool) -> RowProgram {
     } else {
         Expr::bin(BinaryOp::Add, mul(1, 2), mul(0, 3))
     };
-    RowProgram {
-        inputs: vec![InputKind::Rows; 4],
-        params: 0,
-        reductions: vec![],
-        output,
-        fill: 0.0,
-        zero_if_all_masked: false,
-    }
+    RowProgram::elementwise(vec![InputKind::Rows; 4], output)
 }
 
 impl RopeKernel {

@@ -68,14 +68,7 @@ fn program(bias: bool, act: Option<UnaryOp>, residual: bool) -> RowProgram {
     if residual {
         e = Expr::bin(BinaryOp::Add, e, Expr::input(2));
     }
-    RowProgram {
-        inputs: vec![InputKind::Rows, InputKind::Vector, InputKind::Rows],
-        params: 0,
-        reductions: vec![],
-        output: e,
-        fill: 0.0,
-        zero_if_all_masked: false,
-    }
+    RowProgram::elementwise(vec![InputKind::Rows, InputKind::Vector, InputKind::Rows], e)
 }
 
 fn onednn() -> Option<OneDnnMatMul> {

@@ -26,20 +26,12 @@ fn compile(p: &RowProgram) -> RowKernel {
     JitModule::new().unwrap().compile(p).unwrap()
 }
 
-fn map_program(output: Expr, inputs: Vec<InputKind>) -> RowProgram {
-    RowProgram {
-        inputs,
-        params: 0,
-        reductions: vec![],
-        output,
-        fill: 0.0,
-        zero_if_all_masked: false,
-    }
-}
-
 /// `op` applied to `xs` by the JIT (one row, so the tail loop runs too).
 fn jit_unary(op: UnaryOp, xs: &[f32]) -> Vec<f32> {
-    let k = compile(&map_program(un(op, input(0)), vec![InputKind::Rows]));
+    let k = compile(&RowProgram::elementwise(
+        vec![InputKind::Rows],
+        un(op, input(0)),
+    ));
     let mut out = vec![f32::NAN; xs.len()];
     k.run_rows_serial(&[xs], &mut out, xs.len(), Valid::Full, &[])
         .unwrap();
@@ -192,7 +184,7 @@ fn accuracy_ieee_ops_are_correctly_rounded() {
 #[test]
 fn reference_erf_matches_lowering_reference() {
     for op in ALL_UNARY {
-        let p = map_program(un(op, input(0)), vec![InputKind::Rows]);
+        let p = RowProgram::elementwise(vec![InputKind::Rows], un(op, input(0)));
         let xs: Vec<f32> = (0..2001).map(|i| -10.0 + i as f32 * 0.01).collect();
         let mut out = vec![0.0; xs.len()];
         p.eval_reference(&[&xs], &mut out, xs.len(), &[]);
@@ -216,9 +208,9 @@ fn reference_erf_matches_lowering_reference() {
 const LENGTHS: [usize; 7] = [1, 3, 5, 17, 33, 64, 771];
 
 fn bias_gelu() -> RowProgram {
-    map_program(
-        un(UnaryOp::Gelu, bin(BinaryOp::Add, input(0), input(1))),
+    RowProgram::elementwise(
         vec![InputKind::Rows, InputKind::Vector],
+        un(UnaryOp::Gelu, bin(BinaryOp::Add, input(0), input(1))),
     )
 }
 
@@ -592,20 +584,19 @@ fn l2_normalise_rows() {
 fn fill_past_valid_and_elementwise_products() {
     // out = a·b·c + 1 over valid columns, fill = −7 after.
     let p = RowProgram {
-        inputs: vec![InputKind::Rows, InputKind::Rows, InputKind::Vector],
-        params: 0,
-        reductions: vec![],
-        output: bin(
-            BinaryOp::Add,
-            bin(
-                BinaryOp::Mul,
-                bin(BinaryOp::Mul, input(0), input(1)),
-                input(2),
-            ),
-            Expr::Const(1.0),
-        ),
         fill: -7.0,
-        zero_if_all_masked: false,
+        ..RowProgram::elementwise(
+            vec![InputKind::Rows, InputKind::Rows, InputKind::Vector],
+            bin(
+                BinaryOp::Add,
+                bin(
+                    BinaryOp::Mul,
+                    bin(BinaryOp::Mul, input(0), input(1)),
+                    input(2),
+                ),
+                Expr::Const(1.0),
+            ),
+        )
     };
     let k = compile(&p);
     let mut rng = Rng(6);
@@ -739,9 +730,9 @@ fn many_kernels_in_one_module() {
     let mut m = JitModule::new().unwrap();
     let kernels: Vec<RowKernel> = (0..50)
         .map(|i| {
-            m.compile(&map_program(
-                bin(BinaryOp::Add, input(0), Expr::Const(i as f32)),
+            m.compile(&RowProgram::elementwise(
                 vec![InputKind::Rows],
+                bin(BinaryOp::Add, input(0), Expr::Const(i as f32)),
             ))
             .unwrap()
         })
@@ -780,20 +771,19 @@ fn listing_has_no_libcalls() {
 #[test]
 fn length_mismatches_are_errors() {
     let p = RowProgram {
-        inputs: vec![
-            InputKind::Rows,
-            InputKind::Vector,
-            InputKind::GroupVector { rows_per_group: 2 },
-        ],
         params: 1,
-        reductions: vec![],
-        output: bin(
-            BinaryOp::Add,
-            bin(BinaryOp::Add, input(0), input(1)),
-            bin(BinaryOp::Mul, input(2), Expr::Param(0)),
-        ),
-        fill: 0.0,
-        zero_if_all_masked: false,
+        ..RowProgram::elementwise(
+            vec![
+                InputKind::Rows,
+                InputKind::Vector,
+                InputKind::GroupVector { rows_per_group: 2 },
+            ],
+            bin(
+                BinaryOp::Add,
+                bin(BinaryOp::Add, input(0), input(1)),
+                bin(BinaryOp::Mul, input(2), Expr::Param(0)),
+            ),
+        )
     };
     let k = compile(&p);
     let (rows, d) = (4, 5);
@@ -893,7 +883,7 @@ fn length_mismatches_are_errors() {
 #[test]
 fn invalid_programs_are_errors() {
     let mut m = JitModule::new().unwrap();
-    let base = map_program(input(0), vec![InputKind::Rows]);
+    let base = RowProgram::elementwise(vec![InputKind::Rows], input(0));
     let bad = [
         RowProgram {
             output: input(1),

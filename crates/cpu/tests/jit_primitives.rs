@@ -72,15 +72,14 @@ fn softmax(rows_per_group: usize, divide: bool) -> RowProgram {
 /// `exp` of `xs` by an f32x4 JIT kernel.
 fn jit_exp(xs: &[f32], shift: f32) -> Vec<f32> {
     let p = RowProgram {
-        inputs: vec![InputKind::Rows],
         params: 1,
-        reductions: vec![],
-        output: Expr::un(
-            UnaryOp::Exp,
-            Expr::bin(BinaryOp::Sub, Expr::Input(0), Expr::Param(0)),
-        ),
-        fill: 0.0,
-        zero_if_all_masked: false,
+        ..RowProgram::elementwise(
+            vec![InputKind::Rows],
+            Expr::un(
+                UnaryOp::Exp,
+                Expr::bin(BinaryOp::Sub, Expr::Input(0), Expr::Param(0)),
+            ),
+        )
     };
     let mut out = vec![f32::NAN; xs.len()];
     compile(&p, false)

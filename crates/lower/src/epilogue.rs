@@ -139,23 +139,12 @@ impl Structured {
 mod tests {
     use super::*;
 
-    fn program(inputs: Vec<InputKind>, output: Expr) -> RowProgram {
-        RowProgram {
-            inputs,
-            params: 0,
-            reductions: vec![],
-            output,
-            fill: 0.0,
-            zero_if_all_masked: false,
-        }
-    }
-
     #[test]
     fn recognises_bias_activation_residual() {
         use InputKind::{Rows, Vector};
         let x = || Expr::input(0);
         let add = |a, b| Expr::bin(BinaryOp::Add, a, b);
-        let p = program(vec![Rows, Vector], add(x(), Expr::input(1)));
+        let p = RowProgram::elementwise(vec![Rows, Vector], add(x(), Expr::input(1)));
         assert_eq!(
             Structured::of(&p, 0),
             Some(Structured {
@@ -164,21 +153,21 @@ mod tests {
                 residual: None
             })
         );
-        let p = program(
+        let p = RowProgram::elementwise(
             vec![Vector, Rows],
             Expr::un(UnaryOp::Gelu, add(Expr::input(0), Expr::input(1))),
         );
         let s = Structured::of(&p, 1).unwrap();
         assert_eq!((s.bias, s.activation), (Some(0), Some(UnaryOp::Gelu)));
         assert_eq!(s.name(), "bias+gelu");
-        let p = program(
+        let p = RowProgram::elementwise(
             vec![Rows, Vector, Rows],
             add(Expr::input(2), add(x(), Expr::input(1))),
         );
         let s = Structured::of(&p, 0).unwrap();
         assert_eq!((s.bias, s.residual), (Some(1), Some(2)));
         assert_eq!(s.name(), "bias+residual");
-        let p = program(vec![Rows, Rows], add(x(), Expr::input(1)));
+        let p = RowProgram::elementwise(vec![Rows, Rows], add(x(), Expr::input(1)));
         let s = Structured::of(&p, 0).unwrap();
         assert_eq!((s.bias, s.activation, s.residual), (None, None, Some(1)));
     }
@@ -211,7 +200,7 @@ mod tests {
             ),
             (vec![Rows], Expr::un(UnaryOp::Exp, Expr::input(0))),
         ] {
-            let p = program(inputs, out);
+            let p = RowProgram::elementwise(inputs, out);
             assert_eq!(Structured::of(&p, 0), None, "{:?}", p.output);
         }
     }

@@ -99,6 +99,18 @@ pub struct RowProgram {
 }
 
 impl RowProgram {
+    /// `output` at every column, from `inputs`: no reductions, no parameters, `fill = 0`.
+    pub fn elementwise(inputs: Vec<InputKind>, output: Expr) -> RowProgram {
+        RowProgram {
+            inputs,
+            params: 0,
+            reductions: vec![],
+            output,
+            fill: 0.0,
+            zero_if_all_masked: false,
+        }
+    }
+
     /// The numerically safe softmax of `x` along the row, as the lowering emits it:
     /// `m = Max(x)`, `s = Sum(exp(x − m))`, output `exp(x − m) / s`, `fill = 0`, and a row
     /// with no unmasked valid entry written as zeros (`zero_if_all_masked`), never NaN.
