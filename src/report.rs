@@ -198,16 +198,11 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "  error if only this layer is converted: layer output {}, final output {}",
-                    stat(&e.layer_output),
-                    stat(&e.final_output)
+                    e.layer_output, e.final_output
                 );
             }
             if let Some(e) = &l.error {
-                let _ = writeln!(
-                    s,
-                    "  error vs original: layer output {}",
-                    stat(&e.layer_output)
-                );
+                let _ = writeln!(s, "  error vs original: layer output {}", e.layer_output);
             }
         }
         if let Some(e) = &self.final_error {
@@ -215,7 +210,7 @@ impl Report {
                 s,
                 "
 final output error vs original: {}",
-                stat(e)
+                e
             );
         }
         for w in &self.warnings {
@@ -225,8 +220,15 @@ final output error vs original: {}",
     }
 }
 
-fn stat(e: &ErrorStat) -> String {
-    format!("max-abs {:.3e}, relative {:.3e}", e.max_abs, e.relative)
+impl std::fmt::Display for ErrorStat {
+    /// `max-abs 1.234e-6, relative 5.678e-7`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "max-abs {:.3e}, relative {:.3e}",
+            self.max_abs, self.relative
+        )
+    }
 }
 
 fn ratio(before: u64, after: u64) -> String {
