@@ -139,13 +139,16 @@ fn main() {
     ];
     for (name, p) in &programs {
         let ms = |verifier: bool| {
-            let mut m = JitModule::with_options(JitOptions {
-                verifier,
-                ..options
-            })
-            .unwrap();
+            // A fresh module each time: a module compiles a program once and then reuses it.
             let times: Vec<Duration> = (0..20)
-                .map(|_| m.compile(p).unwrap().compile_time())
+                .map(|_| {
+                    let mut m = JitModule::with_options(JitOptions {
+                        verifier,
+                        ..options
+                    })
+                    .unwrap();
+                    m.compile(p).unwrap().compile_time()
+                })
                 .collect();
             median(times).as_secs_f64() * 1e3
         };

@@ -14,15 +14,15 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use attnopt_ir::{broadcast_strides, Bindings, DType, Data, Dim, Graph, Op, Sym, Tensor, WeightId};
+use attnopt_ir::{
+    broadcast_strides, Bindings, DType, Data, Dim, Graph, Op, RopeStyle, Sym, Tensor, WeightId,
+};
 use attnopt_lower::memory::storage_of;
 use attnopt_lower::row::UnaryOp;
-use attnopt_lower::{
-    lower, Epilogue, Kernel, KernelKind, Lowered, RowProgram, Structured, ValueId, ValueKind,
-};
+use attnopt_lower::{lower, Epilogue, Kernel, KernelKind, Lowered, Structured, ValueId, ValueKind};
 
 use crate::hydra::HydraKernel;
 use crate::jit::{Arg, JitModule, RowKernel, Valid};
@@ -61,8 +61,9 @@ pub enum CpuError {
 enum Exec {
     Row(RowKernel),
     Hydra(HydraKernel),
-    /// Rotary embeddings as JIT row programs ([`RopeKernel`]).
-    Rope(RopeKernel),
+    /// Rotary embeddings as JIT row programs ([`RopeKernel`]), shared by every RoPE kernel
+    /// of the same shape.
+    Rope(Arc<RopeKernel>),
     /// A product, then its epilogue as a JIT row program over the output.
     Epilogue(RowKernel),
     /// A product with a prepared weight and its epilogue run inside it by the library.
@@ -146,10 +147,8 @@ pub struct CpuModel {
     converted: Vec<OnceLock<Vec<f32>>>,
     prepared: HashMap<(WeightId, bool), Box<dyn PreparedWeight>>,
     plans: HashMap<(usize, usize), Plan>,
-    /// Row kernels by program (identical programs share one compiled kernel).
-    /// Keyed by the program's `Debug` text, which tells apart what `==` on `f32` constants
-    /// does not (`-0.0` and `0.0`).
-    kernels: HashMap<String, RowKernel>,
+    /// RoPE kernels by (style, positions, features, θ bits).
+    ropes: HashMap<(RopeStyle, usize, usize, u32), Arc<RopeKernel>>,
     /// Let the matrix-product library run epilogues it can fuse (else all run as JIT passes).
     post_ops: bool,
 }
@@ -218,7 +217,7 @@ impl CpuModel {
             converted,
             prepared: HashMap::new(),
             plans: HashMap::new(),
-            kernels: HashMap::new(),
+            ropes: HashMap::new(),
             post_ops: post_ops_from_env(),
         })
     }
@@ -355,15 +354,25 @@ impl CpuModel {
             .prepare(if transposed { view.t() } else { view })
     }
 
-    /// The compiled kernel of `p`: compiled once per model, shared by every kernel running it.
-    fn row_kernel(&mut self, p: &RowProgram) -> Result<RowKernel, crate::jit::JitError> {
-        let key = format!("{p:?}");
-        if let Some(k) = self.kernels.get(&key) {
-            return Ok(k.clone());
+    /// The RoPE kernel for this shape and base, compiled (with its cos/sin table) once per
+    /// model and shared by every layer; `None` for styles it does not cover.
+    fn rope(
+        &mut self,
+        style: RopeStyle,
+        n: usize,
+        d: usize,
+        theta: f32,
+    ) -> Result<Option<Arc<RopeKernel>>, crate::jit::JitError> {
+        let key = (style, n, d, theta.to_bits());
+        if let Some(r) = self.ropes.get(&key) {
+            return Ok(Some(Arc::clone(r)));
         }
-        let k = self.jit.compile(p)?;
-        self.kernels.insert(key, k.clone());
-        Ok(k)
+        let Some(r) = RopeKernel::compile(&mut self.jit, style, n, d, theta as f64)? else {
+            return Ok(None);
+        };
+        let r = Arc::new(r);
+        self.ropes.insert(key, Arc::clone(&r));
+        Ok(Some(r))
     }
 
     /// Where the preparation of `(batch, seq)` spent its time (after [`CpuModel::prepare`]).
@@ -426,12 +435,12 @@ impl CpuModel {
                 (None, KernelKind::Op(Op::Rope { theta, style })) => {
                     let s = &lowered.values[k.inputs[0]].shape;
                     let (n, d) = (s[s.len() - 2], s[s.len() - 1]);
-                    RopeKernel::compile(&mut self.jit, *style, n, d, theta.get() as f64)
+                    self.rope(*style, n, d, theta.get())
                         .map_err(|e| err(e.to_string()))?
                         .map_or(Exec::None, Exec::Rope)
                 }
                 (Some((p, epi)), _) => {
-                    let kernel = self.row_kernel(p).map_err(|e| err(e.to_string()))?;
+                    let kernel = self.jit.compile(p).map_err(|e| err(e.to_string()))?;
                     if epi {
                         Exec::Epilogue(kernel)
                     } else {

@@ -47,6 +47,7 @@ mod codegen;
 mod math;
 mod primitives;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -201,6 +202,9 @@ pub struct JitModule {
     /// The row primitives declared as imports (empty when they are off or unsupported).
     imports: Vec<(Primitive, FuncId)>,
     compiled: usize,
+    /// Kernels compiled so far, by the program's `Debug` text (which, unlike `==` on `f32`
+    /// constants, tells `-0.0` from `0.0`): a program is compiled once per module.
+    cache: HashMap<String, RowKernel>,
 }
 
 /// A compiled kernel's listings, for reading and for snapshots.
@@ -272,6 +276,7 @@ impl JitModule {
             target,
             imports,
             compiled: 0,
+            cache: HashMap::new(),
         })
     }
 
@@ -281,9 +286,16 @@ impl JitModule {
         self.target.row_primitives
     }
 
-    /// Compiles `p` into a callable kernel (≈ 0.2–2 ms).
+    /// Compiles `p` into a callable kernel (≈ 0.2–2 ms), or returns the kernel this module
+    /// already compiled for the same program (sharing its code).
     pub fn compile(&mut self, p: &RowProgram) -> Result<RowKernel, JitError> {
-        self.compile_inner(p, false).map(|(k, _)| k)
+        let key = format!("{p:?}");
+        if let Some(k) = self.cache.get(&key) {
+            return Ok(k.clone());
+        }
+        let (k, _) = self.compile_inner(p, false)?;
+        self.cache.insert(key, k.clone());
+        Ok(k)
     }
 
     /// Compiles `p` and returns its listings too.
