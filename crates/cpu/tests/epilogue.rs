@@ -157,38 +157,28 @@ fn epilogue_data_is_checked() {
     let p = d.prepare(MatRef::row_major(&w, 3, 4)).unwrap();
     let mut c = vec![0.0; 8];
     let short_bias = [1.0; 3];
-    let e = Epilogue {
+    let mut run = |e: Epilogue| {
+        d.matmul_prepared_epilogue(
+            MatRef::row_major(&a, 2, 3),
+            &*p,
+            MatMut::row_major(&mut c, 2, 4),
+            &e,
+        )
+    };
+    let r = run(Epilogue {
         bias: Some(&short_bias),
         ..Default::default()
-    };
-    let r = d.matmul_prepared_epilogue(
-        MatRef::row_major(&a, 2, 3),
-        &*p,
-        MatMut::row_major(&mut c, 2, 4),
-        &e,
-    );
+    });
     assert!(matches!(r, Err(MatMulError::Shape(_))), "{r:?}");
-    let e = Epilogue {
+    let r = run(Epilogue {
         residual: Some(MatRef::row_major(&res, 4, 2)),
         ..Default::default()
-    };
-    let r = d.matmul_prepared_epilogue(
-        MatRef::row_major(&a, 2, 3),
-        &*p,
-        MatMut::row_major(&mut c, 2, 4),
-        &e,
-    );
+    });
     assert!(matches!(r, Err(MatMulError::Shape(_))), "{r:?}");
-    let e = Epilogue {
+    let r = run(Epilogue {
         residual: Some(MatRef::row_major(&res[..7], 2, 4)),
         ..Default::default()
-    };
-    let r = d.matmul_prepared_epilogue(
-        MatRef::row_major(&a, 2, 3),
-        &*p,
-        MatMut::row_major(&mut c, 2, 4),
-        &e,
-    );
+    });
     assert!(matches!(r, Err(MatMulError::Bounds(_))), "{r:?}");
 }
 
