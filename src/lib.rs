@@ -17,6 +17,7 @@ mod error;
 pub mod inspect;
 mod model;
 pub mod optimize;
+pub mod output;
 pub mod progress;
 pub mod report;
 pub mod save;
@@ -24,6 +25,7 @@ pub mod tensors;
 
 pub use attnopt_cpu::matmul::Precision;
 pub use attnopt_import as import;
+pub use attnopt_import::LoadOptions;
 pub use attnopt_ir as ir;
 pub use attnopt_rewrite as rewrite;
 pub use error::Error;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use attnopt::{inspect, tensors, Model, RunOptions};
-use clap::{Parser, Subcommand, ValueEnum};
+use attnopt::{inspect, output, tensors, Model, RunOptions};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// attnopt — a compiler for transformer checkpoints.
 ///
@@ -26,6 +26,8 @@ enum Command {
     Inspect {
         /// Model folder (config.json + safetensors) or a .safetensors file.
         model: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Sequence length (tokens) at which FLOPs are counted.
         #[arg(long, default_value_t = 128)]
         seq: usize,
@@ -50,6 +52,8 @@ enum Command {
     Run {
         /// Model folder.
         model: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Safetensors file with the inputs.
         #[arg(long, short)]
         input: PathBuf,
@@ -79,6 +83,8 @@ enum Command {
     Graph {
         /// Model folder.
         model: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Write Graphviz DOT here.
         #[arg(long)]
         dot: Option<PathBuf>,
@@ -97,6 +103,8 @@ enum Command {
     Optimize {
         /// Model folder.
         model: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Output folder (written atomically; must not exist unless --force).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -129,9 +137,14 @@ enum Command {
         /// Print the egg explanation of the rewrite chain of this layer and exit.
         #[arg(long)]
         explain: Option<u32>,
-        /// Replace an existing output folder written by attnopt.
+        /// Replace an existing output folder, if it holds exactly the files attnopt wrote there
+        /// (any other file in it and the folder is left alone).
         #[arg(long)]
         force: bool,
+        /// Record a hash of every byte of the source checkpoint, so that `--verify-source` can
+        /// check it later (done anyway for checkpoints up to 4 GiB; reads the whole checkpoint).
+        #[arg(long)]
+        hash_source: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -151,6 +164,8 @@ enum Command {
     Bench {
         /// Model folder.
         model: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Sequence lengths.
         #[arg(long, value_delimiter = ',', default_value = "128")]
         seq: Vec<usize>,
@@ -181,6 +196,33 @@ enum Command {
     },
 }
 
+/// How a model is loaded (shared by every command that reads one).
+#[derive(Args, Clone, Copy)]
+struct LoadArgs {
+    /// Use a model whose config.json is missing or lacks a setting that nothing in the
+    /// checkpoint confirms (the head count): the guesses `inspect` lists are taken as they are.
+    /// Without this flag such a model is refused, since a wrong guess gives wrong numbers.
+    #[arg(long)]
+    accept_guesses: bool,
+    /// For an optimised folder: hash every byte of its source checkpoint and compare with the
+    /// hash recorded by `optimize` (by default only file metadata, the header and sampled
+    /// blocks are checked, which costs the same at 1 MB and 100 GB).
+    #[arg(long)]
+    verify_source: bool,
+}
+
+impl LoadArgs {
+    fn load(self, path: &Path) -> Result<Model> {
+        Ok(Model::load_with(
+            path,
+            &attnopt::LoadOptions {
+                verify_source: self.verify_source,
+                accept_guesses: self.accept_guesses,
+            },
+        )?)
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum PrecisionArg {
     F32,
@@ -206,9 +248,35 @@ enum Backend {
     Cuda,
 }
 
+/// `print!` that returns an error instead of panicking when standard output is closed
+/// (`attnopt graph M | head -1`); `main` ends quietly on that error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `println!` without the panic; see [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// Whether `e` is a write to a closed pipe (the reader, e.g. `head`, has all it wants).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let top = e.to_string();
             eprintln!("error: {top}");
@@ -230,6 +298,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect {
             model,
+            load,
             seq,
             backend,
             threads,
@@ -238,7 +307,12 @@ fn run(cli: Cli) -> Result<()> {
             if seq == 0 {
                 bail!("--seq must be at least 1");
             }
-            let m = Model::load(&model)?;
+            // inspect is where guesses are shown, so it takes them.
+            let load = LoadArgs {
+                accept_guesses: true,
+                ..load
+            };
+            let m = load.load(&model)?;
             let mut report = inspect::inspect(&m, seq);
             match backend {
                 None | Some(Backend::Interp) => {}
@@ -248,13 +322,14 @@ fn run(cli: Cli) -> Result<()> {
                 Some(Backend::Cuda) => bail!("not supported yet: --backend cuda (the GPU backend)"),
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report.render());
+                out!("{}", report.render());
             }
         }
         Command::Run {
             model,
+            load,
             input,
             output,
             all_layers,
@@ -280,7 +355,7 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("nothing to do: give --output FILE and/or --compare FILE");
             }
             run_model(
-                &model,
+                &load.load(&model)?,
                 &input,
                 output.as_deref(),
                 RunOptions {
@@ -292,31 +367,37 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Graph {
             model,
+            load,
             dot,
             svg,
             text,
         } => {
-            let m = Model::load(&model)?;
+            let m = load.load(&model)?;
             let g = m.graph();
+            let inputs = m.inputs();
+            for path in [&dot, &svg, &text].into_iter().flatten() {
+                output::check_file_target(path, &inputs)?;
+            }
             if let Some(path) = &dot {
-                tensors::write_atomic(path, attnopt::ir::dot::to_dot(g).as_bytes())?;
+                output::write_file(path, attnopt::ir::dot::to_dot(g).as_bytes(), &inputs)?;
                 eprintln!("wrote {}", path.display());
             }
             if let Some(path) = &svg {
-                write_svg(&attnopt::ir::dot::to_dot(g), path)?;
+                write_svg(&attnopt::ir::dot::to_dot(g), path, &inputs)?;
                 eprintln!("wrote {}", path.display());
             }
             match &text {
                 Some(path) => {
-                    tensors::write_atomic(path, g.to_string().as_bytes())?;
+                    output::write_file(path, g.to_string().as_bytes(), &inputs)?;
                     eprintln!("wrote {}", path.display());
                 }
-                None if dot.is_none() && svg.is_none() => print!("{g}"),
+                None if dot.is_none() && svg.is_none() => out!("{g}"),
                 None => {}
             }
         }
         Command::Optimize {
             model,
+            load,
             output,
             seq,
             allow,
@@ -328,6 +409,7 @@ fn run(cli: Cli) -> Result<()> {
             verify,
             explain,
             force,
+            hash_source,
             json,
             node_limit,
             iter_limit,
@@ -357,10 +439,10 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 verify,
             };
-            let m = Model::load(&model)?;
+            let m = load.load(&model)?;
             if let Some(layer) = explain {
                 for line in attnopt::optimize::explain(&m, &opts, layer, None)? {
-                    println!("{line}");
+                    outln!("{line}");
                 }
                 return Ok(());
             }
@@ -370,7 +452,12 @@ fn run(cli: Cli) -> Result<()> {
             let mut reporter = attnopt::progress::Reporter::new("optimize");
             let mut progress = |step: &str| reporter.step(attnopt::progress::Step::phase(step));
             let opt = attnopt::optimize::optimize(&m, &opts, &mut progress)?;
-            let saved = attnopt::save::save(&m, &opt, &output, force)?;
+            let saved = attnopt::save::save(
+                &m,
+                &opt,
+                &output,
+                &attnopt::save::SaveOptions { force, hash_source },
+            )?;
             eprintln!(
                 "[optimize] wrote {} ({} graph nodes, {} new weight tensor(s))",
                 saved.dir.display(),
@@ -378,13 +465,14 @@ fn run(cli: Cli) -> Result<()> {
                 saved.new_weights
             );
             if json {
-                println!("{}", serde_json::to_string_pretty(&opt.report)?);
+                outln!("{}", serde_json::to_string_pretty(&opt.report)?);
             } else {
-                print!("{}", opt.report.render());
+                out!("{}", opt.report.render());
             }
         }
         Command::Bench {
             model,
+            load,
             seq,
             batch,
             threads,
@@ -396,7 +484,7 @@ fn run(cli: Cli) -> Result<()> {
             if seq.is_empty() || seq.contains(&0) || batch == 0 || reps == 0 {
                 bail!("--seq, --batch and --reps take positive numbers");
             }
-            let m = Model::load(&model)?;
+            let m = load.load(&model)?;
             let opts = attnopt::bench::BenchOptions {
                 seqs: seq,
                 batch,
@@ -409,9 +497,9 @@ fn run(cli: Cli) -> Result<()> {
             let report = attnopt::bench::bench(&m, &opts, &mut |s| reporter.step(s))?;
             drop(reporter);
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report.render());
+                out!("{}", report.render());
             }
         }
         Command::Emit { .. } => bail!("not supported yet: emit (needs the GPU backend)"),
@@ -420,16 +508,23 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn run_model(
-    model: &Path,
+    m: &Model,
     input: &Path,
     output: Option<&Path>,
     opts: RunOptions,
     compare: Option<&Path>,
 ) -> Result<()> {
-    let m = Model::load(model)?;
+    let mut inputs = m.inputs().with(input);
+    if let Some(c) = compare {
+        inputs.add(c);
+    }
+    if let Some(path) = output {
+        // Refuse a bad output path before the run, not after it.
+        attnopt::output::check_file_target(path, &inputs)?;
+    }
     let all = tensors::read(input)?;
     let takes = m.input_names();
-    let (inputs, ignored): (BTreeMap<_, _>, BTreeMap<_, _>) = all
+    let (feed, ignored): (BTreeMap<_, _>, BTreeMap<_, _>) = all
         .into_iter()
         .partition(|(k, _)| takes.contains(&k.as_str()) || k == "attention_mask");
     if !ignored.is_empty() {
@@ -443,7 +538,7 @@ fn run_model(
             names.join(", ")
         );
     }
-    if inputs.is_empty() {
+    if feed.is_empty() {
         bail!(
             "{}: holds none of the model's inputs ({})",
             input.display(),
@@ -467,16 +562,16 @@ fn run_model(
             ..
         }
     );
-    let outs = m.run(inputs.clone(), opts)?;
+    let outs = m.run(feed.clone(), opts)?;
     eprintln!("done in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
     for (name, t) in &outs {
-        println!("{name:20} {:?}", t.shape());
+        outln!("{name:20} {:?}", t.shape());
     }
     if bf16 {
         // bf16 is an approximation: say how far it is from the definition.
         eprintln!("measuring the bf16 error: running the f32 reference interpreter...");
         let exact = m.run(
-            inputs,
+            feed,
             RunOptions {
                 backend: attnopt::Backend::Interp,
                 ..opts
@@ -485,12 +580,12 @@ fn run_model(
         for (name, t) in &outs {
             if let Some(r) = exact.get(name) {
                 let e = attnopt::report::ErrorStat::between(t, r);
-                println!("{name:20} bf16 error vs the f32 interpreter: {e}");
+                outln!("{name:20} bf16 error vs the f32 interpreter: {e}");
             }
         }
     }
     if let Some(path) = output {
-        tensors::write(path, &outs)?;
+        tensors::write(path, &outs, &inputs)?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = compare {
@@ -508,7 +603,7 @@ fn run_model(
                     r.shape()
                 )
             })?;
-            println!("{name:20} max-abs error vs {}: {err:.3e}", path.display());
+            outln!("{name:20} max-abs error vs {}: {err:.3e}", path.display());
             compared += 1;
         }
         if compared == 0 {
@@ -518,7 +613,7 @@ fn run_model(
     Ok(())
 }
 
-fn write_svg(dot: &str, path: &Path) -> Result<()> {
+fn write_svg(dot: &str, path: &Path, inputs: &output::Inputs) -> Result<()> {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("dot")
@@ -536,6 +631,6 @@ fn write_svg(dot: &str, path: &Path) -> Result<()> {
     if !out.status.success() {
         bail!("dot -Tsvg failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    tensors::write_atomic(path, &out.stdout)?;
+    output::write_file(path, &out.stdout, inputs)?;
     Ok(())
 }

@@ -3,9 +3,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use attnopt_import::Imported;
+use attnopt_import::{Imported, LoadOptions};
 use attnopt_ir::{interp, DType, Graph, Op, Tensor};
 
+use crate::output::Inputs;
 use crate::Error;
 
 /// A model loaded from a checkpoint folder.
@@ -37,11 +38,27 @@ pub enum Backend {
 }
 
 impl Model {
-    /// Loads the checkpoint at `path` (a folder with config.json and safetensors files).
+    /// Loads the checkpoint at `path` (a folder with config.json and safetensors files), with
+    /// the default checks: a model whose dimensions had to be guessed is refused, and an
+    /// optimised folder's source is checked by fingerprint (see [`LoadOptions`]).
     pub fn load(path: &Path) -> Result<Model, Error> {
+        Model::load_with(path, &LoadOptions::default())
+    }
+
+    /// [`Model::load`] with options.
+    pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model, Error> {
         Ok(Model {
-            imported: attnopt_import::load(path)?,
+            imported: attnopt_import::load_with(path, opts)?,
         })
+    }
+
+    /// The files this model was read from; outputs must never replace them.
+    pub fn inputs(&self) -> Inputs {
+        let mut inputs = Inputs::new();
+        for f in &self.imported.files_read {
+            inputs.add(f);
+        }
+        inputs
     }
 
     pub fn graph(&self) -> &Graph {

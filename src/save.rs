@@ -1,8 +1,9 @@
 //! Writing an optimised model folder: graph text, new weights, manifest, config and report.
 //!
-//! The folder is assembled under a temporary name beside the target, loaded back as a check,
-//! and only then renamed into place, so a failure never leaves a half-written model. The input
-//! model is never modified.
+//! The folder is assembled under an unpredictable temporary name beside the target, loaded back
+//! as a check, and only then renamed into place ([`crate::output::write_dir`]), so a failure
+//! never leaves a half-written model. The input model is never modified. The manifest records a
+//! fingerprint of every source file, so a source that changes later is refused on load.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -35,8 +36,35 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
     out
 }
 
-/// Writes `opt` for `model` to the folder `out` (replacing an existing one only with `force`).
-pub fn save(model: &Model, opt: &Optimization, out: &Path, force: bool) -> Result<Saved, Error> {
+/// How [`save`] writes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SaveOptions {
+    /// Replace an existing folder, if it holds exactly what attnopt writes.
+    pub force: bool,
+    /// Record a hash of every byte of the source checkpoint (done anyway when it is at most
+    /// [`FULL_HASH_UP_TO`] bytes) so that loading with `verify_source` can check it.
+    pub hash_source: bool,
+}
+
+/// Source checkpoints up to this many bytes get a hash of every byte without being asked.
+pub const FULL_HASH_UP_TO: u64 = 4 << 30;
+
+/// Report files written beside the manifest.
+const REPORT_JSON: &str = "report.json";
+const REPORT_TXT: &str = "report.txt";
+const GRAPH: &str = "graph.txt";
+const WEIGHTS: &str = "weights.safetensors";
+const CONFIG: &str = "config.json";
+
+/// Writes `opt` for `model` to the folder `out` (see [`crate::output::write_dir`]; an existing
+/// folder is replaced only with `force`, and only when it holds exactly the files its manifest
+/// says attnopt wrote).
+pub fn save(
+    model: &Model,
+    opt: &Optimization,
+    out: &Path,
+    opts: &SaveOptions,
+) -> Result<Saved, Error> {
     let usage = |msg: &str| Error::Usage {
         path: out.to_path_buf(),
         msg: msg.into(),
@@ -55,18 +83,8 @@ pub fn save(model: &Model, opt: &Optimization, out: &Path, force: bool) -> Resul
         ));
     }
     let src_abs = src.canonicalize().map_err(io(src))?;
-    if out.exists() {
-        if out.canonicalize().map_err(io(out))? == src_abs {
-            return Err(usage("is the input model; choose another output folder"));
-        }
-        if !force {
-            return Err(usage("already exists; pass --force to replace it"));
-        }
-        if !out.join(MANIFEST).is_file() {
-            return Err(usage(
-                "exists and is not an attnopt output folder; refusing to replace it",
-            ));
-        }
+    if out.canonicalize().is_ok_and(|o| o == src_abs) {
+        return Err(usage("is the input model; choose another output folder"));
     }
     let name = out
         .file_name()
@@ -76,37 +94,60 @@ pub fn save(model: &Model, opt: &Optimization, out: &Path, force: bool) -> Resul
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let parent_abs = parent.canonicalize().map_err(io(&parent))?;
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
-    let result = write_into(model, opt, &tmp, &src_abs, &parent_abs.join(name)).and_then(|saved| {
+    let final_abs = parent.canonicalize().map_err(io(&parent))?.join(name);
+    let replaceable = |dir: &Path| {
+        if !opts.force {
+            return Err(usage("already exists; pass --force to replace it"));
+        }
+        written_by_attnopt(dir).map_err(|why| {
+            usage(&format!(
+                "is not a folder attnopt wrote ({why}); refusing to replace it"
+            ))
+        })
+    };
+    let check = |tmp: &Path| {
         // Load it back: what cannot be read back must not replace anything.
-        let back = attnopt_import::load(&tmp)?;
-        if back.graph.to_string()
-            != std::fs::read_to_string(tmp.join("graph.txt")).map_err(io(&tmp))?
-        {
+        let back = attnopt_import::load(tmp)?;
+        let text = std::fs::read_to_string(tmp.join(GRAPH)).map_err(io(tmp))?;
+        if back.graph.to_string() != text {
             return Err(usage(
                 "the written graph does not read back identically (a bug; please report it)",
             ));
         }
-        if out.exists() {
-            std::fs::remove_dir_all(out).map_err(io(out))?;
+        Ok(())
+    };
+    let saved = crate::output::write_dir(
+        out,
+        replaceable,
+        |tmp| write_into(model, opt, tmp, &src_abs, &final_abs, opts),
+        check,
+    )?;
+    Ok(Saved {
+        dir: out.to_path_buf(),
+        ..saved
+    })
+}
+
+/// Whether `dir` holds exactly what attnopt writes: a readable manifest and, besides it, only
+/// the regular files it lists (else why not).
+fn written_by_attnopt(dir: &Path) -> Result<(), String> {
+    let m = Manifest::read(dir).map_err(|e| e.to_string())?;
+    let listed: std::collections::BTreeSet<&str> = m.files.iter().map(String::as_str).collect();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let regular = entry.file_type().is_ok_and(|t| t.is_file());
+        if !regular || !listed.contains(name.as_ref()) {
+            return Err(format!("it holds `{name}`, which attnopt did not write"));
         }
-        std::fs::rename(&tmp, out).map_err(io(out))?;
-        Ok(Saved {
-            dir: out.to_path_buf(),
-            ..saved
-        })
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+        seen += 1;
     }
-    result
+    if seen != listed.len() {
+        return Err("files its manifest lists are missing".into());
+    }
+    Ok(())
 }
 
 fn write_into(
@@ -115,6 +156,7 @@ fn write_into(
     dir: &Path,
     src_abs: &Path,
     final_abs: &Path,
+    opts: &SaveOptions,
 ) -> Result<Saved, Error> {
     let io = |path: PathBuf| {
         move |source| Error::Io {
@@ -125,14 +167,23 @@ fn write_into(
     let folded = fold_weights(&opt.graph)
         .map_err(|e| Error::NotSupported(format!("precomputing weights: {e}")))?;
     let graph_text = folded.graph.to_string();
-    std::fs::write(dir.join("graph.txt"), &graph_text).map_err(io(dir.join("graph.txt")))?;
+    // `dir` is a fresh private folder of our own (made with O_EXCL by `output::write_dir`), so
+    // plain writes into it are safe.
+    let mut files = vec![MANIFEST.to_string(), GRAPH.into(), REPORT_JSON.into(), REPORT_TXT.into()];
+    std::fs::write(dir.join(GRAPH), &graph_text).map_err(io(dir.join(GRAPH)))?;
     let weights = if folded.weights.is_empty() {
         None
     } else {
-        tensors::write(&dir.join("weights.safetensors"), &folded.weights)?;
-        Some("weights.safetensors".to_string())
+        tensors::write(&dir.join(WEIGHTS), &folded.weights, &model.inputs())?;
+        files.push(WEIGHTS.into());
+        Some(WEIGHTS.to_string())
     };
     let m = model.imported();
+    let mut total = 0u64;
+    for f in m.checkpoint.files() {
+        total += std::fs::metadata(f).map_err(io(f.to_path_buf()))?.len();
+    }
+    let full = opts.hash_source || total <= FULL_HASH_UP_TO;
     let mut source_files = Vec::new();
     for f in m.checkpoint.files() {
         let name = f
@@ -140,8 +191,12 @@ fn write_into(
             .unwrap_or(f)
             .to_string_lossy()
             .into_owned();
-        let bytes = std::fs::metadata(f).map_err(io(f.to_path_buf()))?.len();
-        source_files.push(SourceFile { name, bytes });
+        let fingerprint = attnopt_import::fingerprint::Fingerprint::of(f, full)?;
+        source_files.push(SourceFile { name, fingerprint });
+    }
+    let config = m.dir.join(CONFIG);
+    if config.is_file() {
+        files.push(CONFIG.into());
     }
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -154,15 +209,15 @@ fn write_into(
         graph: "graph.txt".into(),
         weights,
         target_seq: opt.report.target_seq,
+        files,
     };
     std::fs::write(dir.join(MANIFEST), pretty(&manifest)).map_err(io(dir.join(MANIFEST)))?;
-    std::fs::write(dir.join("report.json"), pretty(&opt.report))
-        .map_err(io(dir.join("report.json")))?;
-    std::fs::write(dir.join("report.txt"), opt.report.render())
-        .map_err(io(dir.join("report.txt")))?;
-    let config = m.dir.join("config.json");
+    std::fs::write(dir.join(REPORT_JSON), pretty(&opt.report))
+        .map_err(io(dir.join(REPORT_JSON)))?;
+    std::fs::write(dir.join(REPORT_TXT), opt.report.render())
+        .map_err(io(dir.join(REPORT_TXT)))?;
     if config.is_file() {
-        std::fs::copy(&config, dir.join("config.json")).map_err(io(config.clone()))?;
+        std::fs::copy(&config, dir.join(CONFIG)).map_err(io(config.clone()))?;
     }
     Ok(Saved {
         dir: dir.to_path_buf(),

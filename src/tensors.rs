@@ -1,15 +1,15 @@
 //! Reading and writing named tensors as safetensors files (model inputs and outputs).
 //!
 //! Reading goes through import's validated checkpoint reader, so a stranger's input file gets
-//! the same bounds checks as a checkpoint. Writing is atomic: a temporary file in the target
-//! folder, then a rename, so a failed run never leaves a half-written output.
+//! the same bounds checks as a checkpoint. Writing goes through [`crate::output`]: atomic, never
+//! through a symlink, over a device or over one of the command's inputs.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use attnopt_ir::{Data, Tensor};
 
+use crate::output::{self, Inputs};
 use crate::Error;
 
 /// Every tensor in `path`, integers as i64 and floats as f32.
@@ -22,8 +22,15 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>, Error> {
     Ok(out)
 }
 
-/// Writes `tensors` to `path` atomically (f32 as F32, i64 as I64).
-pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<(), Error> {
+/// Writes `tensors` to `path` safely (f32 as F32, i64 as I64), refusing to replace any of
+/// `inputs`.
+pub fn write(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    inputs: &Inputs,
+) -> Result<(), Error> {
+    // Refuse a bad target before the work of serialising.
+    output::check_file_target(path, inputs)?;
     let bytes: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(name, t)| {
@@ -52,36 +59,5 @@ pub fn write(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<(), Erro
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(e.to_string()))?;
     let data = safetensors::serialize(views, None).map_err(|e| err(e.to_string()))?;
-    write_atomic(path, &data)
-}
-
-/// Writes `data` to a temporary file beside `path`, syncs it, and renames it over `path`.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().ok_or_else(|| Error::Output {
-        path: path.into(),
-        msg: "not a file path".into(),
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+    output::write_file(path, &data, inputs)
 }

@@ -51,7 +51,7 @@ fn run_case(name: &str, budget: Option<f64>) -> Outcome {
     let opt = optimize(&model, &opts, &mut |_| {}).unwrap();
     let out = tempfile::tempdir().unwrap();
     let folder = out.path().join("optimised");
-    attnopt::save::save(&model, &opt, &folder, false).unwrap();
+    attnopt::save::save(&model, &opt, &folder, &Default::default()).unwrap();
 
     // Independent check: the written folder, loaded and run like a user would.
     let reloaded = Model::load(&folder).unwrap();

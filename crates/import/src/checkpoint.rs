@@ -35,19 +35,49 @@ pub struct Checkpoint {
 /// The largest shard index or config file attnopt reads (they are small JSON files).
 pub const MAX_JSON_BYTES: u64 = 64 << 20;
 
-pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, ImportError> {
+/// The text of the regular file `path`, at most `cap` bytes. A FIFO, device or folder is
+/// refused before it is opened (a FIFO would block, `/dev/zero` would never end), and the
+/// opened file is checked again, so a swap between the two checks is caught too.
+pub fn read_text_capped(path: &Path, cap: u64, what: &str) -> Result<String, ImportError> {
+    use std::io::Read;
     let io = |source| ImportError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(io)?.len();
-    if len > MAX_JSON_BYTES {
+    let not_regular = || ImportError::Config {
+        file: path.into(),
+        msg: format!("is not a regular file (a {what} must be one)"),
+    };
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    let md = file.metadata().map_err(io)?;
+    if !md.is_file() {
+        return Err(not_regular());
+    }
+    if md.len() > cap {
         return Err(ImportError::Config {
             file: path.into(),
-            msg: format!("{len} bytes is too large for a JSON file"),
+            msg: format!("{} bytes is too large for a {what} (at most {cap})", md.len()),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(io)?;
+    let mut bytes = Vec::with_capacity(md.len() as usize);
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > cap {
+        return Err(ImportError::Config {
+            file: path.into(),
+            msg: format!("grew past {cap} bytes while being read"),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| ImportError::Config {
+        file: path.into(),
+        msg: format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+    })
+}
+
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, ImportError> {
+    let text = read_text_capped(path, MAX_JSON_BYTES, "JSON file")?;
     serde_json::from_str(&text).map_err(|e| ImportError::Config {
         file: path.into(),
         msg: format!("not valid JSON: {e}"),

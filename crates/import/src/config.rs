@@ -25,18 +25,25 @@ pub struct Config {
     pub present: bool,
     /// Human-readable notes on every default or guess taken.
     pub guesses: Vec<String>,
+    /// The guesses that may change what the model computes and that nothing in the checkpoint
+    /// confirms (config.json missing, a head count not given): a subset of `guesses` that
+    /// `run` and `optimize` refuse unless the user accepts them.
+    pub unconfirmed: Vec<String>,
 }
 
 impl Config {
-    /// Reads `dir/config.json`; a missing file gives an empty config (`present == false`).
+    /// Reads `dir/config.json`; a missing file gives an empty config (`present == false`), and
+    /// anything there that is not a regular file is an error.
     pub fn read(dir: &Path) -> Result<Config, ImportError> {
         let file = dir.join("config.json");
-        if !file.is_file() {
+        if std::fs::symlink_metadata(&file).is_err() {
+            let note = "config.json is missing: every setting is a default or a guess".to_string();
             return Ok(Config {
                 file,
                 json: Value::Object(Default::default()),
                 present: false,
-                guesses: vec![],
+                guesses: vec![note.clone()],
+                unconfirmed: vec![note],
             });
         }
         let json = crate::checkpoint::read_json(&file)?;
@@ -51,6 +58,7 @@ impl Config {
             json,
             present: true,
             guesses: vec![],
+            unconfirmed: vec![],
         })
     }
 
@@ -117,6 +125,25 @@ impl Config {
                 msg: format!("`{}` is required", keys[0]),
             }),
         }
+    }
+
+    /// Like [`Config::dim`] with a guess that nothing in the checkpoint confirms (a head count):
+    /// taking it is recorded as unconfirmed too.
+    pub fn guessed_dim(
+        &mut self,
+        keys: &[&str],
+        max: u64,
+        guess: usize,
+    ) -> Result<usize, ImportError> {
+        let before = self.guesses.len();
+        let n = self.dim(keys, max, Some(guess))?;
+        if self.guesses.len() > before && self.present {
+            self.unconfirmed.push(format!(
+                "{} not given in config.json; guessed {n} from the hidden size",
+                keys[0]
+            ));
+        }
+        Ok(n)
     }
 
     /// A float setting in `(0, max]`, with a default.

@@ -52,6 +52,14 @@ pub enum ImportError {
         tensor: String,
         dtype: String,
     },
+    #[error("{}: the source checkpoint changed since this folder was optimised: {}: {why}; optimise the source model again", manifest.display(), file.display())]
+    SourceChanged {
+        manifest: PathBuf,
+        file: PathBuf,
+        why: String,
+    },
+    #[error("{}: {guesses}; a wrong guess gives wrong numbers without any error. Add the missing settings to config.json, or pass --accept-guesses to use the guesses (`attnopt inspect` lists them)", dir.display())]
+    Guessed { dir: PathBuf, guesses: String },
     #[error("{}: building the graph failed: {source}", dir.display())]
     Graph {
         dir: PathBuf,

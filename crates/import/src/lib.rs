@@ -3,6 +3,7 @@
 //! * [`checkpoint`] — memory-mapped, validated safetensors files (single or sharded);
 //! * [`config`] — config.json with plausibility bounds;
 //! * [`detect`] — which architecture, and why;
+//! * [`optimized`] — optimised folders, and [`fingerprint`] — how they recognise their source;
 //! * `arch` — one template per architecture (BERT, GPT-2, ViT, LLaMA-style).
 //!
 //! **All checkpoint tensor names are mapped here and nowhere else.** Nothing in this crate
@@ -13,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod detect;
 mod error;
+pub mod fingerprint;
 pub mod optimized;
 pub mod synthetic;
 mod template;
@@ -35,9 +37,15 @@ pub struct Imported {
     pub graph: Graph,
     /// Defaults and guesses taken because config.json was missing or incomplete.
     pub guesses: Vec<String>,
+    /// The guesses nothing in the checkpoint confirms and that change what the model computes
+    /// (see [`config::Config::unconfirmed`]); [`load_with`] refuses them unless accepted.
+    pub unconfirmed: Vec<String>,
     pub checkpoint: Checkpoint,
     /// Checkpoint tensors the graph does not use (heads, poolers, ...).
     pub unused: Vec<String>,
+    /// Every file import read (checkpoint, config, shard index, manifest, graph text): what an
+    /// output must never replace.
+    pub files_read: Vec<PathBuf>,
 }
 
 impl Imported {
@@ -47,8 +55,25 @@ impl Imported {
     }
 }
 
+/// How much checking [`load_with`] does beyond what is always done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// For an optimised folder: hash every byte of the source checkpoint and compare it with
+    /// the hash recorded when the folder was written (the default checks metadata, the
+    /// header and sampled blocks only).
+    pub verify_source: bool,
+    /// Accept a model whose dimensions had to be guessed ([`Imported::unconfirmed`]); without
+    /// it such a model is refused, since a wrong guess gives wrong numbers silently.
+    pub accept_guesses: bool,
+}
+
 /// Imports the model at `path` (a folder, or a `.safetensors` file with config.json beside it).
 pub fn load(path: &Path) -> Result<Imported, ImportError> {
+    load_with(path, &LoadOptions::default())
+}
+
+/// [`load`] with options.
+pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Imported, ImportError> {
     if !path.exists() {
         return Err(ImportError::Io {
             path: path.into(),
@@ -56,7 +81,7 @@ pub fn load(path: &Path) -> Result<Imported, ImportError> {
         });
     }
     if path.join(optimized::MANIFEST).is_file() {
-        return optimized::load_optimized(path);
+        return optimized::load_optimized(path, opts);
     }
     let dir = if path.is_file() {
         path.parent().unwrap_or(Path::new(".")).to_path_buf()
@@ -65,7 +90,14 @@ pub fn load(path: &Path) -> Result<Imported, ImportError> {
     };
     let checkpoint = Checkpoint::open(path)?;
     let cfg = config::Config::read(&dir)?;
-    import(dir, checkpoint, cfg)
+    let imported = import(dir, checkpoint, cfg)?;
+    if !opts.accept_guesses && !imported.unconfirmed.is_empty() {
+        return Err(ImportError::Guessed {
+            dir: imported.dir,
+            guesses: imported.unconfirmed.join("; "),
+        });
+    }
+    Ok(imported)
 }
 
 /// Imports a checkpoint already in memory with the given config.json contents (`dir` names the
@@ -80,6 +112,7 @@ pub fn load_in_memory(
         json: config,
         present: true,
         guesses: vec![],
+        unconfirmed: vec![],
     };
     import(dir.to_path_buf(), checkpoint, cfg)
 }
@@ -96,13 +129,23 @@ fn import(
         })?;
     let built = arch::build(detection.arch, &checkpoint, &mut cfg, detection.prefix)?;
     let unused = checkpoint.unused_by(built.used.iter().map(String::as_str));
+    let index = dir.join("model.safetensors.index.json");
+    let files_read = checkpoint
+        .files()
+        .into_iter()
+        .map(Path::to_path_buf)
+        .chain(cfg.present.then(|| cfg.file.clone()))
+        .chain(index.is_file().then_some(index))
+        .collect();
     Ok(Imported {
         dir,
         detection,
         dims: built.dims,
         graph: built.graph,
         guesses: cfg.guesses,
+        unconfirmed: cfg.unconfirmed,
         checkpoint,
         unused,
+        files_read,
     })
 }

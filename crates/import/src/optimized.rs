@@ -1,23 +1,25 @@
 //! Optimised model folders (written by `attnopt optimize`): a manifest (`attnopt.json`), the
 //! graph in ir's text form (`graph.txt`), and new weights (`weights.safetensors`). Unchanged
-//! weights stay in the source checkpoint, which the manifest names with the sizes of its files
-//! so a moved or changed source is detected instead of silently mixed in.
+//! weights stay in the source checkpoint, which the manifest names with a [`Fingerprint`] of
+//! each of its files, so a moved or changed source is refused instead of silently mixed in.
 
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{read_json, Checkpoint, MAX_JSON_BYTES};
-use crate::{Arch, Detection, Dims, ImportError, Imported};
+use crate::fingerprint::{Depth, Fingerprint};
+use crate::{Arch, Detection, Dims, ImportError, Imported, LoadOptions};
 
 /// The manifest's file name; its presence marks an optimised folder.
 pub const MANIFEST: &str = "attnopt.json";
 /// The format tag this version writes and reads.
-pub const FORMAT: &str = "attnopt-optimized/1";
+pub const FORMAT: &str = "attnopt-optimized/2";
 
 /// One file of the source checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceFile {
     pub name: String,
-    pub bytes: u64,
+    #[serde(flatten)]
+    pub fingerprint: Fingerprint,
 }
 
 /// `attnopt.json`.
@@ -37,6 +39,40 @@ pub struct Manifest {
     pub weights: Option<String>,
     /// The sequence length the graph was optimised for.
     pub target_seq: usize,
+    /// Every file attnopt wrote into the folder, this manifest included; `optimize --force`
+    /// replaces only a folder that holds exactly these.
+    pub files: Vec<String>,
+}
+
+impl Manifest {
+    /// Reads and checks `dir/attnopt.json` (format and plain file names).
+    pub fn read(dir: &Path) -> Result<Manifest, ImportError> {
+        let file = dir.join(MANIFEST);
+        let bad = |msg: String| ImportError::Config {
+            file: file.clone(),
+            msg,
+        };
+        let json = read_json(&file)?;
+        if let Some(format) = json.get("format").and_then(|f| f.as_str()) {
+            if format != FORMAT {
+                return Err(bad(format!(
+                    "format `{format}` is not `{FORMAT}` (written by another attnopt version; \
+                     optimise the source model again)"
+                )));
+            }
+        }
+        let m: Manifest = serde_json::from_value(json)
+            .map_err(|e| bad(format!("not an attnopt manifest: {e}")))?;
+        let names = m.files.iter().chain(m.source_files.iter().map(|f| &f.name));
+        for name in names.chain(std::iter::once(&m.graph)).chain(m.weights.iter()) {
+            if !plain_name(name) {
+                return Err(bad(format!(
+                    "`{name}` is not a plain file name in this folder"
+                )));
+            }
+        }
+        Ok(m)
+    }
 }
 
 fn plain_name(name: &str) -> bool {
@@ -45,52 +81,31 @@ fn plain_name(name: &str) -> bool {
         && matches!(p.components().next(), Some(std::path::Component::Normal(_)))
 }
 
-/// Loads an optimised folder.
-pub fn load_optimized(dir: &Path) -> Result<Imported, ImportError> {
+/// Loads an optimised folder, refusing it when its source checkpoint changed.
+pub fn load_optimized(dir: &Path, opts: &LoadOptions) -> Result<Imported, ImportError> {
     let file = dir.join(MANIFEST);
-    let bad = |msg: String| ImportError::Config {
-        file: file.clone(),
-        msg,
-    };
-    let m: Manifest = serde_json::from_value(read_json(&file)?)
-        .map_err(|e| bad(format!("not an attnopt manifest: {e}")))?;
-    if m.format != FORMAT {
-        return Err(bad(format!(
-            "format `{}` is not `{FORMAT}` (written by another attnopt version?)",
-            m.format
-        )));
-    }
-    for name in std::iter::once(&m.graph).chain(m.weights.iter()) {
-        if !plain_name(name) {
-            return Err(bad(format!(
-                "`{name}` is not a plain file name in this folder"
-            )));
-        }
-    }
+    let m = Manifest::read(dir)?;
+    let graph_file = dir.join(&m.graph);
     let relative = dir.join(&m.source_relative);
     let source: PathBuf = if relative.is_dir() {
         relative
     } else {
         PathBuf::from(&m.source_absolute)
     };
+    let depth = if opts.verify_source {
+        Depth::Full
+    } else {
+        Depth::Sampled
+    };
     for f in &m.source_files {
-        if !plain_name(&f.name) {
-            return Err(bad(format!(
-                "source file `{}` is not a plain file name",
-                f.name
-            )));
-        }
-        let got = std::fs::metadata(source.join(&f.name))
-            .map(|md| md.len())
-            .ok();
-        if got != Some(f.bytes) {
-            return Err(bad(format!(
-                "the source checkpoint changed or moved: {} should hold {} bytes ({})",
-                source.join(&f.name).display(),
-                f.bytes,
-                got.map_or("missing".into(), |g| format!("has {g}"))
-            )));
-        }
+        let path = source.join(&f.name);
+        f.fingerprint
+            .check(&path, depth)
+            .map_err(|why| ImportError::SourceChanged {
+                manifest: file.clone(),
+                file: path,
+                why: why.0,
+            })?;
     }
     let mut files: Vec<PathBuf> = m
         .source_files
@@ -101,23 +116,7 @@ pub fn load_optimized(dir: &Path) -> Result<Imported, ImportError> {
         files.push(dir.join(w));
     }
     let checkpoint = Checkpoint::from_files(&files)?;
-    let graph_file = dir.join(&m.graph);
-    let len = std::fs::metadata(&graph_file)
-        .map_err(|source| ImportError::Io {
-            path: graph_file.clone(),
-            source,
-        })?
-        .len();
-    if len > MAX_JSON_BYTES {
-        return Err(ImportError::Config {
-            file: graph_file,
-            msg: format!("{len} bytes is too large for a graph file"),
-        });
-    }
-    let text = std::fs::read_to_string(&graph_file).map_err(|source| ImportError::Io {
-        path: graph_file.clone(),
-        source,
-    })?;
+    let text = crate::checkpoint::read_text_capped(&graph_file, MAX_JSON_BYTES, "graph file")?;
     let mut resolve = |name: &str| {
         checkpoint
             .weight(name, m.arch.name())
@@ -129,6 +128,12 @@ pub fn load_optimized(dir: &Path) -> Result<Imported, ImportError> {
             msg: e.to_string(),
         })?;
     let unused = checkpoint.unused_by(graph.weights().iter().map(|w| w.name()));
+    let files_read = checkpoint
+        .files()
+        .into_iter()
+        .map(Path::to_path_buf)
+        .chain([file.clone(), graph_file.clone()])
+        .collect();
     Ok(Imported {
         dir: dir.to_path_buf(),
         detection: Detection {
@@ -143,7 +148,9 @@ pub fn load_optimized(dir: &Path) -> Result<Imported, ImportError> {
         dims: m.dims,
         graph,
         guesses: vec![],
+        unconfirmed: vec![],
         checkpoint,
         unused,
+        files_read,
     })
 }

@@ -870,9 +870,20 @@ fn config_huge() {
 fn config_missing_is_guessed() {
     let tmp = copy_fixture("bert");
     fs::remove_file(tmp.path().join("config.json")).unwrap();
-    let m = std::panic::catch_unwind(AssertUnwindSafe(|| attnopt_import::load(tmp.path())))
-        .expect("no panic")
-        .expect("bert without config.json imports with guesses");
+    // Refused by default: a wrong guess would give wrong numbers silently.
+    let e = load_err(tmp.path());
+    assert!(matches!(e, ImportError::Guessed { .. }), "{e:?}");
+    assert!(e.to_string().contains("--accept-guesses"), "{e}");
+    let accept = attnopt_import::LoadOptions {
+        accept_guesses: true,
+        ..Default::default()
+    };
+    let m = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        attnopt_import::load_with(tmp.path(), &accept)
+    }))
+    .expect("no panic")
+    .expect("bert without config.json imports with guesses when they are accepted");
+    assert!(!m.unconfirmed.is_empty());
     println!("[no config.json] detection: {}", m.detection.reason);
     for g in &m.guesses {
         println!("[no config.json] guess: {g}");

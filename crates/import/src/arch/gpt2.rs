@@ -26,11 +26,7 @@ pub fn build(
         MAX_LAYERS,
         Some(layers_in_checkpoint(ck, &p("h."))),
     )?;
-    let heads = cfg.dim(
-        &["n_head", "num_attention_heads"],
-        MAX_DIM,
-        Some(guess_heads(d)),
-    )?;
+    let heads = cfg.guessed_dim(&["n_head", "num_attention_heads"], MAX_DIM, guess_heads(d))?;
     cfg.check_divides("n_head", d, heads, "n_embd")?;
     let ff = cfg.dim(&["n_inner"], MAX_DIM, Some(4 * d))?;
     let vocab = cfg.dim(

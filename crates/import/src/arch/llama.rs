@@ -54,7 +54,7 @@ pub fn build(
         MAX_LAYERS,
         Some(layers_in_checkpoint(ck, &p("layers."))),
     )?;
-    let heads = cfg.dim(&["num_attention_heads"], MAX_DIM, Some(guess_heads(d)))?;
+    let heads = cfg.guessed_dim(&["num_attention_heads"], MAX_DIM, guess_heads(d))?;
     let dh = cfg.dim(&["head_dim"], MAX_DIM, Some(d / heads))?;
     let kv_heads = cfg.dim(&["num_key_value_heads"], MAX_DIM, Some(heads))?;
     cfg.check_divides(

@@ -23,7 +23,7 @@ pub fn build(
         MAX_LAYERS,
         Some(layers_in_checkpoint(ck, &p("encoder.layer."))),
     )?;
-    let heads = cfg.dim(&["num_attention_heads"], MAX_DIM, Some(guess_heads(d)))?;
+    let heads = cfg.guessed_dim(&["num_attention_heads"], MAX_DIM, guess_heads(d))?;
     cfg.check_divides("num_attention_heads", d, heads, "hidden_size")?;
     let ff = cfg.dim(
         &["intermediate_size"],
