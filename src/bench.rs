@@ -46,7 +46,8 @@ pub struct KernelStat {
 /// One graph at one length.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchRun {
-    /// `"original"` or `"optimised"`.
+    /// `"original"`, `"optimised"` (the original, exactly optimised here), or
+    /// `"optimised folder"` (a folder written by `optimize`, run as it is).
     pub graph: &'static str,
     pub seq: usize,
     pub batch: usize,
@@ -83,6 +84,26 @@ pub struct BenchReport {
     pub runs: Vec<BenchRun>,
 }
 
+/// The lengths to measure: those asked for, checked against the model, or by default 128
+/// tokens (fewer where the model has fewer positions). A model that fixes its own length (a
+/// ViT) runs at that length whatever was asked, and the returned notes say so.
+pub fn resolve_seqs(model: &Model, asked: Option<Vec<usize>>) -> (Vec<usize>, Vec<String>) {
+    let mut notes = Vec::new();
+    if let Some(fixed) = model.fixed_tokens() {
+        if asked.as_ref().is_some_and(|a| a != &[fixed]) {
+            notes.push(format!(
+                "this model fixes its own length ({fixed} tokens, from its image and patch \
+                 size); --seq is ignored"
+            ));
+        }
+        return (vec![fixed], notes);
+    }
+    (
+        asked.unwrap_or_else(|| vec![crate::limits::default_seq(model)]),
+        notes,
+    )
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -94,12 +115,24 @@ pub fn bench(
     opts: &BenchOptions,
     progress: &mut dyn FnMut(Step),
 ) -> Result<BenchReport, Error> {
+    // Every size first, so a bad one fails before minutes of measuring the others.
+    let memory = crate::limits::memory_available();
+    for &seq in &opts.seqs {
+        crate::limits::check_run_size(
+            model,
+            &Bindings::new(opts.batch, seq),
+            &format!("--seq {seq} --batch {}", opts.batch),
+            memory,
+        )?;
+    }
     let rules = RuleSet::embedded()?;
     let mut runs = Vec::new();
     let (mut matmul, mut matmul_reason, mut threads) = (String::new(), String::new(), opts.threads);
     for &seq in &opts.seqs {
-        let mut graphs = vec![("original", model.graph().clone())];
-        if opts.optimised {
+        let folder = model.is_optimised_folder();
+        let label = if folder { "optimised folder" } else { "original" };
+        let mut graphs = vec![(label, model.graph().clone())];
+        if opts.optimised && !folder {
             let o = optimize(model.graph(), &Options::exact(&rules, seq))?;
             graphs.push(("optimised", o.graph));
         }

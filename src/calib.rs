@@ -36,6 +36,12 @@ pub fn calibration_inputs(
         }
         return Ok(inputs);
     }
+    crate::limits::check_run_size(
+        model,
+        &attnopt_ir::Bindings::new(CALIB_BATCH, seq),
+        &format!("calibration inputs of {seq} tokens"),
+        crate::limits::memory_available(),
+    )?;
     let g = model.graph();
     let vocab = model.imported().dims.vocab.unwrap_or(2).max(1) as u64;
     let mut rng = Rng::new(seed);

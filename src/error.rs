@@ -35,4 +35,16 @@ pub enum Error {
     Optimize(#[from] attnopt_rewrite::OptimizeError),
     #[error("{}: {msg}", path.display())]
     Usage { path: PathBuf, msg: String },
+    #[error("the model needs the input `{name}` (it takes {takes}; given: {given})")]
+    MissingInput {
+        name: String,
+        takes: String,
+        given: String,
+    },
+    /// Exact rewriting changed what the model computes (a user's rule is wrong).
+    #[error("{0}")]
+    Unsound(String),
+    /// A size from the user beyond the model's limits or the memory available.
+    #[error("{0}")]
+    TooLarge(String),
 }

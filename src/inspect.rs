@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use attnopt_ir::cost::total_cost;
 use attnopt_ir::summary::{attention_layers, AttentionSummary};
-use attnopt_ir::{Bindings, Dim, Op, Sym};
+use attnopt_ir::Bindings;
 
 use crate::Model;
 
@@ -58,6 +58,12 @@ pub struct CpuPlan {
 /// Lowers and compiles `model` for the CPU backend at `seq` (batch 1) with `threads` threads
 /// (0: all cores) and describes the result.
 pub fn cpu_plan(model: &Model, seq: usize, threads: usize) -> Result<CpuPlan, crate::Error> {
+    crate::limits::check_run_size(
+        model,
+        &attnopt_ir::Bindings::new(1, seq),
+        &format!("--seq {seq}"),
+        crate::limits::memory_available(),
+    )?;
     let mut cpu = attnopt_cpu::CpuModel::new(model.graph().clone(), threads)?;
     let compile = cpu.prepare(1, seq)?;
     let (bf16, bf16_why) = attnopt_cpu::matmul::best_available_for(
@@ -86,18 +92,9 @@ pub fn cpu_plan(model: &Model, seq: usize, threads: usize) -> Result<CpuPlan, cr
 pub fn inspect(model: &Model, seq: usize) -> Inspection {
     let m = model.imported();
     let g = &m.graph;
-    // A model whose inputs have no symbolic sequence axis (ViT) fixes its own token count.
-    let has_seq = g.inputs().iter().any(|(_, id)| match &g.node(*id).op {
-        Op::Input { shape, .. } => shape.0.contains(&Dim::Sym(Sym::Seq)),
-        _ => false,
-    });
-    let tokens = if has_seq {
-        seq
-    } else {
-        g.output("last_hidden_state")
-            .and_then(|o| g.node(o).ty.shape.0.get(1).and_then(|d| d.fixed()))
-            .unwrap_or(seq)
-    };
+    let fixed = model.fixed_tokens();
+    let has_seq = fixed.is_none();
+    let tokens = fixed.unwrap_or(seq);
     let b = Bindings::new(1, seq);
     let total = total_cost(g, &b);
     let attention = attention_layers(g, &b);
@@ -127,7 +124,12 @@ pub fn inspect(model: &Model, seq: usize) -> Inspection {
             .collect(),
         seq: tokens,
         seq_fixed_by_model: !has_seq,
-        flops_per_token: total.flops as f64 / tokens.max(1) as f64,
+        // A saturated count divided by the tokens would look like a real number.
+        flops_per_token: if total.flops == u64::MAX {
+            f64::INFINITY
+        } else {
+            total.flops as f64 / tokens.max(1) as f64
+        },
         attention_flops_fraction: if total.flops == 0 {
             0.0
         } else {
@@ -152,7 +154,13 @@ pub fn thousands(n: u64) -> String {
 }
 
 /// FLOPs with an SI suffix: 1.23 GFLOP.
+///
+/// Counts are computed with saturating arithmetic, so `u64::MAX` means "too many to count":
+/// it is shown as an overflow, never as a number.
 pub fn si(x: f64) -> String {
+    if x >= u64::MAX as f64 || !x.is_finite() {
+        return "overflow (> 1.8e19) ".into();
+    }
     let (v, unit) = match x {
         x if x >= 1e12 => (x / 1e12, "T"),
         x if x >= 1e9 => (x / 1e9, "G"),

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod calib;
 mod error;
 pub mod inspect;
+pub mod limits;
 mod model;
 pub mod optimize;
 pub mod output;

@@ -28,9 +28,10 @@ enum Command {
         model: PathBuf,
         #[command(flatten)]
         load: LoadArgs,
-        /// Sequence length (tokens) at which FLOPs are counted.
-        #[arg(long, default_value_t = 128)]
-        seq: usize,
+        /// Sequence length (tokens) at which FLOPs are counted (default: 128, or the model's
+        /// position count if smaller).
+        #[arg(long)]
+        seq: Option<usize>,
         /// Also show how this backend would run the model: `cpu` lowers and compiles it at
         /// --seq and reports the matrix-product library (and why), kernels, arena and compile
         /// time.
@@ -75,9 +76,13 @@ enum Command {
         threads: usize,
         /// Precision of the CPU backend's products against weights: `f32` (exact within float
         /// rounding) or `bf16` (bf16 weights and product inputs, f32 accumulation and f32
-        /// elsewhere; approximate — the error against the f32 interpreter is printed).
+        /// elsewhere; approximate — add --verify to measure its error).
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,
+        /// Also run the f32 reference interpreter on the same inputs and print each output's
+        /// error against it (slow on large models: the interpreter is plain loops).
+        #[arg(long)]
+        verify: bool,
     },
     /// Export the model graph: Graphviz DOT, SVG (needs graphviz's `dot`), or the text form.
     Graph {
@@ -112,11 +117,14 @@ enum Command {
         /// optimised for (the same model may rewrite differently at 128 and 16384).
         #[arg(long, value_delimiter = ',', default_value = "128")]
         seq: Vec<usize>,
-        /// Approximate rule families to enable (e.g. `hydra`). Never on by default.
+        /// Approximate rule families to enable, comma-separated: `hydra` (softmax → Hydra
+        /// linear attention). Never on by default; each conversion's error is measured and kept
+        /// within --budget.
         #[arg(long, value_delimiter = ',')]
         allow: Vec<String>,
         /// Largest relative error (‖Δ‖₂/‖ref‖₂ of the final output on calibration inputs) the
-        /// approximations may cause; layers are converted, most profitable first, while it holds.
+        /// approximations may cause; layers are converted, most profitable first, while it
+        /// holds. Default 0.01; `inf` converts every eligible layer. Needs --allow.
         #[arg(long)]
         budget: Option<f64>,
         /// Safetensors file of calibration inputs (default: seeded random inputs).
@@ -166,9 +174,10 @@ enum Command {
         model: PathBuf,
         #[command(flatten)]
         load: LoadArgs,
-        /// Sequence lengths.
-        #[arg(long, value_delimiter = ',', default_value = "128")]
-        seq: Vec<usize>,
+        /// Sequence lengths, comma-separated (default: 128, or the model's position count if
+        /// smaller; a ViT always runs at its own length).
+        #[arg(long, value_delimiter = ',')]
+        seq: Option<Vec<usize>>,
         /// Batch size.
         #[arg(long, default_value_t = 1)]
         batch: usize,
@@ -265,6 +274,15 @@ macro_rules! outln {
     }};
 }
 
+/// `--threads N`, clamped to the machine's cores with a warning.
+fn clamp_threads(n: usize) -> usize {
+    let (threads, warning) = attnopt::limits::threads(n);
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    threads
+}
+
 /// Whether `e` is a write to a closed pipe (the reader, e.g. `head`, has all it wants).
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -304,7 +322,7 @@ fn run(cli: Cli) -> Result<()> {
             threads,
             json,
         } => {
-            if seq == 0 {
+            if seq == Some(0) {
                 bail!("--seq must be at least 1");
             }
             // inspect is where guesses are shown, so it takes them.
@@ -313,11 +331,12 @@ fn run(cli: Cli) -> Result<()> {
                 ..load
             };
             let m = load.load(&model)?;
+            let seq = seq.unwrap_or_else(|| attnopt::limits::default_seq(&m));
             let mut report = inspect::inspect(&m, seq);
             match backend {
                 None | Some(Backend::Interp) => {}
                 Some(Backend::Cpu) => {
-                    report.cpu = Some(inspect::cpu_plan(&m, report.seq, threads)?)
+                    report.cpu = Some(inspect::cpu_plan(&m, report.seq, clamp_threads(threads))?)
                 }
                 Some(Backend::Cuda) => bail!("not supported yet: --backend cuda (the GPU backend)"),
             }
@@ -337,6 +356,7 @@ fn run(cli: Cli) -> Result<()> {
             backend,
             threads,
             precision,
+            verify,
         } => {
             let backend = match backend {
                 Backend::Interp if precision != PrecisionArg::F32 => {
@@ -344,7 +364,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Backend::Interp => attnopt::Backend::Interp,
                 Backend::Cpu => attnopt::Backend::Cpu {
-                    threads,
+                    threads: clamp_threads(threads),
                     precision: precision.into(),
                 },
                 Backend::Cuda => {
@@ -363,6 +383,7 @@ fn run(cli: Cli) -> Result<()> {
                     backend,
                 },
                 compare.as_deref(),
+                verify,
             )?;
         }
         Command::Graph {
@@ -418,8 +439,21 @@ fn run(cli: Cli) -> Result<()> {
             if seq.is_empty() || seq.contains(&0) || calib_seq == 0 {
                 bail!("--seq and --calib-seq take positive lengths");
             }
-            if budget.is_some_and(|b| !(b >= 0.0)) {
-                bail!("--budget must be a non-negative number");
+            if budget.is_some_and(|b| b.is_nan() || b < 0.0) {
+                bail!("--budget must be a non-negative number (or `inf`)");
+            }
+            if budget.is_some() && allow.is_empty() {
+                eprintln!(
+                    "warning: --budget does nothing without --allow (only approximate \
+                     conversions have an error to budget)"
+                );
+            }
+            if budget.is_none() && !allow.is_empty() {
+                eprintln!(
+                    "note: no --budget given: layers are converted only while the final output's \
+                     relative error stays within {} (pass --budget E to change it, `inf` for no limit)",
+                    attnopt::optimize::DEFAULT_BUDGET
+                );
             }
             if !(time_limit > 0.0 && time_limit.is_finite()) {
                 bail!("--time-limit must be a positive number of seconds");
@@ -481,14 +515,21 @@ fn run(cli: Cli) -> Result<()> {
             precision,
             json,
         } => {
-            if seq.is_empty() || seq.contains(&0) || batch == 0 || reps == 0 {
+            if seq.as_ref().is_some_and(|s| s.is_empty() || s.contains(&0))
+                || batch == 0
+                || reps == 0
+            {
                 bail!("--seq, --batch and --reps take positive numbers");
             }
             let m = load.load(&model)?;
+            let (seq, notes) = attnopt::bench::resolve_seqs(&m, seq);
+            for n in notes {
+                eprintln!("note: {n}");
+            }
             let opts = attnopt::bench::BenchOptions {
                 seqs: seq,
                 batch,
-                threads,
+                threads: clamp_threads(threads),
                 reps,
                 optimised: !no_optimise,
                 precision: precision.into(),
@@ -513,6 +554,7 @@ fn run_model(
     output: Option<&Path>,
     opts: RunOptions,
     compare: Option<&Path>,
+    verify: bool,
 ) -> Result<()> {
     let mut inputs = m.inputs().with(input);
     if let Some(c) = compare {
@@ -567,9 +609,16 @@ fn run_model(
     for (name, t) in &outs {
         outln!("{name:20} {:?}", t.shape());
     }
-    if bf16 {
-        // bf16 is an approximation: say how far it is from the definition.
-        eprintln!("measuring the bf16 error: running the f32 reference interpreter...");
+    if bf16 && !verify {
+        eprintln!(
+            "note: bf16 is an approximation; add --verify to measure its error against the f32 \
+             reference interpreter"
+        );
+    }
+    if verify && opts.backend == attnopt::Backend::Interp {
+        eprintln!("note: --verify: the reference interpreter is what ran; nothing to compare");
+    } else if verify {
+        eprintln!("--verify: running the f32 reference interpreter on the same inputs...");
         let exact = m.run(
             feed,
             RunOptions {
@@ -580,7 +629,8 @@ fn run_model(
         for (name, t) in &outs {
             if let Some(r) = exact.get(name) {
                 let e = attnopt::report::ErrorStat::between(t, r);
-                outln!("{name:20} bf16 error vs the f32 interpreter: {e}");
+                let what = if bf16 { "bf16" } else { "f32" };
+                outln!("{name:20} {what} error vs the f32 interpreter: {e}");
             }
         }
     }

@@ -1,10 +1,12 @@
 //! [`Model`]: a loaded checkpoint and what can be done with it, for build pipelines and the CLI.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::path::Path;
 
 use attnopt_import::{Imported, LoadOptions};
-use attnopt_ir::{interp, DType, Graph, Op, Tensor};
+use attnopt_ir::{interp, DType, Dim, Graph, Op, Sym, Tensor};
 
 use crate::output::Inputs;
 use crate::Error;
@@ -12,6 +14,9 @@ use crate::Error;
 /// A model loaded from a checkpoint folder.
 pub struct Model {
     imported: Imported,
+    /// CPU backends compiled by [`Model::run`], by (threads, precision), so that calling it
+    /// again compiles nothing (each keeps its kernels and prepared weights per input size).
+    cpu: Mutex<HashMap<(usize, crate::Precision), attnopt_cpu::CpuModel>>,
 }
 
 /// Which outputs [`Model::run`] returns.
@@ -49,6 +54,7 @@ impl Model {
     pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model, Error> {
         Ok(Model {
             imported: attnopt_import::load_with(path, opts)?,
+            cpu: Mutex::default(),
         })
     }
 
@@ -67,6 +73,26 @@ impl Model {
 
     pub fn imported(&self) -> &Imported {
         &self.imported
+    }
+
+    /// The tokens per sequence when the model fixes them (a ViT: patches plus CLS, set by the
+    /// image size), else `None` (the length comes from the input).
+    pub fn fixed_tokens(&self) -> Option<usize> {
+        let g = self.graph();
+        let has_seq = g.inputs().iter().any(|(_, id)| match &g.node(*id).op {
+            Op::Input { shape, .. } => shape.0.contains(&Dim::Sym(Sym::Seq)),
+            _ => false,
+        });
+        if has_seq {
+            return None;
+        }
+        g.output("last_hidden_state")
+            .and_then(|o| g.node(o).ty.shape.0.get(1).and_then(|d| d.fixed()))
+    }
+
+    /// Whether this is an optimised folder (written by `optimize`) rather than a checkpoint.
+    pub fn is_optimised_folder(&self) -> bool {
+        self.imported.dir.join(attnopt_import::optimized::MANIFEST).is_file()
     }
 
     /// Names of the inputs the model takes (Hugging Face forward-argument names).
@@ -88,6 +114,20 @@ impl Model {
     ) -> Result<HashMap<String, Tensor>, Error> {
         let g = self.graph();
         let mut inputs = inputs;
+        // A missing input the model cannot do without is the first thing to say (a ViT given a
+        // text model's inputs must hear "pixel_values is missing", not about their mask).
+        let required: Vec<&str> = self
+            .input_names()
+            .into_iter()
+            .filter(|n| !matches!(*n, "attention_mask" | "token_type_ids"))
+            .collect();
+        if let Some(missing) = required.iter().find(|n| !inputs.contains_key(**n)) {
+            return Err(Error::MissingInput {
+                name: missing.to_string(),
+                takes: self.input_names().join(", "),
+                given: inputs.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
         if !self.input_names().contains(&"attention_mask") {
             // Models without padding support (linear attention) take no mask; an all-ones mask
             // changes nothing, anything else would be silently wrong.
@@ -146,6 +186,7 @@ impl Model {
         opts: RunOptions,
     ) -> Result<BTreeMap<String, Tensor>, Error> {
         let feed = self.prepare_inputs(inputs)?;
+        crate::limits::check_feed(self, &feed, "the input")?;
         let g = self.graph();
         let wanted: Vec<&str> = if opts.all_layers {
             vec![]
@@ -155,7 +196,18 @@ impl Model {
         let out = match opts.backend {
             Backend::Interp => interp::run(g, &feed, &wanted)?,
             Backend::Cpu { threads, precision } => {
-                let mut cpu = attnopt_cpu::CpuModel::with_precision(g.clone(), threads, precision)?;
+                let threads = crate::limits::threads(threads).0;
+                // A panic in another call poisons the lock; the cache is still sound (a
+                // CpuModel is only ever replaced whole), so carry on with it.
+                let mut cache = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
+                let cpu = match cache.entry((threads, precision)) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(v) => v.insert(attnopt_cpu::CpuModel::with_precision(
+                        g.clone(),
+                        threads,
+                        precision,
+                    )?),
+                };
                 cpu.run(&feed, &wanted, false)?.0
             }
         };

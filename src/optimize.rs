@@ -25,7 +25,8 @@ pub struct OptimizeOptions {
     pub seqs: Vec<usize>,
     /// Approximate rule families the user enables (`hydra`).
     pub allow: Vec<String>,
-    /// Largest relative error of the final output the approximations may cause.
+    /// Largest relative error of the final output the approximations may cause; `None` means
+    /// [`DEFAULT_BUDGET`], and `f64::INFINITY` converts every eligible layer.
     pub budget: Option<f64>,
     /// Calibration inputs; seeded random ones when absent.
     pub calib: Option<PathBuf>,
@@ -38,6 +39,15 @@ pub struct OptimizeOptions {
     /// Measure the error against the original even when nothing approximate is enabled.
     pub verify: bool,
 }
+
+/// The largest relative error exact rules may cause (float rounding of reassociations is
+/// ~1e-7; more means a rule is wrong).
+pub const EXACT_TOLERANCE: f64 = 1e-4;
+
+/// The error budget when none is given: 1 % relative error of the final output. Converting a
+/// softmax model that was not trained for it costs far more (0.3–1.1 measured), so by default
+/// only conversions that are nearly exact pass; the user raises it knowingly.
+pub const DEFAULT_BUDGET: f64 = 1e-2;
 
 impl Default for OptimizeOptions {
     fn default() -> OptimizeOptions {
@@ -103,6 +113,13 @@ pub fn optimize(
                 "approximate rule family `{family}` (this build has: hydra)"
             )));
         }
+    }
+    let user_rules = opts.rules_dir.is_some();
+    if user_rules {
+        // A stranger's rule is checked before it touches the model: every exact rule on each
+        // of the model's distinct layers it matches.
+        progress("checking the exact rules numerically on this model's layers");
+        attnopt_rewrite::soundness::check_exact_rules(&rules, g)?;
     }
     let run = |conversions: BTreeMap<u32, String>| -> Result<Optimized, Error> {
         Ok(attnopt_rewrite::optimize(
@@ -170,13 +187,16 @@ pub fn optimize(
     let mut chosen: BTreeMap<u32, String> = BTreeMap::new();
     let mut reference = HashMap::new();
     let mut inputs = HashMap::new();
-    if approx || opts.verify {
+    // With rules from a user, the exact result is always checked against the original.
+    let verify = opts.verify || user_rules;
+    if approx || verify {
         inputs = model.prepare_inputs(calibration_inputs(
             model,
             opts.calib.as_deref(),
             opts.calib_seq,
             opts.seed,
         )?)?;
+        crate::limits::check_feed(model, &inputs, "the calibration inputs")?;
         calibration = Some(match &opts.calib {
             Some(f) => format!("file {}", f.display()),
             None => format!(
@@ -188,6 +208,17 @@ pub fn optimize(
         });
         progress("running the original model on the calibration inputs");
         reference = interp::run(g, &inputs, &[])?;
+        if user_rules {
+            progress("checking the exactly optimised model against the original");
+            let (_, last) = measure(&exact.graph, &inputs, &reference)?;
+            if !(last.relative <= EXACT_TOLERANCE) {
+                return Err(Error::Unsound(format!(
+                    "with the rules from {rules_name}, the exactly optimised model differs from \
+                     the original by {last} on the calibration inputs (more than float rounding, \
+                     {EXACT_TOLERANCE:e} relative); no folder is written"
+                )));
+            }
+        }
         let mut order: Vec<(u32, f64)> = savings.iter().map(|(&l, &s)| (l, s)).collect();
         order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         for &(l, _) in &order {
@@ -207,9 +238,9 @@ pub fn optimize(
         for &(l, _) in &order {
             let mut trial = chosen.clone();
             trial.insert(l, proposed[&l].clone());
-            let within = match opts.budget {
-                None => true,
-                Some(budget) => {
+            let within = match opts.budget.unwrap_or(DEFAULT_BUDGET) {
+                f64::INFINITY => true,
+                budget => {
                     let err = if trial.len() == 1 {
                         alone[&l].final_output.relative
                     } else {
@@ -238,7 +269,7 @@ pub fn optimize(
     } else {
         run(chosen.clone())?
     };
-    let (errors, final_error) = if approx || opts.verify {
+    let (errors, final_error) = if approx || verify {
         let (per_layer, last) = measure(&fin.graph, &inputs, &reference)?;
         let pairs = per_layer
             .into_iter()
@@ -303,7 +334,7 @@ pub fn optimize(
         target_seq: target,
         seqs: opts.seqs.clone(),
         allow: opts.allow.clone(),
-        budget: opts.budget,
+        budget: Some(opts.budget.unwrap_or(DEFAULT_BUDGET)).filter(|b| b.is_finite()),
         calibration,
         rules: rules_name,
         optimise_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -334,10 +365,13 @@ pub fn explain(
     let target = opts.seqs.first().copied().unwrap_or(128);
     let (blocks, _) = attnopt_rewrite::block::blocks(g);
     let b = blocks.iter().find(|b| b.layer == layer).ok_or_else(|| {
-        Error::NotSupported(format!(
-            "explaining layer {layer}: the model has layers 0..{}",
-            blocks.len()
-        ))
+        Error::Usage {
+            path: model.imported().dir.clone(),
+            msg: format!(
+                "--explain {layer}: there is no layer {layer} (the model's layers are 0 to {})",
+                blocks.len().saturating_sub(1)
+            ),
+        }
     })?;
     let (mut be, an, _) = attnopt_rewrite::optimize::prepare(g, b);
     if let Some(name) = conversion {

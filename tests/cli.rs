@@ -321,11 +321,12 @@ fn bench_json_and_cpu_run() {
     assert!(err < 1e-4, "cpu vs interp: {err}");
 }
 
-/// `--precision bf16`: `run` prints its error against the f32 interpreter per output and
-/// `bench --json` carries it per run; the interpreter refuses bf16.
+/// `--precision bf16`: `run --verify` prints its error against the f32 interpreter per output
+/// (without --verify, a note says how to), and `bench --json` carries it per run; the
+/// interpreter refuses bf16.
 #[test]
 fn bf16_runs_report_their_error() {
-    let o = attnopt(&[
+    let args = [
         "run",
         "fixtures/bert",
         "-i",
@@ -334,7 +335,12 @@ fn bf16_runs_report_their_error() {
         "fixtures/bert/golden.safetensors",
         "--precision",
         "bf16",
-    ]);
+    ];
+    let o = attnopt(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("add --verify to measure"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("error vs the f32 interpreter"));
+    let o = attnopt(&[&args[..], &["--verify"]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     let line = out

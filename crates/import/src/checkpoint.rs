@@ -199,7 +199,21 @@ impl Checkpoint {
                 path: path.clone(),
                 source,
             };
+            // A FIFO would block the open and a device has no end: regular files only.
+            let regular = |md: std::fs::Metadata| {
+                if md.is_file() {
+                    Ok(())
+                } else {
+                    Err(ImportError::Safetensors {
+                        file: path.clone(),
+                        tensor: None,
+                        msg: "is not a regular file".into(),
+                    })
+                }
+            };
+            regular(std::fs::metadata(path).map_err(io)?)?;
             let file = File::open(path).map_err(io)?;
+            regular(file.metadata().map_err(io)?)?;
             // SAFETY: the map is read-only and private to this process. Another process
             // truncating the file while we run would fault (SIGBUS); that is the accepted cost
             // of zero-copy loading, as in every mmap-based checkpoint loader.
@@ -214,7 +228,10 @@ impl Checkpoint {
                          tensor or leave a gap"
                             .to_string(),
                     ),
-                    e => (diagnose(&map), e.to_string()),
+                    e => (
+                        diagnose(&map),
+                        not_safetensors(&map).unwrap_or_else(|| e.to_string()),
+                    ),
                 };
                 ImportError::Safetensors {
                     file: path.clone(),
@@ -368,6 +385,28 @@ impl Checkpoint {
 /// After the safetensors crate rejected `bytes`, find the tensor at fault: one whose dtype is
 /// unknown, whose byte length does not match its shape, or whose offsets leave the data area
 /// or overlap another. `None` if the header itself is unreadable.
+/// Why `bytes` is not a safetensors file at all (rather than a damaged one), if that is the
+/// case: the message a user who passed a `.bin`, `.pt` or `.npy` file needs.
+fn not_safetensors(bytes: &[u8]) -> Option<String> {
+    const HINT: &str = "attnopt reads safetensors files (convert .bin/.pt checkpoints with \
+                        transformers' save_pretrained(..., safe_serialization=True))";
+    let Some(n) = bytes.get(..8) else {
+        return Some(format!("not a safetensors file: only {} bytes; {HINT}", bytes.len()));
+    };
+    let n = u64::from_le_bytes(n.try_into().ok()?);
+    let rest = bytes.len() as u64 - 8;
+    if n > rest {
+        return Some(format!(
+            "not a safetensors file: its first 8 bytes give a header of {n} bytes, but only \
+             {rest} follow; {HINT}"
+        ));
+    }
+    if bytes.get(8) != Some(&b'{') {
+        return Some(format!("not a safetensors file: the header is not JSON; {HINT}"));
+    }
+    None
+}
+
 fn diagnose(bytes: &[u8]) -> Option<String> {
     let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     let header = bytes.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?;

@@ -10,6 +10,8 @@ pub enum ImportError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}: {hint}", path.display())]
+    NotFound { path: PathBuf, hint: String },
     #[error("{}: no checkpoint found (expected model.safetensors, model.safetensors.index.json or one *.safetensors file)", dir.display())]
     NoCheckpoint { dir: PathBuf },
     #[error("{}: not supported yet: {what}", path.display())]

@@ -75,9 +75,9 @@ pub fn load(path: &Path) -> Result<Imported, ImportError> {
 /// [`load`] with options.
 pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Imported, ImportError> {
     if !path.exists() {
-        return Err(ImportError::Io {
+        return Err(ImportError::NotFound {
             path: path.into(),
-            source: std::io::ErrorKind::NotFound.into(),
+            hint: not_found_hint(path),
         });
     }
     if path.join(optimized::MANIFEST).is_file() {
@@ -98,6 +98,27 @@ pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Imported, ImportErro
         });
     }
     Ok(imported)
+}
+
+/// What to say about a model path that does not exist: a Hugging Face Hub id (`org/name`)
+/// gets how to download it, since attnopt reads local folders only.
+fn not_found_hint(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let hub_like = !text.starts_with(['.', '/', '~'])
+        && text.matches('/').count() <= 1
+        && !text.ends_with(".safetensors")
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    if hub_like {
+        format!(
+            "no such folder. attnopt reads local model folders; if `{text}` is a Hugging Face \
+             Hub id, download it first (`huggingface-cli download {text} --local-dir DIR`), \
+             then pass DIR"
+        )
+    } else {
+        "no such file or folder".into()
+    }
 }
 
 /// Imports a checkpoint already in memory with the given config.json contents (`dir` names the

@@ -1079,8 +1079,8 @@ fn nonexistent_path() {
     let tmp = TempDir::new().unwrap();
     let p = tmp.path().join("no-such-model");
     let e = load_err(&p);
-    check_msg("path does not exist", &tmp, &e, &p, &[]);
-    assert!(matches!(e, ImportError::Io { .. }), "{e:?}");
+    check_msg("path does not exist", &tmp, &e, &p, &["no such file or folder"]);
+    assert!(matches!(e, ImportError::NotFound { .. }), "{e:?}");
 }
 
 #[test]

@@ -111,3 +111,18 @@ pub fn cost_where(g: &Graph, b: &Bindings, keep: impl Fn(NodeId) -> bool) -> Cos
 pub fn total_cost(g: &Graph, b: &Bindings) -> Cost {
     cost_where(g, b, |_| true)
 }
+
+/// The node whose value is largest under `b` and its size in bytes (saturating; weights, which
+/// live in the checkpoint, excluded): a lower bound on the memory a run needs, cheap enough to
+/// check before anything is allocated.
+pub fn largest_value(g: &Graph, b: &Bindings) -> Option<(NodeId, u64)> {
+    g.topo_order()
+        .into_iter()
+        .filter(|&n| !matches!(g.node(n).op, Op::Weight(_)))
+        .map(|n| {
+            let ty = &g.node(n).ty;
+            let numel = ty.shape.numel(b).unwrap_or(0);
+            (n, numel.saturating_mul(ty.dtype.size() as u64))
+        })
+        .max_by_key(|&(_, bytes)| bytes)
+}

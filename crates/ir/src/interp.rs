@@ -150,6 +150,13 @@ pub fn run_nodes(
     Ok(wanted.iter().map(|id| values[id].clone()).collect())
 }
 
+/// The batch and sequence sizes `inputs` give `graph`, with each given input checked against
+/// its declaration (dtype, rank, fixed dims, agreeing symbols); inputs not given are skipped.
+/// Cheap: reads shapes only, so sizes can be checked before anything is allocated for a run.
+pub fn bindings(graph: &Graph, inputs: &HashMap<String, Tensor>) -> Result<Bindings, InterpError> {
+    bind_inputs(graph, inputs, &[])
+}
+
 /// Checks inputs against the graph's declared inputs and binds `B` and `N`.
 fn bind_inputs(
     graph: &Graph,

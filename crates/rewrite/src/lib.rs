@@ -7,7 +7,8 @@
 //!   [`code_rules`] — rules that need code (Q/K/V fusion);
 //! * [`block`] — graphs cut into per-layer blocks, and stamped back;
 //! * [`cost`] and [`extract`] — the sequence-length-aware cost model and DAG-aware extraction;
-//! * [`optimize`] — the exact optimizer; [`approx`] — approximate rules applied per layer.
+//! * [`optimize`] — the exact optimizer; [`approx`] — approximate rules applied per layer;
+//! * [`soundness`] — exact rules checked numerically on a model's own layers (users' rules).
 //!
 //! Depends on `attnopt-ir` only.
 
@@ -23,6 +24,7 @@ pub mod lang;
 pub mod optimize;
 pub mod report;
 pub mod rules;
+pub mod soundness;
 
 pub use optimize::{optimize, Limits, OptimizeError, Optimized, Options};
 pub use rules::{RuleError, RuleSet};

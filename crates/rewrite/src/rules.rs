@@ -219,6 +219,26 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
 }
 
 /// Parses one rule file.
+/// The deepest pattern nesting a rule may have. egg's pattern parser recurses once per level,
+/// so this bounds its stack use on a stranger's rule file (20,000 levels overflowed it).
+pub const MAX_PATTERN_DEPTH: usize = 64;
+
+/// How deeply parentheses nest in `text` (unbalanced text is egg's to report).
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    for c in text.chars() {
+        match c {
+            '(' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 pub fn parse(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
     let mut rules = Vec::new();
     for (line, text) in logical_lines(text) {
@@ -278,6 +298,15 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Rule>, RuleError> {
             Some((r, c)) => (r, Some(c)),
             None => (rest, None),
         };
+        for (side, text) in [("left", lhs), ("right", rhs)] {
+            let depth = nesting_depth(text);
+            if depth > MAX_PATTERN_DEPTH {
+                return Err(err(format!(
+                    "{side} side: patterns nest {depth} levels deep, more than the {MAX_PATTERN_DEPTH} \
+                     attnopt reads (a rule matches a few operators, not a whole model)"
+                )));
+            }
+        }
         let lhs: Pattern<TensorLang> = lhs
             .trim()
             .parse()

@@ -844,3 +844,23 @@ fn loader_error_messages() {
     }
     insta::assert_snapshot!("loader_errors", text);
 }
+
+/// A pattern nested 20,000 levels deep (120 KB) overflowed the stack of egg's recursive parser
+/// and aborted the process; it is refused by depth first, at its line.
+#[test]
+fn deeply_nested_patterns_are_refused_not_a_stack_overflow() {
+    let deep = |n: usize| format!("{}?x{}", "(neg ".repeat(n), ")".repeat(n));
+    let e = bad(
+        &format!("exact deep: {} => ?x", deep(20_000)),
+        3,
+        &["left side", "20000 levels", "more than the 64"],
+    );
+    assert!(e.msg.len() < 300, "the message does not quote the pattern");
+    bad(
+        &format!("exact deep: (neg ?x) => {}", deep(65)),
+        3,
+        &["right side", "65 levels"],
+    );
+    // At the limit, a pattern still loads.
+    load(&[("ok.rules", &format!("exact deep64: {} => ?x", deep(64)))]).unwrap();
+}

@@ -1,0 +1,165 @@
+//! Sizes from users checked before memory is taken: each case below aborted the process (an
+//! allocation of hundreds of GB) or spawned thousands of threads before these checks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn attnopt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attnopt"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn refused(o: &Output, needles: &[&str]) {
+    let e = stderr(o);
+    assert!(!o.status.success(), "expected a refusal: {e}");
+    assert_eq!(o.status.code(), Some(1), "a clean error exit, not an abort: {e}");
+    for n in needles {
+        assert!(e.contains(n), "expected `{n}` in: {e}");
+    }
+}
+
+/// `input_ids` of shape `[1, n]`, all ones.
+fn long_ids(dir: &Path, n: usize) -> PathBuf {
+    let bytes: Vec<u8> = (0..n).flat_map(|_| 1i64.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![1, n], &bytes).unwrap();
+    let path = dir.join("long.safetensors");
+    std::fs::write(
+        &path,
+        safetensors::serialize(vec![("input_ids", view)], None).unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn long_inputs_are_refused_with_the_limit_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A million tokens: 16 TB of attention scores, beyond any machine this runs on.
+    let ids = long_ids(tmp.path(), 1_000_000);
+    let ids = ids.to_str().unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let out = out.to_str().unwrap();
+    // Learned positions: the table's length is the limit, on both executors.
+    for backend in ["cpu", "interp"] {
+        let o = attnopt(&["run", "fixtures/bert", "-i", ids, "-o", out, "--backend", backend]);
+        refused(&o, &["1000000 tokens", "64 positions"]);
+        // RoPE has no table: the attention scores alone exceed any machine here.
+        let o = attnopt(&["run", "fixtures/llama", "-i", ids, "-o", out, "--backend", backend]);
+        refused(&o, &["one value alone", "attn_probs", "[1, 4, 1000000, 1000000]", "16.0 TB"]);
+    }
+    assert!(!Path::new(out).exists());
+}
+
+#[test]
+fn bench_and_optimize_sizes_are_checked_first() {
+    refused(
+        &attnopt(&["bench", "fixtures/llama", "--seq", "1000000000"]),
+        &["--seq 1000000000", "one value alone", "PB"],
+    );
+    refused(
+        &attnopt(&["bench", "fixtures/llama", "--batch", "100000000", "--seq", "128"]),
+        &["--batch 100000000", "one value alone"],
+    );
+    refused(
+        &attnopt(&["bench", "fixtures/bert", "--seq", "16,100000"]),
+        &["--seq 100000", "64 positions"],
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    refused(
+        &attnopt(&[
+            "optimize",
+            "fixtures/llama",
+            "-o",
+            out.to_str().unwrap(),
+            "--verify",
+            "--calib-seq",
+            "1000000000",
+        ]),
+        &["calibration inputs of 1000000000 tokens", "one value alone"],
+    );
+    assert!(!out.exists());
+    refused(
+        &attnopt(&["inspect", "fixtures/llama", "--backend", "cpu", "--seq", "1000000000"]),
+        &["--seq 1000000000", "one value alone"],
+    );
+}
+
+#[test]
+fn threads_beyond_the_cores_are_clamped_with_a_warning() {
+    let golden = "fixtures/bert/golden.safetensors";
+    let o = attnopt(&["run", "fixtures/bert", "-i", golden, "--compare", golden, "--threads", "10000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--threads 10000 is more than the"), "{}", stderr(&o));
+}
+
+/// Messages that pointed the wrong way before: each names the real problem now.
+#[test]
+fn everyday_mistakes_get_the_right_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.safetensors");
+    let out = out.to_str().unwrap();
+    // A ViT given a text model's inputs: the missing pixels, not the mask.
+    refused(
+        &attnopt(&["run", "fixtures/vit", "-i", "fixtures/bert/golden.safetensors", "-o", out]),
+        &["needs the input `pixel_values`"],
+    );
+    // --explain of a layer that does not exist.
+    refused(
+        &attnopt(&["optimize", "fixtures/bert", "--explain", "7"]),
+        &["there is no layer 7", "0 to 1"],
+    );
+    // A Hub id instead of a folder.
+    refused(
+        &attnopt(&["inspect", "sentence-transformers/all-MiniLM-L6-v2"]),
+        &["reads local model folders", "huggingface-cli download"],
+    );
+    // A file that is not safetensors at all.
+    let npy = tmp.path().join("x.npy");
+    std::fs::write(&npy, b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False}").unwrap();
+    refused(
+        &attnopt(&["run", "fixtures/bert", "-i", npy.to_str().unwrap(), "-o", out]),
+        &["not a safetensors file"],
+    );
+    // A FIFO as input: refused at once instead of blocking.
+    let fifo = tmp.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    refused(
+        &attnopt(&["run", "fixtures/bert", "-i", fifo.to_str().unwrap(), "-o", out]),
+        &["is not a regular file"],
+    );
+    // --budget without --allow does nothing, and says so; --allow without --budget names the
+    // default it uses.
+    let folder = tmp.path().join("opt");
+    let o = attnopt(&["optimize", "fixtures/bert", "-o", folder.to_str().unwrap(), "--budget", "0.5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--budget does nothing without --allow"), "{}", stderr(&o));
+    let o = attnopt(&[
+        "optimize", "fixtures/bert", "-o", folder.to_str().unwrap(), "--force", "--allow", "hydra",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no --budget given"), "{}", stderr(&o));
+    // The bundled BERT has 64 positions: bench's default length fits it.
+    let o = attnopt(&["bench", "fixtures/bert", "--reps", "1", "--no-optimise", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["runs"][0]["seq"], 64);
+    // A ViT runs at its own length, labelled as such.
+    let o = attnopt(&["bench", "fixtures/vit", "--seq", "4096", "--reps", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("fixes its own length (17 tokens"), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["runs"][0]["seq"], 17);
+}
