@@ -150,9 +150,14 @@ enum Command {
         #[arg(long)]
         force: bool,
         /// Record a hash of every byte of the source checkpoint, so that `--verify-source` can
-        /// check it later (done anyway for checkpoints up to 4 GiB; reads the whole checkpoint).
+        /// check it later (done anyway for checkpoints up to 256 MiB; reads the whole checkpoint).
         #[arg(long)]
         hash_source: bool,
+        /// Write a folder that needs nothing from the source checkpoint: weight-only
+        /// transformations folded and every weight the graph reads copied in (by default the
+        /// folder refers to the source's tensors and holds only what optimisation created).
+        #[arg(long)]
+        standalone: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -431,6 +436,7 @@ fn run(cli: Cli) -> Result<()> {
             explain,
             force,
             hash_source,
+            standalone,
             json,
             node_limit,
             iter_limit,
@@ -490,7 +496,11 @@ fn run(cli: Cli) -> Result<()> {
                 &m,
                 &opt,
                 &output,
-                &attnopt::save::SaveOptions { force, hash_source },
+                &attnopt::save::SaveOptions {
+                    force,
+                    standalone,
+                    hash_source,
+                },
             )?;
             eprintln!(
                 "[optimize] wrote {} ({} graph nodes, {} new weight tensor(s))",

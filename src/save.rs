@@ -10,8 +10,9 @@ use std::path::{Component, Path, PathBuf};
 use attnopt_import::optimized::{Manifest, SourceFile, FORMAT, MANIFEST};
 
 use crate::optimize::Optimization;
-use crate::{tensors, Error, Model};
-use attnopt_ir::fold::fold_weights;
+use crate::{Error, Model};
+use attnopt_ir::fold::fold_weights_keeping_bf16;
+use attnopt_ir::{DType, Graph, Op, Weight};
 
 /// What was written.
 #[derive(Debug, Clone)]
@@ -41,13 +42,16 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 pub struct SaveOptions {
     /// Replace an existing folder, if it holds exactly what attnopt writes.
     pub force: bool,
+    /// Fold weight-only transformations here and copy every weight the graph reads into the
+    /// folder, so it needs nothing from the source (for moving it to another machine).
+    pub standalone: bool,
     /// Record a hash of every byte of the source checkpoint (done anyway when it is at most
     /// [`FULL_HASH_UP_TO`] bytes) so that loading with `verify_source` can check it.
     pub hash_source: bool,
 }
 
 /// Source checkpoints up to this many bytes get a hash of every byte without being asked.
-pub const FULL_HASH_UP_TO: u64 = 4 << 30;
+pub const FULL_HASH_UP_TO: u64 = 256 << 20;
 
 /// Report files written beside the manifest.
 const REPORT_JSON: &str = "report.json";
@@ -164,28 +168,52 @@ fn write_into(
             source,
         }
     };
-    let folded = fold_weights(&opt.graph)
-        .map_err(|e| Error::NotSupported(format!("precomputing weights: {e}")))?;
-    let graph_text = folded.graph.to_string();
+    let m = model.imported();
+    // By default the folder refers to the source's tensors: weight-only transformations (Q/K/V
+    // concatenation, scale folding, transposes) stay graph nodes over them, folded when a
+    // backend prepares the weights, so an exact-only folder holds no weights at all. With
+    // `standalone` they are folded here and every weight the graph reads is copied in.
+    let graph = if opts.standalone {
+        fold_weights_keeping_bf16(&opt.graph)
+            .map_err(|e| Error::NotSupported(format!("precomputing weights: {e}")))?
+            .graph
+    } else {
+        opt.graph.clone()
+    };
+    let graph_text = graph.to_string();
     // `dir` is a fresh private folder of our own (made with O_EXCL by `output::write_dir`), so
     // plain writes into it are safe.
     let mut files = vec![MANIFEST.to_string(), GRAPH.into(), REPORT_JSON.into(), REPORT_TXT.into()];
     std::fs::write(dir.join(GRAPH), &graph_text).map_err(io(dir.join(GRAPH)))?;
-    let weights = if folded.weights.is_empty() {
+    let to_write: Vec<&Weight> = used_weights(&graph)
+        .into_iter()
+        .filter(|w| opts.standalone || !m.checkpoint.contains(w.name()))
+        .collect();
+    let weights = if to_write.is_empty() {
         None
     } else {
-        tensors::write(&dir.join(WEIGHTS), &folded.weights, &model.inputs())?;
+        write_weights(&dir.join(WEIGHTS), &to_write)?;
+        // safetensors creates its file owner-only; give it the mode (umask applied) the other
+        // files got.
+        let mode = std::fs::metadata(dir.join(GRAPH)).map_err(io(dir.join(GRAPH)))?;
+        std::fs::set_permissions(dir.join(WEIGHTS), mode.permissions())
+            .map_err(io(dir.join(WEIGHTS)))?;
         files.push(WEIGHTS.into());
         Some(WEIGHTS.to_string())
     };
-    let m = model.imported();
     let mut total = 0u64;
     for f in m.checkpoint.files() {
         total += std::fs::metadata(f).map_err(io(f.to_path_buf()))?.len();
     }
     let full = opts.hash_source || total <= FULL_HASH_UP_TO;
     let mut source_files = Vec::new();
-    for f in m.checkpoint.files() {
+    // A standalone folder needs nothing from its source.
+    let sources = if opts.standalone {
+        vec![]
+    } else {
+        m.checkpoint.files()
+    };
+    for f in sources {
         let name = f
             .strip_prefix(&m.dir)
             .unwrap_or(f)
@@ -221,9 +249,51 @@ fn write_into(
     }
     Ok(Saved {
         dir: dir.to_path_buf(),
-        new_weights: folded.weights.len(),
-        graph_nodes: folded.graph.node_count(),
+        new_weights: to_write.len(),
+        graph_nodes: graph.node_count(),
     })
+}
+
+/// The weights `g`'s nodes read, each once.
+fn used_weights(g: &Graph) -> Vec<&Weight> {
+    let mut seen = std::collections::BTreeSet::new();
+    g.topo_order()
+        .into_iter()
+        .filter_map(|n| match &g.node(n).op {
+            Op::Weight(id) if seen.insert(*id) => Some(g.weight_data(*id)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Writes `weights` with their own dtypes (bf16 stays bf16) as one safetensors file, streamed
+/// from their storage (the source's mmap), into the private folder being assembled.
+fn write_weights(path: &Path, weights: &[&Weight]) -> Result<(), Error> {
+    let err = |msg: String| Error::Output {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let views = weights
+        .iter()
+        .map(|w| {
+            let dtype = match w.dtype() {
+                DType::F64 => safetensors::Dtype::F64,
+                DType::F32 => safetensors::Dtype::F32,
+                DType::F16 => safetensors::Dtype::F16,
+                DType::BF16 => safetensors::Dtype::BF16,
+                DType::I64 => safetensors::Dtype::I64,
+                DType::I32 => safetensors::Dtype::I32,
+                DType::I16 => safetensors::Dtype::I16,
+                DType::I8 => safetensors::Dtype::I8,
+                DType::U8 => safetensors::Dtype::U8,
+                DType::Bool => safetensors::Dtype::BOOL,
+            };
+            safetensors::tensor::TensorView::new(dtype, w.shape().to_vec(), w.bytes())
+                .map(|v| (w.name().to_string(), v))
+                .map_err(|e| err(format!("tensor `{}`: {e}", w.name())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize_to_file(views, None, path).map_err(|e| err(e.to_string()))
 }
 
 /// Pretty JSON (serialising these plain structs cannot fail).

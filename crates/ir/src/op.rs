@@ -350,7 +350,20 @@ impl Op {
 
     /// The operator named `s`, attributes defaulted as in [`Op::kinds`].
     pub fn from_name(s: &str) -> Option<Op> {
-        Op::kinds().into_iter().find(|op| op.name() == s)
+        // Built once: the graph parser asks for every node of a model (80-layer models have
+        // tens of thousands), and `kinds` allocates its whole list.
+        static BY_NAME: std::sync::OnceLock<std::collections::HashMap<&'static str, Op>> =
+            std::sync::OnceLock::new();
+        BY_NAME
+            .get_or_init(|| {
+                let mut m = std::collections::HashMap::new();
+                for op in Op::kinds() {
+                    m.entry(op.name()).or_insert(op);
+                }
+                m
+            })
+            .get(s)
+            .cloned()
     }
 
     /// How many operands the operator takes; `None` for variadic (`concat`).

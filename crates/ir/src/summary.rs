@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::cost::{cost_where, Cost};
+use crate::cost::{node_cost, Cost};
 use crate::{Bindings, Graph, Op, Role};
 
 /// What one layer's self-attention looks like.
@@ -57,12 +57,14 @@ pub fn attention_layers(g: &Graph, b: &Bindings) -> Vec<AttentionSummary> {
             _ => {}
         }
     }
-    for s in by_layer.values_mut() {
-        let layer = s.layer;
-        s.cost = cost_where(g, b, |n| {
-            let m = g.node(n).meta;
-            m.layer == Some(layer) && m.role.is_attention()
-        });
+    // One pass over the nodes (not one per layer: that made 80-layer models quadratic).
+    for n in g.topo_order() {
+        let m = g.node(n).meta;
+        if let (Some(layer), true) = (m.layer, m.role.is_attention()) {
+            if let Some(s) = by_layer.get_mut(&layer) {
+                s.cost += node_cost(g, n, b);
+            }
+        }
     }
     by_layer.into_values().collect()
 }
