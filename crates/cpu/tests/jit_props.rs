@@ -6,6 +6,8 @@
 //! the f32x4 code forced; every fifth case has the softmax shape the primitives serve.
 
 mod jit_support;
+#[path = "../../../tests/support/proptest_config.rs"]
+mod proptest_config;
 
 use attnopt_cpu::jit::{
     BinaryOp, Expr, InputKind, JitModule, JitOptions, ReduceKind, Reduction, RowProgram, UnaryOp,
@@ -228,7 +230,7 @@ fn check_output(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(proptest_config::config(400))]
 
     #[test]
     fn jit_matches_bounded_reference(c in case()) {
