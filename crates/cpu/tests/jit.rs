@@ -180,6 +180,156 @@ fn accuracy_ieee_ops_are_correctly_rounded() {
     }
 }
 
+/// Arguments across the whole finite f32 range: zero, subnormals, every binade (a few
+/// mantissas each) up to `f32::MAX`, the branch points of the schemes, and dense steps where
+/// `e^{±x}`, `e^{−x²/2}` or `e^{−2u}` leaves the f32 range. Both signs.
+fn extreme_arguments() -> Vec<f32> {
+    let mut xs = vec![
+        0.0,
+        f32::from_bits(1),
+        f32::from_bits(0x0000_7fff),
+        f32::from_bits(0x007f_ffff),
+        f32::MIN_POSITIVE,
+        1e-30,
+        1e-7,
+        1e-3,
+        0.5,
+        0.6,
+        1.0,
+        std::f32::consts::SQRT_2,
+        3.0,
+        9.0,
+        13.2,
+        43.68,
+        44.2,
+        87.33654,
+        88.37626,
+        88.72283,
+        103.97,
+        1e3,
+        1e6,
+        1.3e19,
+        1.844_674_4e19,
+        1.9e19,
+        1.173_865_8e21,
+        1e30,
+        1e38,
+        3.4e38,
+        f32::MAX,
+    ];
+    for e in -149..=127 {
+        for m in [1.0f64, 1.25, 1.5, 1.999_999] {
+            let v = (m * 2f64.powi(e)) as f32;
+            if v.is_finite() && v > 0.0 {
+                xs.push(v);
+            }
+        }
+    }
+    for (lo, hi, step) in [
+        (8.0f32, 16.0, 0.01f32),
+        (40.0, 46.0, 0.01),
+        (86.0, 106.0, 0.01),
+    ] {
+        let n = ((hi - lo) / step) as usize;
+        xs.extend((0..=n).map(|i| lo + step * i as f32));
+    }
+    let neg: Vec<f32> = xs.iter().map(|&x| -x).collect();
+    xs.extend(neg);
+    xs
+}
+
+/// `(relative, absolute)` tolerance of each activation on [`extreme_arguments`]: the
+/// relative bounds the dense sweeps above hold (4 ulp ≈ 5e-7 for tanh, sigmoid, SiLU and
+/// ELU), and an absolute floor near the smallest normal f32, where results are subnormal or
+/// flushed (the exp scheme gives 0 below `e^{−87.34}` and +∞ above `e^{88.38}`). SiLU's floor
+/// is larger: below x = −88.38, `e^{−x}` saturates and it gives −0 for `x·e^x`, which is at
+/// most 3.6e-37 in magnitude there.
+const EXTREME_TOLERANCE: [(UnaryOp, f64, f64); 6] = [
+    (UnaryOp::Tanh, 1e-6, 1e-37),
+    (UnaryOp::Sigmoid, 1e-6, 1e-37),
+    (UnaryOp::Silu, 1e-6, 4e-37),
+    (UnaryOp::Elu, 1e-6, 1e-37),
+    (UnaryOp::Gelu, 1.5e-6, 1e-37),
+    (UnaryOp::GeluTanh, 1e-5, 1e-37),
+];
+
+/// Every activation stays finite wherever its true value is finite, and within its accuracy
+/// bound, for huge (up to `f32::MAX`), tiny (subnormal) and zero arguments of both signs; on
+/// the f32x4 body, the scalar tail and a row-invariant (scalar, computed once) argument; with
+/// and without the AVX-512 row primitives. (GELU-erf used to give NaN for |x| > 1.8e19:
+/// `e^{−x²/2} = 0` times the `1 − e` correction of an infinite `x²`.)
+#[test]
+fn activations_are_finite_on_extreme_arguments() {
+    let xs = extreme_arguments();
+    let mut failures = Vec::new();
+    for row_primitives in [false, true] {
+        let mut module = JitModule::with_options(JitOptions {
+            row_primitives,
+            ..JitOptions::default()
+        })
+        .unwrap();
+        for (op, rel, abs) in EXTREME_TOLERANCE {
+            let mut check = |layout: &str, x: f32, y: f32| {
+                let r = unary(op, x as f64);
+                assert!(r.is_finite(), "reference {op:?}({x}) = {r}");
+                let ok = y.is_finite() && (y as f64 - r).abs() <= rel * r.abs() + abs;
+                if !ok {
+                    failures.push(format!(
+                        "primitives {row_primitives}, {layout}: {op:?}({x:e}) = {y:e}, \
+                         reference {r:e}"
+                    ));
+                }
+            };
+            // One long row: the unrolled f32x4 body, the single-vector loop and the tail.
+            let k = module
+                .compile(&RowProgram::elementwise(
+                    vec![InputKind::Rows],
+                    un(op, input(0)),
+                ))
+                .unwrap();
+            let mut out = vec![f32::NAN; xs.len()];
+            k.run_rows_serial(&[&xs], &mut out, xs.len(), Valid::Full, &[])
+                .unwrap();
+            for (&x, &y) in xs.iter().zip(&out) {
+                check("f32x4 row", x, y);
+            }
+            // Rows of 3: every element in the scalar tail.
+            let mut padded = xs.clone();
+            padded.resize(xs.len().div_ceil(3) * 3, 0.0);
+            let mut out = vec![f32::NAN; padded.len()];
+            k.run_rows_serial(&[&padded], &mut out, 3, Valid::Full, &[])
+                .unwrap();
+            for (&x, &y) in padded.iter().zip(&out) {
+                check("scalar tail", x, y);
+            }
+            // A row invariant: computed once at scalar type, then broadcast.
+            let k = module
+                .compile(&RowProgram {
+                    inputs: vec![InputKind::Rows],
+                    params: 1,
+                    reductions: vec![],
+                    output: un(op, Expr::Param(0)),
+                    fill: 0.0,
+                    zero_if_all_masked: false,
+                })
+                .unwrap();
+            for &x in &xs {
+                let mut out = [f32::NAN; 5];
+                k.run_rows_serial(&[&[0.0; 5]], &mut out, 5, Valid::Full, &[x])
+                    .unwrap();
+                check("invariant", x, out[0]);
+                assert!(out.iter().all(|v| v.to_bits() == out[0].to_bits()));
+            }
+        }
+    }
+    let shown: Vec<&String> = failures.iter().take(40).collect();
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{shown:#?}",
+        failures.len()
+    );
+}
+
 /// The f64 reference of this file agrees with the lowering's reference semantics.
 #[test]
 fn reference_erf_matches_lowering_reference() {

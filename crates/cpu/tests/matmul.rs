@@ -4,6 +4,9 @@
 //!
 //! oneDNN is optional: without `libdnnl.so.2` its checks print why they skip and pass.
 
+#[path = "../../../tests/support/proptest_config.rs"]
+mod proptest_config;
+
 use attnopt_cpu::matmul::{
     best_available, Batch, GemmMatMul, MatMul, MatMulError, MatMut, MatRef, OneDnnMatMul, Precision,
 };
@@ -946,10 +949,7 @@ fn distinct(rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
 
 proptest! {
     // PROPTEST_CASES overrides the number of cases (e.g. 5000 for a long run).
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(proptest_config::config(200))]
 
     /// Random small views with random strides and slice lengths: Ok with the right numbers
     /// exactly when the views fit and c is alias-free (under the documented sufficient test),

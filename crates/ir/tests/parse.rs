@@ -3,6 +3,8 @@
 //! kind of malformed text is a `ParseError` naming its line.
 
 mod common;
+#[path = "../../../tests/support/proptest_config.rs"]
+mod proptest_config;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -794,15 +796,8 @@ fn random_graph(steps: &[Step], naming: usize) -> (Graph, [String; 4]) {
     (g, names)
 }
 
-fn cfg(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(cfg(384))]
+    #![proptest_config(proptest_config::config(384))]
 
     /// print → parse → print is the identity on random graphs, and the parsed graph computes
     /// exactly what the original does.

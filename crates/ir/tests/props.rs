@@ -5,6 +5,8 @@
 #![allow(clippy::cloned_ref_to_slice_refs)]
 
 mod common;
+#[path = "../../../tests/support/proptest_config.rs"]
+mod proptest_config;
 
 use std::collections::HashMap;
 
@@ -15,13 +17,6 @@ use attnopt_ir::{
 };
 use common::*;
 use proptest::prelude::*;
-
-fn cfg(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
-}
 
 /// A float tensor of `shape` with values drawn from `seed`.
 fn data(shape: &[usize], seed: u64) -> Tensor {
@@ -63,7 +58,7 @@ fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
 }
 
 proptest! {
-    #![proptest_config(cfg(96))]
+    #![proptest_config(proptest_config::config(96))]
 
     /// matmul equals a naive triple loop over the broadcast batch.
     #[test]
@@ -526,7 +521,7 @@ fn random_graph(steps: &[Step]) -> (Graph, Vec<NodeId>) {
 }
 
 proptest! {
-    #![proptest_config(cfg(512))]
+    #![proptest_config(proptest_config::config(512))]
 
     /// For every node of a random graph that shape inference accepted, the interpreter runs
     /// and produces exactly the static shape and dtype under the run's bindings — including

@@ -4,6 +4,9 @@
 //! prefix sums, reductions), all in layer 0 with one output, are optimised with the embedded
 //! rules at a random target length and must evaluate like the original on random inputs.
 
+#[path = "../../../tests/support/proptest_config.rs"]
+mod proptest_config;
+
 use std::collections::HashMap;
 
 use attnopt_ir::builder::{Attention, AttentionKind, Builder};
@@ -531,7 +534,7 @@ fn check(g: &Graph, seq: usize, rules: &RuleSet) -> Result<(), String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(proptest_config::config(128))]
 
     #[test]
     fn exact_optimisation_keeps_values(

@@ -202,14 +202,32 @@ impl Math {
 
     /// `e^x`: 1 ulp on `[EXP_LO, EXP_HI]`; below it (including −∞) exactly 0, above it +∞.
     pub fn exp(self, b: &mut FunctionBuilder, x: Value) -> Value {
+        self.exp_times(b, x, None, true)
+    }
+
+    /// `e^x·m` (`m` or 1), exactly 0 for `x < EXP_LO` whatever `m` is (so `m = ∞` there gives
+    /// 0, not NaN). `may_overflow`: `x` can exceed `EXP_HI` (then +∞); `false` skips that test.
+    fn exp_times(
+        self,
+        b: &mut FunctionBuilder,
+        x: Value,
+        m: Option<Value>,
+        may_overflow: bool,
+    ) -> Value {
         let (s, r, p) = self.exp_parts(b, x);
         let one = self.konst(b, 1.0);
         let e = self.mul_add(b, r, p, one);
-        let e = b.ins().fmul(e, s);
+        let mut e = b.ins().fmul(e, s);
+        if let Some(m) = m {
+            e = b.ins().fmul(e, m);
+        }
         let lo = self.konst(b, EXP_LO);
         let under = self.cmp(b, FloatCC::LessThan, x, lo);
         let zero = self.konst(b, 0.0);
         let e = self.select(b, under, zero, e);
+        if !may_overflow {
+            return e;
+        }
         let hi = self.konst(b, EXP_HI);
         let over = self.cmp(b, FloatCC::GreaterThan, x, hi);
         let inf = self.konst(b, f32::INFINITY);
@@ -309,14 +327,18 @@ impl Math {
     /// tail does not cancel. `z² = x²/2` is taken exactly as `s + e` (`s = x²/2` rounded,
     /// `e` its FMA residual) and `e^{−z²} ≈ e^{−s}(1 − e)`: rounding `z` first would cost
     /// `z²·2⁻²³` relative error in the tail (4.6e-6 at x = −9, CPU-NOTES §2).
+    ///
+    /// Huge `|x|`: `s` overflows to +∞ from `|x| ≈ 2.6e19` (`x²` did from 1.84e19), where
+    /// `e^{−s} = 0` but `1 − e = +∞`; their product is taken inside `exp_times`, whose
+    /// underflow select makes it 0 rather than `0·∞ = NaN`, so GELU is `x` (or −0) there.
     pub fn gelu_erf(self, b: &mut FunctionBuilder, x: Value) -> Value {
         let rsqrt2 = self.konst(b, std::f32::consts::FRAC_1_SQRT_2);
         let z = b.ins().fmul(x, rsqrt2);
         let a = b.ins().fabs(z);
         let half = self.konst(b, 0.5);
         let hx = b.ins().fmul(x, half);
-        let x2 = b.ins().fmul(x, x);
-        let s = b.ins().fmul(x2, half);
+        // (x/2)·x rounds exactly as (x·x)/2 (halving is exact), with one product less.
+        let s = b.ins().fmul(hx, x);
         // |z| < 1: 0.5x + 0.5x·erf z.
         let p = self.poly(b, s, &ERF_P);
         let erf = b.ins().fmul(z, p);
@@ -324,17 +346,14 @@ impl Math {
         // |z| ≥ 1: x·(1 − erfc/2) for x > 0, x·erfc/2 for x < 0.
         let one = self.konst(b, 1.0);
         let ns = b.ins().fneg(s);
-        let exp = self.exp(b, ns);
-        let ex = if self.fma {
-            let nx2 = b.ins().fneg(x2);
-            let e2 = b.ins().fma(x, x, nx2);
-            // 1 − e = 1 − e2/2.
-            let mhalf = self.konst(b, -0.5);
-            let one_m_e = self.mul_add(b, e2, mhalf, one);
-            b.ins().fmul(exp, one_m_e)
-        } else {
-            exp
-        };
+        // e^{−s}·(1 − e), e = x²/2 − s exactly (the FMA's residual of s = (x/2)·x). Where s
+        // overflows, 1 − e is +∞ and e^{−s} 0: `exp_times` makes that product 0. −s ≤ 0, so
+        // e^{−s} cannot overflow.
+        let one_m_e = self.fma.then(|| {
+            let e = b.ins().fma(hx, x, ns);
+            b.ins().fsub(one, e)
+        });
+        let ex = self.exp_times(b, ns, one_m_e, false);
         let two = self.konst(b, 2.0);
         let den = b.ins().fadd(two, a);
         let t = b.ins().fdiv(two, den);
