@@ -23,6 +23,10 @@ struct Cli {
 enum Command {
     /// Show what a checkpoint is: architecture (and how it was detected), dimensions,
     /// parameters by dtype, FLOPs per token and a per-layer table of attention blocks.
+    #[command(after_help = "Examples:
+  attnopt inspect fixtures/bert
+  attnopt inspect fixtures/llama --seq 4096 --json
+  attnopt inspect fixtures/gpt2 --backend cpu --threads 2")]
     Inspect {
         /// Model folder (config.json + safetensors) or a .safetensors file.
         model: PathBuf,
@@ -50,6 +54,10 @@ enum Command {
     /// attention_mask, token_type_ids, pixel_values); ids may be any integer dtype; tensors
     /// the model does not take are ignored with a note. Missing attention_mask means
     /// "attend everywhere", missing token_type_ids means segment 0.
+    #[command(after_help = "Examples:
+  attnopt run fixtures/bert -i fixtures/bert/golden.safetensors -o out.safetensors
+  attnopt run OPTIMISED_DIR -i inputs.safetensors --compare fixtures/bert/golden.safetensors
+  attnopt run fixtures/llama -i in.safetensors -o out.safetensors --precision bf16 --verify")]
     Run {
         /// Model folder.
         model: PathBuf,
@@ -85,6 +93,9 @@ enum Command {
         verify: bool,
     },
     /// Export the model graph: Graphviz DOT, SVG (needs graphviz's `dot`), or the text form.
+    #[command(after_help = "Examples:
+  attnopt graph fixtures/bert | head
+  attnopt graph fixtures/vit --dot vit.dot --text vit.txt")]
     Graph {
         /// Model folder.
         model: PathBuf,
@@ -105,13 +116,19 @@ enum Command {
     /// conversions such as softmax → Hydra attention only where you allow them, with their
     /// error measured on calibration inputs and kept within --budget. Writes an optimised
     /// model folder that `run` and `inspect` accept; the input model is never modified.
+    #[command(after_help = "Examples:
+  attnopt optimize fixtures/vit-hydra -o vit-opt --seq 4096,128 --verify
+  attnopt optimize fixtures/bert -o bert-hydra --allow hydra --budget 0.05
+  attnopt optimize fixtures/bert --explain 0
+  attnopt optimize fixtures/llama -o llama-opt --standalone --force")]
     Optimize {
         /// Model folder.
         model: PathBuf,
         #[command(flatten)]
         load: LoadArgs,
-        /// Output folder (written atomically; must not exist unless --force).
-        #[arg(long, short)]
+        /// Output folder (written atomically; must not exist unless --force). Required, except
+        /// with --explain.
+        #[arg(long, short, required_unless_present = "explain")]
         output: Option<PathBuf>,
         /// Sequence lengths to report costs at; the first is the length the graph is
         /// optimised for (the same model may rewrite differently at 128 and 16384).
@@ -174,6 +191,10 @@ enum Command {
     /// Measure a model on the CPU backend: the original and the exactly optimised graph at each
     /// sequence length — latency (median, min, max), compile time, per-kernel breakdown,
     /// GFLOP/s. Uses oneDNN for matrix products when installed, else the gemm crate.
+    #[command(after_help = "Examples:
+  attnopt bench fixtures/bert
+  attnopt bench fixtures/gpt2 --seq 16,64 --threads 2 --reps 20 --json
+  attnopt bench fixtures/llama --precision bf16")]
     Bench {
         /// Model folder.
         model: PathBuf,
