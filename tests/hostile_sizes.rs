@@ -163,3 +163,46 @@ fn everyday_mistakes_get_the_right_message() {
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(json["runs"][0]["seq"], 17);
 }
+
+/// Files attnopt parses are read only when they are regular files, with a size cap, and a
+/// message quotes at most a short escaped piece of them: `graph.txt` as a symlink to
+/// `/dev/zero` read 4.2 GB before failing, a FIFO hung, and a symlink to a system file put
+/// its first line into the error.
+#[test]
+fn parsed_files_are_regular_capped_and_not_quoted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("opt");
+    let o = attnopt(&["optimize", "fixtures/bert", "-o", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let graph = dir.join("graph.txt");
+    let inspect = || attnopt(&["inspect", dir.to_str().unwrap()]);
+    std::fs::remove_file(&graph).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &graph).unwrap();
+    refused(&inspect(), &["graph.txt: is not a regular file"]);
+    std::fs::remove_file(&graph).unwrap();
+    assert!(Command::new("mkfifo").arg(&graph).status().unwrap().success());
+    refused(&inspect(), &["graph.txt: is not a regular file"]);
+    std::fs::remove_file(&graph).unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "password=hunter2-and-the-rest-of-a-long-secret-line\n").unwrap();
+    std::os::unix::fs::symlink(&secret, &graph).unwrap();
+    let o = inspect();
+    refused(&o, &["graph.txt: line 1"]);
+    assert!(!stderr(&o).contains("rest-of-a-long"), "{}", stderr(&o));
+    // A graph file past the cap is refused by its size, unread.
+    std::fs::remove_file(&graph).unwrap();
+    let f = std::fs::File::create(&graph).unwrap();
+    f.set_len(attnopt::import::checkpoint::MAX_JSON_BYTES + 1).unwrap();
+    refused(&inspect(), &["too large for a graph file"]);
+}
+
+/// Cost figures are computed with saturating arithmetic; a saturated one says so instead of
+/// printing u64::MAX as a number.
+#[test]
+fn saturated_costs_print_as_overflow() {
+    let o = attnopt(&["inspect", "fixtures/llama", "--seq", "4000000000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("overflow"), "{out}");
+    assert!(!out.contains("18446744"), "{out}");
+}

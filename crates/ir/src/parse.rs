@@ -465,14 +465,15 @@ impl<'a> Cursor<'a> {
         self.pos == self.s.len()
     }
 
-    /// What comes next, for messages.
+    /// What comes next, for messages: at most 24 characters, escaped, so a message never
+    /// carries more of a file than that (a graph path can be a symlink to anything).
     fn found(&self) -> String {
         let r = self.rest().trim_start();
         if r.is_empty() {
             return "the end of the line".into();
         }
-        let head: String = r.chars().take(24).collect();
-        if head.len() < r.len() {
+        let head: String = r.chars().take(24).flat_map(char::escape_debug).collect();
+        if r.chars().count() > 24 {
             format!("`{head}…`")
         } else {
             format!("`{head}`")
