@@ -5,6 +5,7 @@
 //! Each takes arbitrary bytes and must return without panicking, aborting or reading out of
 //! bounds; errors are the expected outcome. Inputs that go through files are written to one
 //! file per target in a private temporary folder, overwritten on every call.
+#![allow(dead_code)] // each fuzz target uses one function of it
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -27,6 +27,9 @@ pub struct BenchOptions {
     pub optimised: bool,
     /// Precision of the products against weights.
     pub precision: Precision,
+    /// Also time the original and the optimised graph in this many alternating rounds
+    /// (0: not), reported on the optimised run as `ab` (optimised ÷ original).
+    pub ab_rounds: usize,
 }
 
 /// Time of one kind of kernel in one run, summed over its instances.
@@ -71,6 +74,9 @@ pub struct BenchRun {
     /// the benchmark's input, by output name (absent in f32, which is exact within rounding).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_vs_f32: Option<BTreeMap<String, ErrorStat>>,
+    /// With `ab_rounds`, on the optimised run: its time ÷ the original's, in alternating rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ab: Option<crate::ab::AbStats>,
 }
 
 /// The `bench --json` object (schema in docs/CLI.md).
@@ -165,6 +171,7 @@ pub fn bench(
         } else {
             None
         };
+        let mut cpus = Vec::new();
         for (label, graph) in graphs {
             progress(Step::phase(&format!("{label} graph, N={seq}: compiling")));
             let b = Bindings::new(opts.batch, seq);
@@ -247,7 +254,27 @@ pub fn bench(
                 arena_bytes: cpu.arena_bytes(opts.batch, seq).unwrap_or(0),
                 kernels,
                 error_vs_f32,
+                ab: None,
             });
+            cpus.push(cpu);
+        }
+        if let ([original, optimised], true) = (&mut cpus[..], opts.ab_rounds > 0) {
+            let what = format!("N={seq}: original and optimised in alternating rounds");
+            let wanted = ["last_hidden_state"];
+            let ab = crate::ab::alternate(
+                opts.ab_rounds,
+                || original.run(&feed, &wanted, false).map(drop),
+                || optimised.run(&feed, &wanted, false).map(drop),
+                |r| {
+                    progress(Step {
+                        what: &what,
+                        count: Some((r, opts.ab_rounds)),
+                    })
+                },
+            )?;
+            if let Some(run) = runs.last_mut() {
+                run.ab = ab;
+            }
         }
     }
     Ok(BenchReport {
@@ -303,6 +330,16 @@ impl BenchReport {
                 "  {} N={}: {:.1} = {:.1} + {:.1} + {:.1}",
                 r.graph, r.seq, r.compile_ms, r.lower_ms, r.jit_ms, r.weights_ms
             );
+        }
+        for r in &self.runs {
+            if let Some(ab) = &r.ab {
+                let _ = writeln!(
+                    s,
+                    "A/B N={}: optimised ÷ original = {:.3} (median of {} alternating rounds; \
+                     95% interval {:.3}–{:.3})",
+                    r.seq, ab.ratio_median, ab.rounds, ab.ci_low, ab.ci_high
+                );
+            }
         }
         for r in &self.runs {
             for (name, e) in r.error_vs_f32.iter().flatten() {

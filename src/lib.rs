@@ -11,6 +11,7 @@
 //! The pieces live in their own crates and are re-exported: [`ir`] (graph, interpreter) and
 //! [`import`] (checkpoints). This crate adds the [`Model`] facade, [`inspect`] and the CLI.
 
+pub mod ab;
 pub mod bench;
 pub mod calib;
 mod error;

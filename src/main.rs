@@ -194,7 +194,8 @@ enum Command {
     #[command(after_help = "Examples:
   attnopt bench fixtures/bert
   attnopt bench fixtures/gpt2 --seq 16,64 --threads 2 --reps 20 --json
-  attnopt bench fixtures/llama --precision bf16")]
+  attnopt bench fixtures/llama --precision bf16
+  attnopt bench fixtures/bert --ab 31")]
     Bench {
         /// Model folder.
         model: PathBuf,
@@ -220,6 +221,11 @@ enum Command {
         /// against the f32 interpreter is measured and reported per output).
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,
+        /// Also time the original and the optimised graph alternately in one process for N
+        /// rounds and report the median of the per-round ratios (optimised ÷ original) with a
+        /// 95% interval: what to trust on a noisy machine.
+        #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "21")]
+        ab: Option<usize>,
         /// Print one JSON object (schema in docs/CLI.md).
         #[arg(long)]
         json: bool,
@@ -544,6 +550,7 @@ fn run(cli: Cli) -> Result<()> {
             reps,
             no_optimise,
             precision,
+            ab,
             json,
         } => {
             if seq.as_ref().is_some_and(|s| s.is_empty() || s.contains(&0))
@@ -564,7 +571,11 @@ fn run(cli: Cli) -> Result<()> {
                 reps,
                 optimised: !no_optimise,
                 precision: precision.into(),
+                ab_rounds: ab.unwrap_or(0),
             };
+            if ab.is_some() && no_optimise {
+                bail!("--ab compares the original with the optimised graph; drop --no-optimise");
+            }
             let mut reporter = attnopt::progress::Reporter::new("bench");
             let report = attnopt::bench::bench(&m, &opts, &mut |s| reporter.step(s))?;
             drop(reporter);

@@ -417,3 +417,25 @@ fn inspect_backend_cpu_names_the_library_and_kernels() {
         "only with --backend cpu"
     );
 }
+
+/// `bench --ab N`: original and optimised timed in N alternating rounds, reported on the
+/// optimised run as the median ratio with its interval (values are timings: only their
+/// consistency is checked, never their size).
+#[test]
+fn bench_ab_reports_a_ratio_with_an_interval() {
+    let o = attnopt(&["bench", "fixtures/bert", "--reps", "1", "--ab", "5", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    assert!(runs[0].get("ab").is_none(), "only the optimised run carries it");
+    let ab = &runs[1]["ab"];
+    assert_eq!(ab["rounds"], 5);
+    let (lo, med, hi) = (
+        ab["ci_low"].as_f64().unwrap(),
+        ab["ratio_median"].as_f64().unwrap(),
+        ab["ci_high"].as_f64().unwrap(),
+    );
+    assert!(lo > 0.0 && lo <= med && med <= hi, "{ab}");
+    let o = attnopt(&["bench", "fixtures/bert", "--ab", "--no-optimise"]);
+    assert!(!o.status.success());
+}
