@@ -34,5 +34,8 @@ for t in "${targets[@]}"; do
   corpus=$(find "work/$t" "corpus/$t" -type f | wc -l)
   crashes=$(find "artifacts/$t" -type f | wc -l)
   printf '%-12s %10s %10s %8s %8s  %s\n' "$t" "$secs" "$execs" "$rate" "$corpus" "$crashes (exit $rc)"
-  [ $rc -ne 0 ] && { echo "--- $t: last lines of the log ($log)"; tail -20 "$log"; }
+  if [ $rc -ne 0 ]; then
+    echo "--- $t: last lines of the log ($log)"
+    tail -20 "$log"
+  fi
 done

@@ -571,7 +571,7 @@ fn bf16_products_are_bf16_inputs_with_f32_accumulation() {
             (7, 129, 33),
             (128, 768, 96),
             (33, 64, 1),
-            (5, 40, 600), // more than one of gemm's widening panels
+            (5, 40, 600),
         ] {
             let torch = rng.vec(n * k);
             let b = MatRef::row_major(&torch, n, k).t();
@@ -581,7 +581,9 @@ fn bf16_products_are_bf16_inputs_with_f32_accumulation() {
                 "bf16 storage {} for {k}x{n}",
                 w.bytes()
             );
-            if k * n >= 768 * 96 {
+            // Native bf16 stores half; the gemm fallback stores the rounded values as f32 (no
+            // widening pass per product: f32 speed, f32 memory).
+            if k * n >= 768 * 96 && !d.name().starts_with("gemm") {
                 assert!(
                     w.bytes() < 4 * k * n,
                     "bf16 storage {} for {k}x{n}",

@@ -14,11 +14,12 @@
 //! single-threaded (faster than threading inside one attention head, CPU-NOTES §3).
 //!
 //! **bf16** ([`Precision::Bf16`], the fallback where oneDNN or native bf16 is missing): prepared
-//! weights are stored as bf16 (half the memory), and each product rounds its activations to bf16
-//! and widens the weight to `f32` on the fly, one column panel at a time (a panel of
-//! [`BF16_PANEL`] columns stays in cache), then multiplies in `f32`. The numbers are those of a
-//! native bf16 product with `f32` accumulation; the speed is below `f32`'s (the widening costs a
-//! pass over the weight per product).
+//! weights are rounded to bf16 once and stored widened to `f32` (exact), and each product rounds
+//! its activations to bf16, then multiplies in `f32`. The numbers are those of a native bf16
+//! product with `f32` accumulation; the speed is `f32`'s (plus one rounding pass over the
+//! activations), and so is the memory: without native bf16 there is nothing to gain from bf16
+//! storage but a widening pass over the weight in every product, which made bf16 ~1.5× slower
+//! than f32 (BERT-base 200 ms against 131 ms).
 
 use super::{
     bf16, check_batched, check_prepared, check_product, pack_row_major, trivial_product, Batch,
@@ -30,9 +31,6 @@ use std::any::Any;
 
 /// Products with fewer multiply-adds than this (m·n·k) run single-threaded.
 const DEFAULT_PAR_THRESHOLD: usize = 1 << 20;
-
-/// Columns of a bf16 weight widened to `f32` at once.
-pub const BF16_PANEL: usize = 256;
 
 /// Matrix products through the `gemm` crate. See the module docs.
 #[derive(Debug, Clone)]
@@ -50,10 +48,11 @@ struct GemmWeight {
     n: usize,
 }
 
-/// A prepared weight's elements: `f32`, or bf16 bits for [`Precision::Bf16`].
+/// A prepared weight's elements: `f32`, or for [`Precision::Bf16`] values that are exactly
+/// bf16, stored as `f32`.
 enum WeightData {
     F32(Vec<f32>),
-    Bf16(Vec<u16>),
+    Bf16Widened(Vec<f32>),
 }
 
 impl PreparedWeight for GemmWeight {
@@ -65,8 +64,7 @@ impl PreparedWeight for GemmWeight {
     }
     fn bytes(&self) -> usize {
         match &self.data {
-            WeightData::F32(v) => v.len() * 4,
-            WeightData::Bf16(v) => v.len() * 2,
+            WeightData::F32(v) | WeightData::Bf16Widened(v) => v.len() * 4,
         }
     }
     fn as_any(&self) -> &dyn Any {
@@ -144,7 +142,7 @@ impl GemmMatMul {
         let mut m = Self::new(threads);
         if precision == Precision::Bf16 {
             m.precision = precision;
-            m.name = format!("{} bf16 weights widened on the fly", m.name);
+            m.name = format!("{} bf16 (weights widened once, no native bf16)", m.name);
         }
         m
     }
@@ -186,18 +184,18 @@ fn kernel_isa() -> &'static str {
 }
 
 impl GemmMatMul {
-    /// `c = bf16(a) · W` (`+ c`) for a checked product with a dense row-major bf16 `k × n`
-    /// weight, widened one column panel at a time.
+    /// `c = bf16(a) · W` (`+ c`) for a checked product with a dense row-major `k × n` weight
+    /// whose values are bf16.
     fn matmul_bf16(
         &self,
         a: MatRef<'_>,
-        w: &[u16],
+        w: &[f32],
         k: usize,
         n: usize,
         mut c: MatMut<'_>,
         accumulate: bool,
     ) -> Result<(), MatMulError> {
-        // Nothing to multiply (m, n or k = 0): c stays or becomes zero, no panel is cut.
+        // Nothing to multiply (m, n or k = 0): c stays or becomes zero.
         if trivial_product(a.cols, &mut c, accumulate) {
             return Ok(());
         }
@@ -205,25 +203,7 @@ impl GemmMatMul {
         pack_row_major(&a, &mut a16);
         a16.iter_mut().for_each(|x| *x = bf16::round(*x));
         let a16 = MatRef::row_major(&a16, a.rows, a.cols);
-        let mut panel = Vec::with_capacity(k * BF16_PANEL.min(n));
-        for j0 in (0..n).step_by(BF16_PANEL) {
-            let j1 = (j0 + BF16_PANEL).min(n);
-            panel.clear();
-            for r in 0..k {
-                panel.extend(w[r * n + j0..r * n + j1].iter().map(|&b| bf16::to_f32(b)));
-            }
-            // Columns j0..j1 of c: the view starts at (0, j0), in bounds as c was checked, is
-            // not empty (above) and j0 < n, so the offset names an element of c.
-            let cj = MatMut {
-                data: &mut c.data[j0 * c.col_stride..],
-                rows: c.rows,
-                cols: j1 - j0,
-                row_stride: c.row_stride,
-                col_stride: c.col_stride,
-            };
-            self.matmul(a16, MatRef::row_major(&panel, k, j1 - j0), cj, accumulate)?;
-        }
-        Ok(())
+        self.matmul(a16, MatRef::row_major(w, k, n), c, accumulate)
     }
 }
 
@@ -259,7 +239,7 @@ impl MatMul for GemmMatMul {
         pack_row_major(&b, &mut data);
         let data = match self.precision {
             Precision::F32 => WeightData::F32(data),
-            Precision::Bf16 => WeightData::Bf16(data.into_iter().map(bf16::from_f32).collect()),
+            Precision::Bf16 => WeightData::Bf16Widened(data.into_iter().map(bf16::round).collect()),
         };
         Ok(Box::new(GemmWeight {
             data,
@@ -272,11 +252,7 @@ impl MatMul for GemmMatMul {
         super::check_bounds(&b.layout(), b.data.len(), 1, 0, "b")?;
         let data = match self.precision {
             Precision::F32 => WeightData::F32(bf16::widen_row_major(&b)),
-            Precision::Bf16 => {
-                let mut bits = Vec::new();
-                pack_row_major(&b, &mut bits);
-                WeightData::Bf16(bits)
-            }
+            Precision::Bf16 => WeightData::Bf16Widened(bf16::widen_row_major(&b)),
         };
         Ok(Box::new(GemmWeight {
             data,
@@ -300,7 +276,7 @@ impl MatMul for GemmMatMul {
         })?;
         let precision = match w.data {
             WeightData::F32(_) => Precision::F32,
-            WeightData::Bf16(_) => Precision::Bf16,
+            WeightData::Bf16Widened(_) => Precision::Bf16,
         };
         if precision != self.precision {
             return Err(MatMulError::ForeignWeight(format!(
@@ -313,7 +289,7 @@ impl MatMul for GemmMatMul {
             WeightData::F32(data) => {
                 self.matmul(a, MatRef::row_major(data, w.k, w.n), c, accumulate)
             }
-            WeightData::Bf16(bits) => self.matmul_bf16(a, bits, w.k, w.n, c, accumulate),
+            WeightData::Bf16Widened(data) => self.matmul_bf16(a, data, w.k, w.n, c, accumulate),
         }
     }
 

@@ -401,8 +401,8 @@ pub trait MatMul: Send + Sync {
 
 /// Like [`best_available`], asking for a precision. With [`Precision::Bf16`]: oneDNN in bf16
 /// where the library loads and the CPU has native bf16 (AVX512-BF16 or AMX), else `gemm` with
-/// bf16 weights widened to `f32` on the fly (same numbers, slower); the string says which and
-/// why.
+/// bf16-rounded weights widened to `f32` once (same numbers, `f32` speed and memory); the
+/// string says which and why.
 pub fn best_available_for(threads: usize, precision: Precision) -> (Box<dyn MatMul>, String) {
     if precision == Precision::F32 {
         return best_available(threads);
@@ -411,7 +411,7 @@ pub fn best_available_for(threads: usize, precision: Precision) -> (Box<dyn MatM
     let emulated = |why: String| -> (Box<dyn MatMul>, String) {
         (
             Box::new(GemmMatMul::with_precision(threads, Precision::Bf16)),
-            format!("{why}; using gemm with bf16 weights widened on the fly"),
+            format!("{why}; using gemm with bf16 weights widened to f32 once (no native bf16)"),
         )
     };
     if std::env::var("ATTNOPT_MATMUL").is_ok_and(|v| v.eq_ignore_ascii_case("gemm")) {
