@@ -204,13 +204,9 @@ pub fn bench(
                 count: Some((opts.reps, opts.reps)),
             });
             let (outs, profile) = cpu.run(&feed, &["last_hidden_state"], true)?;
-            let error_vs_f32 = reference.as_ref().map(|r| {
-                outs.iter()
-                    .filter_map(|(name, t)| {
-                        Some((name.clone(), ErrorStat::between(t, r.get(name)?)))
-                    })
-                    .collect()
-            });
+            let error_vs_f32 = reference
+                .as_ref()
+                .map(|r| crate::run::errors_against(&outs.into_iter().collect(), r));
             let total: f64 = profile.iter().map(|k| k.seconds).sum();
             let mut by_name: BTreeMap<String, (usize, f64, f64, u64, u64)> = BTreeMap::new();
             for k in &profile {

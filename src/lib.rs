@@ -22,6 +22,7 @@ pub mod optimize;
 pub mod output;
 pub mod progress;
 pub mod report;
+pub mod run;
 pub mod save;
 pub mod tensors;
 

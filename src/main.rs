@@ -1,11 +1,10 @@
 //! The `attnopt` command line: thin glue from arguments to the library facade.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use attnopt::{inspect, output, tensors, Model, RunOptions};
+use attnopt::{inspect, output, Model, RunOptions};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// attnopt — a compiler for transformer checkpoints.
@@ -408,14 +407,16 @@ fn run(cli: Cli) -> Result<()> {
             }
             run_model(
                 &load.load(&model)?,
-                &input,
-                output.as_deref(),
-                RunOptions {
-                    all_layers,
-                    backend,
+                &attnopt::run::RunRequest {
+                    input: &input,
+                    output: output.as_deref(),
+                    compare: compare.as_deref(),
+                    verify,
+                    opts: RunOptions {
+                        all_layers,
+                        backend,
+                    },
                 },
-                compare.as_deref(),
-                verify,
             )?;
         }
         Command::Graph {
@@ -590,116 +591,49 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn run_model(
-    m: &Model,
-    input: &Path,
-    output: Option<&Path>,
-    opts: RunOptions,
-    compare: Option<&Path>,
-    verify: bool,
-) -> Result<()> {
-    let mut inputs = m.inputs().with(input);
-    if let Some(c) = compare {
-        inputs.add(c);
-    }
-    if let Some(path) = output {
-        // Refuse a bad output path before the run, not after it.
-        attnopt::output::check_file_target(path, &inputs)?;
-    }
-    let all = tensors::read(input)?;
-    let takes = m.input_names();
-    let (feed, ignored): (BTreeMap<_, _>, BTreeMap<_, _>) = all
-        .into_iter()
-        .partition(|(k, _)| takes.contains(&k.as_str()) || k == "attention_mask");
-    if !ignored.is_empty() {
-        let mut names: Vec<&str> = ignored.keys().map(String::as_str).take(6).collect();
-        if ignored.len() > names.len() {
-            names.push("...");
-        }
-        eprintln!(
-            "note: ignoring {} tensor(s) the model does not take: {}",
-            ignored.len(),
-            names.join(", ")
-        );
-    }
-    if feed.is_empty() {
-        bail!(
-            "{}: holds none of the model's inputs ({})",
-            input.display(),
-            takes.join(", ")
-        );
-    }
-    eprintln!(
-        "running {} ({} nodes) on {}...",
-        m.imported().detection.arch.name(),
-        m.graph().node_count(),
-        match opts.backend {
-            attnopt::Backend::Interp => "the reference interpreter",
-            attnopt::Backend::Cpu { .. } => "the CPU backend",
-        }
-    );
-    let start = std::time::Instant::now();
+fn run_model(m: &Model, req: &attnopt::run::RunRequest) -> Result<()> {
     let bf16 = matches!(
-        opts.backend,
+        req.opts.backend,
         attnopt::Backend::Cpu {
             precision: attnopt::Precision::Bf16,
             ..
         }
     );
-    let outs = m.run(feed.clone(), opts)?;
-    eprintln!("done in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
-    for (name, t) in &outs {
+    let o = attnopt::run::run(m, req, &mut |s| eprintln!("{s}..."))?;
+    if !o.ignored.is_empty() {
+        let mut names: Vec<&str> = o.ignored.iter().map(String::as_str).take(6).collect();
+        if o.ignored.len() > names.len() {
+            names.push("...");
+        }
+        eprintln!(
+            "note: ignoring {} tensor(s) the model does not take: {}",
+            o.ignored.len(),
+            names.join(", ")
+        );
+    }
+    eprintln!("done in {:.1} ms", o.ms);
+    for (name, t) in &o.outputs {
         outln!("{name:20} {:?}", t.shape());
     }
-    if bf16 && !verify {
+    if bf16 && !req.verify {
         eprintln!(
             "note: bf16 is an approximation; add --verify to measure its error against the f32 \
              reference interpreter"
         );
     }
-    if verify && opts.backend == attnopt::Backend::Interp {
+    if req.verify && req.opts.backend == attnopt::Backend::Interp {
         eprintln!("note: --verify: the reference interpreter is what ran; nothing to compare");
-    } else if verify {
-        eprintln!("--verify: running the f32 reference interpreter on the same inputs...");
-        let exact = m.run(
-            feed,
-            RunOptions {
-                backend: attnopt::Backend::Interp,
-                ..opts
-            },
-        )?;
-        for (name, t) in &outs {
-            if let Some(r) = exact.get(name) {
-                let e = attnopt::report::ErrorStat::between(t, r);
-                let what = if bf16 { "bf16" } else { "f32" };
-                outln!("{name:20} {what} error vs the f32 interpreter: {e}");
-            }
-        }
     }
-    if let Some(path) = output {
-        tensors::write(path, &outs, &inputs)?;
+    let what = if bf16 { "bf16" } else { "f32" };
+    for (name, e) in &o.verified {
+        outln!("{name:20} {what} error vs the f32 interpreter: {e}");
+    }
+    if let Some(path) = req.output {
         eprintln!("wrote {}", path.display());
     }
-    if let Some(path) = compare {
-        let reference = tensors::read(path)?;
-        let mut compared = 0;
-        for (name, t) in &outs {
-            let Some(r) = reference.get(name) else {
-                continue;
-            };
-            let err = t.max_abs_diff(r).with_context(|| {
-                format!(
-                    "`{name}`: shape {:?}, but {} has {:?}",
-                    t.shape(),
-                    path.display(),
-                    r.shape()
-                )
-            })?;
+    if let Some(path) = req.compare {
+        for (name, err) in &o.compared {
             outln!("{name:20} max-abs error vs {}: {err:.3e}", path.display());
-            compared += 1;
-        }
-        if compared == 0 {
-            bail!("{}: has no tensor named like an output", path.display());
         }
     }
     Ok(())
