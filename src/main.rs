@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use attnopt::optimize::OptimizeOptions;
+use attnopt::rewrite::Limits;
 use attnopt::{inspect, output, Model, RunOptions};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -147,10 +149,10 @@ enum Command {
         #[arg(long)]
         calib: Option<PathBuf>,
         /// Tokens per generated calibration sequence.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = OptimizeOptions::default().calib_seq)]
         calib_seq: usize,
         /// Seed for generated calibration inputs.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = OptimizeOptions::default().seed)]
         seed: u64,
         /// Read rules from this folder instead of the rules built into the binary.
         #[arg(long)]
@@ -178,13 +180,13 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// E-graph node limit per block.
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = Limits::default().nodes)]
         node_limit: usize,
         /// Rewrite iterations per block.
-        #[arg(long, default_value_t = 15)]
+        #[arg(long, default_value_t = Limits::default().iterations)]
         iter_limit: usize,
         /// Seconds per block before giving up on saturation.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = Limits::default().time.as_secs_f64())]
         time_limit: f64,
     },
     /// Measure a model on the CPU backend: the original and the exactly optimised graph at each
@@ -492,7 +494,7 @@ fn run(cli: Cli) -> Result<()> {
             if !(time_limit > 0.0 && time_limit.is_finite()) {
                 bail!("--time-limit must be a positive number of seconds");
             }
-            let opts = attnopt::optimize::OptimizeOptions {
+            let opts = OptimizeOptions {
                 seqs: seq,
                 allow,
                 budget,
@@ -500,7 +502,7 @@ fn run(cli: Cli) -> Result<()> {
                 calib_seq,
                 seed,
                 rules_dir: rules,
-                limits: attnopt::rewrite::Limits {
+                limits: Limits {
                     nodes: node_limit,
                     iterations: iter_limit,
                     time: std::time::Duration::from_secs_f64(time_limit),
