@@ -1,27 +1,15 @@
 //! End-to-end tests of the `attnopt` binary on the bundled fixtures.
 
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{attnopt, root, stderr, stdout};
+
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
-fn attnopt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attnopt"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("binary runs")
-}
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Writes `dir/in.safetensors` holding one `input_ids` tensor of raw little-endian `bytes`.
 fn write_input_ids(

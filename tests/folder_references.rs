@@ -3,20 +3,15 @@
 //! tensors and are folded by the backend. `--standalone` folds and copies instead, for folders
 //! that move without their source.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{attnopt_in, root};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
-fn attnopt(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attnopt"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("binary runs")
-}
+use std::path::Path;
+use std::process::Output;
+
+
 
 fn ok(o: &Output) -> String {
     let e = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -26,7 +21,7 @@ fn ok(o: &Output) -> String {
 
 /// The max-abs error `run --compare` prints for `last_hidden_state`.
 fn error_vs_golden(dir: &Path, model: &str, golden: &str, backend: &str) -> f64 {
-    let out = ok(&attnopt(
+    let out = ok(&attnopt_in(
         dir,
         &["run", model, "-i", golden, "--compare", golden, "--backend", backend],
     ));
@@ -53,7 +48,7 @@ fn exact_folders_hold_no_weights_and_still_match_the_goldens() {
         let src = root().join("fixtures").join(model);
         let golden = src.join("golden.safetensors");
         let out = format!("{model}-opt");
-        ok(&attnopt(dir, &["optimize", src.to_str().unwrap(), "-o", &out]));
+        ok(&attnopt_in(dir, &["optimize", src.to_str().unwrap(), "-o", &out]));
         let graph = std::fs::read_to_string(dir.join(&out).join("graph.txt")).unwrap();
         assert!(
             !dir.join(&out).join("weights.safetensors").exists(),
@@ -77,15 +72,15 @@ fn standalone_folders_run_without_their_source() {
     let dir = tmp.path();
     copy_dir(&root().join("fixtures/llama"), &dir.join("llama"));
     std::fs::copy(dir.join("llama/golden.safetensors"), dir.join("golden.safetensors")).unwrap();
-    ok(&attnopt(dir, &["optimize", "llama", "-o", "ref"]));
-    ok(&attnopt(dir, &["optimize", "llama", "-o", "alone", "--standalone"]));
+    ok(&attnopt_in(dir, &["optimize", "llama", "-o", "ref"]));
+    ok(&attnopt_in(dir, &["optimize", "llama", "-o", "alone", "--standalone"]));
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("alone/attnopt.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["source_files"].as_array().map(Vec::len), Some(0));
     // The source goes away: the referring folder is refused, the standalone one runs.
     std::fs::remove_dir_all(dir.join("llama")).unwrap();
-    let o = attnopt(dir, &["run", "ref", "-i", "golden.safetensors", "-o", "x.safetensors"]);
+    let o = attnopt_in(dir, &["run", "ref", "-i", "golden.safetensors", "-o", "x.safetensors"]);
     assert!(!o.status.success());
     let e = error_vs_golden(dir, "alone", "golden.safetensors", "cpu");
     assert!(e < 1e-4, "{e}");
@@ -101,7 +96,7 @@ fn a_70b_shaped_checkpoint_optimises_into_a_small_folder() {
     let spec = attnopt::import::synthetic::llama70b_spec(80);
     attnopt::import::synthetic::write(&spec, &src, 5_000_000_000).unwrap();
     let out = tmp.path().join("opt");
-    ok(&attnopt(
+    ok(&attnopt_in(
         tmp.path(),
         &["optimize", "llama70b", "-o", "opt"],
     ));
@@ -117,6 +112,6 @@ fn a_70b_shaped_checkpoint_optimises_into_a_small_folder() {
             .unwrap();
     assert_eq!(manifest["source_files"].as_array().map(Vec::len), Some(30));
     // inspect loads it back (fingerprints checked, graph parsed against 723 source tensors).
-    let text = ok(&attnopt(tmp.path(), &["inspect", "opt"]));
+    let text = ok(&attnopt_in(tmp.path(), &["inspect", "opt"]));
     assert!(text.contains("layers 80"), "{text}");
 }

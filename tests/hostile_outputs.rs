@@ -4,25 +4,17 @@
 //! models whose dimensions would be guessed. Each case was reproduced on the code before these
 //! checks (see issue 12) and fails there.
 
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{attnopt_in, root, stderr};
+
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
-fn attnopt(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attnopt"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("binary runs")
-}
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// A scratch folder holding a copy of `fixtures/bert` as `bert/`.
 fn scratch() -> tempfile::TempDir {
@@ -44,7 +36,7 @@ fn refused(o: &Output, needle: &str) {
 }
 
 fn run_to(dir: &Path, out: &str) -> Output {
-    attnopt(
+    attnopt_in(
         dir,
         &["run", "bert", "-i", "bert/golden.safetensors", "-o", out],
     )
@@ -107,7 +99,7 @@ fn outputs_never_replace_inputs() {
     refused(&run_to(dir, "alias"), "(the same file as bert/golden.safetensors)");
     // The --compare file.
     std::fs::copy(dir.join("bert/golden.safetensors"), dir.join("cmp")).unwrap();
-    let o = attnopt(
+    let o = attnopt_in(
         dir,
         &["run", "bert", "-i", "bert/golden.safetensors", "--compare", "cmp", "-o", "cmp"],
     );
@@ -121,18 +113,18 @@ fn outputs_never_replace_inputs() {
     for target in ["bert/model.safetensors", "bert/config.json"] {
         for flag in ["--text", "--dot"] {
             refused(
-                &attnopt(dir, &["graph", "bert", flag, target]),
+                &attnopt_in(dir, &["graph", "bert", flag, target]),
                 "is one of this command's inputs",
             );
         }
     }
     assert_eq!(std::fs::read(dir.join("bert/model.safetensors")).unwrap(), ck);
     // An optimised folder's graph and manifest, and its source's checkpoint.
-    let o = attnopt(dir, &["optimize", "bert", "-o", "opt"]);
+    let o = attnopt_in(dir, &["optimize", "bert", "-o", "opt"]);
     assert!(o.status.success(), "{}", stderr(&o));
     for target in ["opt/graph.txt", "opt/attnopt.json", "bert/model.safetensors"] {
         refused(
-            &attnopt(dir, &["graph", "opt", "--text", target]),
+            &attnopt_in(dir, &["graph", "opt", "--text", target]),
             "is one of this command's inputs",
         );
     }
@@ -142,16 +134,16 @@ fn outputs_never_replace_inputs() {
 fn force_replaces_only_what_attnopt_wrote() {
     let tmp = scratch();
     let dir = tmp.path();
-    assert!(attnopt(dir, &["optimize", "bert", "-o", "opt"]).status.success());
+    assert!(attnopt_in(dir, &["optimize", "bert", "-o", "opt"]).status.success());
     // Without --force: refused.
     refused(
-        &attnopt(dir, &["optimize", "bert", "-o", "opt"]),
+        &attnopt_in(dir, &["optimize", "bert", "-o", "opt"]),
         "pass --force",
     );
     // A stranger's file in the folder: refused, and the file survives.
     std::fs::write(dir.join("opt/thesis.tex"), "years of work").unwrap();
     refused(
-        &attnopt(dir, &["optimize", "bert", "-o", "opt", "--force"]),
+        &attnopt_in(dir, &["optimize", "bert", "-o", "opt", "--force"]),
         "holds `thesis.tex`",
     );
     assert_eq!(
@@ -164,18 +156,18 @@ fn force_replaces_only_what_attnopt_wrote() {
     std::fs::write(dir.join("mine/attnopt.json"), "{}").unwrap();
     std::fs::write(dir.join("mine/notes.txt"), "mine").unwrap();
     refused(
-        &attnopt(dir, &["optimize", "bert", "-o", "mine", "--force"]),
+        &attnopt_in(dir, &["optimize", "bert", "-o", "mine", "--force"]),
         "is not a folder attnopt wrote",
     );
     assert!(dir.join("mine/notes.txt").exists());
     // A symlink to an attnopt folder as the output: refused, the folder untouched.
     std::os::unix::fs::symlink(dir.join("opt"), dir.join("opt-link")).unwrap();
     refused(
-        &attnopt(dir, &["optimize", "bert", "-o", "opt-link", "--force"]),
+        &attnopt_in(dir, &["optimize", "bert", "-o", "opt-link", "--force"]),
         "is a symbolic link",
     );
     // The exact folder attnopt wrote: replaced, with nothing left beside it.
-    let o = attnopt(dir, &["optimize", "bert", "-o", "opt", "--force"]);
+    let o = attnopt_in(dir, &["optimize", "bert", "-o", "opt", "--force"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -185,7 +177,7 @@ fn force_replaces_only_what_attnopt_wrote() {
     assert_eq!(names, ["bert", "mine", "opt", "opt-link"]);
     // The model folder itself is never an output.
     refused(
-        &attnopt(dir, &["optimize", "bert", "-o", "bert", "--force"]),
+        &attnopt_in(dir, &["optimize", "bert", "-o", "bert", "--force"]),
         "is the input model",
     );
 }
@@ -217,14 +209,14 @@ fn run_opt(dir: &Path, extra: &[&str]) -> Output {
         "bert/golden.safetensors",
     ];
     args.extend_from_slice(extra);
-    attnopt(dir, &args)
+    attnopt_in(dir, &args)
 }
 
 #[test]
 fn a_changed_source_is_refused() {
     let tmp = scratch();
     let dir = tmp.path();
-    assert!(attnopt(dir, &["optimize", "bert", "-o", "opt"]).status.success());
+    assert!(attnopt_in(dir, &["optimize", "bert", "-o", "opt"]).status.success());
     let o = run_opt(dir, &["--verify-source"]);
     assert!(o.status.success(), "{}", stderr(&o));
 
@@ -242,7 +234,7 @@ fn a_changed_source_is_refused() {
     refused(&run_opt(dir, &[]), "it is another file");
 
     // The original bytes on a fresh optimisation, then only the modification time changed.
-    assert!(attnopt(dir, &["optimize", "bert", "-o", "opt", "--force"])
+    assert!(attnopt_in(dir, &["optimize", "bert", "-o", "opt", "--force"])
         .status
         .success());
     assert!(run_opt(dir, &[]).status.success());
@@ -270,16 +262,16 @@ fn guessed_dimensions_need_consent() {
             "bert/golden.safetensors",
         ];
         args.extend_from_slice(extra);
-        attnopt(dir, &args)
+        attnopt_in(dir, &args)
     };
     refused(&run(&[]), "--accept-guesses");
     refused(
-        &attnopt(dir, &["optimize", "bert", "-o", "opt"]),
+        &attnopt_in(dir, &["optimize", "bert", "-o", "opt"]),
         "config.json is missing",
     );
     let o = run(&["--accept-guesses"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = attnopt(dir, &["inspect", "bert"]);
+    let o = attnopt_in(dir, &["inspect", "bert"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("num_attention_heads not given"));
 

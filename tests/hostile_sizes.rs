@@ -1,24 +1,16 @@
 //! Sizes from users checked before memory is taken: each case below aborted the process (an
 //! allocation of hundreds of GB) or spawned thousands of threads before these checks.
 
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{attnopt, stderr};
+
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
-fn attnopt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attnopt"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("binary runs")
-}
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn refused(o: &Output, needles: &[&str]) {
     let e = stderr(o);

@@ -3,24 +3,15 @@
 //! written. Before these checks, the unsound rule below fired 6 times on fixtures/bert and
 //! wrote a model off by 1.34 (max-abs), exit 0.
 
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{attnopt, root, stderr};
+
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
-fn attnopt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attnopt"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("binary runs")
-}
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// A copy of `rules/` plus `extra` as `zz-user.rules`.
 fn rules_with(dir: &Path, extra: &str) -> PathBuf {

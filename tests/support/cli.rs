@@ -1,0 +1,33 @@
+//! Running the `attnopt` binary from integration tests: one copy of the helpers every CLI test
+//! file needs (included with `#[path = "support/cli.rs"] mod cli;`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root (fixtures, rules).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `attnopt ARGS` run in the repository root.
+pub fn attnopt(args: &[&str]) -> Output {
+    attnopt_in(&root(), args)
+}
+
+/// `attnopt ARGS` run in `dir`.
+pub fn attnopt_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attnopt"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("binary runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
