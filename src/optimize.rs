@@ -373,7 +373,7 @@ pub fn explain(
             ),
         }
     })?;
-    let (mut be, an, _) = attnopt_rewrite::optimize::prepare(g, b);
+    let (mut be, an, _) = attnopt_rewrite::egraph::prepare(g, b);
     if let Some(name) = conversion {
         let rule = rules
             .get(name)
@@ -386,6 +386,6 @@ pub fn explain(
         limits: opts.limits,
         ..Options::exact(&rules, target)
     };
-    attnopt_rewrite::optimize::explain(&be, an, &o)
+    attnopt_rewrite::explain::explain(&be, an, &o)
         .map_err(|e| Error::NotSupported(format!("explaining layer {layer}: {e}")))
 }

@@ -15,7 +15,7 @@ use crate::analysis::{Data, TypeAnalysis};
 use crate::block::BlockExpr;
 use crate::checked::type_instantiation;
 use crate::lang::TensorLang;
-use crate::optimize::egraph_of;
+use crate::egraph::{egraph_of, prepare};
 use crate::rules::{Body, Rule};
 
 /// A block expression with one subterm replaced by `rule`'s right side, or `None` if the rule
@@ -178,7 +178,7 @@ pub fn candidates(
                 "grouped-query attention: no {family} rule expresses it"
             ))
         } else {
-            let (be, an, _) = crate::optimize::prepare(g, b);
+            let (be, an, _) = prepare(g, b);
             family_rules
                 .iter()
                 .find(|r| apply_once(r, &be, &an).is_some())

@@ -6,6 +6,9 @@
 //! from outside (`in:k`, in first-use order) and its weights (`w:k`). Two layers whose
 //! expressions and leaf types are equal have the same [`BlockExpr::signature`], so one
 //! optimisation serves both.
+//!
+//! It translates only: it never rewrites or chooses between forms, and it never changes a
+//! node's `NodeMeta` other than to stamp the layer it is asked for.
 
 use std::collections::HashMap;
 

@@ -8,6 +8,8 @@
 //! from weights alone is precomputed once per model, so it costs a token epsilon (not zero, so
 //! extraction still prefers fewer weight-only nodes). Constants are this project's measured CPU
 //! facts (see docs/ARCHITECTURE.md); only ratios matter for extraction.
+//!
+//! It prices nodes only: it never looks at the e-graph's structure or decides what is extracted.
 
 use attnopt_ir::cost::{op_cost, Cost};
 use attnopt_ir::{Bindings, Op};

@@ -11,6 +11,9 @@
 //! ```
 //! A line starting with whitespace continues the rule above it. The format is described for
 //! rule writers in rules/README.md.
+//!
+//! The parser never runs a rule: it turns text into rules, and refuses duplicates and unknown
+//! names with the `file:line` at fault.
 
 use std::path::Path;
 
