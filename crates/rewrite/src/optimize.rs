@@ -19,8 +19,8 @@ use egg::{RecExpr, StopReason};
 use crate::analysis::TypeAnalysis;
 use crate::block::{self, Block, BlockExpr, Signature};
 use crate::cost::CostModel;
-use crate::egraph::{expr_cost, prepare, saturate, typecheck, Saturated};
 pub use crate::egraph::Limits;
+use crate::egraph::{expr_cost, prepare, saturate, typecheck, Saturated};
 use crate::lang::TensorLang;
 use crate::rules::{Kind, RuleSet};
 

@@ -10,8 +10,8 @@ use egg::{Id, Language, RecExpr};
 
 use crate::analysis::{Data, TypeAnalysis};
 use crate::cost::ir_cost;
-use crate::lang::TensorLang;
 use crate::egraph::typecheck;
+use crate::lang::TensorLang;
 use crate::optimize::Solution;
 
 /// Costs at one sequence length (batch 1).

@@ -186,6 +186,19 @@ impl RuleSet {
             .any(|r| r.name == name && matches!(r.body, Body::Code) && r.kind == Kind::Exact)
     }
 
+    /// The approximate rule families loaded (a rule `hydra-causal` is of family `hydra`), in
+    /// order of first appearance.
+    pub fn approx_families(&self) -> Vec<&str> {
+        let mut families: Vec<&str> = Vec::new();
+        for r in self.rules.iter().filter(|r| r.kind == Kind::Approx) {
+            let family = r.name.split('-').next().unwrap_or(&r.name);
+            if !families.contains(&family) {
+                families.push(family);
+            }
+        }
+        families
+    }
+
     /// Approximate rules of family `family` (`hydra` covers `hydra`, `hydra-causal`, ...).
     pub fn approx_family(&self, family: &str) -> Vec<&Rule> {
         self.rules

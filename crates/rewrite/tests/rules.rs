@@ -589,6 +589,8 @@ fn embedded_rule_kinds() {
             "hydra-causal-padded"
         ]
     );
+    // The families `optimize --allow` offers come from the loaded rules.
+    assert_eq!(rules.approx_families(), ["hydra"]);
     for (name, (kind, code)) in kinds {
         assert_eq!(kind == Kind::Approx, name.starts_with("hydra"), "{name}");
         if code {
