@@ -4,12 +4,14 @@
 //! and, when a conversion was not made, why.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
 use attnopt_ir::summary::attention_layers;
-use attnopt_ir::{interp, Bindings, Graph, Tensor};
+use attnopt_ir::{interp, AttentionFormula, Bindings, Graph, Tensor};
+use attnopt_rewrite::approx::Refusal;
 use attnopt_rewrite::optimize::Solution;
 use attnopt_rewrite::report::costs_at;
 use attnopt_rewrite::{Limits, Optimized, Options, RuleSet};
@@ -71,6 +73,64 @@ pub struct Optimization {
     pub report: Report,
 }
 
+/// Why a layer is not converted by an approximate rule. Its `Display` is the `reason` of the
+/// report (docs/CLI.md).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    /// A softmax layer, but no approximate family was allowed (`families`: those loaded).
+    NotAllowed { families: Vec<String> },
+    /// Not softmax, and no family was allowed: only exact rules apply.
+    ExactOnly { kind: AttentionFormula },
+    /// An allowed family has no rule for this layer.
+    Refused(Refusal),
+    /// The conversion does not make the layer cheaper at the target length.
+    DoesNotPay {
+        rule: String,
+        seq: usize,
+        before_s: f64,
+        after_s: f64,
+    },
+    /// With the layers already chosen, the final error would exceed the budget.
+    OverBudget { error: f64, budget: f64 },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NotAllowed { families } => match &families[..] {
+                [] => f.write_str("softmax; no approximate rule is loaded"),
+                [one] => write!(
+                    f,
+                    "softmax; approximate rule {one} not enabled (--allow {one})"
+                ),
+                [first, ..] => write!(
+                    f,
+                    "softmax; approximate rules {} not enabled (--allow {first})",
+                    families.join(", ")
+                ),
+            },
+            Reason::ExactOnly { kind } => write!(f, "{kind} attention; exact rules only"),
+            Reason::Refused(r) => write!(f, "{r}"),
+            Reason::DoesNotPay {
+                rule,
+                seq,
+                before_s,
+                after_s,
+            } => write!(
+                f,
+                "{rule} does not pay at N={seq} (estimated {:.3} ms → {:.3} ms)",
+                before_s * 1e3,
+                after_s * 1e3
+            ),
+            Reason::OverBudget { error, budget } => write!(
+                f,
+                "converting it (with the layers already chosen) would make the final error \
+                 {error:.3e} > budget {budget:.3e}"
+            ),
+        }
+    }
+}
+
 /// Runs `g` on `inputs` and compares every `layer.{i}` and `last_hidden_state` with `reference`.
 fn measure(
     g: &Graph,
@@ -107,10 +167,20 @@ pub fn optimize(
         Some(d) => (RuleSet::load_dir(d)?, d.display().to_string()),
         None => (RuleSet::embedded()?, "embedded".to_string()),
     };
+    let families: Vec<String> = rules
+        .approx_families()
+        .into_iter()
+        .map(String::from)
+        .collect();
     for family in &opts.allow {
         if rules.approx_family(family).is_empty() {
+            let has = if families.is_empty() {
+                "none".to_string()
+            } else {
+                families.join(", ")
+            };
             return Err(Error::NotSupported(format!(
-                "approximate rule family `{family}` (this build has: hydra)"
+                "approximate rule family `{family}` (this build has: {has})"
             )));
         }
     }
@@ -135,19 +205,20 @@ pub fn optimize(
     progress("saturating each distinct block with the exact rules");
     let exact = run(BTreeMap::new())?;
     let summaries = attention_layers(g, &Bindings::new(1, target));
-    let mut verdicts: BTreeMap<u32, Result<String, String>> = BTreeMap::new();
-    let not_enabled = |s: &attnopt_ir::summary::AttentionSummary| {
-        if s.kind == "softmax" {
-            "softmax; approximate rule hydra not enabled (--allow hydra)".to_string()
-        } else {
-            format!("{} attention; exact rules only", s.kind)
-        }
+    // Per layer: the approximate rule proposed, or why none is.
+    let mut verdicts: BTreeMap<u32, Result<String, Reason>> = BTreeMap::new();
+    let not_enabled = |s: &attnopt_ir::summary::AttentionSummary| match s.kind {
+        AttentionFormula::Softmax => Reason::NotAllowed {
+            families: families.clone(),
+        },
+        kind => Reason::ExactOnly { kind },
     };
     for s in &summaries {
         verdicts.insert(s.layer, Err(not_enabled(s)));
     }
     for family in &opts.allow {
         for (layer, v) in attnopt_rewrite::approx::candidates(g, &rules, family) {
+            let v = v.map_err(Reason::Refused);
             if v.is_ok() || matches!(verdicts.get(&layer), Some(Err(_))) {
                 verdicts.insert(layer, v);
             }
@@ -172,11 +243,12 @@ pub fn optimize(
             } else {
                 verdicts.insert(
                     *l,
-                    Err(format!(
-                        "{rule} does not pay at N={target} (estimated {:.3} ms → {:.3} ms)",
-                        before * 1e3,
-                        after * 1e3
-                    )),
+                    Err(Reason::DoesNotPay {
+                        rule: rule.clone(),
+                        seq: target,
+                        before_s: before,
+                        after_s: after,
+                    }),
                 );
             }
         }
@@ -253,7 +325,7 @@ pub fn optimize(
                             .relative
                     };
                     if err > budget {
-                        verdicts.insert(l, Err(format!("converting it (with the layers already chosen) would make the final error {err:.3e} > budget {budget:.3e}")));
+                        verdicts.insert(l, Err(Reason::OverBudget { error: err, budget }));
                     }
                     err <= budget
                 }
@@ -298,7 +370,7 @@ pub fn optimize(
             let converted = chosen.get(&s.layer).cloned();
             LayerReport {
                 layer: s.layer,
-                attention: s.kind.to_string(),
+                attention: s.kind,
                 heads: s.heads,
                 kv_heads: s.kv_heads,
                 head_dim: s.head_dim,
@@ -309,7 +381,7 @@ pub fn optimize(
                 reason: if converted.is_some() {
                     None
                 } else {
-                    verdict.and_then(|v| v.as_ref().err().cloned())
+                    verdict.and_then(|v| v.as_ref().err().map(Reason::to_string))
                 },
                 converted,
                 rules_fired: sol.map(|x| x.stats.rules_fired.clone()).unwrap_or_default(),
@@ -364,16 +436,17 @@ pub fn explain(
     };
     let target = opts.seqs.first().copied().unwrap_or(128);
     let (blocks, _) = attnopt_rewrite::block::blocks(g);
-    let b = blocks.iter().find(|b| b.layer == layer).ok_or_else(|| {
-        Error::Usage {
+    let b = blocks
+        .iter()
+        .find(|b| b.layer == layer)
+        .ok_or_else(|| Error::Usage {
             path: model.imported().dir.clone(),
             msg: format!(
                 "--explain {layer}: there is no layer {layer} (the model's layers are 0 to {})",
                 blocks.len().saturating_sub(1)
             ),
-        }
-    })?;
-    let (mut be, an, _) = attnopt_rewrite::optimize::prepare(g, b);
+        })?;
+    let (mut be, an, _) = attnopt_rewrite::egraph::prepare(g, b);
     if let Some(name) = conversion {
         let rule = rules
             .get(name)
@@ -386,6 +459,6 @@ pub fn explain(
         limits: opts.limits,
         ..Options::exact(&rules, target)
     };
-    attnopt_rewrite::optimize::explain(&be, an, &o)
+    attnopt_rewrite::explain::explain(&be, an, &o)
         .map_err(|e| Error::NotSupported(format!("explaining layer {layer}: {e}")))
 }

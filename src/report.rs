@@ -2,6 +2,7 @@
 //! rules that fired, costs before → after at each sequence length, and measured errors.
 //! Serialised as `report.json` (a stable schema for build pipelines) and rendered as text.
 
+use attnopt_ir::AttentionFormula;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -53,7 +54,7 @@ pub struct ErrorPair {
 pub struct LayerReport {
     pub layer: u32,
     /// The attention found in the original model (`softmax`, `hydra`, `linear-elu`, ...).
-    pub attention: String,
+    pub attention: AttentionFormula,
     pub heads: Option<usize>,
     pub kv_heads: Option<usize>,
     pub head_dim: Option<usize>,

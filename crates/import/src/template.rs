@@ -2,6 +2,7 @@
 //! graph under construction, and the model facts a template reports.
 
 use attnopt_ir::builder::{AttentionKind, Builder};
+use attnopt_ir::AttentionFormula;
 use attnopt_ir::{NodeId, Unary};
 
 use crate::checkpoint::Checkpoint;
@@ -95,25 +96,37 @@ pub fn graph_err(cfg: &Config) -> impl Fn(attnopt_ir::GraphError) -> ImportError
     }
 }
 
+/// config.json's spelling of an attention formula (`attnopt_attention`; absent: softmax).
+fn config_name(f: AttentionFormula) -> &'static str {
+    match f {
+        AttentionFormula::LinearElu => "linear_elu",
+        other => other.name(),
+    }
+}
+
 /// The layer attention formula from config.json's `attnopt_attention` (absent: softmax),
-/// refusing kinds the architecture's template does not build.
-pub fn attention_kind(cfg: &mut Config, allowed: &[&str]) -> Result<AttentionKind, ImportError> {
+/// refusing formulas the architecture's template does not build.
+pub fn attention_kind(
+    cfg: &mut Config,
+    allowed: &[AttentionFormula],
+) -> Result<AttentionKind, ImportError> {
     let name = cfg
         .str("attnopt_attention")
-        .unwrap_or("softmax")
+        .unwrap_or(config_name(AttentionFormula::Softmax))
         .to_string();
-    if !allowed.contains(&name.as_str()) {
+    let Some(&formula) = allowed.iter().find(|&&f| config_name(f) == name) else {
+        let names: Vec<&str> = allowed.iter().map(|&f| config_name(f)).collect();
         return Err(cfg.unsupported(format!(
             "attnopt_attention \"{name}\" for this architecture (it takes: {})",
-            allowed.join(", ")
+            names.join(", ")
         )));
-    }
-    Ok(match name.as_str() {
-        "hydra" => AttentionKind::Hydra,
-        "linear_elu" => AttentionKind::LinearElu {
+    };
+    Ok(match formula {
+        AttentionFormula::Hydra => AttentionKind::Hydra,
+        AttentionFormula::LinearElu => AttentionKind::LinearElu {
             eps: cfg.float("attnopt_linear_eps", 1.0, 1e-6)?,
         },
-        _ => AttentionKind::Softmax,
+        AttentionFormula::Softmax | AttentionFormula::Other => AttentionKind::Softmax,
     })
 }
 

@@ -30,6 +30,17 @@ pub enum AttentionKind {
     LinearElu { eps: f32 },
 }
 
+impl AttentionKind {
+    /// The formula without its parameters, as [`crate::summary`] recognises it in a graph.
+    pub fn formula(&self) -> crate::AttentionFormula {
+        match self {
+            AttentionKind::Softmax => crate::AttentionFormula::Softmax,
+            AttentionKind::Hydra => crate::AttentionFormula::Hydra,
+            AttentionKind::LinearElu { .. } => crate::AttentionFormula::LinearElu,
+        }
+    }
+}
+
 /// Self-attention over already-projected `q`, `k`, `v` (`[B, N, ·]`).
 #[derive(Debug, Clone, Copy)]
 pub struct Attention {

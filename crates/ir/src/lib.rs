@@ -32,5 +32,6 @@ pub use graph::{Graph, GraphError, Node, NodeId, WeightId};
 pub use meta::{NodeMeta, Role};
 pub use op::{Binary, Op, Reduce, RopeStyle, Scalar, Unary};
 pub use shape::{Bindings, Dim, Shape, Sym, BATCH, SEQ};
+pub use summary::AttentionFormula;
 pub use tensor::{broadcast_strides, strides, Data, LenMismatch, Tensor};
 pub use weight::{Storage, Weight, WeightError};

@@ -2,17 +2,58 @@
 //! it costs. Derived on demand (never stored), so it stays true after any rewrite.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use crate::cost::{node_cost, Cost};
 use crate::{Bindings, Graph, Op, Role};
+
+/// Which attention formula a layer computes: recognised from its nodes here, asked for by
+/// config.json at import ([`crate::builder::AttentionKind::formula`]), and carried as this type
+/// through rewriting and reports. Its text (`Display`, JSON) is the one spelling users see:
+/// `softmax`, `hydra`, `linear-elu`, `other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttentionFormula {
+    /// A softmax produces the attention probabilities.
+    Softmax,
+    /// Cosine kernel: q and k L2-normalised, no softmax.
+    Hydra,
+    /// Linear attention with the `elu(x)+1` kernel.
+    LinearElu,
+    /// Attention nodes, but none of the above.
+    Other,
+}
+
+impl AttentionFormula {
+    /// The name in reports (`linear-elu`, not config.json's `linear_elu`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionFormula::Softmax => "softmax",
+            AttentionFormula::Hydra => "hydra",
+            AttentionFormula::LinearElu => "linear-elu",
+            AttentionFormula::Other => "other",
+        }
+    }
+}
+
+impl serde::Serialize for AttentionFormula {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl fmt::Display for AttentionFormula {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
 
 /// What one layer's self-attention looks like.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AttentionSummary {
     pub layer: u32,
-    /// `"softmax"` when a softmax produces the attention probabilities; else the kernel:
-    /// `"hydra"` (cosine, L2-normalised q and k), `"linear-elu"` (elu+1); else `"other"`.
-    pub kind: &'static str,
+    /// Softmax when a softmax produces the attention probabilities; else the kernel: Hydra
+    /// (cosine, L2-normalised q and k), linear-elu (elu+1); else other.
+    pub kind: AttentionFormula,
     pub heads: Option<usize>,
     pub kv_heads: Option<usize>,
     pub head_dim: Option<usize>,
@@ -33,7 +74,7 @@ pub fn attention_layers(g: &Graph, b: &Bindings) -> Vec<AttentionSummary> {
         };
         let s = by_layer.entry(layer).or_insert_with(|| AttentionSummary {
             layer,
-            kind: "other",
+            kind: AttentionFormula::Other,
             heads: None,
             kv_heads: None,
             head_dim: None,
@@ -48,9 +89,13 @@ pub fn attention_layers(g: &Graph, b: &Bindings) -> Vec<AttentionSummary> {
                 s.head_dim = node.ty.shape.last().fixed();
             }
             (Op::SplitHeads { heads }, Role::KProj) => s.kv_heads = Some(*heads),
-            (Op::Softmax { .. }, Role::AttnProbs) => s.kind = "softmax",
-            (Op::L2Normalize { .. }, _) if s.kind == "other" => s.kind = "hydra",
-            (Op::Unary(crate::Unary::Elu), _) if s.kind == "other" => s.kind = "linear-elu",
+            (Op::Softmax { .. }, Role::AttnProbs) => s.kind = AttentionFormula::Softmax,
+            (Op::L2Normalize { .. }, _) if s.kind == AttentionFormula::Other => {
+                s.kind = AttentionFormula::Hydra
+            }
+            (Op::Unary(crate::Unary::Elu), _) if s.kind == AttentionFormula::Other => {
+                s.kind = AttentionFormula::LinearElu
+            }
             (Op::CausalMask | Op::Tril, _) => s.causal = true,
             (Op::PaddingMask, _) => s.padding_mask = true,
             (Op::Rope { .. }, _) => s.rope = true,

@@ -485,14 +485,14 @@ fn attention_summary_of_builder_graph() {
     assert_eq!(layers.len(), 2);
     let (l0, l1) = (&layers[0], &layers[1]);
     assert_eq!(l0.layer, 0);
-    assert_eq!(l0.kind, "softmax");
+    assert_eq!(l0.kind, attnopt_ir::AttentionFormula::Softmax);
     assert_eq!(
         (l0.heads, l0.kv_heads, l0.head_dim),
         (Some(4), Some(2), Some(2))
     );
     assert!(l0.causal && l0.padding_mask && l0.rope);
     assert_eq!(l1.layer, 1);
-    assert_eq!(l1.kind, "softmax");
+    assert_eq!(l1.kind, attnopt_ir::AttentionFormula::Softmax);
     assert_eq!(
         (l1.heads, l1.kv_heads, l1.head_dim),
         (Some(2), Some(1), Some(4))

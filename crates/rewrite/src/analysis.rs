@@ -5,11 +5,13 @@
 //! shapes: that is recorded in [`TypeAnalysis::conflicts`] and makes the optimizer fall back to
 //! the original block. Rules cannot normally get there: [`crate::checked`] type-checks every
 //! right-hand side before it is added.
+//!
+//! It never adds nodes or unions classes; it only describes them.
 
 use attnopt_ir::infer::{infer, Typed};
 use egg::{Analysis, DidMerge, EGraph, Id};
 
-use crate::lang::{decode, signature, Attr, TensorLang};
+use crate::lang::{Attr, TensorLang};
 
 /// What an e-class is.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,32 +77,18 @@ pub fn type_node(an: &TypeAnalysis, node: &TensorLang, child: &dyn Fn(Id) -> Dat
             },
             None => Data::Invalid(format!("no weight w:{k}")),
         },
-        TensorLang::Op(name, children) => {
-            let Some((n_attrs, _)) = signature(name.as_str()) else {
-                return Data::Invalid(format!("unknown operator {name}"));
+        TensorLang::Op(name, _) => {
+            let (op, operands) = match node.decode_op(|c| child(c).attr().cloned()) {
+                Ok(decoded) => decoded,
+                Err(e) => return Data::Invalid(e.to_string()),
             };
-            let data: Vec<Data> = children.iter().map(|&c| child(c)).collect();
-            let mut attrs = Vec::with_capacity(n_attrs);
-            for d in data.iter().take(n_attrs) {
-                match d {
-                    Data::Attr(a) => attrs.push(a.clone()),
-                    _ => {
-                        return Data::Invalid(format!(
-                            "{name}: an attribute position holds a tensor"
-                        ))
-                    }
-                }
-            }
-            let Some(op) = decode(name.as_str(), &attrs) else {
-                return Data::Invalid(format!("{name}: attributes do not fit"));
-            };
-            let mut tys = Vec::with_capacity(data.len() - n_attrs);
+            let mut tys = Vec::with_capacity(operands.len());
             let mut weight_only = true;
-            for d in &data[n_attrs..] {
-                match d {
+            for &c in operands {
+                match child(c) {
                     Data::Value { ty, weight_only: w } => {
-                        tys.push(ty.clone());
-                        weight_only &= *w;
+                        tys.push(ty);
+                        weight_only &= w;
                     }
                     _ => return Data::Invalid(format!("{name}: an operand is not a tensor")),
                 }

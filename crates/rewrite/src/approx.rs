@@ -8,14 +8,14 @@
 
 use std::collections::HashMap;
 
-use attnopt_ir::Role;
+use attnopt_ir::{AttentionFormula, Role};
 use egg::{ENodeOrVar, Id, Language, RecExpr, Searcher};
 
 use crate::analysis::{Data, TypeAnalysis};
 use crate::block::BlockExpr;
 use crate::checked::type_instantiation;
+use crate::egraph::{egraph_of, prepare};
 use crate::lang::TensorLang;
-use crate::optimize::egraph_of;
 use crate::rules::{Body, Rule};
 
 /// A block expression with one subterm replaced by `rule`'s right side, or `None` if the rule
@@ -142,48 +142,56 @@ pub fn compact_at(
     (out, out_roles)
 }
 
-/// For each layer with attention: the first rule of `family` that applies, or why none does.
+/// Why no rule of an approximate family converts a layer. Its `Display` is the reason the
+/// report gives.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the layer is not a single-output block")]
+    NotABlock,
+    #[error("no approximate rule named {family} or {family}-* is loaded")]
+    NoRule { family: String },
+    #[error("{kind} attention, not softmax: nothing to approximate")]
+    NotSoftmax { kind: AttentionFormula },
+    #[error("softmax with rotary embeddings: no {family} rule expresses it")]
+    Rotary { family: String },
+    #[error("grouped-query attention: no {family} rule expresses it")]
+    GroupedQuery { family: String },
+    #[error("softmax attention in a layout no {family} rule matches")]
+    NoMatch { family: String },
+}
+
+/// For each layer with attention: the name of the first rule of `family` that applies, or why
+/// none does.
 pub fn candidates(
     g: &attnopt_ir::Graph,
     rules: &crate::RuleSet,
     family: &str,
-) -> Vec<(u32, Result<String, String>)> {
+) -> Vec<(u32, Result<String, Refusal>)> {
     let summaries = attnopt_ir::summary::attention_layers(g, &attnopt_ir::Bindings::new(1, 1));
     let family_rules = rules.approx_family(family);
     let (blocks, _) = crate::block::blocks(g);
+    let family = || family.to_string();
     let mut out = Vec::new();
     for s in summaries {
         let Some(b) = blocks.iter().find(|b| b.layer == s.layer) else {
-            out.push((
-                s.layer,
-                Err("the layer is not a single-output block".to_string()),
-            ));
+            out.push((s.layer, Err(Refusal::NotABlock)));
             continue;
         };
         let verdict = if family_rules.is_empty() {
-            Err(format!(
-                "no approximate rule named {family} or {family}-* is loaded"
-            ))
-        } else if s.kind != "softmax" {
-            Err(format!(
-                "{} attention, not softmax: nothing to approximate",
-                s.kind
-            ))
+            Err(Refusal::NoRule { family: family() })
+        } else if s.kind != AttentionFormula::Softmax {
+            Err(Refusal::NotSoftmax { kind: s.kind })
         } else if s.rope {
-            Err(format!(
-                "softmax with rotary embeddings: no {family} rule expresses it"
-            ))
+            Err(Refusal::Rotary { family: family() })
         } else if s.kv_heads != s.heads {
-            Err(format!(
-                "grouped-query attention: no {family} rule expresses it"
-            ))
+            Err(Refusal::GroupedQuery { family: family() })
         } else {
-            let (be, an, _) = crate::optimize::prepare(g, b);
+            let (be, an, _) = prepare(g, b);
             family_rules
                 .iter()
                 .find(|r| apply_once(r, &be, &an).is_some())
                 .map(|r| r.name.clone())
-                .ok_or_else(|| format!("softmax attention in a layout no {family} rule matches"))
+                .ok_or_else(|| Refusal::NoMatch { family: family() })
         };
         out.push((s.layer, verdict));
     }

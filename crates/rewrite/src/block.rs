@@ -6,6 +6,9 @@
 //! from outside (`in:k`, in first-use order) and its weights (`w:k`). Two layers whose
 //! expressions and leaf types are equal have the same [`BlockExpr::signature`], so one
 //! optimisation serves both.
+//!
+//! It translates only: it never rewrites or chooses between forms, and it never changes a
+//! node's `NodeMeta` other than to stamp the layer it is asked for.
 
 use std::collections::HashMap;
 
@@ -13,7 +16,7 @@ use attnopt_ir::infer::Typed;
 use attnopt_ir::{Dim, Graph, GraphError, NodeId, NodeMeta, Op, Role, Shape, Sym};
 use egg::{Id, RecExpr};
 
-use crate::lang::{decode, encode, signature, Attr, TensorLang};
+use crate::lang::{encode, Attr, TensorLang};
 
 /// One layer of a graph.
 #[derive(Debug, Clone)]
@@ -242,28 +245,22 @@ pub fn instantiate(
             TensorLang::Attr(_) => None,
             TensorLang::Input(k) => Some(inputs[*k as usize]),
             TensorLang::Weight(k) => Some(weights[*k as usize]),
-            TensorLang::Op(name, children) => {
-                let (n_attrs, _) = signature(name.as_str()).expect("extracted operators are known");
-                let attrs: Vec<Attr> = children[..n_attrs]
-                    .iter()
-                    .map(|c| match &nodes[usize::from(*c)] {
-                        TensorLang::Attr(Attr::Dims(d)) if seq.is_some() => Attr::Dims(
+            TensorLang::Op(..) => {
+                let (op, operands) = node
+                    .decode_op(|c| match &nodes[usize::from(c)] {
+                        TensorLang::Attr(Attr::Dims(d)) if seq.is_some() => Some(Attr::Dims(
                             d.iter()
                                 .map(|&x| match (x, seq) {
                                     (Dim::Sym(Sym::Seq), Some(t)) => Dim::Fixed(t),
                                     _ => x,
                                 })
                                 .collect(),
-                        ),
-                        TensorLang::Attr(a) => a.clone(),
-                        _ => unreachable!(
-                            "attribute positions hold attributes (checked by the analysis)"
-                        ),
+                        )),
+                        TensorLang::Attr(a) => Some(a.clone()),
+                        _ => None,
                     })
-                    .collect();
-                let op = decode(name.as_str(), &attrs)
-                    .expect("extracted attributes decode (checked by the analysis)");
-                let operands: Vec<NodeId> = children[n_attrs..]
+                    .expect("extracted operators decode (checked by the analysis)");
+                let operands: Vec<NodeId> = operands
                     .iter()
                     .map(|c| made[usize::from(*c)].expect("operands are tensors"))
                     .collect();

@@ -2,6 +2,8 @@
 //! right-hand side *before* adding anything (as Tensat's `CheckApply` does) and refuses an
 //! instantiation whose type differs from the matched class's. An unsound or ill-shaped rule
 //! therefore cannot put a wrong equality into the e-graph.
+//!
+//! It never adds a node before the whole right side has type-checked.
 
 use egg::{Applier, EGraph, ENodeOrVar, Id, Pattern, PatternAst, Subst, Symbol, Var};
 

@@ -1,6 +1,8 @@
 //! Exact rules whose matching needs code. Rule files reference them by name
 //! (`exact qkv-fusion: code`); the optimizer applies each once, before saturation, so they
 //! cannot feed on their own results (no fused-of-fused products).
+//!
+//! A code rule is exact: it never unites classes whose types differ, and never approximates.
 
 use std::collections::BTreeMap;
 

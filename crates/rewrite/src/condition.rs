@@ -1,5 +1,7 @@
 //! The condition predicates a rule may put after `if`: a fixed vocabulary over the analysis
 //! data of matched variables (documented in rules/README.md).
+//!
+//! A condition only reads the e-graph: it never adds nodes or unions classes.
 
 use egg::{EGraph, Id, Subst, Var};
 

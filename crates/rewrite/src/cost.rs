@@ -8,13 +8,15 @@
 //! from weights alone is precomputed once per model, so it costs a token epsilon (not zero, so
 //! extraction still prefers fewer weight-only nodes). Constants are this project's measured CPU
 //! facts (see docs/ARCHITECTURE.md); only ratios matter for extraction.
+//!
+//! It prices nodes only: it never looks at the e-graph's structure or decides what is extracted.
 
 use attnopt_ir::cost::{op_cost, Cost};
 use attnopt_ir::{Bindings, Op};
 use egg::Id;
 
 use crate::analysis::Data;
-use crate::lang::{decode, signature, TensorLang};
+use crate::lang::TensorLang;
 
 /// CPU constants (2 threads, f32): ~200 GFLOP/s in matrix products, ~15 GB/s from RAM.
 #[derive(Debug, Clone, Copy)]
@@ -73,18 +75,10 @@ pub fn ir_cost(
     child: &dyn Fn(Id) -> Data,
     b: &Bindings,
 ) -> Option<(Op, Cost)> {
-    let TensorLang::Op(name, children) = node else {
-        return None;
-    };
     let ty = own.ty()?;
-    let (n_attrs, _) = signature(name.as_str())?;
-    let data: Vec<Data> = children.iter().map(|&c| child(c)).collect();
-    let attrs: Vec<_> = data[..n_attrs]
-        .iter()
-        .filter_map(|d| d.attr().cloned())
-        .collect();
-    let op = decode(name.as_str(), &attrs)?;
-    let operands: Vec<_> = data[n_attrs..]
+    let (op, operands) = node.decode_op(|c| child(c).attr().cloned()).ok()?;
+    let operands: Vec<Data> = operands.iter().map(|&c| child(c)).collect();
+    let operands: Vec<_> = operands
         .iter()
         .filter_map(|d| d.ty())
         .map(|t| (&t.shape, t.dtype.size()))

@@ -7,6 +7,8 @@
 //! and a node whose dependency set contains its own class is skipped, so no cycle is extracted.
 //! A local search then revisits the extracted DAG one class at a time ([`improve`]), since the
 //! greedy pass fixes a class's choice before it knows which values its users will share.
+//!
+//! Extraction only reads the e-graph: it never adds nodes or unions classes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;

@@ -6,7 +6,11 @@
 //! `(permute d:0.1.3.2 x)`. Rules can then bind attributes to pattern variables and move them.
 //! A block's external values are `in:k` leaves and its weights `w:k` leaves.
 //!
-//! [`encode`] and [`decode`] are the only translation between `ir::Op` and this language.
+//! [`encode`] and [`decode`] are the only translation between `ir::Op` and this language, and
+//! [`TensorLang::decode_op`] the only place an operator e-node is split into its operator
+//! (attributes decoded) and operands.
+//!
+//! This module knows the language only: it never types, costs or rewrites a node.
 
 use std::fmt;
 use std::str::FromStr;
@@ -177,6 +181,39 @@ impl egg::FromOp for TensorLang {
             )));
         }
         Ok(TensorLang::Op(Symbol::from(op), children))
+    }
+}
+
+/// Why an e-node is not a decodable ir operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("not an operator")]
+    Leaf,
+    #[error("unknown operator {0}")]
+    Unknown(Symbol),
+    #[error("{0}: an attribute position holds a tensor")]
+    AttrIsTensor(Symbol),
+    #[error("{0}: attributes do not fit")]
+    AttrsMisfit(Symbol),
+}
+
+impl TensorLang {
+    /// An operator e-node as its ir operator (attributes decoded) and its operand children.
+    /// `attr(c)` is the value of attribute child `c`, or `None` if `c` is not an attribute.
+    pub fn decode_op(&self, attr: impl Fn(Id) -> Option<Attr>) -> Result<(Op, &[Id]), NodeError> {
+        let TensorLang::Op(name, children) = self else {
+            return Err(NodeError::Leaf);
+        };
+        let (n_attrs, _) = signature(name.as_str()).ok_or(NodeError::Unknown(*name))?;
+        let (attr_ids, operands) = children
+            .split_at_checked(n_attrs)
+            .ok_or(NodeError::AttrsMisfit(*name))?;
+        let attrs = attr_ids
+            .iter()
+            .map(|&c| attr(c).ok_or(NodeError::AttrIsTensor(*name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let op = decode(name.as_str(), &attrs).ok_or(NodeError::AttrsMisfit(*name))?;
+        Ok((op, operands))
     }
 }
 

@@ -6,9 +6,17 @@
 //!   predicates a rule may test; [`checked`] — the applier that type-checks every right side;
 //!   [`code_rules`] — rules that need code (Q/K/V fusion);
 //! * [`block`] — graphs cut into per-layer blocks, and stamped back;
+//! * [`egraph`] — a block as an e-graph problem: prepared, type-checked, costed, built and
+//!   saturated (shared by every pass below);
 //! * [`cost`] and [`extract`] — the sequence-length-aware cost model and DAG-aware extraction;
-//! * [`optimize`] — the exact optimizer; [`approx`] — approximate rules applied per layer;
+//!   [`roles`] — roles of an extracted expression's nodes;
+//! * [`optimize`] — the exact optimizer; [`explain`] — how a block was rewritten, rule by rule;
+//! * [`approx`] — approximate rules applied per layer; [`report`] — per-layer costs at any N;
 //! * [`soundness`] — exact rules checked numerically on a model's own layers (users' rules).
+//!
+//! Modules depend one way, each on those listed before it (the shared tools' `modcycles` lists
+//! any loop): `lang` ← `analysis` ← `egraph` ← `approx` ← `optimize` ← `explain`, `report`;
+//! `soundness` uses `egraph` and `approx`.
 //!
 //! Depends on `attnopt-ir` only.
 
@@ -19,10 +27,13 @@ pub mod checked;
 pub mod code_rules;
 pub mod condition;
 pub mod cost;
+pub mod egraph;
+pub mod explain;
 pub mod extract;
 pub mod lang;
 pub mod optimize;
 pub mod report;
+pub mod roles;
 pub mod rules;
 pub mod soundness;
 

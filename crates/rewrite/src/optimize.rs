@@ -4,37 +4,25 @@
 //! Limits (nodes, iterations, time) bound each saturation. Hitting the node or time limit means
 //! the rules blew up: the block keeps its original form and the report says why. Hitting the
 //! iteration limit is normal for rules that keep finding work; the best form found is used.
+//!
+//! Only exact rules run here: an approximate conversion is applied before, by
+//! [`crate::approx::apply_once`], never inside an e-graph. Building and saturating a block is
+//! [`crate::egraph`]'s; explaining a result is [`crate::explain`]'s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use attnopt_ir::{Graph, GraphError, NodeId, Role};
-use egg::{EGraph, Id, Language, RecExpr, Runner, StopReason};
+use egg::{RecExpr, StopReason};
 
-use crate::analysis::{type_node, Data, TypeAnalysis};
+use crate::analysis::TypeAnalysis;
 use crate::block::{self, Block, BlockExpr, Signature};
 use crate::cost::CostModel;
+pub use crate::egraph::Limits;
+use crate::egraph::{expr_cost, prepare, saturate, typecheck, Saturated};
 use crate::lang::TensorLang;
-use crate::rules::{Body, Kind, RuleSet};
-
-/// Bounds on one block's saturation.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct Limits {
-    pub nodes: usize,
-    pub iterations: usize,
-    pub time: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            nodes: 20_000,
-            iterations: 15,
-            time: Duration::from_secs(10),
-        }
-    }
-}
+use crate::rules::{Kind, RuleSet};
 
 /// What one block's optimisation did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -113,109 +101,6 @@ pub enum OptimizeError {
     },
 }
 
-/// Types every node of `expr`; `None` if any node is ill-typed.
-pub fn typecheck(expr: &RecExpr<TensorLang>, an: &TypeAnalysis) -> Option<Vec<Data>> {
-    let mut done: Vec<Data> = Vec::with_capacity(expr.len());
-    for node in expr.as_ref() {
-        let d = type_node(an, node, &|c: Id| done[usize::from(c)].clone());
-        if matches!(d, Data::Invalid(_)) {
-            return None;
-        }
-        done.push(d);
-    }
-    Some(done)
-}
-
-/// Estimated cost of `expr` as it stands (each node once).
-pub fn expr_cost(expr: &RecExpr<TensorLang>, data: &[Data], model: &CostModel) -> f64 {
-    expr.as_ref()
-        .iter()
-        .enumerate()
-        .map(|(i, n)| model.node_cost(n, &data[i], &|c: Id| data[usize::from(c)].clone()))
-        .sum()
-}
-
-/// The block's expression and analysis, with the token axis symbolic when that type-checks.
-pub fn prepare(g: &Graph, b: &Block) -> (BlockExpr, TypeAnalysis, bool) {
-    let analysis = |be: &BlockExpr| TypeAnalysis {
-        inputs: be.input_types.clone(),
-        weights: be.weight_types.clone(),
-        conflicts: vec![],
-    };
-    let be = block::to_expr(g, b, true);
-    let an = analysis(&be);
-    let generalised = b
-        .inputs
-        .iter()
-        .zip(&be.input_types)
-        .any(|(&i, t)| g.node(i).ty != *t);
-    if !generalised || typecheck(&be.expr, &an).is_some() {
-        return (be, an, generalised);
-    }
-    let be = block::to_expr(g, b, false);
-    let an = analysis(&be);
-    (be, an, false)
-}
-
-/// Builds the e-graph of `be`, returning it with the class of each expression node.
-pub fn egraph_of(
-    be: &BlockExpr,
-    an: TypeAnalysis,
-    explain: bool,
-) -> (EGraph<TensorLang, TypeAnalysis>, Vec<Id>) {
-    let mut eg = EGraph::new(an);
-    if explain {
-        eg = eg.with_explanations_enabled();
-    }
-    let mut ids: Vec<Id> = Vec::with_capacity(be.expr.len());
-    for node in be.expr.as_ref() {
-        let n = node.clone().map_children(|c| ids[usize::from(c)]);
-        ids.push(eg.add(n));
-    }
-    eg.rebuild();
-    (eg, ids)
-}
-
-type Saturated = (
-    Runner<TensorLang, TypeAnalysis>,
-    Vec<Id>,
-    Vec<(String, crate::code_rules::Groups)>,
-);
-
-/// Builds `be`'s e-graph, applies the code rules (when asked) and saturates with the exact
-/// pattern rules. Returns the runner, the class of each expression node, and what each code
-/// rule united.
-fn saturate(
-    be: &BlockExpr,
-    an: &TypeAnalysis,
-    code_rules: bool,
-    explain: bool,
-    opts: &Options,
-) -> Result<Saturated, String> {
-    let (mut eg, ids) = egraph_of(be, an.clone(), explain);
-    let mut fired = Vec::new();
-    if code_rules {
-        for rule in opts
-            .rules
-            .rules
-            .iter()
-            .filter(|r| r.kind == Kind::Exact && matches!(r.body, Body::Code))
-        {
-            let groups = crate::code_rules::apply(&rule.name, &mut eg);
-            if !groups.is_empty() {
-                fired.push((rule.name.clone(), groups));
-            }
-        }
-    }
-    let runner = Runner::default()
-        .with_egraph(eg)
-        .with_node_limit(opts.limits.nodes)
-        .with_iter_limit(opts.limits.iterations)
-        .with_time_limit(opts.limits.time)
-        .run(&opts.rules.exact_rewrites());
-    Ok((runner, ids, fired))
-}
-
 /// One saturation + extraction. `Err` carries why the input should be kept as it is.
 fn phase(
     be: &BlockExpr,
@@ -226,7 +111,8 @@ fn phase(
 ) -> Result<(RecExpr<TensorLang>, Vec<Option<Role>>, f64), String> {
     let model = CostModel::at_seq(opts.seq);
     let t0 = Instant::now();
-    let (runner, ids, fired) = saturate(be, an, code_rules, false, opts)?;
+    let Saturated { runner, ids, fired } =
+        saturate(be, an, opts.rules, opts.limits, code_rules, false);
     for (name, groups) in &fired {
         *stats.rules_fired.entry(name.clone()).or_insert(0) +=
             groups.iter().map(Vec::len).sum::<usize>();
@@ -283,61 +169,7 @@ fn phase(
         }
     }
     stats.extract_ms += t1.elapsed().as_secs_f64() * 1e3;
-    // Roles. A class holding an original node keeps its role. A new node computed from weights
-    // takes its first operand's role; one with such an operand (a projection) takes that role;
-    // anything else takes its user's role.
-    let eg = &runner.egraph;
-    let mut class_role: HashMap<Id, Role> = HashMap::new();
-    for (i, &c) in ids.iter().enumerate() {
-        if let Some(r) = be.roles[i] {
-            class_role.entry(eg.find(c)).or_insert(r);
-        }
-    }
-    let nodes = ex.expr.as_ref();
-    let weight_only: Vec<bool> = ex
-        .classes
-        .iter()
-        .map(|c| eg[*c].data.weight_only())
-        .collect();
-    let mut roles: Vec<Option<Role>> = ex
-        .classes
-        .iter()
-        .map(|c| class_role.get(&eg.find(*c)).copied())
-        .collect();
-    for i in 0..nodes.len() {
-        if roles[i].is_none() && matches!(nodes[i], TensorLang::Op(..)) {
-            let children = nodes[i].children();
-            roles[i] = if weight_only[i] {
-                // Weights of several projections joined (fused Q/K/V) belong to all of them.
-                let mut rs: Vec<Role> = children
-                    .iter()
-                    .filter_map(|&c| roles[usize::from(c)])
-                    .collect();
-                rs.dedup();
-                let qkv =
-                    |r: &Role| matches!(r, Role::QProj | Role::KProj | Role::VProj | Role::QkvProj);
-                if rs.len() > 1 && rs.iter().all(qkv) {
-                    Some(Role::QkvProj)
-                } else {
-                    rs.first().copied()
-                }
-            } else {
-                children
-                    .iter()
-                    .filter(|&&c| weight_only[usize::from(c)])
-                    .find_map(|&c| roles[usize::from(c)])
-            };
-        }
-    }
-    for i in (0..nodes.len()).rev() {
-        let r = roles[i];
-        for &c in nodes[i].children() {
-            let slot = &mut roles[usize::from(c)];
-            if slot.is_none() && matches!(nodes[usize::from(c)], TensorLang::Op(..)) {
-                *slot = r;
-            }
-        }
-    }
+    let roles = crate::roles::infer(&runner.egraph, &ids, &be.roles, &ex);
     Ok((ex.expr, roles, cost))
 }
 
@@ -513,81 +345,4 @@ pub fn rebuild(
         out.set_output(name, map[id])?;
     }
     Ok(out)
-}
-
-/// The egg explanation of how block `be` was rewritten into its optimised form, phase by
-/// phase: one line per step, each naming the rule that justifies it (code rules included).
-/// Saturates again with explanations on, so use it for one layer at a time.
-pub fn explain(be: &BlockExpr, an: TypeAnalysis, opts: &Options) -> Result<Vec<String>, String> {
-    let model = CostModel::at_seq(opts.seq);
-    let mut lines = Vec::new();
-    let mut current = BlockExpr {
-        expr: be.expr.clone(),
-        roles: be.roles.clone(),
-        input_types: be.input_types.clone(),
-        weight_types: be.weight_types.clone(),
-    };
-    for (code_rules, title) in [
-        (false, "phase 1: pattern rules"),
-        (true, "phase 2: code rules, then pattern rules"),
-    ] {
-        let (mut runner, ids, _) = saturate(&current, &an, code_rules, true, opts)?;
-        let root = *ids.last().ok_or("empty block")?;
-        let ex = crate::extract::extract(&runner.egraph, root, &model, &HashMap::new())
-            .ok_or("extraction found no acyclic form")?;
-        lines.push(format!("# {title}"));
-        let mut explanation = runner.explain_equivalence(&current.expr, &ex.expr);
-        let flat = explanation.make_flat_explanation().clone();
-        for w in flat.windows(2) {
-            if let Some((rule, path, forward)) = rewrite_site(&w[1]) {
-                let (before, after) = (subterm(&w[0], &path), subterm(&w[1], &path));
-                let dir = if forward { "" } else { " (backwards)" };
-                lines.push(format!(
-                    "{rule}{dir}: {}  =>  {}",
-                    shorten(&before),
-                    shorten(&after)
-                ));
-            }
-        }
-        current.roles = vec![None; ex.expr.len()];
-        current.expr = ex.expr;
-    }
-    Ok(lines)
-}
-
-/// The rule, the path (child indices from the root) and the direction of the one rewrite a
-/// flat explanation step records.
-fn rewrite_site(t: &egg::FlatTerm<TensorLang>) -> Option<(String, Vec<usize>, bool)> {
-    if let Some(r) = t.forward_rule {
-        return Some((r.to_string(), vec![], true));
-    }
-    if let Some(r) = t.backward_rule {
-        return Some((r.to_string(), vec![], false));
-    }
-    t.children.iter().enumerate().find_map(|(i, c)| {
-        rewrite_site(c).map(|(r, mut p, f)| {
-            p.insert(0, i);
-            (r, p, f)
-        })
-    })
-}
-
-/// The subterm at `path`, printed without rewrite annotations.
-fn subterm(t: &egg::FlatTerm<TensorLang>, path: &[usize]) -> String {
-    match path.split_first() {
-        Some((&i, rest)) => t
-            .children
-            .get(i)
-            .map_or_else(String::new, |c| subterm(c, rest)),
-        None => t.remove_rewrites().to_string(),
-    }
-}
-
-fn shorten(s: &str) -> String {
-    const MAX: usize = 240;
-    if s.chars().count() <= MAX {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(MAX).collect::<String>())
-    }
 }

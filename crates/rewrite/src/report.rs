@@ -1,6 +1,8 @@
 //! Per-layer cost figures for reports: FLOPs and bytes of a block before and after
 //! optimisation at any sequence length, in total and for the attention core (scores through
 //! context, i.e. what Hydra replaces; projections are counted in the total only).
+//!
+//! It only measures: it never changes a solution or the graph.
 
 use attnopt_ir::cost::Cost;
 use attnopt_ir::{Bindings, Role};
@@ -8,8 +10,9 @@ use egg::{Id, Language, RecExpr};
 
 use crate::analysis::{Data, TypeAnalysis};
 use crate::cost::ir_cost;
+use crate::egraph::typecheck;
 use crate::lang::TensorLang;
-use crate::optimize::{typecheck, Solution};
+use crate::optimize::Solution;
 
 /// Costs at one sequence length (batch 1).
 #[derive(Debug, Clone, Copy, serde::Serialize)]

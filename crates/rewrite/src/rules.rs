@@ -11,6 +11,9 @@
 //! ```
 //! A line starting with whitespace continues the rule above it. The format is described for
 //! rule writers in rules/README.md.
+//!
+//! The parser never runs a rule: it turns text into rules, and refuses duplicates and unknown
+//! names with the `file:line` at fault.
 
 use std::path::Path;
 
@@ -181,6 +184,19 @@ impl RuleSet {
         self.rules
             .iter()
             .any(|r| r.name == name && matches!(r.body, Body::Code) && r.kind == Kind::Exact)
+    }
+
+    /// The approximate rule families loaded (a rule `hydra-causal` is of family `hydra`), in
+    /// order of first appearance.
+    pub fn approx_families(&self) -> Vec<&str> {
+        let mut families: Vec<&str> = Vec::new();
+        for r in self.rules.iter().filter(|r| r.kind == Kind::Approx) {
+            let family = r.name.split('-').next().unwrap_or(&r.name);
+            if !families.contains(&family) {
+                families.push(family);
+            }
+        }
+        families
     }
 
     /// Approximate rules of family `family` (`hydra` covers `hydra`, `hydra-causal`, ...).

@@ -18,7 +18,7 @@ use attnopt_ir::{interp, Bindings, DType, Graph, Role, Tensor};
 
 use crate::approx::apply_once;
 use crate::block::{self, Block, BlockExpr};
-use crate::optimize::{prepare, typecheck};
+use crate::egraph::{prepare, typecheck};
 use crate::rules::{Body, Kind, Rule, RuleError, RuleSet};
 
 /// Batch and token count of the checks.

@@ -18,7 +18,7 @@ use attnopt_ir::{
 };
 use attnopt_rewrite::condition::{Condition, Int};
 use attnopt_rewrite::rules::{Body, Kind, Rule};
-use attnopt_rewrite::{approx, block, optimize, Limits, Options, RuleError, RuleSet};
+use attnopt_rewrite::{approx, block, egraph, optimize, Limits, Options, RuleError, RuleSet};
 
 const B: Dim = Dim::Sym(Sym::Batch);
 const N: Dim = Dim::Sym(Sym::Seq);
@@ -439,12 +439,12 @@ fn apply_pattern_rule(rule: &Rule, g: &Graph) -> (String, String, Graph) {
     let (blocks, bad) = block::blocks(g);
     assert!(bad.is_empty() && blocks.len() == 1, "one block expected");
     let b = &blocks[0];
-    let (be, an, generalised) = optimize::prepare(g, b);
+    let (be, an, generalised) = egraph::prepare(g, b);
     assert!(!generalised, "start graphs use symbolic token axes");
     let new = approx::apply_once(rule, &be, &an)
         .unwrap_or_else(|| panic!("rule `{}` does not match its start graph", rule.name));
     assert!(
-        optimize::typecheck(&new.expr, &an).is_some(),
+        egraph::typecheck(&new.expr, &an).is_some(),
         "the rewritten expression does not type-check"
     );
     // The graph outside the block (inputs and weights only), then the block.
@@ -589,6 +589,8 @@ fn embedded_rule_kinds() {
             "hydra-causal-padded"
         ]
     );
+    // The families `optimize --allow` offers come from the loaded rules.
+    assert_eq!(rules.approx_families(), ["hydra"]);
     for (name, (kind, code)) in kinds {
         assert_eq!(kind == Kind::Approx, name.starts_with("hydra"), "{name}");
         if code {

@@ -1,7 +1,7 @@
 //! BERT: post-norm encoder (`BertModel` names; `bert.` prefix accepted).
 
 use attnopt_ir::builder::{Attention, WeightLayout::OutIn};
-use attnopt_ir::{DType, Role, Shape, BATCH, SEQ};
+use attnopt_ir::{AttentionFormula, DType, Role, Shape, BATCH, SEQ};
 
 use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
 use crate::checkpoint::Checkpoint;
@@ -50,7 +50,7 @@ pub fn build(
     let eps = cfg.float("layer_norm_eps", 1.0, 1e-12)?;
     let act_name = cfg.string("hidden_act", "gelu");
     let act = activation(cfg, &act_name)?;
-    let kind = attention_kind(cfg, &["softmax"])?;
+    let kind = attention_kind(cfg, &[AttentionFormula::Softmax])?;
     match cfg.str("position_embedding_type") {
         None | Some("absolute") => {}
         Some(other) => return Err(cfg.unsupported(format!("position_embedding_type \"{other}\""))),

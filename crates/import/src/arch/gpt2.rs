@@ -2,7 +2,7 @@
 //! product (`GPT2Model` names; `transformer.` prefix accepted).
 
 use attnopt_ir::builder::{Attention, AttentionKind, WeightLayout::InOut};
-use attnopt_ir::{DType, Dim, Op, Role, Shape, BATCH, SEQ};
+use attnopt_ir::{AttentionFormula, DType, Dim, Op, Role, Shape, BATCH, SEQ};
 
 use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
 use crate::checkpoint::Checkpoint;
@@ -42,7 +42,10 @@ pub fn build(
     let eps = cfg.float("layer_norm_epsilon", 1.0, 1e-5)?;
     let act_name = cfg.string("activation_function", "gelu_new");
     let act = activation(cfg, &act_name)?;
-    let kind = attention_kind(cfg, &["softmax", "linear_elu"])?;
+    let kind = attention_kind(
+        cfg,
+        &[AttentionFormula::Softmax, AttentionFormula::LinearElu],
+    )?;
     if cfg.flag("scale_attn_by_inverse_layer_idx", false) {
         return Err(cfg.unsupported("scale_attn_by_inverse_layer_idx = true"));
     }

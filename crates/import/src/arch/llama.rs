@@ -2,7 +2,7 @@
 //! grouped-query attention (`LlamaForCausalLM` names with `model.` prefix, or bare).
 
 use attnopt_ir::builder::{Attention, WeightLayout::OutIn};
-use attnopt_ir::{DType, Op, Role, RopeStyle, Shape, BATCH, SEQ};
+use attnopt_ir::{AttentionFormula, DType, Op, Role, RopeStyle, Shape, BATCH, SEQ};
 
 use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
 use crate::checkpoint::Checkpoint;
@@ -77,7 +77,7 @@ pub fn build(
     let theta = rope_theta(cfg)?;
     let act_name = cfg.string("hidden_act", "silu");
     let act = activation(cfg, &act_name)?;
-    let kind = attention_kind(cfg, &["softmax"])?;
+    let kind = attention_kind(cfg, &[AttentionFormula::Softmax])?;
     let attn_bias = cfg.flag("attention_bias", false);
     let mlp_bias = cfg.flag("mlp_bias", false);
     if dh % 2 != 0 {

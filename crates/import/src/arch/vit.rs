@@ -2,7 +2,7 @@
 //! learned positions, pre-norm encoder (`ViTModel` names; `vit.` prefix accepted).
 
 use attnopt_ir::builder::{Attention, WeightLayout::OutIn};
-use attnopt_ir::{DType, Dim, Op, Role, Shape, BATCH};
+use attnopt_ir::{AttentionFormula, DType, Dim, Op, Role, Shape, BATCH};
 
 use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
 use crate::checkpoint::Checkpoint;
@@ -37,7 +37,7 @@ pub fn build(
     let eps = cfg.float("layer_norm_eps", 1.0, 1e-12)?;
     let act_name = cfg.string("hidden_act", "gelu");
     let act = activation(cfg, &act_name)?;
-    let kind = attention_kind(cfg, &["softmax", "hydra"])?;
+    let kind = attention_kind(cfg, &[AttentionFormula::Softmax, AttentionFormula::Hydra])?;
     let qkv_bias = cfg.flag("qkv_bias", true);
     let dh = d / heads;
     let g = image / patch;
