@@ -1,0 +1,93 @@
+//! Small hand-built graphs run by `CpuModel` (lowering, fused row kernels, generic operators)
+//! against the reference interpreter on the same graph: one pattern per test, each a case the
+//! pipeline's differential property test (`tests/pipeline_props.rs`) once found to disagree.
+
+use std::collections::HashMap;
+
+use attnopt_cpu::CpuModel;
+use attnopt_ir::builder::Builder;
+use attnopt_ir::{interp, DType, Dim, NodeId, Op, Role, Shape, Tensor, Unary, BATCH, SEQ};
+
+/// Input `x` of `shape` (`Dim::Sym` allowed), the chain `ops` applied one after another.
+fn chain(shape: Vec<Dim>, ops: &[Op]) -> attnopt_ir::Graph {
+    let mut b = Builder::new();
+    let x = b.graph.input("x", DType::F32, Shape(shape)).unwrap();
+    b.set_layer(Some(0));
+    let mut v: NodeId = x;
+    for op in ops {
+        v = b.op(op.clone(), &[v], Role::Other).unwrap();
+    }
+    let mut g = b.finish();
+    g.set_output("out", v).unwrap();
+    g
+}
+
+/// Runs `g` on `x` (seeded values of `shape`) with the interpreter and the CPU backend and
+/// checks they agree.
+fn agree(g: &attnopt_ir::Graph, shape: &[usize], what: &str) {
+    let n: usize = shape.iter().product();
+    let values = attnopt_ir::rng::Rng::new(5).values(n, -1.0, 1.0);
+    let inputs = HashMap::from([(
+        "x".to_string(),
+        Tensor::f32(shape.to_vec(), values).unwrap(),
+    )]);
+    let want = interp::run(g, &inputs, &[]).unwrap();
+    let mut cpu = CpuModel::new(g.clone(), 1).unwrap();
+    let (got, _) = cpu.run(&inputs, &["out"], false).unwrap();
+    let (want, got) = (&want["out"], &got["out"]);
+    let err = got.max_abs_diff(want).expect("same shape");
+    let scale = want.max_abs().max(1e-3);
+    assert!(
+        err <= 1e-5 * scale,
+        "{what}: CPU differs from the interpreter by {err} (values up to {scale})\n{g}"
+    );
+}
+
+const F: fn(usize) -> Dim = Dim::Fixed;
+
+#[test]
+fn softmax_over_a_leading_axis() {
+    for axis in 0..3 {
+        let g = chain(vec![BATCH, SEQ, F(8)], &[Op::Softmax { axis }]);
+        agree(&g, &[2, 5, 8], &format!("softmax axis {axis}"));
+    }
+}
+
+/// `tril` / `causal_mask` on scores with more queries than keys (`Nq = 5 > Nk = 4`): query
+/// `i` sees keys `j ≤ i − 1`, so the first query sees none.
+#[test]
+fn causal_masks_with_more_queries_than_keys() {
+    let heads = Op::SplitHeads { heads: 2 };
+    let shape = vec![BATCH, SEQ, F(8)];
+    for (what, ops) in [
+        ("tril", vec![heads.clone(), Op::Tril]),
+        ("tanh(tril)", vec![heads.clone(), Op::Tril, Op::Unary(Unary::Tanh)]),
+        (
+            "softmax(causal_mask)",
+            vec![heads.clone(), Op::CausalMask, Op::Softmax { axis: 3 }],
+        ),
+        (
+            "softmax(tril)",
+            vec![heads.clone(), Op::Tril, Op::Softmax { axis: 3 }],
+        ),
+    ] {
+        let g = chain(shape.clone(), &ops);
+        agree(&g, &[2, 5, 8], what);
+    }
+}
+
+/// The first case `pipeline_props` reported, before any optimisation.
+#[test]
+fn softmax_tanh_split_tril_softmax() {
+    let g = chain(
+        vec![BATCH, SEQ, F(8)],
+        &[
+            Op::Softmax { axis: 0 },
+            Op::Unary(Unary::Tanh),
+            Op::SplitHeads { heads: 2 },
+            Op::Tril,
+            Op::Softmax { axis: 0 },
+        ],
+    );
+    agree(&g, &[2, 5, 8], "pipeline_props case 1");
+}
