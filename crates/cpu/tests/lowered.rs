@@ -76,6 +76,55 @@ fn causal_masks_with_more_queries_than_keys() {
     }
 }
 
+/// `tril` zeroes the future, it does not remove it: a softmax (or a padding mask) after it
+/// still sees those zeros, so there it is no per-row valid length.
+#[test]
+fn softmax_after_tril() {
+    let g = chain(
+        vec![BATCH, SEQ, F(8)],
+        &[Op::Unary(Unary::Tanh), Op::Tril, Op::Softmax { axis: 2 }],
+    );
+    agree(&g, &[2, 5, 8], "softmax(tril)");
+}
+
+#[test]
+fn padding_mask_after_tril() {
+    // padding_mask(tril(x)) with x [B, 1, N, N] and a mask that keeps only key 0 of batch 1.
+    let mut b = Builder::new();
+    let x = b
+        .graph
+        .input("x", DType::F32, Shape(vec![BATCH, F(1), SEQ, SEQ]))
+        .unwrap();
+    let m = b
+        .graph
+        .input("attention_mask", DType::I64, Shape(vec![BATCH, SEQ]))
+        .unwrap();
+    b.set_layer(Some(0));
+    let t = b.op(Op::Tril, &[x], Role::Other).unwrap();
+    let p = b.op(Op::PaddingMask, &[t, m], Role::Other).unwrap();
+    let mut g = b.finish();
+    g.set_output("out", p).unwrap();
+    let values = attnopt_ir::rng::Rng::new(5).values(2 * 5 * 5, -1.0, 1.0);
+    let mask = vec![1, 1, 1, 1, 1, 1, 0, 0, 0, 0];
+    let inputs = HashMap::from([
+        ("x".to_string(), Tensor::f32(vec![2, 1, 5, 5], values).unwrap()),
+        (
+            "attention_mask".to_string(),
+            Tensor::i64(vec![2, 5], mask).unwrap(),
+        ),
+    ]);
+    let want = interp::run(&g, &inputs, &[]).unwrap();
+    let (got, _) = CpuModel::new(g.clone(), 1)
+        .unwrap()
+        .run(&inputs, &["out"], false)
+        .unwrap();
+    assert_eq!(
+        got["out"].as_f32().unwrap(),
+        want["out"].as_f32().unwrap(),
+        "padding_mask(tril)\n{g}"
+    );
+}
+
 /// The first case `pipeline_props` reported, before any optimisation.
 #[test]
 fn softmax_tanh_split_tril_softmax() {

@@ -233,9 +233,14 @@ impl<'g> Lowering<'g> {
         allow_causal: bool,
     ) -> Option<Expr> {
         let node = self.g.node(x);
+        // Below the root only a causal mask becomes the valid length: its `-inf` entries are
+        // what a softmax or padding mask leaves out, while `tril`'s zeros still count there.
         let absorbable = self.absorbable(x, root_shape)
             && (!is_causal(&node.op)
-                || (allow_causal && pb.causal.is_none() && causal_offset(root_shape).is_some()));
+                || (allow_causal
+                    && matches!(node.op, Op::CausalMask)
+                    && pb.causal.is_none()
+                    && causal_offset(root_shape).is_some()));
         if absorbable {
             pb.nodes.push(x);
             return self.expr_of(x, root_shape, pb, allow_causal);
