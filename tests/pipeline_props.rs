@@ -91,6 +91,21 @@ fn regressions() {
             1,
             0,
         ),
+        // A product of an empty slice `[B, 1, 0]` by a weight `[0, 2]` (k = 0): the backend
+        // counted `a`'s rows as `a.len() / k`, so zero rows, and left the output unwritten.
+        (
+            Inputs::Mixed,
+            vec![
+                Step::MatMulT(5, 5),
+                Step::Idiom(44, 3, 0, 0),
+                Step::Permute(0, 0),
+                Step::Softmax(0, 0),
+                Step::Unary(0, 0),
+                Step::Attention(4, 3, 0, 26, false, false),
+            ],
+            1,
+            0,
+        ),
     ];
     for (inputs, steps, seq, seed) in cases {
         let g = build(inputs, &steps, seed);

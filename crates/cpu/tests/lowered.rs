@@ -61,7 +61,10 @@ fn causal_masks_with_more_queries_than_keys() {
     let shape = vec![BATCH, SEQ, F(8)];
     for (what, ops) in [
         ("tril", vec![heads.clone(), Op::Tril]),
-        ("tanh(tril)", vec![heads.clone(), Op::Tril, Op::Unary(Unary::Tanh)]),
+        (
+            "tanh(tril)",
+            vec![heads.clone(), Op::Tril, Op::Unary(Unary::Tanh)],
+        ),
         (
             "softmax(causal_mask)",
             vec![heads.clone(), Op::CausalMask, Op::Softmax { axis: 3 }],
@@ -107,7 +110,10 @@ fn padding_mask_after_tril() {
     let values = attnopt_ir::rng::Rng::new(5).values(2 * 5 * 5, -1.0, 1.0);
     let mask = vec![1, 1, 1, 1, 1, 1, 0, 0, 0, 0];
     let inputs = HashMap::from([
-        ("x".to_string(), Tensor::f32(vec![2, 1, 5, 5], values).unwrap()),
+        (
+            "x".to_string(),
+            Tensor::f32(vec![2, 1, 5, 5], values).unwrap(),
+        ),
         (
             "attention_mask".to_string(),
             Tensor::i64(vec![2, 5], mask).unwrap(),
@@ -139,4 +145,58 @@ fn softmax_tanh_split_tril_softmax() {
         ],
     );
     agree(&g, &[2, 5, 8], "pipeline_props case 1");
+}
+
+/// Products over an empty inner axis (`k = 0`, here from an empty slice) are zeros, whatever
+/// the arena held before, with the right side a weight or an activation, alone or with an
+/// epilogue.
+#[test]
+fn products_over_an_empty_inner_axis_are_zero() {
+    for (what, weight, epilogue) in [
+        ("x[.., 0:0] · W", true, false),
+        ("x[.., 0:0] · W, then scale", true, true),
+        ("x[.., 0:0] · x[.., 0:0]ᵀ", false, false),
+    ] {
+        let mut b = Builder::new();
+        let x = b
+            .graph
+            .input("x", DType::F32, Shape(vec![BATCH, SEQ, F(8)]))
+            .unwrap();
+        b.set_layer(Some(0));
+        // Something big and non-zero first, dead before the product, so its memory is reused.
+        let t = b.op(Op::Unary(Unary::Tanh), &[x], Role::Other).unwrap();
+        let t = b
+            .op(
+                Op::AddScalar(attnopt_ir::Scalar::new(3.0)),
+                &[t],
+                Role::Other,
+            )
+            .unwrap();
+        let s = b
+            .op(
+                Op::Slice {
+                    axis: 2,
+                    start: 0,
+                    end: F(0),
+                },
+                &[t],
+                Role::Other,
+            )
+            .unwrap();
+        let rhs = if weight {
+            let w = attnopt_ir::Weight::from_f32("w", vec![0, 8], &[]).unwrap();
+            b.graph.weight(w)
+        } else {
+            b.op(Op::Permute(vec![0, 2, 1]), &[s], Role::Other).unwrap()
+        };
+        let mut out = b.op(Op::MatMul, &[s, rhs], Role::Other).unwrap();
+        if epilogue {
+            out = b
+                .op(Op::Scale(attnopt_ir::Scalar::new(2.0)), &[out], Role::Other)
+                .unwrap();
+        }
+        let mut g = b.finish();
+        g.set_output("out", out).unwrap();
+        agree(&g, &[2, 5, 8], what);
+    }
 }
