@@ -106,6 +106,23 @@ fn regressions() {
             1,
             0,
         ),
+        // Attention over a value whose last axis is empty (an `Idiom` slice of a one-wide
+        // axis): the generator divided by a head count of 0.
+        (
+            Inputs::Symbolic,
+            vec![
+                Step::ReduceSum(0, 233, true),
+                Step::Softmax(0, 0),
+                Step::Tril(4),
+                Step::Idiom(8, 0, 0, 0),
+                Step::Softmax(4, 0),
+                Step::Slice(0),
+                Step::Attention(0, 0, 0, 0, false, false),
+                Step::Attention(3, 0, 0, 77, false, false),
+            ],
+            1,
+            0,
+        ),
     ];
     for (inputs, steps, seq, seed) in cases {
         let g = build(inputs, &steps, seed);
