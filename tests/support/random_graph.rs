@@ -313,7 +313,8 @@ impl Gen {
             Step::Idiom(which, x, y, k) => self.idiom(which, self.pick(x), self.pick(y), k),
             Step::Attention(qi, kvi, kind, h, causal, rope) => {
                 let (xq, xkv) = (self.pick(qi), self.pick(kvi));
-                let d = self.last_fixed(xq)?;
+                // Not over an empty feature axis (no head count divides it).
+                let d = self.last_fixed(xq).filter(|&d| d > 0)?;
                 if self.dims(xq).len() != 3 || self.dims(xkv).len() != 3 {
                     return None;
                 }

@@ -733,7 +733,7 @@ impl CpuModel {
             .prepared
             .get(&(w, b_transposed))
             .ok_or("weight not prepared")?;
-        let rows = a.len() / kk.max(1);
+        let rows = leading(&f.l.values[k.output].shape);
         let bias = match fused.bias {
             Some(v) => Some(f32_of(f.src(v)?)?),
             None => None,
@@ -779,7 +779,8 @@ impl CpuModel {
         // A weight (rank 2): one product over all rows of `a`.
         if let ValueKind::Weight(w) = f.l.values[k.inputs[1]].kind {
             if b_shape.len() == 2 {
-                let rows = a.len() / kk.max(1);
+                // From the output: with k = 0, `a` is empty but `c` still has its rows.
+                let rows = leading(&out_shape);
                 let p = self
                     .prepared
                     .get(&(w, b_transposed))
@@ -1023,6 +1024,11 @@ fn view_le<T: PlainNumber>(bytes: &[u8]) -> Option<&[T]> {
     // SAFETY: aligned for `T` and a whole number of `T`s (checked); every bit pattern is a valid
     // `T` (`PlainNumber`); the host's byte order is the data's; the result borrows `bytes`.
     Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
+}
+
+/// The rows of a row-major value seen as `rows × last axis`.
+fn leading(shape: &[usize]) -> usize {
+    shape[..shape.len().saturating_sub(1)].iter().product()
 }
 
 fn f32_of(s: Src<'_>) -> Result<&[f32], String> {

@@ -82,6 +82,16 @@ fn is_causal(op: &Op) -> bool {
     matches!(op, Op::CausalMask | Op::Tril)
 }
 
+/// The keys before the first query (`Nk − Nq`) of scores `[.., Nq, Nk]`, when a row kernel's
+/// per-row valid length can express its causal mask: `None` when there are more queries than
+/// keys (the first queries then see no key at all, a negative offset), which stays a generic
+/// operator.
+fn causal_offset(shape: &[usize]) -> Option<usize> {
+    let r = shape.len();
+    let (nq, nk) = (*shape.get(r.checked_sub(2)?)?, *shape.get(r - 1)?);
+    nk.checked_sub(nq)
+}
+
 /// How an operand of shape `s` is read by a kernel over `out` (right-aligned broadcasting).
 fn input_kind(s: &[usize], out: &[usize]) -> Option<InputKind> {
     let d = *out.last()?;
@@ -223,8 +233,14 @@ impl<'g> Lowering<'g> {
         allow_causal: bool,
     ) -> Option<Expr> {
         let node = self.g.node(x);
+        // Below the root only a causal mask becomes the valid length: its `-inf` entries are
+        // what a softmax or padding mask leaves out, while `tril`'s zeros still count there.
         let absorbable = self.absorbable(x, root_shape)
-            && (!is_causal(&node.op) || (allow_causal && pb.causal.is_none()));
+            && (!is_causal(&node.op)
+                || (allow_causal
+                    && matches!(node.op, Op::CausalMask)
+                    && pb.causal.is_none()
+                    && causal_offset(root_shape).is_some()));
         if absorbable {
             pb.nodes.push(x);
             return self.expr_of(x, root_shape, pb, allow_causal);
@@ -305,10 +321,9 @@ impl<'g> Lowering<'g> {
                 Expr::bin(BinaryOp::Add, s, Expr::Input(pb.inputs.len() - 1))
             }
             Op::CausalMask | Op::Tril => {
+                let offset = causal_offset(root_shape)?;
                 let s = self.operand(ops[0], root_shape, pb, false)?;
-                let r = root_shape.len();
-                let (nq, nk) = (root_shape[r - 2], root_shape[r - 1]);
-                pb.causal = Some((op, nk.saturating_sub(nq)));
+                pb.causal = Some((op, offset));
                 s
             }
             _ => return None,
