@@ -75,10 +75,17 @@ impl Config {
     }
 
     fn bad(&self, key: &str, v: &Value, why: &str) -> ImportError {
+        // The value as JSON, shortened: a message quotes a stranger's file only briefly.
+        let text = v.to_string();
+        let value = if text.chars().count() > 40 {
+            format!("{}…", text.chars().take(40).collect::<String>())
+        } else {
+            text
+        };
         ImportError::BadDim {
             file: self.file.clone(),
             key: key.into(),
-            value: v.to_string(),
+            value,
             why: why.into(),
         }
     }

@@ -1179,3 +1179,18 @@ fn memory_stays_bounded() {
         assert!(peak < 512 << 20, "peak RSS {} MiB", peak >> 20);
     }
 }
+
+/// A config value is quoted briefly (40 characters at most) in its error, however long it is.
+#[test]
+fn long_config_values_are_quoted_briefly() {
+    let tmp = copy_fixture("bert");
+    let cfg = tmp.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&cfg).unwrap()).unwrap();
+    json["hidden_size"] = serde_json::Value::String("x".repeat(10_000));
+    fs::write(&cfg, json.to_string()).unwrap();
+    let e = load_err(tmp.path());
+    assert!(matches!(e, ImportError::BadDim { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("hidden_size") && msg.len() < 400, "{} bytes: {msg}", msg.len());
+}
