@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use attnopt_cpu::CpuModel;
+use attnopt_cpu::{CpuModel, CpuOptions};
 use attnopt_ir::cost::total_cost;
 use attnopt_ir::{interp, Bindings, Tensor};
 use attnopt_rewrite::{optimize, Options, RuleSet};
@@ -21,12 +21,12 @@ use crate::{Error, Model, Precision};
 pub struct BenchOptions {
     pub seqs: Vec<usize>,
     pub batch: usize,
-    pub threads: usize,
     pub reps: usize,
     /// Also measure the exactly optimised graph.
     pub optimised: bool,
-    /// Precision of the products against weights.
-    pub precision: Precision,
+    /// The CPU backend: threads, precision of the products against weights, matrix-product
+    /// library.
+    pub cpu: CpuOptions,
     /// Also time the original and the optimised graph in this many alternating rounds
     /// (0: not), reported on the optimised run as `ab` (optimised ÷ original).
     pub ab_rounds: usize,
@@ -133,7 +133,8 @@ pub fn bench(
     }
     let rules = RuleSet::embedded()?;
     let mut runs = Vec::new();
-    let (mut matmul, mut matmul_reason, mut threads) = (String::new(), String::new(), opts.threads);
+    let (mut matmul, mut matmul_reason, mut threads) =
+        (String::new(), String::new(), opts.cpu.threads);
     for &seq in &opts.seqs {
         let folder = model.is_optimised_folder();
         let label = if folder { "optimised folder" } else { "original" };
@@ -163,7 +164,7 @@ pub fn bench(
             }
         }
         let feed: HashMap<String, Tensor> = model.prepare_inputs(inputs)?;
-        let reference = if opts.precision == Precision::Bf16 {
+        let reference = if opts.cpu.precision == Precision::Bf16 {
             progress(Step::phase(&format!(
                 "N={seq}: f32 reference interpreter, to measure the bf16 error"
             )));
@@ -176,7 +177,7 @@ pub fn bench(
             progress(Step::phase(&format!("{label} graph, N={seq}: compiling")));
             let b = Bindings::new(opts.batch, seq);
             let flops = total_cost(&graph, &b).flops as f64;
-            let mut cpu = CpuModel::with_precision(graph, opts.threads, opts.precision)?;
+            let mut cpu = CpuModel::with_options(graph, &opts.cpu)?;
             (matmul, matmul_reason) = (
                 cpu.matmul_name().0.to_string(),
                 cpu.matmul_name().1.to_string(),
@@ -276,7 +277,7 @@ pub fn bench(
     Ok(BenchReport {
         model: model.imported().dir.display().to_string(),
         threads,
-        precision: match opts.precision {
+        precision: match opts.cpu.precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
         },

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use attnopt_cpu::CpuOptions;
 use attnopt_ir::cost::total_cost;
 use attnopt_ir::summary::{attention_layers, AttentionSummary};
 use attnopt_ir::Bindings;
@@ -45,9 +46,14 @@ pub struct CpuPlan {
     /// The f32 matrix-product library and why it was chosen.
     pub matmul: String,
     pub matmul_reason: String,
-    /// What `--precision bf16` would use, and why.
+    /// What `--precision bf16` would use, and why (`"unavailable"` and the error where the
+    /// library asked for cannot run bf16).
     pub bf16_matmul: String,
     pub bf16_reason: String,
+    /// Whether the library runs the epilogues it can fuse inside its products.
+    pub post_ops: bool,
+    /// Whether JIT kernels call the AVX-512 row primitives (asked for and the CPU has them).
+    pub row_primitives: bool,
     /// Kernels at `seq` by name (`matmul+epilogue`, `row:layer_norm`, ...) and their count.
     pub kernels: BTreeMap<String, usize>,
     pub arena_bytes: usize,
@@ -55,21 +61,26 @@ pub struct CpuPlan {
     pub compile_ms: f64,
 }
 
-/// Lowers and compiles `model` for the CPU backend at `seq` (batch 1) with `threads` threads
-/// (0: all cores) and describes the result.
-pub fn cpu_plan(model: &Model, seq: usize, threads: usize) -> Result<CpuPlan, crate::Error> {
+/// Lowers and compiles `model` for the CPU backend at `seq` (batch 1) as `options` say
+/// (threads 0: all cores) and describes the result.
+pub fn cpu_plan(model: &Model, seq: usize, options: &CpuOptions) -> Result<CpuPlan, crate::Error> {
     crate::limits::check_run_size(
         model,
         &attnopt_ir::Bindings::new(1, seq),
         &format!("--seq {seq}"),
         crate::limits::memory_available(),
     )?;
-    let mut cpu = attnopt_cpu::CpuModel::new(model.graph().clone(), threads)?;
+    let mut cpu = attnopt_cpu::CpuModel::with_options(model.graph().clone(), options)?;
     let compile = cpu.prepare(1, seq)?;
-    let (bf16, bf16_why) = attnopt_cpu::matmul::best_available_for(
+    let (bf16, bf16_why) = match attnopt_cpu::matmul::best_available_for(
         cpu.threads(),
         attnopt_cpu::matmul::Precision::Bf16,
-    );
+        options.matmul,
+        options.onednn_library.as_deref(),
+    ) {
+        Ok((m, why)) => (m.name().to_string(), why),
+        Err(e) => ("unavailable".to_string(), e.to_string()),
+    };
     let mut kernels = BTreeMap::new();
     if let Some(l) = cpu.lowered(1, seq) {
         for k in &l.kernels {
@@ -80,8 +91,10 @@ pub fn cpu_plan(model: &Model, seq: usize, threads: usize) -> Result<CpuPlan, cr
         threads: cpu.threads(),
         matmul: cpu.matmul_name().0.to_string(),
         matmul_reason: cpu.matmul_name().1.to_string(),
-        bf16_matmul: bf16.name().to_string(),
+        bf16_matmul: bf16,
         bf16_reason: bf16_why,
+        post_ops: cpu.post_ops(),
+        row_primitives: cpu.row_primitives(),
         kernels,
         arena_bytes: cpu.arena_bytes(1, seq).unwrap_or(0),
         compile_ms: compile.as_secs_f64() * 1e3,
@@ -261,6 +274,13 @@ impl Inspection {
                 s,
                 "  with bf16        {} ({})",
                 c.bf16_matmul, c.bf16_reason
+            );
+            let on = |b: bool| if b { "on" } else { "off" };
+            let _ = writeln!(
+                s,
+                "  post-ops         {}; AVX-512 row primitives {}",
+                on(c.post_ops),
+                on(c.row_primitives)
             );
             let ks: Vec<String> = c.kernels.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
             let _ = writeln!(

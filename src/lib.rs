@@ -27,6 +27,7 @@ pub mod save;
 pub mod tensors;
 
 pub use attnopt_cpu::matmul::Precision;
+pub use attnopt_cpu::{CpuOptions, MatMulChoice};
 pub use attnopt_import as import;
 pub use attnopt_import::LoadOptions;
 pub use attnopt_ir as ir;

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use attnopt::optimize::OptimizeOptions;
 use attnopt::rewrite::Limits;
 use attnopt::{inspect, output, Model, RunOptions};
@@ -45,6 +45,8 @@ enum Command {
         /// Threads for --backend cpu (0: all cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        #[command(flatten)]
+        matmul: MatMulArgs,
         /// Print one JSON object instead of the text report.
         #[arg(long)]
         json: bool,
@@ -88,6 +90,8 @@ enum Command {
         /// elsewhere; approximate — add --verify to measure its error).
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,
+        #[command(flatten)]
+        matmul: MatMulArgs,
         /// Also run the f32 reference interpreter on the same inputs and print each output's
         /// error against it (slow on large models: the interpreter is plain loops).
         #[arg(long)]
@@ -191,7 +195,8 @@ enum Command {
     },
     /// Measure a model on the CPU backend: the original and the exactly optimised graph at each
     /// sequence length — latency (median, min, max), compile time, per-kernel breakdown,
-    /// GFLOP/s. Uses oneDNN for matrix products when installed, else the gemm crate.
+    /// GFLOP/s. Uses oneDNN for matrix products when installed, else the gemm crate (see
+    /// --matmul).
     #[command(after_help = "Examples:
   attnopt bench fixtures/bert
   attnopt bench fixtures/gpt2 --seq 16,64 --threads 2 --reps 20 --json
@@ -222,6 +227,8 @@ enum Command {
         /// against the f32 interpreter is measured and reported per output).
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,
+        #[command(flatten)]
+        matmul: MatMulArgs,
         /// Also time the original and the optimised graph alternately in one process for N
         /// rounds and report the median of the per-round ratios (optimised ÷ original) with a
         /// 95% interval: what to trust on a noisy machine.
@@ -278,6 +285,82 @@ impl From<PrecisionArg> for attnopt::Precision {
             PrecisionArg::Bf16 => attnopt::Precision::Bf16,
         }
     }
+}
+
+/// The CPU backend's matrix-product library (shared by `run`, `bench` and `inspect`).
+#[derive(Args, Clone, Copy)]
+struct MatMulArgs {
+    /// Matrix-product library of the CPU backend: `auto` (oneDNN when libdnnl.so.2 loads, else
+    /// gemm), `onednn` (an error saying why when it cannot be used) or `gemm`. Default:
+    /// $ATTNOPT_MATMUL, else auto.
+    #[arg(long, value_enum)]
+    matmul: Option<MatMulArg>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+enum MatMulArg {
+    Auto,
+    Onednn,
+    Gemm,
+}
+
+impl From<MatMulArg> for attnopt::MatMulChoice {
+    fn from(m: MatMulArg) -> Self {
+        match m {
+            MatMulArg::Auto => attnopt::MatMulChoice::Auto,
+            MatMulArg::Onednn => attnopt::MatMulChoice::OneDnn,
+            MatMulArg::Gemm => attnopt::MatMulChoice::Gemm,
+        }
+    }
+}
+
+/// The environment variables that configure the CPU backend (docs/CLI.md). This file is the
+/// only place attnopt reads them; the library takes [`attnopt::CpuOptions`].
+const MATMUL_ENV: &str = "ATTNOPT_MATMUL";
+const POSTOPS_ENV: &str = "ATTNOPT_POSTOPS";
+const JIT_AVX512_ENV: &str = "ATTNOPT_JIT_AVX512";
+const ONEDNN_LIBRARY_ENV: &str = "ATTNOPT_ONEDNN_LIBRARY";
+
+/// The CPU backend's options from the flags and the process environment; a flag wins over a
+/// variable.
+fn cpu_options(
+    matmul: MatMulArgs,
+    threads: usize,
+    precision: PrecisionArg,
+) -> Result<attnopt::CpuOptions> {
+    cpu_options_from(matmul, threads, precision, |name| std::env::var_os(name))
+}
+
+/// [`cpu_options`] with the environment as a lookup (so tests need not change the process's).
+/// An empty variable counts as unset; `ATTNOPT_POSTOPS` and `ATTNOPT_JIT_AVX512` turn their
+/// feature off only when `0`.
+fn cpu_options_from(
+    matmul: MatMulArgs,
+    threads: usize,
+    precision: PrecisionArg,
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<attnopt::CpuOptions> {
+    let text = |name: &str| {
+        var(name)
+            .map(|v| v.to_string_lossy().trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let choice = match (matmul.matmul, text(MATMUL_ENV)) {
+        (Some(m), _) => m,
+        (None, Some(v)) => <MatMulArg as ValueEnum>::from_str(&v, true)
+            .map_err(|_| anyhow!("{MATMUL_ENV}={v}: expected auto, onednn or gemm"))?,
+        (None, None) => MatMulArg::Auto,
+    };
+    Ok(attnopt::CpuOptions {
+        threads,
+        precision: precision.into(),
+        matmul: choice.into(),
+        post_ops: text(POSTOPS_ENV).map_or(true, |v| v != "0"),
+        row_primitives: text(JIT_AVX512_ENV).map_or(true, |v| v != "0"),
+        onednn_library: var(ONEDNN_LIBRARY_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
+    })
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -353,6 +436,7 @@ fn run(cli: Cli) -> Result<()> {
             seq,
             backend,
             threads,
+            matmul,
             json,
         } => {
             if seq == Some(0) {
@@ -367,9 +451,13 @@ fn run(cli: Cli) -> Result<()> {
             let seq = seq.unwrap_or_else(|| attnopt::limits::default_seq(&m));
             let mut report = inspect::inspect(&m, seq);
             match backend {
+                None | Some(Backend::Interp) if matmul.matmul.is_some() => {
+                    bail!("--matmul chooses the CPU backend's library; it needs --backend cpu")
+                }
                 None | Some(Backend::Interp) => {}
                 Some(Backend::Cpu) => {
-                    report.cpu = Some(inspect::cpu_plan(&m, report.seq, clamp_threads(threads))?)
+                    let options = cpu_options(matmul, clamp_threads(threads), PrecisionArg::F32)?;
+                    report.cpu = Some(inspect::cpu_plan(&m, report.seq, &options)?)
                 }
                 Some(Backend::Cuda) => bail!("not supported yet: --backend cuda (the GPU backend)"),
             }
@@ -389,17 +477,20 @@ fn run(cli: Cli) -> Result<()> {
             backend,
             threads,
             precision,
+            matmul,
             verify,
         } => {
             let backend = match backend {
                 Backend::Interp if precision != PrecisionArg::F32 => {
                     bail!("the interpreter runs in f32 only; --precision bf16 needs --backend cpu")
                 }
+                Backend::Interp if matmul.matmul.is_some() => {
+                    bail!("--matmul chooses the CPU backend's library; it needs --backend cpu")
+                }
                 Backend::Interp => attnopt::Backend::Interp,
-                Backend::Cpu => attnopt::Backend::Cpu {
-                    threads: clamp_threads(threads),
-                    precision: precision.into(),
-                },
+                Backend::Cpu => {
+                    attnopt::Backend::Cpu(cpu_options(matmul, clamp_threads(threads), precision)?)
+                }
                 Backend::Cuda => {
                     bail!("not supported yet: --backend cuda (the GPU backend); use --backend cpu")
                 }
@@ -553,6 +644,7 @@ fn run(cli: Cli) -> Result<()> {
             reps,
             no_optimise,
             precision,
+            matmul,
             ab,
             json,
         } => {
@@ -570,10 +662,9 @@ fn run(cli: Cli) -> Result<()> {
             let opts = attnopt::bench::BenchOptions {
                 seqs: seq,
                 batch,
-                threads: clamp_threads(threads),
                 reps,
                 optimised: !no_optimise,
-                precision: precision.into(),
+                cpu: cpu_options(matmul, clamp_threads(threads), precision)?,
                 ab_rounds: ab.unwrap_or(0),
             };
             if ab.is_some() && no_optimise {
@@ -595,11 +686,8 @@ fn run(cli: Cli) -> Result<()> {
 
 fn run_model(m: &Model, req: &attnopt::run::RunRequest) -> Result<()> {
     let bf16 = matches!(
-        req.opts.backend,
-        attnopt::Backend::Cpu {
-            precision: attnopt::Precision::Bf16,
-            ..
-        }
+        &req.opts.backend,
+        attnopt::Backend::Cpu(o) if o.precision == attnopt::Precision::Bf16
     );
     let o = attnopt::run::run(m, req, &mut |s| eprintln!("{s}..."))?;
     if !o.ignored.is_empty() {
@@ -661,4 +749,68 @@ fn write_svg(dot: &str, path: &Path, inputs: &output::Inputs) -> Result<()> {
     }
     output::write_file(path, &out.stdout, inputs)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The options from `flag` and an environment holding exactly `env`.
+    fn options(flag: Option<MatMulArg>, env: &[(&str, &str)]) -> Result<attnopt::CpuOptions> {
+        cpu_options_from(MatMulArgs { matmul: flag }, 2, PrecisionArg::F32, |name| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        })
+    }
+
+    #[test]
+    fn nothing_set_gives_the_library_defaults() {
+        let o = options(None, &[]).unwrap();
+        assert_eq!(
+            o,
+            attnopt::CpuOptions {
+                threads: 2,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn variables_set_the_options_and_a_flag_wins() {
+        let env = [
+            (MATMUL_ENV, "GEMM"),
+            (POSTOPS_ENV, "0"),
+            (JIT_AVX512_ENV, " 0 "),
+            (ONEDNN_LIBRARY_ENV, "/opt/dnnl/libdnnl.so.2"),
+        ];
+        let o = options(None, &env).unwrap();
+        assert_eq!(o.matmul, attnopt::MatMulChoice::Gemm);
+        assert!(!o.post_ops);
+        assert!(!o.row_primitives);
+        assert_eq!(
+            o.onednn_library.as_deref(),
+            Some(Path::new("/opt/dnnl/libdnnl.so.2"))
+        );
+        let o = options(Some(MatMulArg::Onednn), &env).unwrap();
+        assert_eq!(o.matmul, attnopt::MatMulChoice::OneDnn);
+        // Only `0` turns a feature off; an empty variable is unset.
+        let o = options(
+            None,
+            &[(POSTOPS_ENV, "1"), (JIT_AVX512_ENV, "no"), (MATMUL_ENV, "")],
+        )
+        .unwrap();
+        assert!(o.post_ops && o.row_primitives);
+        assert_eq!(o.matmul, attnopt::MatMulChoice::Auto);
+    }
+
+    #[test]
+    fn an_unknown_matmul_variable_is_an_error() {
+        let e = options(None, &[(MATMUL_ENV, "mkl")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ATTNOPT_MATMUL=mkl: expected auto, onednn or gemm"
+        );
+        assert!(options(Some(MatMulArg::Gemm), &[(MATMUL_ENV, "mkl")]).is_ok());
+    }
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::path::Path;
 
+use attnopt_cpu::CpuOptions;
 use attnopt_import::{Imported, LoadOptions};
 use attnopt_ir::{interp, DType, Dim, Graph, Op, Sym, Tensor};
 
@@ -14,13 +15,14 @@ use crate::Error;
 /// A model loaded from a checkpoint folder.
 pub struct Model {
     imported: Imported,
-    /// CPU backends compiled by [`Model::run`], by (threads, precision), so that calling it
-    /// again compiles nothing (each keeps its kernels and prepared weights per input size).
-    cpu: Mutex<HashMap<(usize, crate::Precision), attnopt_cpu::CpuModel>>,
+    /// CPU backends compiled by [`Model::run`], by their options (threads resolved), so that
+    /// calling it again compiles nothing (each keeps its kernels and prepared weights per input
+    /// size).
+    cpu: Mutex<HashMap<CpuOptions, attnopt_cpu::CpuModel>>,
 }
 
-/// Which outputs [`Model::run`] returns.
-#[derive(Debug, Clone, Copy, Default)]
+/// Which outputs [`Model::run`] returns, and where it runs.
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Also return `embeddings` and every `layer.{i}`, not only `last_hidden_state`.
     pub all_layers: bool,
@@ -29,17 +31,15 @@ pub struct RunOptions {
 }
 
 /// Where a model runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Backend {
     /// The reference interpreter: slow, exact by definition.
     #[default]
     Interp,
-    /// The CPU backend (JIT kernels, oneDNN or gemm) with this many threads (0: all cores),
-    /// its products against weights in `precision` (bf16 is an approximation: measure it).
-    Cpu {
-        threads: usize,
-        precision: crate::Precision,
-    },
+    /// The CPU backend (JIT kernels, oneDNN or gemm) as the options say: threads (0: all
+    /// cores), the precision of products against weights (bf16 is an approximation: measure
+    /// it), the matrix-product library.
+    Cpu(CpuOptions),
 }
 
 impl Model {
@@ -195,18 +195,20 @@ impl Model {
         };
         let out = match opts.backend {
             Backend::Interp => interp::run(g, &feed, &wanted)?,
-            Backend::Cpu { threads, precision } => {
-                let threads = crate::limits::threads(threads).0;
+            Backend::Cpu(options) => {
+                let options = CpuOptions {
+                    threads: crate::limits::threads(options.threads).0,
+                    ..options
+                };
                 // A panic in another call poisons the lock; the cache is still sound (a
                 // CpuModel is only ever replaced whole), so carry on with it.
                 let mut cache = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
-                let cpu = match cache.entry((threads, precision)) {
+                let cpu = match cache.entry(options) {
                     Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(v) => v.insert(attnopt_cpu::CpuModel::with_precision(
-                        g.clone(),
-                        threads,
-                        precision,
-                    )?),
+                    Entry::Vacant(v) => {
+                        let cpu = attnopt_cpu::CpuModel::with_options(g.clone(), v.key())?;
+                        v.insert(cpu)
+                    }
                 };
                 cpu.run(&feed, &wanted, false)?.0
             }

@@ -13,7 +13,7 @@ use crate::report::ErrorStat;
 use crate::{tensors, Backend, Error, Model, RunOptions};
 
 /// What to run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunRequest<'a> {
     /// Safetensors file of inputs (tensors the model does not take are ignored and listed).
     pub input: &'a Path,
@@ -80,11 +80,11 @@ pub fn run(
         model.graph().node_count(),
         match req.opts.backend {
             Backend::Interp => "the reference interpreter",
-            Backend::Cpu { .. } => "the CPU backend",
+            Backend::Cpu(_) => "the CPU backend",
         }
     ));
     let start = Instant::now();
-    let outputs = model.run(feed.clone(), req.opts)?;
+    let outputs = model.run(feed.clone(), req.opts.clone())?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let mut verified = BTreeMap::new();
     if req.verify && req.opts.backend != Backend::Interp {
@@ -92,8 +92,8 @@ pub fn run(
         let exact = model.run(
             feed,
             RunOptions {
+                all_layers: req.opts.all_layers,
                 backend: Backend::Interp,
-                ..req.opts
             },
         )?;
         verified = errors_against(&outputs, &exact.into_iter().collect());

@@ -2,7 +2,7 @@
 
 #[path = "support/cli.rs"]
 mod cli;
-use cli::{attnopt, root, stderr, stdout};
+use cli::{attnopt, attnopt_env, root, stderr, stdout};
 
 
 use std::path::{Path, PathBuf};
@@ -27,6 +27,16 @@ fn write_input_ids(
     .unwrap();
     input
 }
+
+/// `run` on the BERT fixture's golden inputs, comparing with its golden outputs.
+const RUN_BERT: [&str; 6] = [
+    "run",
+    "fixtures/bert",
+    "-i",
+    "fixtures/bert/golden.safetensors",
+    "--compare",
+    "fixtures/bert/golden.safetensors",
+];
 
 fn meta(model: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(root().join("fixtures").join(model).join("meta.json"))
@@ -314,16 +324,7 @@ fn bench_json_and_cpu_run() {
 /// interpreter refuses bf16.
 #[test]
 fn bf16_runs_report_their_error() {
-    let args = [
-        "run",
-        "fixtures/bert",
-        "-i",
-        "fixtures/bert/golden.safetensors",
-        "--compare",
-        "fixtures/bert/golden.safetensors",
-        "--precision",
-        "bf16",
-    ];
+    let args = [&RUN_BERT[..], &["--precision", "bf16"]].concat();
     let o = attnopt(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("add --verify to measure"), "{}", stderr(&o));
@@ -361,18 +362,13 @@ fn bf16_runs_report_their_error() {
     let rel = e["relative"].as_f64().unwrap_or_else(|| panic!("{v}"));
     assert!(rel > 1e-5 && rel < 2e-2, "{e}");
 
-    let o = attnopt(&[
-        "run",
-        "fixtures/bert",
-        "-i",
-        "fixtures/bert/golden.safetensors",
-        "--compare",
-        "fixtures/bert/golden.safetensors",
-        "--backend",
-        "interp",
-        "--precision",
-        "bf16",
-    ]);
+    let o = attnopt(
+        &[
+            &RUN_BERT[..],
+            &["--backend", "interp", "--precision", "bf16"],
+        ]
+        .concat(),
+    );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("f32 only"), "{}", stderr(&o));
 }
@@ -426,4 +422,105 @@ fn bench_ab_reports_a_ratio_with_an_interval() {
     assert!(lo > 0.0 && lo <= med && med <= hi, "{ab}");
     let o = attnopt(&["bench", "fixtures/bert", "--ab", "--no-optimise"]);
     assert!(!o.status.success());
+}
+
+/// The CPU backend's environment variables still work through the binary (the CLI maps them
+/// into the library's options), `--matmul` does the same and wins over them, and asking for
+/// oneDNN where it cannot load is a clean error naming why, where `auto` falls back.
+#[test]
+fn matmul_flag_and_variables_choose_the_library() {
+    let bench = [
+        "bench",
+        "fixtures/bert",
+        "--reps",
+        "1",
+        "--no-optimise",
+        "--json",
+    ];
+    let with =
+        |extra: &[&'static str]| -> Vec<&str> { bench.iter().chain(extra).copied().collect() };
+    let report = |o: &std::process::Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_str(&stdout(o)).expect("bench --json prints JSON")
+    };
+    let absent = ("ATTNOPT_ONEDNN_LIBRARY", "libdnnl-absent.so.2");
+    for (args, vars) in [
+        (with(&[]), vec![("ATTNOPT_MATMUL", "gemm")]),
+        (with(&["--matmul", "gemm"]), vec![]),
+        (
+            with(&["--matmul", "gemm"]),
+            vec![("ATTNOPT_MATMUL", "onednn"), absent],
+        ),
+    ] {
+        let v = report(&attnopt_env(&args, &vars));
+        let lib = v["matmul"].as_str().unwrap_or_else(|| panic!("{v}"));
+        assert!(lib.starts_with("gemm"), "{args:?} {vars:?}: {lib}");
+        assert!(
+            v["matmul_reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("gemm requested"),
+            "{v}"
+        );
+    }
+
+    // No oneDNN: `auto` (the default) falls back and says why.
+    let v = report(&attnopt_env(&bench, &[absent]));
+    assert!(v["matmul"].as_str().unwrap().starts_with("gemm"), "{v}");
+    let why = v["matmul_reason"].as_str().unwrap();
+    assert!(why.contains("libdnnl-absent.so.2 not found"), "{why}");
+
+    // ... while `--matmul onednn` (or the variable) is an error saying why, for run too.
+    for (args, vars) in [
+        (with(&["--matmul", "onednn"]), vec![absent]),
+        (bench.to_vec(), vec![absent, ("ATTNOPT_MATMUL", "onednn")]),
+        (
+            [&RUN_BERT[..], &["--matmul", "onednn"]].concat(),
+            vec![absent],
+        ),
+    ] {
+        let o = attnopt_env(&args, &vars);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "{e}");
+        assert!(
+            errors[0].contains("cannot use oneDNN: libdnnl-absent.so.2 not found"),
+            "{e}"
+        );
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+    }
+
+    // A value the CLI does not know is an error, not ignored.
+    let o = attnopt_env(&bench, &[("ATTNOPT_MATMUL", "mkl")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("ATTNOPT_MATMUL=mkl: expected auto, onednn or gemm"));
+    // `--matmul` is the CPU backend's.
+    let o = attnopt_env(&["inspect", "fixtures/bert", "--matmul", "gemm"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("needs --backend cpu"), "{}", stderr(&o));
+}
+
+/// `ATTNOPT_POSTOPS=0` and `ATTNOPT_JIT_AVX512=0` still turn fused epilogues and the AVX-512
+/// row primitives off, as `inspect --backend cpu` reports.
+#[test]
+fn postops_and_avx512_variables_reach_the_backend() {
+    let args = ["inspect", "fixtures/bert", "--backend", "cpu", "--json"];
+    let cpu = |vars: &[(&str, &str)]| -> serde_json::Value {
+        let o = attnopt_env(&args, vars);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["cpu"].clone()
+    };
+    let on = cpu(&[]);
+    assert_eq!(on["post_ops"], true, "{on}");
+    assert_eq!(
+        on["row_primitives"],
+        std::arch::is_x86_feature_detected!("avx512f"),
+        "{on}"
+    );
+    let off = cpu(&[("ATTNOPT_POSTOPS", "0"), ("ATTNOPT_JIT_AVX512", "0")]);
+    assert_eq!(off["post_ops"], false, "{off}");
+    assert_eq!(off["row_primitives"], false, "{off}");
 }

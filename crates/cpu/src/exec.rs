@@ -5,8 +5,8 @@
 //! A product's epilogue (bias, activation, residual: `attnopt_lower::Epilogue`) runs inside the
 //! product where the matrix-product library fuses it (oneDNN post-ops) and the product has a
 //! prepared weight; otherwise as its JIT row program over the output right after the product.
-//! `ATTNOPT_POSTOPS=0` in the environment (or [`CpuModel::set_post_ops`]) keeps every epilogue
-//! on the JIT path, to compare the two.
+//! [`CpuOptions::post_ops`] off (or [`CpuModel::set_post_ops`]) keeps every epilogue on the JIT
+//! path, to compare the two.
 //!
 //! Safety: every kernel's slices are cut from the arena, the inputs or the weights after
 //! checking their bounds; the memory plan guarantees that values live at the same time do not
@@ -25,12 +25,13 @@ use attnopt_lower::row::UnaryOp;
 use attnopt_lower::{lower, Epilogue, Kernel, KernelKind, Lowered, Structured, ValueId, ValueKind};
 
 use crate::hydra::HydraKernel;
-use crate::jit::{Arg, JitModule, RowKernel, Valid};
+use crate::jit::{Arg, JitModule, JitOptions, RowKernel, Valid};
 use crate::matmul::{
     best_available_for, Activation, Batch, EpilogueKind, MatMul, MatMut, MatRef, Precision,
     PreparedWeight,
 };
 use crate::ops;
+use crate::options::CpuOptions;
 use crate::rope::RopeKernel;
 use crate::views::strided_product;
 
@@ -55,6 +56,8 @@ pub enum CpuError {
     Threads(String),
     #[error("precomputing weight-only values: {0}")]
     Fold(String),
+    #[error("matrix products: {0}")]
+    MatMul(#[from] crate::matmul::MatMulError),
 }
 
 /// A compiled kernel's executable part.
@@ -89,11 +92,6 @@ fn activation(op: UnaryOp) -> Option<Activation> {
         UnaryOp::Tanh => Activation::Tanh,
         _ => return None,
     })
-}
-
-/// Whether the environment asks for every epilogue on the JIT path (`ATTNOPT_POSTOPS=0`).
-fn post_ops_from_env() -> bool {
-    std::env::var("ATTNOPT_POSTOPS").map_or(true, |v| v.trim() != "0")
 }
 
 /// Everything prepared for one (batch, sequence) size.
@@ -160,8 +158,26 @@ enum Src<'a> {
 }
 
 impl CpuModel {
-    /// Prepares `graph` to run with `threads` threads (0: all cores). Matrix products use
-    /// oneDNN when `libdnnl.so.2` loads, else the `gemm` crate ([`CpuModel::matmul_name`]).
+    /// Prepares `graph` to run as `options` say: threads, precision, the matrix-product library
+    /// ([`CpuModel::matmul_name`]; an error only when one that cannot be used is asked for),
+    /// fused epilogues and JIT row primitives.
+    pub fn with_options(graph: Graph, options: &CpuOptions) -> Result<CpuModel, CpuError> {
+        let threads = if options.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            options.threads
+        };
+        let (matmul, why) = best_available_for(
+            threads,
+            options.precision,
+            options.matmul,
+            options.onednn_library.as_deref(),
+        )?;
+        CpuModel::build(graph, threads, matmul, why, options)
+    }
+
+    /// Prepares `graph` to run with `threads` threads (0: all cores) and the default options:
+    /// matrix products use oneDNN when `libdnnl.so.2` loads, else the `gemm` crate.
     pub fn new(graph: Graph, threads: usize) -> Result<CpuModel, CpuError> {
         CpuModel::with_precision(graph, threads, Precision::F32)
     }
@@ -175,13 +191,12 @@ impl CpuModel {
         threads: usize,
         precision: Precision,
     ) -> Result<CpuModel, CpuError> {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
+        let options = CpuOptions {
+            threads,
+            precision,
+            ..CpuOptions::default()
         };
-        let (matmul, why) = best_available_for(threads, precision);
-        CpuModel::with_matmul(graph, threads, matmul, why)
+        CpuModel::with_options(graph, &options)
     }
 
     /// As [`CpuModel::new`] with a given matrix-product implementation (`why`: how it was chosen).
@@ -190,6 +205,18 @@ impl CpuModel {
         threads: usize,
         matmul: Box<dyn MatMul>,
         matmul_why: String,
+    ) -> Result<CpuModel, CpuError> {
+        CpuModel::build(graph, threads, matmul, matmul_why, &CpuOptions::default())
+    }
+
+    /// The constructors' common part; of `options`, only `post_ops` and `row_primitives` are
+    /// read (threads and the library are decided by the caller).
+    fn build(
+        graph: Graph,
+        threads: usize,
+        matmul: Box<dyn MatMul>,
+        matmul_why: String,
+        options: &CpuOptions,
     ) -> Result<CpuModel, CpuError> {
         let threads = threads.max(1);
         // What depends on weights only (fused Q/K/V weights, scaled weights) is computed once here.
@@ -200,7 +227,11 @@ impl CpuModel {
             .num_threads(threads)
             .build()
             .map_err(|e| CpuError::Threads(e.to_string()))?;
-        let jit = JitModule::new().map_err(|e| CpuError::Kernel {
+        let jit = JitModule::with_options(JitOptions {
+            row_primitives: options.row_primitives,
+            ..JitOptions::default()
+        })
+        .map_err(|e| CpuError::Kernel {
             kernel: 0,
             name: "jit".into(),
             msg: e.to_string(),
@@ -218,7 +249,7 @@ impl CpuModel {
             prepared: HashMap::new(),
             plans: HashMap::new(),
             ropes: HashMap::new(),
-            post_ops: post_ops_from_env(),
+            post_ops: options.post_ops,
         })
     }
 
@@ -237,7 +268,8 @@ impl CpuModel {
     }
 
     /// Whether epilogues the matrix-product library can fuse run inside the product (the
-    /// default, unless `ATTNOPT_POSTOPS=0`), or every epilogue runs as a JIT pass after it.
+    /// default, unless [`CpuOptions::post_ops`] is off), or every epilogue runs as a JIT pass
+    /// after it.
     /// Changing it drops the prepared plans (they are rebuilt on the next run).
     pub fn set_post_ops(&mut self, on: bool) {
         if on != self.post_ops {
@@ -249,6 +281,11 @@ impl CpuModel {
     /// See [`CpuModel::set_post_ops`].
     pub fn post_ops(&self) -> bool {
         self.post_ops
+    }
+
+    /// Whether JIT kernels call the AVX-512 row primitives: asked for and the CPU has them.
+    pub fn row_primitives(&self) -> bool {
+        self.jit.row_primitives()
     }
 
     /// How the library runs `e` for this product kernel, if it fuses it: a product with a

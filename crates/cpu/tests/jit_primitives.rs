@@ -4,14 +4,13 @@
 //! and empty rows, and small to huge magnitudes. On a CPU without `avx512f` the primitive
 //! checks are skipped (the "on" path then compiles to the f32x4 code too).
 //!
-//! `ATTNOPT_JIT_AVX512=0 cargo test -p attnopt-cpu --release` runs every other JIT test on the
-//! f32x4 path as well.
+//! The CLI's `ATTNOPT_JIT_AVX512=0` sets the option off; `tests/cli.rs` checks that mapping.
 
 mod jit_support;
 
 use attnopt_cpu::jit::{
     exp_sub_sum, Arg, BinaryOp, Expr, InputKind, JitModule, JitOptions, ReduceKind, Reduction,
-    RowKernel, RowProgram, UnaryOp, Valid, AVX512_ENV,
+    RowKernel, RowProgram, UnaryOp, Valid,
 };
 use jit_support::{row_slices, Rng};
 
@@ -160,22 +159,13 @@ fn exp_sub_sum_is_bit_identical_to_the_jit_exp() {
 }
 
 #[test]
-fn the_option_and_the_environment_choose_the_path() {
+fn the_option_chooses_the_path() {
     assert!(!module(false).row_primitives());
     let detected = std::arch::is_x86_feature_detected!("avx512f");
     assert_eq!(module(true).row_primitives(), detected);
-    // The only test here that touches the environment; the others pass explicit options.
-    let before = std::env::var_os(AVX512_ENV);
-    std::env::set_var(AVX512_ENV, "0");
-    let off = JitOptions::default().row_primitives;
-    std::env::set_var(AVX512_ENV, "1");
-    let on = JitOptions::default().row_primitives;
-    match before {
-        Some(v) => std::env::set_var(AVX512_ENV, v),
-        None => std::env::remove_var(AVX512_ENV),
-    }
-    assert!(!off);
-    assert!(on);
+    // On by default, whatever the environment holds (the library reads none).
+    assert!(JitOptions::default().row_primitives);
+    assert_eq!(JitModule::new().unwrap().row_primitives(), detected);
 }
 
 /// One asm `call` per softmax row with the primitives, none without; the Cranelift verifier

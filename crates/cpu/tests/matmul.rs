@@ -8,9 +8,11 @@
 mod proptest_config;
 
 use attnopt_cpu::matmul::{
-    best_available, Batch, GemmMatMul, MatMul, MatMulError, MatMut, MatRef, OneDnnMatMul, Precision,
+    best_available, best_available_for, Batch, GemmMatMul, MatMul, MatMulChoice, MatMulError,
+    MatMut, MatRef, OneDnnMatMul, Precision,
 };
 use proptest::prelude::*;
+use std::path::Path;
 use std::sync::OnceLock;
 
 // ---------------------------------------------------------------------------------------------
@@ -522,16 +524,50 @@ fn names_and_selection() {
         "{}",
         gemm1().name()
     );
-    let (best, why) = best_available(2);
+    let (best, why) = best_available(2, MatMulChoice::Auto, None).unwrap();
     assert!(!why.is_empty());
     assert_eq!(best.threads(), 2);
     match onednn() {
         Some(d) => {
             assert!(d.name().starts_with("oneDNN 2."), "{}", d.name());
+            assert!(best.name().starts_with("oneDNN 2."), "{}", best.name());
             println!("oneDNN: {} from {}", d.name(), d.library_path());
             println!("best_available: {} ({why})", best.name());
         }
         None => assert!(why.contains("using gemm"), "{why}"),
+    }
+}
+
+/// The caller's choice decides: `Gemm` always gives gemm; with a oneDNN file that does not
+/// exist, `Auto` falls back saying why and `OneDnn` is that error.
+#[test]
+fn the_choice_and_the_library_file_are_explicit() {
+    for precision in [Precision::F32, Precision::Bf16] {
+        let (m, why) = best_available_for(2, precision, MatMulChoice::Gemm, None).unwrap();
+        assert!(m.name().starts_with("gemm"), "{}", m.name());
+        assert_eq!(
+            m.name().contains("bf16"),
+            precision == Precision::Bf16,
+            "{}",
+            m.name()
+        );
+        assert!(why.starts_with("gemm requested; using gemm"), "{why}");
+
+        let absent = Path::new("libdnnl-absent.so.2");
+        let (m, why) = best_available_for(2, precision, MatMulChoice::Auto, Some(absent)).unwrap();
+        assert!(m.name().starts_with("gemm"), "{}", m.name());
+        assert!(why.contains("libdnnl-absent.so.2 not found"), "{why}");
+        assert!(why.contains("using gemm"), "{why}");
+
+        match best_available_for(2, precision, MatMulChoice::OneDnn, Some(absent)) {
+            Err(MatMulError::Load(e)) => assert!(e.contains("libdnnl-absent.so.2"), "{e}"),
+            Err(e) => panic!("expected a load error, got {e}"),
+            Ok((m, _)) => panic!("{} loaded from a file that does not exist", m.name()),
+        }
+    }
+    if onednn().is_some() {
+        let (m, why) = best_available(2, MatMulChoice::OneDnn, None).unwrap();
+        assert!(m.name().starts_with("oneDNN 2."), "{} ({why})", m.name());
     }
 }
 

@@ -31,9 +31,9 @@
 //! **AVX-512 row primitives**: Cranelift emits at most f32x4. On a CPU with `avx512f` (detected
 //! when the [`JitModule`] is created) the softmax's exp pass is a call, once per row, to a
 //! precompiled Rust AVX-512 routine (`primitives.rs`; same exp scheme and edge rules; the
-//! softmax kernel runs ≈ 2.4× as fast). [`JitOptions::row_primitives`] turns this off, and so does
-//! `ATTNOPT_JIT_AVX512=0` in the environment (read by [`JitOptions::default`]); the f32x4 code
-//! path is then used everywhere, as on CPUs without AVX-512.
+//! softmax kernel runs ≈ 2.4× as fast). [`JitOptions::row_primitives`] turns this off (the CLI
+//! maps `ATTNOPT_JIT_AVX512=0` to it); the f32x4 code path is then used everywhere, as on CPUs
+//! without AVX-512.
 //!
 //! Ownership: a [`JitModule`] owns one Cranelift `JITModule`; every [`RowKernel`] it compiles
 //! holds a share of it, and the code memory is freed (`free_memory`) when the module and all
@@ -155,13 +155,9 @@ pub struct JitOptions {
     /// `None` (default) picks 4, 2 or 1 by the expression's length.
     pub unroll: Option<usize>,
     /// Let kernels call the precompiled AVX-512 row primitives (softmax's exp pass) when the
-    /// CPU has `avx512f`; `false` forces the f32x4 code everywhere. Default: on, unless the
-    /// environment has `ATTNOPT_JIT_AVX512=0`.
+    /// CPU has `avx512f`; `false` forces the f32x4 code everywhere. Default: on.
     pub row_primitives: bool,
 }
-
-/// The environment variable that turns the AVX-512 row primitives off when set to `0`.
-pub const AVX512_ENV: &str = "ATTNOPT_JIT_AVX512";
 
 impl Default for JitOptions {
     fn default() -> Self {
@@ -169,7 +165,7 @@ impl Default for JitOptions {
             opt_level: "speed",
             verifier: cfg!(debug_assertions),
             unroll: None,
-            row_primitives: std::env::var(AVX512_ENV).map_or(true, |v| v.trim() != "0"),
+            row_primitives: true,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! A kernel uses a primitive only when its [`super::JitModule`] was created on a CPU with
 //! `avx512f` (runtime detection) and [`super::JitOptions::row_primitives`] is on; otherwise
 //! the code generator emits its own f32x4 code, which stays the portable path and is tested
-//! (the option, or `ATTNOPT_JIT_AVX512=0` in the environment, forces it).
+//! (the option, which the CLI sets from `ATTNOPT_JIT_AVX512=0`, forces it).
 //!
 //! Each primitive has the C calling convention and works on a slice the kernel hands it:
 //! `(ptr, len, scalar…) -> scalar`. The numerics copy the code generator's exactly ([`math`]:

@@ -16,6 +16,7 @@
 use super::MatMulError;
 use libloading::Library;
 use std::ffi::{c_char, c_int, c_void};
+use std::path::Path;
 
 pub type dnnl_status_t = c_int;
 pub type dnnl_dim_t = i64;
@@ -296,13 +297,10 @@ pub struct Api {
     _lib: Library,
 }
 
-/// The soname we load.
-pub const LIBRARY: &str = "libdnnl.so.2";
-
-/// Environment variable naming another file (or soname) to load instead of [`LIBRARY`], e.g.
-/// a oneDNN 2.x built under `/opt`; a name that does not exist hides oneDNN (used to test the
+/// The soname loaded unless the caller names another file (or soname) to [`Api::load`], e.g. a
+/// oneDNN 2.x built under `/opt`; a name that does not exist hides oneDNN (used to test the
 /// fallback).
-pub const LIBRARY_ENV: &str = "ATTNOPT_ONEDNN_LIBRARY";
+pub const LIBRARY: &str = "libdnnl.so.2";
 
 /// Looks up one symbol and copies the function pointer out.
 ///
@@ -315,14 +313,16 @@ unsafe fn sym<T: Copy>(lib: &Library, name: &str) -> Result<T, MatMulError> {
 }
 
 impl Api {
-    /// Loads `libdnnl.so.2` and resolves every function; checks the version is 2.x.
-    pub fn load() -> Result<Api, MatMulError> {
+    /// Loads `library` (default [`LIBRARY`]) and resolves every function; checks the version
+    /// is 2.x.
+    pub fn load(library: Option<&Path>) -> Result<Api, MatMulError> {
         // SAFETY: loading runs the library's initialisers; oneDNN's are benign (no global state
         // beyond its own). Each `sym` call names the C signature declared in dnnl.h 2.6.
         unsafe {
             let wait_policy = set_passive_wait_policy();
-            let file = std::env::var(LIBRARY_ENV).unwrap_or_else(|_| LIBRARY.to_string());
-            let lib = Library::new(&file)
+            let file =
+                library.map_or_else(|| LIBRARY.to_string(), |p| p.to_string_lossy().into_owned());
+            let lib = Library::new(library.map_or(Path::new(LIBRARY), |p| p))
                 .map_err(|e| MatMulError::Load(format!("{file} not found ({e})")))?;
             let version: unsafe extern "C" fn() -> *const dnnl_version_t =
                 sym(&lib, "dnnl_version")?;
@@ -426,6 +426,8 @@ fn set_passive_wait_policy() -> String {
     if SET_HERE.load(Ordering::Relaxed) {
         return "OMP_WAIT_POLICY=PASSIVE (set by attnopt)".into();
     }
+    // Not user configuration of attnopt (library code reads none; see `tests/architecture.rs`):
+    // OpenMP's own variable, read only so that a value the user set is never overwritten.
     if let Some(v) = std::env::var_os("OMP_WAIT_POLICY") {
         return format!(
             "OMP_WAIT_POLICY={} (from the environment)",

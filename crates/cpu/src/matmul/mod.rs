@@ -10,7 +10,9 @@
 //! * [`GemmMatMul`] — the pure-Rust `gemm` 0.19 crate (AVX-512 kernels through its `x86-v4`
 //!   feature). Always available; the fallback.
 //!
-//! [`best_available`] picks oneDNN when it loads and says why it picked what it picked.
+//! [`best_available`] picks what the caller's [`MatMulChoice`] asks for (by default oneDNN when
+//! it loads) and says why it picked what it picked. Nothing here reads the environment: the
+//! choice and the library's file come from the caller (the CLI maps flags and variables).
 //!
 //! # Epilogues
 //! [`MatMul::matmul_prepared_epilogue`] computes `c = activation(a·W + bias) + residual` with the
@@ -48,6 +50,7 @@ pub use self::gemm::GemmMatMul;
 pub use self::onednn::OneDnnMatMul;
 
 use std::any::Any;
+use std::path::Path;
 
 /// Errors from a matrix product. Library failures name the function and its status code.
 #[derive(Debug, thiserror::Error)]
@@ -399,66 +402,74 @@ pub trait MatMul: Send + Sync {
     }
 }
 
-/// Like [`best_available`], asking for a precision. With [`Precision::Bf16`]: oneDNN in bf16
-/// where the library loads and the CPU has native bf16 (AVX512-BF16 or AMX), else `gemm` with
-/// bf16-rounded weights widened to `f32` once (same numbers, `f32` speed and memory); the
-/// string says which and why.
-pub fn best_available_for(threads: usize, precision: Precision) -> (Box<dyn MatMul>, String) {
-    if precision == Precision::F32 {
-        return best_available(threads);
-    }
-    let threads = threads.max(1);
-    let emulated = |why: String| -> (Box<dyn MatMul>, String) {
-        (
-            Box::new(GemmMatMul::with_precision(threads, Precision::Bf16)),
-            format!("{why}; using gemm with bf16 weights widened to f32 once (no native bf16)"),
-        )
-    };
-    if std::env::var("ATTNOPT_MATMUL").is_ok_and(|v| v.eq_ignore_ascii_case("gemm")) {
-        return emulated("ATTNOPT_MATMUL=gemm".into());
-    }
-    match OneDnnMatMul::load_with(threads, Precision::Bf16) {
-        Ok(m) => {
-            let why = format!(
-                "{} found at {}; bf16 weights; {}",
-                m.version_string(),
-                m.library_path(),
-                m.wait_policy()
-            );
-            (Box::new(m), why)
-        }
-        Err(e) => emulated(e.to_string()),
-    }
+/// Which matrix-product implementation the caller asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MatMulChoice {
+    /// oneDNN when the library loads (and, for bf16, has native kernels on this CPU), else
+    /// `gemm`, the reason given.
+    #[default]
+    Auto,
+    /// oneDNN or an error saying why it cannot be used.
+    OneDnn,
+    /// The pure-Rust `gemm` crate.
+    Gemm,
 }
 
-/// Picks the fastest implementation that works here: oneDNN (f32) when `libdnnl.so.2` loads,
-/// else `gemm`. The string says why, e.g. `"oneDNN 2.6.3 found at /usr/lib/…/libdnnl.so.2.6"`
-/// or `"libdnnl.so.2 not found (…); using gemm"`.
+/// Picks the matrix-product implementation: what `choice` asks for, oneDNN loaded from
+/// `onednn_library` (default `libdnnl.so.2`). The string says why, e.g.
+/// `"oneDNN 2.6.3 found at /usr/lib/…/libdnnl.so.2.6; …"` or
+/// `"cannot use oneDNN: libdnnl.so.2 not found (…); using gemm"`.
 ///
-/// Setting the environment variable `ATTNOPT_MATMUL=gemm` forces the `gemm` implementation
-/// (`ATTNOPT_MATMUL=onednn` makes a load failure show in the reason but still falls back).
-pub fn best_available(threads: usize) -> (Box<dyn MatMul>, String) {
+/// [`MatMulChoice::Auto`] never fails: where oneDNN does not load it falls back to `gemm`;
+/// [`MatMulChoice::OneDnn`] returns that failure instead.
+pub fn best_available(
+    threads: usize,
+    choice: MatMulChoice,
+    onednn_library: Option<&Path>,
+) -> Result<(Box<dyn MatMul>, String), MatMulError> {
+    best_available_for(threads, Precision::F32, choice, onednn_library)
+}
+
+/// Like [`best_available`], asking for a precision. With [`Precision::Bf16`]: oneDNN in bf16
+/// where the library loads and the CPU has native bf16 (AVX512-BF16 or AMX), else `gemm` with
+/// bf16-rounded weights widened to `f32` once (same numbers, `f32` speed and memory).
+pub fn best_available_for(
+    threads: usize,
+    precision: Precision,
+    choice: MatMulChoice,
+    onednn_library: Option<&Path>,
+) -> Result<(Box<dyn MatMul>, String), MatMulError> {
     let threads = threads.max(1);
-    if std::env::var("ATTNOPT_MATMUL").is_ok_and(|v| v.eq_ignore_ascii_case("gemm")) {
-        return (
-            Box::new(GemmMatMul::new(threads)),
-            "ATTNOPT_MATMUL=gemm; using gemm".to_string(),
-        );
+    let gemm = |why: &str| -> (Box<dyn MatMul>, String) {
+        let how = match precision {
+            Precision::F32 => "using gemm",
+            Precision::Bf16 => "using gemm with bf16 weights widened to f32 once (no native bf16)",
+        };
+        (
+            Box::new(GemmMatMul::with_precision(threads, precision)),
+            format!("{why}; {how}"),
+        )
+    };
+    if choice == MatMulChoice::Gemm {
+        return Ok(gemm("gemm requested"));
     }
-    match OneDnnMatMul::load(threads) {
+    match OneDnnMatMul::load_from(onednn_library, threads, precision) {
         Ok(m) => {
+            let bf16 = if precision == Precision::Bf16 {
+                "; bf16 weights"
+            } else {
+                ""
+            };
             let why = format!(
-                "{} found at {}; {}",
+                "{} found at {}{bf16}; {}",
                 m.version_string(),
                 m.library_path(),
                 m.wait_policy()
             );
-            (Box::new(m), why)
+            Ok((Box::new(m), why))
         }
-        Err(e) => (
-            Box::new(GemmMatMul::new(threads)),
-            format!("{e}; using gemm"),
-        ),
+        Err(e) if choice == MatMulChoice::OneDnn => Err(e),
+        Err(e) => Ok(gemm(&e.to_string())),
     }
 }
 

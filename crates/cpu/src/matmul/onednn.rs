@@ -38,6 +38,7 @@ use super::{
 use std::any::Any;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CStr};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// m of the probe primitive that decides a prepared weight's layout.
@@ -760,9 +761,8 @@ fn set_handle(api: &Api, mem: &Handle, ptr: *const c_void) -> Result<(), MatMulE
 }
 
 impl OneDnnMatMul {
-    /// Loads `libdnnl.so.2` (or the file named by `ATTNOPT_ONEDNN_LIBRARY`), creates a CPU
-    /// engine and stream, and runs a small self-test product. `threads` is the OpenMP thread
-    /// count used for every product.
+    /// Loads `libdnnl.so.2`, creates a CPU engine and stream, and runs a small self-test
+    /// product. `threads` is the OpenMP thread count used for every product.
     pub fn load(threads: usize) -> Result<Self, MatMulError> {
         Self::load_with(threads, Precision::F32)
     }
@@ -774,8 +774,18 @@ impl OneDnnMatMul {
     /// attention) stay f32. Fails with [`MatMulError::NotSupported`] where oneDNN has no native
     /// bf16 kernel (needs AVX512-BF16 or AMX; emulated bf16 would be slower than f32).
     pub fn load_with(threads: usize, precision: Precision) -> Result<Self, MatMulError> {
+        Self::load_from(None, threads, precision)
+    }
+
+    /// Like [`OneDnnMatMul::load_with`], from the file (or soname) `library` instead of
+    /// `libdnnl.so.2` when given.
+    pub fn load_from(
+        library: Option<&Path>,
+        threads: usize,
+        precision: Precision,
+    ) -> Result<Self, MatMulError> {
         let threads = threads.max(1);
-        let api = Api::load()?;
+        let api = Api::load(library)?;
         let (major, minor, patch, runtime) = api.version_info();
         let mut engine = std::ptr::null_mut();
         // SAFETY: out-pointer; CPU engine 0 always exists in a CPU-enabled build.
