@@ -571,7 +571,7 @@ impl<'g> Lowering<'g> {
             let r = p.len();
             let swap_last: Vec<usize> = (0..r.saturating_sub(2)).chain([r - 1, r - 2]).collect();
             if r >= 2 && *p == swap_last {
-                if self.users.get(&b) == Some(&1) && !self.assigned.contains_key(&b) {
+                if self.private(b) {
                     nodes.push(b);
                     permute_folded = true;
                 }
