@@ -17,10 +17,9 @@ use attnopt_ir::cost::node_cost;
 use attnopt_ir::{Binary, Bindings, DType, Graph, NodeId, Op, Role, Unary};
 
 use crate::epilogue::Epilogue;
-use crate::kernel::{Kernel, KernelKind, Value, ValueId, ValueKind};
+use crate::kernel::{Kernel, KernelKind, ProductViews, Strided, Value, ValueId, ValueKind};
 use crate::memory::{plan, MemoryPlan};
 use crate::row::{BinaryOp, Expr, InputKind, Reduction, RowProgram, UnaryOp};
-use crate::views::{ProductViews, Strided};
 
 /// A graph lowered at concrete sizes.
 #[derive(Debug, Clone)]

@@ -25,8 +25,8 @@ pub mod views;
 
 pub use epilogue::{Epilogue, Structured};
 pub use fuse::{lower, LowerError, Lowered};
-pub use hydra::{Hydra, RowView};
-pub use kernel::{Kernel, KernelKind, Value, ValueId, ValueKind};
+pub use kernel::{
+    Hydra, Kernel, KernelKind, ProductViews, RowView, Strided, Value, ValueId, ValueKind,
+};
 pub use memory::MemoryPlan;
 pub use row::{Expr, InputKind, ReduceKind, Reduction, RowProgram};
-pub use views::{ProductViews, Strided};

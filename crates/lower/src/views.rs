@@ -15,93 +15,9 @@
 //! product, weights) is left as it is. This module never changes what a graph computes.
 
 use attnopt_ir::{DType, NodeId, Op};
-use serde::Serialize;
 
 use crate::fuse::Lowering;
-use crate::kernel::ValueId;
-
-/// Where the elements of one product operand (or the output) live in its storage value:
-/// matrix `(i_0, …, i_{r-1})` element `(row, col)` at
-/// `offset + Σ i_j · batch_strides[j] + row · row_stride + col · col_stride` (elements).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Strided {
-    pub offset: usize,
-    /// One stride per batch axis of the product's output (0 on broadcast axes).
-    pub batch_strides: Vec<usize>,
-    pub row_stride: usize,
-    pub col_stride: usize,
-}
-
-impl Strided {
-    /// A dense row-major value of `shape` (`[.., rows, cols]`) read as the product operand over
-    /// `batch` output batch axes (right-aligned broadcasting, like the interpreter), transposed
-    /// (`[.., cols, rows]` read as `rows × cols`) when `transposed`.
-    pub fn dense(shape: &[usize], batch: &[usize], transposed: bool) -> Strided {
-        let r = shape.len();
-        let cols = shape.get(r.wrapping_sub(1)).copied().unwrap_or(1);
-        let lead = &shape[..r.saturating_sub(2)];
-        let full = attnopt_ir::broadcast_strides(lead, batch.len());
-        let mat: usize = shape[r.saturating_sub(2)..].iter().product();
-        let batch_strides = full.iter().map(|&s| s * mat).collect();
-        let (row_stride, col_stride) = if transposed { (1, cols) } else { (cols, 1) };
-        Strided {
-            offset: 0,
-            batch_strides,
-            row_stride,
-            col_stride,
-        }
-    }
-
-    /// `[B, N, width]` storage whose columns `start..start + H·d` are split into `H` heads of
-    /// `d`, read as the `[B, H, N, d]` operand (transposed: `[B, H, d, N]`).
-    fn heads(n: usize, width: usize, start: usize, d: usize, transposed: bool) -> Strided {
-        let (row_stride, col_stride) = if transposed { (1, width) } else { (width, 1) };
-        Strided {
-            offset: start,
-            batch_strides: vec![n * width, d],
-            row_stride,
-            col_stride,
-        }
-    }
-}
-
-/// Strided views of a product's `a` (`m × k`), `b` (`k × n`, any transpose folded in) and
-/// output `c` (`m × n`) over the kernel's input values 0 and 1 and its output value, for the
-/// output batch axes `batch`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProductViews {
-    pub batch: Vec<usize>,
-    pub a: Strided,
-    pub b: Strided,
-    pub c: Strided,
-}
-
-impl ProductViews {
-    /// The batch axes as `(size, [a, b, c] strides)`, size-1 axes dropped and neighbours merged
-    /// where all three operands step uniformly across them: `[B, H]` over dense values is one
-    /// axis of `B·H`; heads of a `[B, N, 3D]` buffer stay two axes.
-    pub fn batch_axes(&self) -> Vec<(usize, [usize; 3])> {
-        let mut out: Vec<(usize, [usize; 3])> = Vec::new();
-        for (i, &size) in self.batch.iter().enumerate() {
-            if size == 1 {
-                continue;
-            }
-            let s = [
-                self.a.batch_strides[i],
-                self.b.batch_strides[i],
-                self.c.batch_strides[i],
-            ];
-            match out.last_mut() {
-                Some((n, prev)) if (0..3).all(|j| prev[j] == s[j] * size) => {
-                    *n *= size;
-                    *prev = s;
-                }
-                _ => out.push((size, s)),
-            }
-        }
-        out
-    }
-}
+use crate::kernel::{Strided, ValueId};
 
 /// An operand read through a view: its storage value, the view, and the layout nodes folded.
 pub(crate) struct ViewedOperand {

@@ -337,7 +337,11 @@ fn transposing_permute_that_is_an_output_keeps_its_kernel() {
     let mut b = Builder::new();
     let x = b
         .graph
-        .input("x", DType::F32, Shape(vec![BATCH, SEQ, attnopt_ir::Dim::Fixed(8)]))
+        .input(
+            "x",
+            DType::F32,
+            Shape(vec![BATCH, SEQ, attnopt_ir::Dim::Fixed(8)]),
+        )
         .unwrap();
     let t = b.op(Op::Permute(vec![0, 2, 1]), &[x], Role::Other).unwrap();
     let p = b.op(Op::MatMul, &[x, t], Role::Other).unwrap();
