@@ -18,7 +18,7 @@
 //!
 //! [`KernelKind::Hydra`]: attnopt_lower::KernelKind::Hydra
 
-pub use attnopt_lower::hydra::{Hydra, RowView};
+pub use attnopt_lower::{Hydra, RowView};
 use rayon::prelude::*;
 
 use crate::jit::{Arg, JitError, JitModule, RowKernel};

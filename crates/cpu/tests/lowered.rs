@@ -200,3 +200,29 @@ fn products_over_an_empty_inner_axis_are_zero() {
         agree(&g, &[2, 5, 8], what);
     }
 }
+
+/// `t = permute(x)` (last two axes swapped) is a graph output and also the right operand of
+/// `out = x · t`, its only user: the product reads `x` transposed, and `t` keeps its own value.
+#[test]
+fn transposing_permute_that_is_an_output() {
+    let mut b = Builder::new();
+    let x = b
+        .graph
+        .input("x", DType::F32, Shape(vec![BATCH, SEQ, F(8)]))
+        .unwrap();
+    let t = b.op(Op::Permute(vec![0, 2, 1]), &[x], Role::Other).unwrap();
+    let p = b.op(Op::MatMul, &[x, t], Role::Other).unwrap();
+    let mut g = b.finish();
+    g.set_output("t", t).unwrap();
+    g.set_output("out", p).unwrap();
+    let shape = [2, 5, 8];
+    let values = attnopt_ir::rng::Rng::new(5).values(shape.iter().product(), -1.0, 1.0);
+    let inputs = HashMap::from([("x".to_string(), Tensor::f32(shape.to_vec(), values).unwrap())]);
+    let want = interp::run(&g, &inputs, &[]).unwrap();
+    let mut cpu = CpuModel::new(g.clone(), 1).unwrap();
+    let (got, _) = cpu.run(&inputs, &["t", "out"], false).unwrap();
+    for name in ["t", "out"] {
+        let err = got[name].max_abs_diff(&want[name]).expect("same shape");
+        assert!(err <= 1e-5 * want[name].max_abs().max(1e-3), "{name}: off by {err}\n{g}");
+    }
+}

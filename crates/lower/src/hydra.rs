@@ -1,4 +1,5 @@
-//! The Hydra attention kernel: recognising it in a graph, and its two row programs.
+//! Recognises the Hydra attention pattern and emits it as one [`KernelKind::Hydra`] kernel (the
+//! kernel's spec and its two row programs are plain data in `kernel.rs`).
 //!
 //! After the optimizer's Hydra rewrite (rules/hydra.rules) a layer's attention is
 //!
@@ -17,225 +18,155 @@
 //! user and is not a graph output; a slice is read in place only under the same condition
 //! (otherwise its own value is read). This module never changes what a graph computes: the
 //! kernel's meaning is the interpreter's, up to f32 rounding
-//! (`φ(x) = x · 1/max(‖x‖₂, eps)`, the same `max` as `l2_normalize`).
-//!
-//! [`KernelKind::Hydra`]: crate::KernelKind::Hydra
+//! (`φ(x) = x · 1/max(‖x‖₂, eps)`, the same `max` as `l2_normalize`). It never folds a node
+//! [`Lowering::private`] does not allow.
 
 use attnopt_ir::{Binary, DType, NodeId, Op, Reduce};
-use serde::Serialize;
 
-use crate::fuse::Lowering;
-use crate::kernel::ValueId;
-use crate::row::{BinaryOp, Expr, InputKind, Reduction, RowProgram, UnaryOp};
+use crate::context::Lowering;
+use crate::kernel::{Hydra, KernelKind, RowView, ValueId};
 
-/// Where one operand's rows live in its value: row `r = b·tokens + t` is the `d` elements
-/// starting at `r·row_stride + offset`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct RowView {
-    pub row_stride: usize,
-    pub offset: usize,
-}
-
-impl RowView {
-    /// Elements the value must hold for `rows` rows of `d` (0 when there are no rows).
-    pub fn needed_len(&self, rows: usize, d: usize) -> Option<usize> {
-        if rows == 0 {
-            return Some(0);
-        }
-        (rows - 1)
-            .checked_mul(self.row_stride)?
-            .checked_add(self.offset)?
-            .checked_add(d)
-    }
-}
-
-/// The shapes and constants of one Hydra kernel; its inputs are the values holding Q, K, V.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Hydra {
-    pub batch: usize,
-    pub tokens: usize,
-    pub d: usize,
-    /// `cumsum` over tokens (out_t sees tokens `0..=t`) instead of `reduce_sum`.
-    pub causal: bool,
-    /// The `eps` of the two `l2_normalize`s.
-    pub eps_q: f32,
-    pub eps_k: f32,
-    /// How Q, K and V (kernel inputs 0, 1, 2) are read.
-    pub views: [RowView; 3],
-}
-
-impl Hydra {
-    /// `acc += φ(K_t) ⊙ V_t` for one token: inputs `[K row, V row, acc]` (all
-    /// [`InputKind::Rows`]; the accumulator is read and written in place).
-    pub fn kv_step(&self) -> RowProgram {
-        let k = Expr::Input(0);
-        let phi = Expr::bin(BinaryOp::Mul, k.clone(), inv_norm(self.eps_k));
-        RowProgram {
-            inputs: vec![InputKind::Rows; 3],
-            params: 0,
-            reductions: vec![Reduction::sum(Expr::un(UnaryOp::Square, k))],
-            output: Expr::bin(
-                BinaryOp::Add,
-                Expr::Input(2),
-                Expr::bin(BinaryOp::Mul, phi, Expr::Input(1)),
-            ),
-            fill: 0.0,
-            zero_if_all_masked: false,
-        }
-    }
-
-    /// `out_t = φ(Q_t) ⊙ kv`: inputs `[Q row, kv]` (a row and a [`InputKind::Vector`]).
-    pub fn output_row(&self) -> RowProgram {
-        let q = Expr::Input(0);
-        let phi = Expr::bin(BinaryOp::Mul, q.clone(), inv_norm(self.eps_q));
-        RowProgram {
-            inputs: vec![InputKind::Rows, InputKind::Vector],
-            params: 0,
-            reductions: vec![Reduction::sum(Expr::un(UnaryOp::Square, q))],
-            output: Expr::bin(BinaryOp::Mul, phi, Expr::Input(1)),
-            fill: 0.0,
-            zero_if_all_masked: false,
-        }
-    }
-
-    /// Bytes a run must move at least: Q, K and V read once, the output written once.
-    pub fn bytes(&self) -> u64 {
-        (4 * 4 * self.batch * self.tokens * self.d) as u64
-    }
-}
-
-/// `1 / max(√Reduced(0), eps)`: `l2_normalize`'s divisor, inverted once per row.
-fn inv_norm(eps: f32) -> Expr {
-    Expr::un(
-        UnaryOp::Recip,
-        Expr::bin(
-            BinaryOp::Max,
-            Expr::un(UnaryOp::Sqrt, Expr::Reduced(0)),
-            Expr::Const(eps),
-        ),
+/// Emits the Hydra kernel rooted at `root` (the final `mul`) if the pattern is all there.
+pub(crate) fn hydra(l: &mut Lowering, root: NodeId) -> bool {
+    let Some(h) = recognise(l, root) else {
+        return false;
+    };
+    let name = if h.spec.causal {
+        "hydra:causal"
+    } else {
+        "hydra"
+    };
+    // What the fused kernel moves, not the sum of the nodes it replaces.
+    let bytes = h.spec.bytes();
+    l.emit(
+        root,
+        KernelKind::Hydra(h.spec),
+        h.inputs,
+        h.nodes,
+        name.into(),
     )
+    .bytes = bytes;
+    true
 }
 
 /// A recognised Hydra pattern: the kernel, its inputs, and the graph nodes it computes.
-pub(crate) struct Match {
-    pub spec: Hydra,
-    pub inputs: Vec<ValueId>,
-    pub nodes: Vec<NodeId>,
+struct Match {
+    spec: Hydra,
+    inputs: Vec<ValueId>,
+    nodes: Vec<NodeId>,
 }
 
-impl Lowering<'_> {
-    /// `l2_normalize{axis=2}(x)` with `x` private: `(x, eps)`.
-    fn normalized(&self, n: NodeId) -> Option<(NodeId, f32)> {
-        match self.g.node(n).op {
-            Op::L2Normalize { axis: 2, eps } if self.private_f32(n) => {
-                Some((self.g.operands(n)[0], eps.get()))
-            }
-            _ => None,
+/// `l2_normalize{axis=2}(x)` with `x` private: `(x, eps)`.
+fn normalized(l: &Lowering, n: NodeId) -> Option<(NodeId, f32)> {
+    match l.g.node(n).op {
+        Op::L2Normalize { axis: 2, eps } if l.private_f32(n) => {
+            Some((l.g.operands(n)[0], eps.get()))
         }
+        _ => None,
     }
+}
 
-    /// The two operands of a binary `mul`, in both orders.
-    fn mul_operands(&self, n: NodeId) -> Option<[(NodeId, NodeId); 2]> {
-        match self.g.node(n).op {
-            Op::Binary(Binary::Mul) => {
-                let o = self.g.operands(n);
-                Some([(o[0], o[1]), (o[1], o[0])])
-            }
-            _ => None,
+/// The two operands of a binary `mul`, in both orders.
+fn mul_operands(l: &Lowering, n: NodeId) -> Option<[(NodeId, NodeId); 2]> {
+    match l.g.node(n).op {
+        Op::Binary(Binary::Mul) => {
+            let o = l.g.operands(n);
+            Some([(o[0], o[1]), (o[1], o[0])])
         }
+        _ => None,
     }
+}
 
-    /// How operand `x` (shape `[B, N, D]`) is read: in place from the sliced value when `x`
-    /// is a private last-axis slice, else from its own value.
-    fn row_view(&mut self, x: NodeId, nodes: &mut Vec<NodeId>) -> Option<(ValueId, RowView)> {
-        if self.g.node(x).ty.dtype != DType::F32 {
-            return None;
-        }
-        let d = *self.shapes[&x].last()?;
-        if let Op::Slice { axis: 2, start, .. } = self.g.node(x).op {
-            let src = self.g.operands(x)[0];
-            let s = &self.shapes[&src];
-            if self.private_f32(x) && s.len() == 3 && start + d <= s[2] {
-                let row_stride = s[2];
-                nodes.push(x);
-                let v = self.value(src);
-                return Some((
-                    v,
-                    RowView {
-                        row_stride,
-                        offset: start,
-                    },
-                ));
-            }
-        }
-        Some((
-            self.value(x),
-            RowView {
-                row_stride: d,
-                offset: 0,
-            },
-        ))
+/// How operand `x` (shape `[B, N, D]`) is read: in place from the sliced value when `x`
+/// is a private last-axis slice, else from its own value.
+fn row_view(l: &mut Lowering, x: NodeId, nodes: &mut Vec<NodeId>) -> Option<(ValueId, RowView)> {
+    if l.g.node(x).ty.dtype != DType::F32 {
+        return None;
     }
-
-    /// The Hydra kernel rooted at `root` (the final `mul`), if the pattern is all there.
-    pub(crate) fn hydra(&mut self, root: NodeId) -> Option<Match> {
-        let shape = self.shapes[&root].clone();
-        let &[batch, tokens, d] = shape.as_slice() else {
-            return None;
-        };
-        if d == 0 || self.g.node(root).ty.dtype != DType::F32 || self.assigned.contains_key(&root) {
-            return None;
-        }
-        let same = |l: &Self, x: NodeId| l.shapes[&x] == shape;
-        for (phi_q, kv) in self.mul_operands(root)? {
-            let Some((q, eps_q)) = self.normalized(phi_q) else {
-                continue;
-            };
-            let causal = match self.g.node(kv).op {
-                Op::Reduce {
-                    kind: Reduce::Sum,
-                    axis: 1,
-                    keep_dim: true,
-                } => false,
-                Op::CumSum { axis: 1 } => true,
-                _ => continue,
-            };
-            if !self.private_f32(kv) || !same(self, q) {
-                continue;
-            }
-            let prod = self.g.operands(kv)[0];
-            if !self.private_f32(prod) || !same(self, prod) {
-                continue;
-            }
-            let Some((phi_k, v, k, eps_k)) =
-                self.mul_operands(prod)?.into_iter().find_map(|(phi_k, v)| {
-                    let (k, eps) = self.normalized(phi_k)?;
-                    Some((phi_k, v, k, eps))
-                })
-            else {
-                continue;
-            };
-            if !same(self, k) || !same(self, v) {
-                continue;
-            }
-            let mut nodes = vec![root, phi_q, kv, prod, phi_k];
-            let (qv, q_view) = self.row_view(q, &mut nodes)?;
-            let (kv_, k_view) = self.row_view(k, &mut nodes)?;
-            let (vv, v_view) = self.row_view(v, &mut nodes)?;
-            return Some(Match {
-                spec: Hydra {
-                    batch,
-                    tokens,
-                    d,
-                    causal,
-                    eps_q,
-                    eps_k,
-                    views: [q_view, k_view, v_view],
+    let d = *l.shapes[&x].last()?;
+    if let Op::Slice { axis: 2, start, .. } = l.g.node(x).op {
+        let src = l.g.operands(x)[0];
+        let s = &l.shapes[&src];
+        if l.private_f32(x) && s.len() == 3 && start + d <= s[2] {
+            let row_stride = s[2];
+            nodes.push(x);
+            let v = l.value(src);
+            return Some((
+                v,
+                RowView {
+                    row_stride,
+                    offset: start,
                 },
-                inputs: vec![qv, kv_, vv],
-                nodes,
-            });
+            ));
         }
-        None
     }
+    Some((
+        l.value(x),
+        RowView {
+            row_stride: d,
+            offset: 0,
+        },
+    ))
+}
+
+/// The Hydra kernel rooted at `root` (the final `mul`), if the pattern is all there.
+fn recognise(l: &mut Lowering, root: NodeId) -> Option<Match> {
+    let shape = l.shapes[&root].clone();
+    let &[batch, tokens, d] = shape.as_slice() else {
+        return None;
+    };
+    if d == 0 || l.g.node(root).ty.dtype != DType::F32 || l.assigned.contains_key(&root) {
+        return None;
+    }
+    let same = |l: &Lowering, x: NodeId| l.shapes[&x] == shape;
+    for (phi_q, kv) in mul_operands(l, root)? {
+        let Some((q, eps_q)) = normalized(l, phi_q) else {
+            continue;
+        };
+        let causal = match l.g.node(kv).op {
+            Op::Reduce {
+                kind: Reduce::Sum,
+                axis: 1,
+                keep_dim: true,
+            } => false,
+            Op::CumSum { axis: 1 } => true,
+            _ => continue,
+        };
+        if !l.private_f32(kv) || !same(l, q) {
+            continue;
+        }
+        let prod = l.g.operands(kv)[0];
+        if !l.private_f32(prod) || !same(l, prod) {
+            continue;
+        }
+        let Some((phi_k, v, k, eps_k)) =
+            mul_operands(l, prod)?.into_iter().find_map(|(phi_k, v)| {
+                let (k, eps) = normalized(l, phi_k)?;
+                Some((phi_k, v, k, eps))
+            })
+        else {
+            continue;
+        };
+        if !same(l, k) || !same(l, v) {
+            continue;
+        }
+        let mut nodes = vec![root, phi_q, kv, prod, phi_k];
+        let (qv, q_view) = row_view(l, q, &mut nodes)?;
+        let (kv_, k_view) = row_view(l, k, &mut nodes)?;
+        let (vv, v_view) = row_view(l, v, &mut nodes)?;
+        return Some(Match {
+            spec: Hydra {
+                batch,
+                tokens,
+                d,
+                causal,
+                eps_q,
+                eps_k,
+                views: [q_view, k_view, v_view],
+            },
+            inputs: vec![qv, kv_, vv],
+            nodes,
+        });
+    }
+    None
 }

@@ -1,12 +1,16 @@
-//! Kernels and the values they read and write, at concrete shapes.
+//! Kernels and the values they read and write, at concrete shapes: the plain data a backend
+//! consumes, including the specs of the fused kinds (a product's strided views, a Hydra
+//! kernel's row views and its two row programs).
+//!
+//! This module never looks at how a graph is cut into kernels: it depends on nothing that
+//! recognises patterns (the lowering context, the driver, the recognisers), so every backend
+//! and every recogniser can stand on it.
 
 use attnopt_ir::{DType, NodeId, Op, Role, WeightId};
 use serde::Serialize;
 
 use crate::epilogue::Epilogue;
-use crate::hydra::Hydra;
-use crate::row::RowProgram;
-use crate::views::ProductViews;
+use crate::row::{BinaryOp, Expr, InputKind, Reduction, RowProgram, UnaryOp};
 
 /// Index into [`crate::Lowered::values`].
 pub type ValueId = usize;
@@ -56,7 +60,7 @@ pub enum KernelKind {
     ///
     /// With `views`, `a`, `b` and the output are read and written through those strided views
     /// of the input values 0 and 1 and the output value (heads of a fused QKV buffer, merged
-    /// heads; [`crate::views`]); the values' own shapes are then not the operands' shapes, and
+    /// heads; [`ProductViews`]); the values' own shapes are then not the operands' shapes, and
     /// `views.b` already includes the transpose (`b_transposed` only records that one was
     /// folded). Without, every operand is its dense value.
     MatMul {
@@ -76,7 +80,7 @@ pub enum KernelKind {
         causal: Option<usize>,
     },
     /// Hydra attention, `φ(Q) ⊙ Σ_t φ(K_t) ⊙ V_t` (causal: a prefix sum over tokens), inputs
-    /// Q, K, V read as strided rows ([`crate::hydra`]); the output is `[batch, tokens, d]`.
+    /// Q, K, V read as strided rows ([`Hydra`]); the output is `[batch, tokens, d]`.
     Hydra(Hydra),
     /// `attention_mask` (i64, 1 keeps / 0 masks) to an additive f32 mask (0 / -inf).
     AdditiveMask,
@@ -101,4 +105,186 @@ pub struct Kernel {
     pub name: String,
     pub flops: u64,
     pub bytes: u64,
+}
+
+// A product's operands and output as strided views (found by `views.rs`).
+
+/// Where the elements of one product operand (or the output) live in its storage value:
+/// matrix `(i_0, …, i_{r-1})` element `(row, col)` at
+/// `offset + Σ i_j · batch_strides[j] + row · row_stride + col · col_stride` (elements).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Strided {
+    pub offset: usize,
+    /// One stride per batch axis of the product's output (0 on broadcast axes).
+    pub batch_strides: Vec<usize>,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl Strided {
+    /// A dense row-major value of `shape` (`[.., rows, cols]`) read as the product operand over
+    /// `batch` output batch axes (right-aligned broadcasting, like the interpreter), transposed
+    /// (`[.., cols, rows]` read as `rows × cols`) when `transposed`.
+    pub fn dense(shape: &[usize], batch: &[usize], transposed: bool) -> Strided {
+        let r = shape.len();
+        let cols = shape.get(r.wrapping_sub(1)).copied().unwrap_or(1);
+        let lead = &shape[..r.saturating_sub(2)];
+        let full = attnopt_ir::broadcast_strides(lead, batch.len());
+        let mat: usize = shape[r.saturating_sub(2)..].iter().product();
+        let batch_strides = full.iter().map(|&s| s * mat).collect();
+        let (row_stride, col_stride) = if transposed { (1, cols) } else { (cols, 1) };
+        Strided {
+            offset: 0,
+            batch_strides,
+            row_stride,
+            col_stride,
+        }
+    }
+
+    /// `[B, N, width]` storage whose columns `start..start + H·d` are split into `H` heads of
+    /// `d`, read as the `[B, H, N, d]` operand (transposed: `[B, H, d, N]`).
+    pub(crate) fn heads(
+        n: usize,
+        width: usize,
+        start: usize,
+        d: usize,
+        transposed: bool,
+    ) -> Strided {
+        let (row_stride, col_stride) = if transposed { (1, width) } else { (width, 1) };
+        Strided {
+            offset: start,
+            batch_strides: vec![n * width, d],
+            row_stride,
+            col_stride,
+        }
+    }
+}
+
+/// Strided views of a product's `a` (`m × k`), `b` (`k × n`, any transpose folded in) and
+/// output `c` (`m × n`) over the kernel's input values 0 and 1 and its output value, for the
+/// output batch axes `batch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProductViews {
+    pub batch: Vec<usize>,
+    pub a: Strided,
+    pub b: Strided,
+    pub c: Strided,
+}
+
+impl ProductViews {
+    /// The batch axes as `(size, [a, b, c] strides)`, size-1 axes dropped and neighbours merged
+    /// where all three operands step uniformly across them: `[B, H]` over dense values is one
+    /// axis of `B·H`; heads of a `[B, N, 3D]` buffer stay two axes.
+    pub fn batch_axes(&self) -> Vec<(usize, [usize; 3])> {
+        let mut out: Vec<(usize, [usize; 3])> = Vec::new();
+        for (i, &size) in self.batch.iter().enumerate() {
+            if size == 1 {
+                continue;
+            }
+            let s = [
+                self.a.batch_strides[i],
+                self.b.batch_strides[i],
+                self.c.batch_strides[i],
+            ];
+            match out.last_mut() {
+                Some((n, prev)) if (0..3).all(|j| prev[j] == s[j] * size) => {
+                    *n *= size;
+                    *prev = s;
+                }
+                _ => out.push((size, s)),
+            }
+        }
+        out
+    }
+}
+
+// The Hydra kernel (found by `hydra.rs`): how it reads Q, K, V, and its two row programs, which
+// are its meaning.
+
+/// Where one operand's rows live in its value: row `r = b·tokens + t` is the `d` elements
+/// starting at `r·row_stride + offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RowView {
+    pub row_stride: usize,
+    pub offset: usize,
+}
+
+impl RowView {
+    /// Elements the value must hold for `rows` rows of `d` (0 when there are no rows).
+    pub fn needed_len(&self, rows: usize, d: usize) -> Option<usize> {
+        if rows == 0 {
+            return Some(0);
+        }
+        (rows - 1)
+            .checked_mul(self.row_stride)?
+            .checked_add(self.offset)?
+            .checked_add(d)
+    }
+}
+
+/// The shapes and constants of one Hydra kernel; its inputs are the values holding Q, K, V.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hydra {
+    pub batch: usize,
+    pub tokens: usize,
+    pub d: usize,
+    /// `cumsum` over tokens (out_t sees tokens `0..=t`) instead of `reduce_sum`.
+    pub causal: bool,
+    /// The `eps` of the two `l2_normalize`s.
+    pub eps_q: f32,
+    pub eps_k: f32,
+    /// How Q, K and V (kernel inputs 0, 1, 2) are read.
+    pub views: [RowView; 3],
+}
+
+impl Hydra {
+    /// `acc += φ(K_t) ⊙ V_t` for one token: inputs `[K row, V row, acc]` (all
+    /// [`InputKind::Rows`]; the accumulator is read and written in place).
+    pub fn kv_step(&self) -> RowProgram {
+        let k = Expr::Input(0);
+        let phi = Expr::bin(BinaryOp::Mul, k.clone(), inv_norm(self.eps_k));
+        RowProgram {
+            inputs: vec![InputKind::Rows; 3],
+            params: 0,
+            reductions: vec![Reduction::sum(Expr::un(UnaryOp::Square, k))],
+            output: Expr::bin(
+                BinaryOp::Add,
+                Expr::Input(2),
+                Expr::bin(BinaryOp::Mul, phi, Expr::Input(1)),
+            ),
+            fill: 0.0,
+            zero_if_all_masked: false,
+        }
+    }
+
+    /// `out_t = φ(Q_t) ⊙ kv`: inputs `[Q row, kv]` (a row and a [`InputKind::Vector`]).
+    pub fn output_row(&self) -> RowProgram {
+        let q = Expr::Input(0);
+        let phi = Expr::bin(BinaryOp::Mul, q.clone(), inv_norm(self.eps_q));
+        RowProgram {
+            inputs: vec![InputKind::Rows, InputKind::Vector],
+            params: 0,
+            reductions: vec![Reduction::sum(Expr::un(UnaryOp::Square, q))],
+            output: Expr::bin(BinaryOp::Mul, phi, Expr::Input(1)),
+            fill: 0.0,
+            zero_if_all_masked: false,
+        }
+    }
+
+    /// Bytes a run must move at least: Q, K and V read once, the output written once.
+    pub fn bytes(&self) -> u64 {
+        (4 * 4 * self.batch * self.tokens * self.d) as u64
+    }
+}
+
+/// `1 / max(√Reduced(0), eps)`: `l2_normalize`'s divisor, inverted once per row.
+fn inv_norm(eps: f32) -> Expr {
+    Expr::un(
+        UnaryOp::Recip,
+        Expr::bin(
+            BinaryOp::Max,
+            Expr::un(UnaryOp::Sqrt, Expr::Reduced(0)),
+            Expr::Const(eps),
+        ),
+    )
 }

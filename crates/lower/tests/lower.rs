@@ -328,3 +328,30 @@ fn shared_split_heads_keep_their_copy() {
     );
     assert_eq!(v.a.batch_strides, vec![3 * 5 * 4, 5 * 4], "Q read densely");
 }
+
+/// `t = permute(x)` swapping the last two axes is both a graph output and the right operand of
+/// `out = x · t`, its only user: the product may read `x` transposed, but `t` must keep its own
+/// kernel, since the output needs its value.
+#[test]
+fn transposing_permute_that_is_an_output_keeps_its_kernel() {
+    let mut b = Builder::new();
+    let x = b
+        .graph
+        .input(
+            "x",
+            DType::F32,
+            Shape(vec![BATCH, SEQ, attnopt_ir::Dim::Fixed(8)]),
+        )
+        .unwrap();
+    let t = b.op(Op::Permute(vec![0, 2, 1]), &[x], Role::Other).unwrap();
+    let p = b.op(Op::MatMul, &[x, t], Role::Other).unwrap();
+    let mut g = b.finish();
+    g.set_output("t", t).unwrap();
+    g.set_output("out", p).unwrap();
+    let l = lower(&g, &Bindings::new(2, 5)).unwrap();
+    check(&l.memory, &l.values, &l.kernels, &l.outputs).unwrap();
+    let (_, tv) = l.outputs.iter().find(|(name, _)| name == "t").unwrap();
+    let writer = l.kernels.iter().find(|k| k.output == *tv);
+    assert_eq!(writer.map(|k| k.name.as_str()), Some("op:permute"));
+    assert_eq!(l.values[*tv].shape, vec![2, 8, 5]);
+}
