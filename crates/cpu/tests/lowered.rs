@@ -226,3 +226,22 @@ fn transposing_permute_that_is_an_output() {
         assert!(err <= 1e-5 * want[name].max_abs().max(1e-3), "{name}: off by {err}\n{g}");
     }
 }
+
+/// A 100,000-deep elementwise chain (a stranger's graph text can hold one): the lowering
+/// absorbed it into one row program by recursion and overflowed the stack, aborting `run`.
+/// Programs now stop absorbing at `MAX_DEPTH`, so it becomes a chain of kernels.
+#[test]
+fn a_very_deep_elementwise_chain_is_cut_into_kernels() {
+    let ops: Vec<Op> = (0..100_000)
+        .map(|i| Op::Unary(if i % 2 == 0 { Unary::Tanh } else { Unary::Neg }))
+        .collect();
+    let g = chain(vec![BATCH, F(8)], &ops);
+    agree(&g, &[2, 8], "100,000-deep chain");
+    let lowered = attnopt_lower::lower(&g, &attnopt_ir::Bindings::new(2, 1)).unwrap();
+    assert!(
+        // Each kernel: its root plus at most MAX_ROW_DEPTH absorbed nodes.
+        lowered.kernels.len() * (attnopt_lower::MAX_ROW_DEPTH + 1) >= 100_000,
+        "{} kernels",
+        lowered.kernels.len()
+    );
+}

@@ -48,3 +48,4 @@ pub use kernel::{
 };
 pub use memory::MemoryPlan;
 pub use row::{Expr, InputKind, ReduceKind, Reduction, RowProgram};
+pub use row_kernel::MAX_DEPTH as MAX_ROW_DEPTH;

@@ -151,7 +151,14 @@ struct Builder {
     /// May a single-use matrix product under the chain become the kernel's head?
     allow_matmul: bool,
     matmul: Option<NodeId>,
+    /// How deep the expression being built is nested: absorbing stops at [`MAX_DEPTH`], so a
+    /// stranger's graph with a 200,000-deep elementwise chain becomes a chain of kernels, not
+    /// a recursion that overflows the stack.
+    depth: usize,
 }
+
+/// The deepest expression one row program absorbs (the JIT accepts up to 200).
+pub const MAX_DEPTH: usize = 64;
 
 /// The additive (0 / -inf) f32 form of the `attention_mask` `m`, computed once by an
 /// [`KernelKind::AdditiveMask`] kernel.
@@ -211,9 +218,12 @@ fn operand(
                 && matches!(node.op, Op::CausalMask)
                 && pb.causal.is_none()
                 && causal_offset(root_shape).is_some()));
-    if absorbable {
+    if absorbable && pb.depth < MAX_DEPTH {
         pb.nodes.push(x);
-        return expr_of(l, x, root_shape, pb, allow_causal);
+        pb.depth += 1;
+        let e = expr_of(l, x, root_shape, pb, allow_causal);
+        pb.depth -= 1;
+        return e;
     }
     // A single-use product under the chain becomes the kernel's head (epilogue form).
     if matches!(node.op, Op::MatMul)
@@ -317,6 +327,7 @@ fn row_program(l: &mut Lowering, n: NodeId) -> Option<(RowProgram, Builder, usiz
         causal: None,
         allow_matmul: elementwise_root,
         matmul: None,
+        depth: 0,
     };
     let ops = l.g.operands(n);
     let inv_d = 1.0 / d as f32;
