@@ -16,19 +16,11 @@ use attnopt_ir::builder::{Builder, WeightLayout};
 use attnopt_ir::{interp, DType, Dim, Role, Shape, Tensor, Unary, Weight, BATCH, SEQ};
 use attnopt_lower::row::{BinaryOp, Expr, InputKind, RowProgram, UnaryOp};
 
-/// A small deterministic generator (xorshift64*), values in [-scale, scale).
-struct Rng(u64);
+/// The project's seeded generator (`ir::rng`), values in [-scale, scale).
+struct Rng(attnopt_ir::rng::Rng);
 impl Rng {
     fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                self.0 ^= self.0 >> 12;
-                self.0 ^= self.0 << 25;
-                self.0 ^= self.0 >> 27;
-                let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-                (((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-            })
-            .collect()
+        self.0.values(n, -scale, scale)
     }
 }
 
@@ -84,7 +76,7 @@ fn onednn() -> Option<OneDnnMatMul> {
 #[test]
 fn onednn_post_ops_match_product_then_row_program() {
     let Some(d) = onednn() else { return };
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng(attnopt_ir::rng::Rng::new(0x5eed));
     for (m, k, n) in [(1, 1, 1), (3, 5, 7), (17, 33, 9), (130, 77, 65)] {
         // Products of order ±3, so the activations see both tails.
         let a = rng.vec(m * k, 1.0);
@@ -256,7 +248,7 @@ fn graph(
 
 #[test]
 fn executor_epilogues_match_interpreter_with_and_without_post_ops() {
-    let mut rng = Rng(0xe91);
+    let mut rng = Rng(attnopt_ir::rng::Rng::new(0xe91));
     let (batch, seq, k, n) = (2, 7, 19, 23);
     let inputs: HashMap<String, Tensor> = [("x", vec![batch, seq, k]), ("r", vec![batch, seq, n])]
         .into_iter()

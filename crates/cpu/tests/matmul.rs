@@ -18,21 +18,14 @@ use std::sync::OnceLock;
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-/// A small deterministic generator (xorshift64*), values in [-1, 1).
-struct Rng(u64);
+/// The project's seeded generator (`ir::rng`), values in [-1, 1).
+struct Rng(attnopt_ir::rng::Rng);
 impl Rng {
     fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        Rng(attnopt_ir::rng::Rng::new(seed))
     }
     fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
+        self.0.values(n, -1.0, 1.0)
     }
 }
 

@@ -18,7 +18,7 @@ use attnopt_ir::{
 };
 use attnopt_rewrite::condition::{Condition, Int};
 use attnopt_rewrite::rules::{Body, Kind, Rule};
-use attnopt_rewrite::{approx, block, egraph, optimize, Limits, Options, RuleError, RuleSet};
+use attnopt_rewrite::{approx, block, egraph, optimize, Options, RuleError, RuleSet};
 
 const B: Dim = Dim::Sym(Sym::Batch);
 const N: Dim = Dim::Sym(Sym::Seq);
@@ -31,25 +31,20 @@ fn fx(n: usize) -> Dim {
 const RUN_BATCH: usize = 2;
 const RUN_TOKENS: usize = 5;
 
-/// SplitMix64: seeded, dependency-free random numbers for weights and inputs.
-struct Rng(u64);
+/// The project's seeded generator (`ir::rng`), values in [-1, 1).
+struct Rng(attnopt_ir::rng::Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Rng {
+        Rng(attnopt_ir::rng::Rng::new(seed))
     }
 
-    /// Uniform in [-1, 1).
     fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        self.0.range(-1.0, 1.0)
     }
 
     fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
+        self.0.values(n, -1.0, 1.0)
     }
 }
 
@@ -63,7 +58,7 @@ impl Ctx {
     fn new() -> Ctx {
         let mut b = Builder::new();
         b.set_layer(Some(0));
-        Ctx { b, rng: Rng(7) }
+        Ctx { b, rng: Rng::new(7) }
     }
 
     fn input(&mut self, name: &str, dims: &[Dim]) -> NodeId {
@@ -381,7 +376,7 @@ cases! {
 /// Seeded random values for every input of `g` at batch 2, 5 tokens. Padding masks keep the
 /// first three tokens of every row and drop some of the rest.
 fn random_inputs(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let b = Bindings::new(RUN_BATCH, RUN_TOKENS);
     g.inputs()
         .iter()

@@ -346,7 +346,9 @@ pub fn row_slices<'a>(p: &RowProgram, inputs: &[&'a [f32]], d: usize, r: usize) 
         .collect()
 }
 
-/// A small deterministic generator (xorshift), so the tests need no extra crates.
+/// A small deterministic generator (xorshift). Kept apart from `ir::rng` on purpose: the
+/// regression cases in `jit_props.proptest-regressions` (and `gelu_of_huge_sum_is_finite`)
+/// name seeds whose inputs come from exactly this sequence.
 pub struct Rng(pub u64);
 
 impl Rng {
