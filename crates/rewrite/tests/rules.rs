@@ -10,8 +10,10 @@
 //! The loader tests at the end check that malformed rule files give `file:line` errors.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 
 use attnopt_ir::builder::{Attention, AttentionKind, Builder};
+use attnopt_ir::parse::{parse_graph, ParseError};
 use attnopt_ir::{
     interp, Binary, Bindings, DType, Dim, Graph, NodeId, Op, Reduce, Role, RopeStyle, Scalar,
     Shape, Sym, Tensor, Unary, Weight,
@@ -58,7 +60,10 @@ impl Ctx {
     fn new() -> Ctx {
         let mut b = Builder::new();
         b.set_layer(Some(0));
-        Ctx { b, rng: Rng::new(7) }
+        Ctx {
+            b,
+            rng: Rng::new(7),
+        }
     }
 
     fn input(&mut self, name: &str, dims: &[Dim]) -> NodeId {
@@ -860,4 +865,117 @@ fn deeply_nested_patterns_are_refused_not_a_stack_overflow() {
     );
     // At the limit, a pattern still loads.
     load(&[("ok.rules", &format!("exact deep64: {} => ?x", deep(64)))]).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start graphs as text: `tests/rule_cases/RULE-NAME.graph`.
+
+/// The folder of start graphs, one `RULE-NAME.graph` per rule.
+fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rule_cases")
+}
+
+/// The rule names that have a start graph in `tests/rule_cases/`, sorted. Any other file there
+/// is an error, so a misspelt extension cannot hide a case.
+fn case_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(cases_dir()).expect("tests/rule_cases/ is readable") {
+        let path = entry.unwrap().path();
+        match (path.file_stem(), path.extension()) {
+            (Some(stem), Some(ext)) if ext == "graph" => {
+                names.push(stem.to_string_lossy().into_owned())
+            }
+            _ => panic!(
+                "{}: tests/rule_cases/ holds only RULE-NAME.graph files",
+                path.display()
+            ),
+        }
+    }
+    names.sort();
+    names
+}
+
+/// `NAME → shape` of every weight line (`%n = weight "NAME" f32 : [8, 8] f32 @- weight`) of a
+/// start graph. The text form names weights without values; the cases' names are plain.
+fn weight_shapes(text: &str) -> HashMap<String, Vec<usize>> {
+    text.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("weight \"")?;
+            let (name, rest) = rest.split_once('"')?;
+            let (_, rest) = rest.split_once('[')?;
+            let (dims, _) = rest.split_once(']')?;
+            let dims = match dims.trim() {
+                "" => Some(Vec::new()),
+                d => d.split(',').map(|d| d.trim().parse().ok()).collect(),
+            }?;
+            Some((name.to_string(), dims))
+        })
+        .collect()
+}
+
+/// Reads a start graph in the graph text form (`attnopt_ir::parse`); lines starting with `#`
+/// are comments. Every weight gets seeded random f32 values of its declared shape, drawn in
+/// the order the weights appear (the order the builder cases drew them in).
+fn parse_case(text: &str) -> Result<Graph, ParseError> {
+    let shapes = weight_shapes(text);
+    let mut rng = Rng::new(7);
+    // Comments become blank lines, so error line numbers stay those of the file.
+    let text: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with('#') {
+                ""
+            } else {
+                l
+            }
+        })
+        .collect();
+    parse_graph(&text.join("\n"), &mut |name| {
+        let dims = shapes
+            .get(name)
+            .ok_or("the rule test reads a weight's shape from `weight \"NAME\" f32 : [..]`")?;
+        let values = rng.vec(dims.iter().product());
+        Weight::from_f32(name, dims.clone(), &values).map_err(|e| e.to_string())
+    })
+}
+
+/// The start graph of rule `name`, from `tests/rule_cases/NAME.graph`; its output is `out`.
+fn load_case(name: &str) -> Graph {
+    let path = cases_dir().join(format!("{name}.graph"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no case for rule `{name}`: {}: {e}", path.display()));
+    let g = parse_case(&text).unwrap_or_else(|e| panic!("{}:{e}", path.display()));
+    assert!(
+        g.output("out").is_some(),
+        "{}: the start graph's output must be named `out`",
+        path.display()
+    );
+    g
+}
+
+/// Transitional: every text case reads back as its builder graph, weights included.
+#[test]
+fn rule_case_files_match_the_builders() {
+    assert_eq!(
+        case_names(),
+        COVERED
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    );
+    for name in COVERED {
+        let (built, read) = (start_graph(name), load_case(name));
+        assert_eq!(built.to_string(), read.to_string(), "{name}");
+        assert_eq!(built.weights().len(), read.weights().len(), "{name}");
+        for (a, b) in built.weights().iter().zip(read.weights()) {
+            assert_eq!(
+                (a.name(), a.shape(), a.to_f32()),
+                (b.name(), b.shape(), b.to_f32()),
+                "{name}"
+            );
+        }
+    }
 }
