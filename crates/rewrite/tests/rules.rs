@@ -1,33 +1,26 @@
-//! One snapshot per rule of the embedded rule files: a small start graph in layer 0 on which
-//! the rule matches, the rule applied once (`approx::apply_once`; the `qkv-fusion` code rule
-//! through `optimize` with only that rule loaded), and the result stamped back into a graph.
+//! One snapshot per rule of the embedded rule files. Each rule's start graph is a text file,
+//! `tests/rule_cases/RULE-NAME.graph`, in the graph text form (`attnopt_ir::parse`): a small
+//! graph in layer 0 on which the rule matches, its output named `out`. The rule is applied
+//! once (`approx::apply_once`; the `qkv-fusion` code rule through `optimize` with only that
+//! rule loaded), the result stamped back into a graph, and both graphs snapshotted
+//! (`tests/snapshots/rules__RULE-NAME.snap`).
 //!
 //! Every exact rule is also checked numerically: the rewritten graph must evaluate like the
 //! start graph on seeded random inputs (several heads and tokens, batch 2). Approximate rules
-//! must change the values but not the output's type. A rule without a case here fails
-//! `every_embedded_rule_has_a_case`.
+//! must change the values but not the output's type. A rule without a case file, or a case
+//! file naming no rule, fails `every_embedded_rule_has_a_case`.
 //!
 //! The loader tests at the end check that malformed rule files give `file:line` errors.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use attnopt_ir::builder::{Attention, AttentionKind, Builder};
 use attnopt_ir::parse::{parse_graph, ParseError};
-use attnopt_ir::{
-    interp, Binary, Bindings, DType, Dim, Graph, NodeId, Op, Reduce, Role, RopeStyle, Scalar,
-    Shape, Sym, Tensor, Unary, Weight,
-};
+use attnopt_ir::{interp, Bindings, DType, Graph, NodeId, Op, Role, Tensor, Weight};
 use attnopt_rewrite::condition::{Condition, Int};
 use attnopt_rewrite::rules::{Body, Kind, Rule};
 use attnopt_rewrite::{approx, block, egraph, optimize, Options, RuleError, RuleSet};
-
-const B: Dim = Dim::Sym(Sym::Batch);
-const N: Dim = Dim::Sym(Sym::Seq);
-
-fn fx(n: usize) -> Dim {
-    Dim::Fixed(n)
-}
 
 /// Runtime batch and token count of the numerical checks.
 const RUN_BATCH: usize = 2;
@@ -50,332 +43,91 @@ impl Rng {
     }
 }
 
-/// Builds a start graph: inputs and weights outside the blocks, everything else in layer 0.
-struct Ctx {
-    b: Builder,
-    rng: Rng,
+// ---------------------------------------------------------------------------------------------
+// Start graphs as text: `tests/rule_cases/RULE-NAME.graph`.
+
+/// The folder of start graphs, one `RULE-NAME.graph` per rule.
+fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rule_cases")
 }
 
-impl Ctx {
-    fn new() -> Ctx {
-        let mut b = Builder::new();
-        b.set_layer(Some(0));
-        Ctx {
-            b,
-            rng: Rng::new(7),
+/// The rule names that have a start graph in `tests/rule_cases/`, sorted. Any other file there
+/// is an error, so a misspelt extension cannot hide a case.
+fn case_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(cases_dir()).expect("tests/rule_cases/ is readable") {
+        let path = entry.unwrap().path();
+        match (path.file_stem(), path.extension()) {
+            (Some(stem), Some(ext)) if ext == "graph" => {
+                names.push(stem.to_string_lossy().into_owned())
+            }
+            _ => panic!(
+                "{}: tests/rule_cases/ holds only RULE-NAME.graph files",
+                path.display()
+            ),
         }
     }
-
-    fn input(&mut self, name: &str, dims: &[Dim]) -> NodeId {
-        self.b
-            .graph
-            .input(name, DType::F32, Shape(dims.to_vec()))
-            .unwrap()
-    }
-
-    fn mask(&mut self) -> NodeId {
-        self.b
-            .graph
-            .input("attention_mask", DType::I64, Shape(vec![B, N]))
-            .unwrap()
-    }
-
-    fn weight(&mut self, name: &str, dims: &[usize]) -> NodeId {
-        let n = dims.iter().product();
-        let values = self.rng.vec(n);
-        self.b
-            .graph
-            .weight(Weight::from_f32(name, dims.to_vec(), &values).unwrap())
-    }
-
-    fn op(&mut self, op: Op, args: &[NodeId]) -> NodeId {
-        self.b.op(op, args, Role::Other).unwrap()
-    }
-
-    fn unary(&mut self, u: Unary, x: NodeId) -> NodeId {
-        self.op(Op::Unary(u), &[x])
-    }
-
-    fn binary(&mut self, f: Binary, a: NodeId, b: NodeId) -> NodeId {
-        self.op(Op::Binary(f), &[a, b])
-    }
-
-    fn scale(&mut self, c: f32, x: NodeId) -> NodeId {
-        self.op(Op::Scale(Scalar::new(c)), &[x])
-    }
-
-    fn split(&mut self, heads: usize, x: NodeId) -> NodeId {
-        self.op(Op::SplitHeads { heads }, &[x])
-    }
-
-    fn transpose(&mut self, x: NodeId) -> NodeId {
-        self.op(Op::Permute(vec![0, 1, 3, 2]), &[x])
-    }
-
-    fn matmul(&mut self, a: NodeId, b: NodeId) -> NodeId {
-        self.op(Op::MatMul, &[a, b])
-    }
-
-    fn sum(&mut self, axis: usize, x: NodeId) -> NodeId {
-        self.op(
-            Op::Reduce {
-                kind: Reduce::Sum,
-                axis,
-                keep_dim: true,
-            },
-            &[x],
-        )
-    }
-
-    /// `q·kᵀ` for rank-4 `q`, `k`.
-    fn scores(&mut self, q: NodeId, k: NodeId) -> NodeId {
-        let kt = self.transpose(k);
-        self.matmul(q, kt)
-    }
-
-    /// q, k `[B, heads, N, dk]` and v `[B, heads, N, dv]` as inputs.
-    fn qkv(&mut self, heads: usize, dk: usize, dv: usize) -> (NodeId, NodeId, NodeId) {
-        let h = Dim::Fixed(heads);
-        (
-            self.input("q", &[B, h, N, Dim::Fixed(dk)]),
-            self.input("k", &[B, h, N, Dim::Fixed(dk)]),
-            self.input("v", &[B, h, N, Dim::Fixed(dv)]),
-        )
-    }
-
-    /// q, k `[B, heads, N, dk]` as inputs.
-    fn qk(&mut self, heads: usize, dk: usize) -> (NodeId, NodeId) {
-        let (h, d) = (Dim::Fixed(heads), Dim::Fixed(dk));
-        (
-            self.input("q", &[B, h, N, d]),
-            self.input("k", &[B, h, N, d]),
-        )
-    }
-
-    /// Softmax attention over projections of `x [B, N, 8]` (2 heads of 4), as import builds it.
-    fn softmax_attention(&mut self, causal: bool, padded: bool) -> NodeId {
-        let x = self.input("x", &[B, N, fx(8)]);
-        let m = padded.then(|| self.mask());
-        let proj = |c: &mut Ctx, name: &str| {
-            let w = c.weight(name, &[8, 8]);
-            c.matmul(x, w)
-        };
-        let (q, k, v) = (proj(self, "wq"), proj(self, "wk"), proj(self, "wv"));
-        self.b
-            .attention(
-                q,
-                k,
-                v,
-                &Attention {
-                    kind: AttentionKind::Softmax,
-                    heads: 2,
-                    kv_heads: 2,
-                    head_dim: 4,
-                    causal,
-                    padding_mask: m,
-                    rope: None,
-                    scale: 0.5,
-                },
-            )
-            .unwrap()
-    }
+    names.sort();
+    names
 }
 
-/// The start graph of each rule, with its output node.
-type Build = fn(&mut Ctx) -> NodeId;
-
-fn x8(c: &mut Ctx) -> NodeId {
-    c.input("x", &[B, N, fx(8)])
+/// `NAME → shape` of every weight line (`%n = weight "NAME" f32 : [8, 8] f32 @- weight`) of a
+/// start graph. The text form names weights without values; the cases' names are plain.
+fn weight_shapes(text: &str) -> HashMap<String, Vec<usize>> {
+    text.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("weight \"")?;
+            let (name, rest) = rest.split_once('"')?;
+            let (_, rest) = rest.split_once('[')?;
+            let (dims, _) = rest.split_once(']')?;
+            let dims = match dims.trim() {
+                "" => Some(Vec::new()),
+                d => d.split(',').map(|d| d.trim().parse().ok()).collect(),
+            }?;
+            Some((name.to_string(), dims))
+        })
+        .collect()
 }
 
-/// Cases: (rule name, start graph). One test function per case, and `COVERED` for the
-/// coverage check.
-macro_rules! cases {
-    ($($test:ident => $name:literal: $build:expr;)*) => {
-        const COVERED: &[&str] = &[$($name),*];
-        fn case(name: &str) -> Option<Build> {
-            match name {
-                $($name => Some($build),)*
-                _ => None,
+/// Reads a start graph in the graph text form (`attnopt_ir::parse`); lines starting with `#`
+/// are comments. Every weight gets seeded random f32 values of its declared shape, drawn in
+/// the order the weights appear (the order the builder cases drew them in).
+fn parse_case(text: &str) -> Result<Graph, ParseError> {
+    let shapes = weight_shapes(text);
+    let mut rng = Rng::new(7);
+    // Comments become blank lines, so error line numbers stay those of the file.
+    let text: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with('#') {
+                ""
+            } else {
+                l
             }
-        }
-        $(
-            #[test]
-            fn $test() {
-                check_rule($name);
-            }
-        )*
-    };
+        })
+        .collect();
+    parse_graph(&text.join("\n"), &mut |name| {
+        let dims = shapes
+            .get(name)
+            .ok_or("the rule test reads a weight's shape from `weight \"NAME\" f32 : [..]`")?;
+        let values = rng.vec(dims.iter().product());
+        Weight::from_f32(name, dims.clone(), &values).map_err(|e| e.to_string())
+    })
 }
 
-cases! {
-    // cleanup.rules
-    cancel_permutes => "cancel-permutes": |c| {
-        let x = x8(c);
-        let h = c.split(2, x);
-        let p = c.op(Op::Permute(vec![0, 2, 3, 1]), &[h]);
-        let q = c.op(Op::Permute(vec![0, 3, 1, 2]), &[p]);
-        c.unary(Unary::Tanh, q)
-    };
-    drop_identity_permute => "drop-identity-permute": |c| {
-        let x = x8(c);
-        let p = c.op(Op::Permute(vec![0, 1, 2]), &[x]);
-        c.unary(Unary::Tanh, p)
-    };
-    merge_reshapes => "merge-reshapes": |c| {
-        let x = x8(c);
-        let r = c.op(Op::Reshape(Shape(vec![B, N, fx(2), fx(4)])), &[x]);
-        let r = c.op(Op::Reshape(Shape(vec![B, N, fx(4), fx(2)])), &[r]);
-        c.unary(Unary::Tanh, r)
-    };
-    drop_noop_reshape => "drop-noop-reshape": |c| {
-        let x = x8(c);
-        let r = c.op(Op::Reshape(Shape(vec![B, N, fx(8)])), &[x]);
-        c.unary(Unary::Tanh, r)
-    };
-    cancel_merge_split => "cancel-merge-split": |c| {
-        let x = x8(c);
-        let h = c.split(2, x);
-        let m = c.op(Op::MergeHeads, &[h]);
-        c.unary(Unary::Tanh, m)
-    };
-    cancel_split_merge => "cancel-split-merge": |c| {
-        let x = c.input("x", &[B, fx(2), N, fx(4)]);
-        let m = c.op(Op::MergeHeads, &[x]);
-        let h = c.split(2, m);
-        c.unary(Unary::Tanh, h)
-    };
-    fold_biases => "fold-biases": |c| {
-        let x = x8(c);
-        let (b1, b2) = (c.weight("b1", &[8]), c.weight("b2", &[1, 8]));
-        let y = c.binary(Binary::Add, x, b1);
-        c.binary(Binary::Add, y, b2)
-    };
-    // fusion.rules
-    qkv_fusion => "qkv-fusion": |c| {
-        let x = x8(c);
-        let proj = |c: &mut Ctx, w: &str, b: &str| {
-            let (w, b) = (c.weight(w, &[8, 8]), c.weight(b, &[8]));
-            let y = c.matmul(x, w);
-            c.binary(Binary::Add, y, b)
-        };
-        let q = proj(c, "wq", "bq");
-        let k = proj(c, "wk", "bk");
-        let v = proj(c, "wv", "bv");
-        let qk = c.binary(Binary::Mul, q, k);
-        c.binary(Binary::Add, qk, v)
-    };
-    scale_into_matmul_left => "scale-into-matmul-left": |c| {
-        let x = x8(c);
-        let w = c.weight("w", &[8, 6]);
-        let y = c.matmul(x, w);
-        c.scale(0.125, y)
-    };
-    scale_into_matmul_right => "scale-into-matmul-right": |c| {
-        let x = x8(c);
-        let w = c.weight("w", &[8, 6]);
-        let y = c.matmul(x, w);
-        c.scale(0.125, y)
-    };
-    scale_into_split_heads => "scale-into-split-heads": |c| {
-        let x = x8(c);
-        let h = c.split(2, x);
-        c.scale(-0.5, h)
-    };
-    scale_into_permute => "scale-into-permute": |c| {
-        let x = x8(c);
-        let p = c.op(Op::Permute(vec![0, 2, 1]), &[x]);
-        c.scale(-0.5, p)
-    };
-    scale_into_rope => "scale-into-rope": |c| {
-        let x = x8(c);
-        let h = c.split(2, x);
-        let r = c.op(
-            Op::Rope {
-                theta: Scalar::new(10000.0),
-                style: RopeStyle::Half,
-            },
-            &[h],
-        );
-        c.scale(0.25, r)
-    };
-    scale_into_slice => "scale-into-slice": |c| {
-        let x = x8(c);
-        let s = c.op(
-            Op::Slice {
-                axis: 2,
-                start: 2,
-                end: fx(6),
-            },
-            &[x],
-        );
-        c.scale(3.0, s)
-    };
-    scale_over_add => "scale-over-add": |c| {
-        let x = x8(c);
-        let b = c.weight("b", &[8]);
-        let y = c.binary(Binary::Add, x, b);
-        c.scale(0.5, y)
-    };
-    // attention.rules
-    reassociate_attention => "reassociate-attention": |c| {
-        let (q, k, v) = c.qkv(2, 4, 3);
-        let s = c.scores(q, k);
-        c.matmul(s, v)
-    };
-    reassociate_normaliser => "reassociate-normaliser": |c| {
-        let (q, k) = c.qk(2, 4);
-        let s = c.scores(q, k);
-        c.sum(3, s)
-    };
-    causal_linear_attention => "causal-linear-attention": |c| {
-        let (q, k, v) = c.qkv(2, 4, 3);
-        let s = c.scores(q, k);
-        let s = c.op(Op::Tril, &[s]);
-        c.matmul(s, v)
-    };
-    causal_linear_normaliser => "causal-linear-normaliser": |c| {
-        let (q, k) = c.qk(2, 4);
-        let s = c.scores(q, k);
-        let s = c.op(Op::Tril, &[s]);
-        c.sum(3, s)
-    };
-    outer_product_dim1 => "outer-product-dim1": |c| {
-        let (q, k) = c.qk(4, 1);
-        c.scores(q, k)
-    };
-    inner_product_dim1 => "inner-product-dim1": |c| {
-        let k = c.input("k", &[B, fx(4), N, fx(1)]);
-        let v = c.input("v", &[B, fx(4), N, fx(1)]);
-        let kt = c.transpose(k);
-        c.matmul(kt, v)
-    };
-    causal_dim1 => "causal-dim1": |c| {
-        let (q, k, v) = c.qkv(4, 1, 1);
-        let s = c.scores(q, k);
-        let s = c.op(Op::Tril, &[s]);
-        c.matmul(s, v)
-    };
-    mul_under_split_heads => "mul-under-split-heads": |c| {
-        let (x, y) = (x8(c), c.input("y", &[B, N, fx(8)]));
-        let (hx, hy) = (c.split(2, x), c.split(2, y));
-        c.binary(Binary::Mul, hx, hy)
-    };
-    sum_under_split_heads => "sum-under-split-heads": |c| {
-        let x = x8(c);
-        let h = c.split(2, x);
-        c.sum(2, h)
-    };
-    cumsum_under_split_heads => "cumsum-under-split-heads": |c| {
-        let x = x8(c);
-        let h = c.split(2, x);
-        c.op(Op::CumSum { axis: 2 }, &[h])
-    };
-    // hydra.rules
-    hydra => "hydra": |c| c.softmax_attention(false, false);
-    hydra_padded => "hydra-padded": |c| c.softmax_attention(false, true);
-    hydra_causal => "hydra-causal": |c| c.softmax_attention(true, false);
-    hydra_causal_padded => "hydra-causal-padded": |c| c.softmax_attention(true, true);
+/// The start graph of rule `name`, from `tests/rule_cases/NAME.graph`; its output is `out`.
+fn load_case(name: &str) -> Graph {
+    let path = cases_dir().join(format!("{name}.graph"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no case for rule `{name}`: {}: {e}", path.display()));
+    let g =
+        parse_case(&text).unwrap_or_else(|e| panic!("{}:{}: {}", path.display(), e.line, e.msg));
+    assert!(
+        g.output("out").is_some(),
+        "{}: the start graph's output must be named `out`",
+        path.display()
+    );
+    g
 }
 
 /// Seeded random values for every input of `g` at batch 2, 5 tokens. Padding masks keep the
@@ -421,16 +173,6 @@ fn compare(start: &Graph, result: &Graph) -> (f32, f32) {
         scale = scale.max(a.max_abs());
     }
     (err, scale)
-}
-
-/// The start graph of `name`, with its output named `out`.
-fn start_graph(name: &str) -> Graph {
-    let build = case(name).unwrap_or_else(|| panic!("no case for rule `{name}`"));
-    let mut c = Ctx::new();
-    let out = build(&mut c);
-    let mut g = c.b.finish();
-    g.set_output("out", out).unwrap();
-    g
 }
 
 /// `rule` applied once to the single block of `g`, stamped back into a copy of `g`'s leaves.
@@ -511,7 +253,7 @@ fn check_rule(name: &str) {
     let rule = rules
         .get(name)
         .unwrap_or_else(|| panic!("no embedded rule `{name}`"));
-    let start = start_graph(name);
+    let start = load_case(name);
     let kind = match rule.kind {
         Kind::Exact => "exact",
         Kind::Approx => "approx",
@@ -554,15 +296,28 @@ fn check_rule(name: &str) {
     insta::assert_snapshot!(name, text);
 }
 
+/// Every case in `tests/rule_cases/`: each is checked even when one before it fails, and the
+/// failing rules are named at the end (their messages are printed above).
+#[test]
+fn every_rule_case() {
+    let failed: Vec<String> = case_names()
+        .into_iter()
+        .filter(|name| catch_unwind(AssertUnwindSafe(|| check_rule(name))).is_err())
+        .collect();
+    assert!(failed.is_empty(), "rule cases failed: {failed:?}");
+}
+
 #[test]
 fn every_embedded_rule_has_a_case() {
     let rules = RuleSet::embedded().unwrap();
-    let embedded: BTreeSet<&str> = rules.rules.iter().map(|r| r.name.as_str()).collect();
-    let covered: BTreeSet<&str> = COVERED.iter().copied().collect();
-    assert_eq!(covered.len(), COVERED.len(), "a rule is listed twice");
-    assert_eq!(
-        embedded, covered,
-        "every embedded rule needs a case in tests/rules.rs (and no case may name a missing rule)"
+    let embedded: BTreeSet<String> = rules.rules.iter().map(|r| r.name.clone()).collect();
+    let cases: BTreeSet<String> = case_names().into_iter().collect();
+    let missing: Vec<&String> = embedded.difference(&cases).collect();
+    let stray: Vec<&String> = cases.difference(&embedded).collect();
+    assert!(
+        missing.is_empty() && stray.is_empty(),
+        "every embedded rule needs tests/rule_cases/RULE-NAME.graph, and every file there must \
+         name an embedded rule\n  rules without a case: {missing:?}\n  cases naming no rule: {stray:?}"
     );
 }
 
@@ -778,13 +533,14 @@ fn apply_once_with_a_bare_variable_at_the_root() {
         "approx unwrap: (neg (scale ?c ?x)) => ?x\n".to_string(),
     )])
     .unwrap();
-    let mut c = Ctx::new();
-    let x = x8(&mut c);
-    let y = c.unary(Unary::Tanh, x);
-    let s = c.scale(2.0, y);
-    let n = c.unary(Unary::Neg, s);
-    let mut g = c.b.finish();
-    g.set_output("out", n).unwrap();
+    let g = parse_case(
+        "%0 = input{name=x, dtype=f32, shape=[B, N, 8]} : [B, N, 8] f32 @- input
+         %1 = tanh %0 : [B, N, 8] f32 @L0 other
+         %2 = scale{2.0} %1 : [B, N, 8] f32 @L0 other
+         %3 = neg %2 : [B, N, 8] f32 @L0 other
+         output out = %3",
+    )
+    .unwrap();
     let (_, after, result) = apply_pattern_rule(rules.get("unwrap").unwrap(), &g);
     assert_eq!(after, "(tanh in:0)");
     let inputs = random_inputs(&g, 1);
@@ -801,11 +557,13 @@ fn apply_once_with_a_block_input_as_the_result() {
         "approx first: (add ?x ?y) => ?x\n".to_string(),
     )])
     .unwrap();
-    let mut c = Ctx::new();
-    let (x, y) = (x8(&mut c), c.input("y", &[B, N, fx(8)]));
-    let s = c.binary(Binary::Add, x, y);
-    let mut g = c.b.finish();
-    g.set_output("out", s).unwrap();
+    let g = parse_case(
+        "%0 = input{name=x, dtype=f32, shape=[B, N, 8]} : [B, N, 8] f32 @- input
+         %1 = input{name=y, dtype=f32, shape=[B, N, 8]} : [B, N, 8] f32 @- input
+         %2 = add %0, %1 : [B, N, 8] f32 @L0 other
+         output out = %2",
+    )
+    .unwrap();
     let (_, after, result) = apply_pattern_rule(rules.get("first").unwrap(), &g);
     assert_eq!(after, "in:0");
     let inputs = random_inputs(&g, 1);
@@ -865,117 +623,4 @@ fn deeply_nested_patterns_are_refused_not_a_stack_overflow() {
     );
     // At the limit, a pattern still loads.
     load(&[("ok.rules", &format!("exact deep64: {} => ?x", deep(64)))]).unwrap();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Start graphs as text: `tests/rule_cases/RULE-NAME.graph`.
-
-/// The folder of start graphs, one `RULE-NAME.graph` per rule.
-fn cases_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rule_cases")
-}
-
-/// The rule names that have a start graph in `tests/rule_cases/`, sorted. Any other file there
-/// is an error, so a misspelt extension cannot hide a case.
-fn case_names() -> Vec<String> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(cases_dir()).expect("tests/rule_cases/ is readable") {
-        let path = entry.unwrap().path();
-        match (path.file_stem(), path.extension()) {
-            (Some(stem), Some(ext)) if ext == "graph" => {
-                names.push(stem.to_string_lossy().into_owned())
-            }
-            _ => panic!(
-                "{}: tests/rule_cases/ holds only RULE-NAME.graph files",
-                path.display()
-            ),
-        }
-    }
-    names.sort();
-    names
-}
-
-/// `NAME → shape` of every weight line (`%n = weight "NAME" f32 : [8, 8] f32 @- weight`) of a
-/// start graph. The text form names weights without values; the cases' names are plain.
-fn weight_shapes(text: &str) -> HashMap<String, Vec<usize>> {
-    text.lines()
-        .filter_map(|l| {
-            let (_, rest) = l.split_once("weight \"")?;
-            let (name, rest) = rest.split_once('"')?;
-            let (_, rest) = rest.split_once('[')?;
-            let (dims, _) = rest.split_once(']')?;
-            let dims = match dims.trim() {
-                "" => Some(Vec::new()),
-                d => d.split(',').map(|d| d.trim().parse().ok()).collect(),
-            }?;
-            Some((name.to_string(), dims))
-        })
-        .collect()
-}
-
-/// Reads a start graph in the graph text form (`attnopt_ir::parse`); lines starting with `#`
-/// are comments. Every weight gets seeded random f32 values of its declared shape, drawn in
-/// the order the weights appear (the order the builder cases drew them in).
-fn parse_case(text: &str) -> Result<Graph, ParseError> {
-    let shapes = weight_shapes(text);
-    let mut rng = Rng::new(7);
-    // Comments become blank lines, so error line numbers stay those of the file.
-    let text: Vec<&str> = text
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with('#') {
-                ""
-            } else {
-                l
-            }
-        })
-        .collect();
-    parse_graph(&text.join("\n"), &mut |name| {
-        let dims = shapes
-            .get(name)
-            .ok_or("the rule test reads a weight's shape from `weight \"NAME\" f32 : [..]`")?;
-        let values = rng.vec(dims.iter().product());
-        Weight::from_f32(name, dims.clone(), &values).map_err(|e| e.to_string())
-    })
-}
-
-/// The start graph of rule `name`, from `tests/rule_cases/NAME.graph`; its output is `out`.
-fn load_case(name: &str) -> Graph {
-    let path = cases_dir().join(format!("{name}.graph"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("no case for rule `{name}`: {}: {e}", path.display()));
-    let g = parse_case(&text).unwrap_or_else(|e| panic!("{}:{e}", path.display()));
-    assert!(
-        g.output("out").is_some(),
-        "{}: the start graph's output must be named `out`",
-        path.display()
-    );
-    g
-}
-
-/// Transitional: every text case reads back as its builder graph, weights included.
-#[test]
-fn rule_case_files_match_the_builders() {
-    assert_eq!(
-        case_names(),
-        COVERED
-            .iter()
-            .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>()
-    );
-    for name in COVERED {
-        let (built, read) = (start_graph(name), load_case(name));
-        assert_eq!(built.to_string(), read.to_string(), "{name}");
-        assert_eq!(built.weights().len(), read.weights().len(), "{name}");
-        for (a, b) in built.weights().iter().zip(read.weights()) {
-            assert_eq!(
-                (a.name(), a.shape(), a.to_f32()),
-                (b.name(), b.shape(), b.to_f32()),
-                "{name}"
-            );
-        }
-    }
 }
