@@ -90,8 +90,9 @@ fn weight_shapes(text: &str) -> HashMap<String, Vec<usize>> {
 }
 
 /// Reads a start graph in the graph text form (`attnopt_ir::parse`); lines starting with `#`
-/// are comments. Every weight gets seeded random f32 values of its declared shape, drawn in
-/// the order the weights appear (the order the builder cases drew them in).
+/// are comments. Every weight gets seeded random f32 values of its declared shape, drawn from
+/// one generator (seed 7) in the order the weight lines appear, so a case's values change only
+/// when its weight lines do.
 fn parse_case(text: &str) -> Result<Graph, ParseError> {
     let shapes = weight_shapes(text);
     let mut rng = Rng::new(7);
