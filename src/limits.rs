@@ -11,7 +11,7 @@ use attnopt_import::Arch;
 use attnopt_ir::cost::largest_value;
 use std::collections::HashMap;
 
-use attnopt_ir::{interp, Bindings, Sym, Tensor};
+use attnopt_ir::{interp, Bindings, Graph, Sym, Tensor};
 
 use crate::{Error, Model};
 
@@ -69,7 +69,20 @@ pub fn check_run_size(
             )));
         }
     }
-    let g = model.graph();
+    check_graph_size(model.graph(), b, what, budget)
+}
+
+/// [`check_run_size`] for one graph (the original or an optimised one): the largest single
+/// value first (cheap, and it keeps absurd sizes away from the lowering), then the whole
+/// activation memory of a run — the CPU backend's arena, planned by `lower` without
+/// allocating it; the interpreter's peak is of the same order.
+pub fn check_graph_size(
+    g: &Graph,
+    b: &Bindings,
+    what: &str,
+    budget: Option<u64>,
+) -> Result<(), Error> {
+    let seq = b.get(Sym::Seq);
     let Some((node, bytes)) = largest_value(g, b) else {
         return Ok(());
     };
@@ -92,6 +105,22 @@ pub fn check_run_size(
             gb(bytes),
             budget.map_or("addressable amount".into(), gb),
         )));
+    }
+    if let Some(budget) = budget {
+        // A graph the lowering refuses is the backend's to report.
+        if let Ok(plan) = attnopt_lower::lower(g, b) {
+            let arena = plan.memory.arena_bytes as u64;
+            if arena > budget {
+                return Err(Error::TooLarge(format!(
+                    "{what}: at batch {} × {} tokens a run needs {} of activation memory, more \
+                     than the {} available; use shorter or fewer inputs",
+                    b.get(Sym::Batch).unwrap_or(1),
+                    seq.map_or("the model's".into(), |s| s.to_string()),
+                    gb(arena),
+                    gb(budget),
+                )));
+            }
+        }
     }
     Ok(())
 }

@@ -54,7 +54,7 @@ enum Command {
     /// Run a model on inputs from a safetensors file and write its outputs.
     ///
     /// Input tensors are named like the Hugging Face forward arguments (input_ids,
-    /// attention_mask, token_type_ids, pixel_values); ids may be any integer dtype; tensors
+    /// attention_mask, token_type_ids, pixel_values); ids may be any signed integer dtype or u8; tensors
     /// the model does not take are ignored with a note. Missing attention_mask means
     /// "attend everywhere", missing token_type_ids means segment 0.
     #[command(after_help = "Examples:
@@ -390,6 +390,21 @@ macro_rules! outln {
     }};
 }
 
+/// `s` with control characters escaped: messages carry names and paths from strangers' files
+/// (a manifest's paths, tensor names), which must not add lines or drive the terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 /// `--threads N`, clamped to the machine's cores with a warning.
 fn clamp_threads(n: usize) -> usize {
     let (threads, warning) = attnopt::limits::threads(n);
@@ -413,7 +428,7 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let top = e.to_string();
-            eprintln!("error: {top}");
+            eprintln!("error: {}", printable(&top));
             // Library errors already spell out their cause; print only causes not yet said.
             for cause in e
                 .chain()
@@ -421,7 +436,7 @@ fn main() -> ExitCode {
                 .map(|c| c.to_string())
                 .filter(|c| !top.contains(c.as_str()))
             {
-                eprintln!("  caused by: {cause}");
+                eprintln!("  caused by: {}", printable(&cause));
             }
             ExitCode::FAILURE
         }
@@ -522,8 +537,15 @@ fn run(cli: Cli) -> Result<()> {
             let m = load.load(&model)?;
             let g = m.graph();
             let inputs = m.inputs();
-            for path in [&dot, &svg, &text].into_iter().flatten() {
+            let targets: Vec<&PathBuf> = [&dot, &svg, &text].into_iter().flatten().collect();
+            for (i, path) in targets.iter().enumerate() {
                 output::check_file_target(path, &inputs)?;
+                if targets[..i].contains(path) {
+                    bail!("{}: given for two outputs; each needs its own path", path.display());
+                }
+            }
+            if svg.is_some() && std::process::Command::new("dot").arg("-V").output().is_err() {
+                bail!("graphviz's `dot` is not installed (apt-get install graphviz); use --dot to write DOT instead");
             }
             if let Some(path) = &dot {
                 output::write_file(path, attnopt::ir::dot::to_dot(g).as_bytes(), &inputs)?;
@@ -582,8 +604,8 @@ fn run(cli: Cli) -> Result<()> {
                     attnopt::optimize::DEFAULT_BUDGET
                 );
             }
-            if !(time_limit > 0.0 && time_limit.is_finite()) {
-                bail!("--time-limit must be a positive number of seconds");
+            if !(time_limit > 0.0 && time_limit <= 86_400.0) {
+                bail!("--time-limit must be a positive number of seconds, at most 86400 (a day)");
             }
             let opts = OptimizeOptions {
                 seqs: seq,
@@ -653,6 +675,13 @@ fn run(cli: Cli) -> Result<()> {
                 || reps == 0
             {
                 bail!("--seq, --batch and --reps take positive numbers");
+            }
+            // Timings are kept per repetition: bound the counts before anything is reserved.
+            if reps > 100_000 {
+                bail!("--reps takes at most 100000");
+            }
+            if ab.is_some_and(|r| !(5..=100_000).contains(&r)) {
+                bail!("--ab takes 5 to 100000 rounds (fewer give no confidence interval)");
             }
             let m = load.load(&model)?;
             let (seq, notes) = attnopt::bench::resolve_seqs(&m, seq);

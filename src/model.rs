@@ -104,8 +104,8 @@ impl Model {
             .collect()
     }
 
-    /// The interpreter's feed for `inputs`, named like the Hugging Face forward arguments. Token ids may be any integer
-    /// dtype (already widened to i64 by [`crate::tensors::read`]); a missing batch axis is
+    /// The interpreter's feed for `inputs`, named like the Hugging Face forward arguments. Token ids may be any signed
+    /// integer dtype or u8 (already widened to i64 by [`crate::tensors::read`]); a missing batch axis is
     /// added; a missing `attention_mask` means "attend everywhere" and missing
     /// `token_type_ids` mean segment 0, as in transformers.
     pub fn prepare_inputs(

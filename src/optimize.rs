@@ -269,6 +269,24 @@ pub fn optimize(
             opts.seed,
         )?)?;
         crate::limits::check_feed(model, &inputs, "the calibration inputs")?;
+        // Inputs that measure nothing would make every conversion look free (0/0 error).
+        let nothing = |why: &str| Error::Usage {
+            path: opts
+                .calib
+                .clone()
+                .unwrap_or_else(|| "calibration inputs".into()),
+            msg: format!("{why}: they measure nothing; give inputs with tokens to attend to"),
+        };
+        if let Some((name, _)) = inputs.iter().find(|(_, t)| t.numel() == 0) {
+            return Err(nothing(&format!("`{name}` is empty")));
+        }
+        if inputs
+            .get("attention_mask")
+            .and_then(|m| m.as_i64())
+            .is_some_and(|m| m.iter().all(|&v| v == 0))
+        {
+            return Err(nothing("the attention_mask masks every token"));
+        }
         calibration = Some(match &opts.calib {
             Some(f) => format!("file {}", f.display()),
             None => format!(

@@ -4,6 +4,8 @@
 #[path = "support/cli.rs"]
 mod cli;
 use cli::{attnopt, stderr};
+#[allow(unused_imports)]
+use cli::root as _;
 
 
 use std::path::{Path, PathBuf};
@@ -197,4 +199,93 @@ fn saturated_costs_print_as_overflow() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("overflow"), "{out}");
     assert!(!out.contains("18446744"), "{out}");
+}
+
+/// Found by a hostile test pass after the first fixes; each aborted, panicked or gave wrong
+/// numbers silently before.
+#[test]
+fn second_hostile_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let path = |p: &str| dir.join(p).to_str().unwrap().to_string();
+    // The whole activation memory is checked, not only the largest value (this one passed the
+    // largest-value check and then aborted allocating the arena).
+    // At this batch the largest value (65.5 kB a row) takes about half the available memory
+    // and the arena (229.6 kB a row) about twice it.
+    let avail_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap();
+    let batch = (avail_kb * 1024 / 120_000).to_string();
+    refused(
+        &attnopt(&["bench", "fixtures/bert", "--seq", "64", "--batch", &batch, "--reps", "1"]),
+        &["of activation memory, more than the"],
+    );
+    // A manifest with no source files and no weights: an error, not an index panic.
+    let opt = path("opt");
+    assert!(attnopt(&["optimize", "fixtures/bert", "-o", &opt]).status.success());
+    let manifest = dir.join("opt/attnopt.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m["source_files"] = serde_json::json!([]);
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    refused(&attnopt(&["inspect", &opt]), &["lists no source files and no weights file"]);
+    // Counts and durations that reserve memory or overflow a Duration.
+    refused(
+        &attnopt(&["optimize", "fixtures/bert", "-o", &path("o2"), "--time-limit", "1e20"]),
+        &["--time-limit"],
+    );
+    refused(
+        &attnopt(&["bench", "fixtures/bert", "--reps", "18446744073709551615"]),
+        &["--reps takes at most"],
+    );
+    refused(&attnopt(&["bench", "fixtures/bert", "--ab", "2"]), &["--ab takes 5 to"]);
+    // Calibration inputs that measure nothing must not make every conversion look free.
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![1, 0], &[])
+        .unwrap();
+    std::fs::write(
+        dir.join("empty.safetensors"),
+        safetensors::serialize(vec![("input_ids", view)], None).unwrap(),
+    )
+    .unwrap();
+    refused(
+        &attnopt(&[
+            "optimize", "fixtures/bert", "-o", &path("o3"), "--allow", "hydra", "--calib",
+            &path("empty.safetensors"),
+        ]),
+        &["measure nothing"],
+    );
+    assert!(!dir.join("o3").exists());
+    // rope_scaling beside rope_parameters is refused, not ignored.
+    let llama = dir.join("llama");
+    std::fs::create_dir(&llama).unwrap();
+    for f in std::fs::read_dir(cli::root().join("fixtures/llama")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, llama.join(f.file_name().unwrap())).unwrap();
+    }
+    let cfg = llama.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    c["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    refused(&attnopt(&["inspect", llama.to_str().unwrap()]), &["rope_type \"llama3\""]);
+    // Control characters from a manifest are escaped in messages.
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m["source_files"] = serde_json::json!([{"name": "model.safetensors", "bytes": 1, "inode": 1,
+        "mtime_ns": 1, "header_blake3": "", "sample_blake3": ""}]);
+    m["source_relative"] = serde_json::json!("nope");
+    m["source_absolute"] = serde_json::json!("/x\n\u{1b}[31mSUCCESS\u{1b}[0m");
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    let o = attnopt(&["inspect", &opt]);
+    refused(&o, &["\\u{1b}[31m"]);
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    // One path for two outputs of `graph`.
+    refused(
+        &attnopt(&["graph", "fixtures/bert", "--dot", &path("g"), "--text", &path("g")]),
+        &["given for two outputs"],
+    );
+    assert!(!dir.join("g").exists());
 }

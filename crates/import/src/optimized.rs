@@ -115,6 +115,13 @@ pub fn load_optimized(dir: &Path, opts: &LoadOptions) -> Result<Imported, Import
     if let Some(w) = &m.weights {
         files.push(dir.join(w));
     }
+    if files.is_empty() {
+        return Err(ImportError::Config {
+            file: file.clone(),
+            msg: "lists no source files and no weights file: there is nothing to read weights from"
+                .into(),
+        });
+    }
     let checkpoint = Checkpoint::from_files(&files)?;
     let text = crate::checkpoint::read_text_capped(&graph_file, MAX_JSON_BYTES, "graph file")?;
     let mut resolve = |name: &str| {

@@ -13,27 +13,39 @@ use crate::ImportError;
 /// `rope_theta` from the top level (transformers 4) or `rope_parameters` (transformers 5);
 /// scaled RoPE variants are refused.
 fn rope_theta(cfg: &mut Config) -> Result<f32, ImportError> {
-    let params = cfg
-        .json
-        .get("rope_parameters")
-        .or(cfg.json.get("rope_scaling"))
-        .cloned();
-    if let Some(p) = params.filter(|p| !p.is_null()) {
+    // Both keys are read: a transformers-5 `rope_parameters` must not hide a `rope_scaling`
+    // block that scales the rotary frequencies (Llama 3.1/3.2 ship one).
+    let mut theta_from = None;
+    for key in ["rope_parameters", "rope_scaling"] {
+        let Some(p) = cfg.json.get(key).cloned().filter(|p| !p.is_null()) else {
+            continue;
+        };
+        if !p.is_object() {
+            return Err(ImportError::Config {
+                file: cfg.file.clone(),
+                msg: format!("`{key}` must be an object"),
+            });
+        }
         let kind = p
             .get("rope_type")
             .or(p.get("type"))
             .and_then(|t| t.as_str())
             .unwrap_or("default");
         if kind != "default" {
-            return Err(cfg.unsupported(format!("rope_type \"{kind}\" (scaled rotary embeddings)")));
+            return Err(cfg.unsupported(format!(
+                "{key}: rope_type \"{kind}\" (scaled rotary embeddings)"
+            )));
         }
-        if p.get("rope_theta").is_some() {
-            let mut nested = Config {
-                json: p,
-                ..cfg.clone()
-            };
-            return nested.float("rope_theta", 1e12, 10000.0);
+        if p.get("rope_theta").is_some() && theta_from.is_none() {
+            theta_from = Some(p);
         }
+    }
+    if let Some(p) = theta_from {
+        let mut nested = Config {
+            json: p,
+            ..cfg.clone()
+        };
+        return nested.float("rope_theta", 1e12, 10000.0);
     }
     cfg.float("rope_theta", 1e12, 10000.0)
 }
