@@ -355,8 +355,8 @@ fn cpu_options_from(
         threads,
         precision: precision.into(),
         matmul: choice.into(),
-        post_ops: text(POSTOPS_ENV).map_or(true, |v| v != "0"),
-        row_primitives: text(JIT_AVX512_ENV).map_or(true, |v| v != "0"),
+        post_ops: text(POSTOPS_ENV).is_none_or(|v| v != "0"),
+        row_primitives: text(JIT_AVX512_ENV).is_none_or(|v| v != "0"),
         onednn_library: var(ONEDNN_LIBRARY_ENV)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from),

@@ -202,7 +202,7 @@ pub fn write(spec: &Spec, dir: &Path, shard_bytes: u64) -> std::io::Result<()> {
         }
         let mut text = serde_json::Value::Object(header).to_string().into_bytes();
         // safetensors pads the header with spaces to 8-byte alignment.
-        while text.len() % 8 != 0 {
+        while !text.len().is_multiple_of(8) {
             text.push(b' ');
         }
         let f = std::fs::File::create(dir.join(&file))?;

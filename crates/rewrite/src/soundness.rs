@@ -76,6 +76,8 @@ pub fn check_rule(rule: &Rule, g: &Graph) -> Result<Vec<Measured>, String> {
             continue; // the checked applier never adds it
         }
         let m = measure(g, b, &be, &new)?;
+        // Written so that NaN (a rule that makes NaN) fails too.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(m.max_abs <= TOLERANCE * m.scale.max(1e-6)) {
             return Err(format!(
                 "applied once to layer {} it changes the layer's output by {:.3e} (max-abs; \
