@@ -2,7 +2,9 @@
 //! computes besides the product ([`Extras`]), and a cached primitive with its memory objects
 //! and staging buffers ([`Entry`]). Never: create or execute oneDNN objects (the parent does).
 
-use super::*;
+use super::desc::{op2, Operand};
+use super::Handle;
+use crate::matmul::{Activation, Epilogue, EpilogueKind};
 
 /// Most primitives kept in the cache before it is emptied.
 pub(super) const MAX_CACHED: usize = 256;

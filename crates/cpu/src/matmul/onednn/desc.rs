@@ -3,7 +3,11 @@
 //! of an activation, and the check that a plain descriptor addresses exactly a view's elements.
 //! Never: touch data (only shapes and strides).
 
-use super::*;
+use std::ffi::c_int;
+
+use super::Shared;
+use crate::matmul::ffi::{self, check, dnnl_memory_desc_t};
+use crate::matmul::{Activation, Layout, MatMulError, MatMut, MatRef};
 
 /// oneDNN's eltwise algorithm and α for an activation (β is unused by all of them).
 pub(super) fn eltwise(a: Activation) -> (c_int, f32) {
@@ -65,7 +69,7 @@ impl Operand {
         if self.ndims == 2 {
             d[0].0 = 1;
         }
-        super::super::check_no_alias(&d, "").is_err()
+        crate::matmul::check_no_alias(&d, "").is_err()
     }
     /// The same operand with the strides of size-1 dimensions (never used for addressing)
     /// replaced by ones that make the layout look dense where it can: oneDNN 2.6's

@@ -44,11 +44,9 @@ use self::weight::OneDnnWeight;
 use super::epilogue::check_epilogue;
 use super::ffi::{self, check, dnnl_memory_desc_t, Api};
 use super::{
-    check_batched, check_bounds, check_prepared, check_product, pack_row_major, trivial_product,
-    unpack_row_major, Activation, Batch, Epilogue, EpilogueKind, Layout, MatMul, MatMulError,
-    MatMut, MatRef, Precision, PreparedWeight,
+    check_batched, check_bounds, check_prepared, check_product, trivial_product, Batch, Epilogue,
+    EpilogueKind, Layout, MatMul, MatMulError, MatMut, MatRef, Precision, PreparedWeight,
 };
-use std::any::Any;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CStr};
 use std::path::Path;

@@ -2,7 +2,8 @@
 //! instead of `ref:any` (copying m×k floats is cheap next to m×k×n multiply-adds).
 //! Every copy goes through checked `MatRef`/`MatMut` views.
 
-use super::*;
+use super::desc::Operand;
+use crate::matmul::{pack_row_major, unpack_row_major, MatMut, MatRef};
 
 /// Copies every batch entry of a view into a dense buffer.
 pub(super) fn stage_in(data: &[f32], op: &Operand, buf: &mut Vec<f32>) {

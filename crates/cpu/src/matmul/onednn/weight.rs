@@ -2,7 +2,15 @@
 //! checkpoint) reordered once into the layout and type the matmul primitive prefers, asked of a
 //! probe primitive. Never: reorder per call, or outlive the library (it holds the shared state).
 
-use super::*;
+use std::any::Any;
+use std::ffi::{c_int, c_void};
+use std::sync::Arc;
+
+use super::cache::Extras;
+use super::desc::op2;
+use super::{lock, Handle, OneDnnMatMul, Shared, PROBE_M};
+use crate::matmul::ffi::{self, check, dnnl_memory_desc_t};
+use crate::matmul::{Layout, MatMulError, PreparedWeight};
 
 /// A weight reordered into oneDNN's preferred layout. Field order: the memory object is
 /// destroyed before the last reference to the library may go.
