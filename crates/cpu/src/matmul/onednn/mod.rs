@@ -27,15 +27,26 @@
 //!   rayon threads (and oneDNN itself) 10–60× on a 2-vCPU VM; so [`OneDnnMatMul::load`] sets
 //!   `OMP_WAIT_POLICY=PASSIVE` before opening oneDNN unless the variable is already set or
 //!   libgomp is already loaded (see [`OneDnnMatMul::wait_policy`]).
+//!
+//! The pieces: `desc.rs` (operands and memory descriptors), `cache.rs` (the primitive cache's
+//! keys and entries), `staging.rs` (dense copies of non-dense operands), `weight.rs` (weights
+//! reordered once, f32 or bf16); this file loads the library, builds and runs primitives.
 
+mod cache;
+mod desc;
+mod staging;
+mod weight;
+
+use self::cache::{key2, key_with, BKey, Convert, Entry, Extras, Key, MAX_CACHED};
+use self::desc::{eltwise, op2, ops2, same_addressing, Operand};
+use self::staging::{stage_in, stage_out};
+use self::weight::OneDnnWeight;
 use super::epilogue::check_epilogue;
 use super::ffi::{self, check, dnnl_memory_desc_t, Api};
 use super::{
-    check_batched, check_bounds, check_prepared, check_product, pack_row_major, trivial_product,
-    unpack_row_major, Activation, Batch, Epilogue, EpilogueKind, Layout, MatMul, MatMulError,
-    MatMut, MatRef, Precision, PreparedWeight,
+    check_batched, check_bounds, check_prepared, check_product, trivial_product, Batch, Epilogue,
+    EpilogueKind, Layout, MatMul, MatMulError, MatMut, MatRef, Precision, PreparedWeight,
 };
-use std::any::Any;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CStr};
 use std::path::Path;
@@ -43,9 +54,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// m of the probe primitive that decides a prepared weight's layout.
 const PROBE_M: i64 = 128;
-
-/// Most primitives kept in the cache before it is emptied.
-const MAX_CACHED: usize = 256;
 
 /// Matrix products through oneDNN. See the module docs.
 pub struct OneDnnMatMul {
@@ -89,277 +97,13 @@ impl Drop for Handle {
     }
 }
 
-/// Cache key: everything a primitive is specialised on.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
-struct Key {
-    ndims: u8,
-    batch: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-    /// (batch, row, column) strides.
-    a: [usize; 3],
-    b: BKey,
-    c: [usize; 3],
-    accumulate: bool,
-    epilogue: EpilogueKind,
-    /// The residual's (batch, row, column) strides.
-    residual: Option<[usize; 3]>,
-}
-
-/// What a primitive computes besides the product.
-#[derive(Clone, Copy, Debug, Default)]
-struct Extras {
-    /// `c += a·b`: the `sum` post-op.
-    accumulate: bool,
-    /// The matmul's bias argument, `1 × n`.
-    bias: bool,
-    /// An eltwise post-op.
-    activation: Option<Activation>,
-    /// A binary `add` post-op reading this operand.
-    residual: Option<Operand>,
-}
-
-impl Extras {
-    fn of(accumulate: bool, e: &Epilogue) -> Extras {
-        Extras {
-            accumulate,
-            bias: e.bias.is_some(),
-            activation: e.activation,
-            residual: e.residual.map(|r| op2(r.layout())),
-        }
-    }
-}
-
-/// oneDNN's eltwise algorithm and α for an activation (β is unused by all of them).
-fn eltwise(a: Activation) -> (c_int, f32) {
-    match a {
-        Activation::GeluErf => (ffi::DNNL_ELTWISE_GELU_ERF, 0.0),
-        Activation::GeluTanh => (ffi::DNNL_ELTWISE_GELU_TANH, 0.0),
-        Activation::Relu => (ffi::DNNL_ELTWISE_RELU, 0.0),
-        Activation::Silu => (ffi::DNNL_ELTWISE_SWISH, 1.0),
-        Activation::Sigmoid => (ffi::DNNL_ELTWISE_LOGISTIC, 0.0),
-        Activation::Tanh => (ffi::DNNL_ELTWISE_TANH, 0.0),
-    }
-}
-
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
-enum BKey {
-    Strides([usize; 3]),
-    Prepared(Vec<i64>),
-}
-
-/// A cached primitive with its memory objects (data handles set per call).
-struct Entry {
-    prim: Handle,
-    src: Handle,
-    /// `None` for prepared weights: their own memory object is passed.
-    wei: Option<Handle>,
-    dst: Handle,
-    /// The bias and residual memory objects of an epilogue.
-    bias: Option<Handle>,
-    residual: Option<Handle>,
-    stage_a: bool,
-    stage_b: bool,
-    stage_c: bool,
-    /// Built after an execution failure, with every non-dense operand staged.
-    forced: bool,
-    buf_a: Vec<f32>,
-    buf_b: Vec<f32>,
-    buf_c: Vec<f32>,
-    /// bf16 weights: the f32 → bf16 conversion of `a` (into `buf_a16`, which `src` reads).
-    convert: Option<Convert>,
-    buf_a16: Vec<u16>,
-    impl_name: String,
-}
-
-/// A reorder primitive converting the f32 activations to the matmul's bf16 source layout.
-struct Convert {
-    reorder: Handle,
-    from: Handle,
-}
-
-/// A weight reordered into oneDNN's preferred layout. Field order: the memory object is
-/// destroyed before the last reference to the library may go.
-struct OneDnnWeight {
-    mem: Option<Handle>,
-    md: Box<dnnl_memory_desc_t>,
-    key: Vec<i64>,
-    k: usize,
-    n: usize,
-    bytes: usize,
-    shared: Arc<Shared>,
-}
-
-// SAFETY: the memory object is only used under `shared.state`'s lock (execution) and destroyed
-// in Drop; the descriptor is plain data.
-unsafe impl Sync for OneDnnWeight {}
-
-impl Drop for OneDnnWeight {
-    fn drop(&mut self) {
-        let _guard = lock(&self.shared.state);
-        self.mem.take();
-    }
-}
-
-impl PreparedWeight for OneDnnWeight {
-    fn k(&self) -> usize {
-        self.k
-    }
-    fn n(&self) -> usize {
-        self.n
-    }
-    fn bytes(&self) -> usize {
-        self.bytes
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic while holding the lock cannot leave oneDNN objects half-built (each is owned by a
     // Handle), so a poisoned lock is still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One operand as oneDNN sees it: dims and strides (outermost first), 2 or 3 of them.
-#[derive(Clone, Copy, Debug)]
-struct Operand {
-    ndims: usize,
-    batch: usize,
-    batch_stride: usize,
-    l: Layout,
-}
-
-impl Operand {
-    fn dims(&self) -> [i64; 3] {
-        if self.ndims == 3 {
-            [self.batch as i64, self.l.rows as i64, self.l.cols as i64]
-        } else {
-            [self.l.rows as i64, self.l.cols as i64, 0]
-        }
-    }
-    fn strides(&self) -> [i64; 3] {
-        if self.ndims == 3 {
-            [
-                self.batch_stride as i64,
-                self.l.row_stride as i64,
-                self.l.col_stride as i64,
-            ]
-        } else {
-            [self.l.row_stride as i64, self.l.col_stride as i64, 0]
-        }
-    }
-    fn key(&self) -> [usize; 3] {
-        [self.batch_stride, self.l.row_stride, self.l.col_stride]
-    }
-    /// Whether oneDNN's fast kernels can read it as is (each matrix dense, batches packed).
-    fn is_dense(&self) -> bool {
-        self.l.is_dense()
-            && (self.ndims == 2
-                || self.batch <= 1
-                || self.batch_stride == self.l.rows * self.l.cols)
-    }
-    /// Whether two of its elements share an address (a zero or overlapping stride).
-    fn overlaps(&self) -> bool {
-        let mut d = [
-            (self.batch, self.batch_stride),
-            (self.l.rows, self.l.row_stride),
-            (self.l.cols, self.l.col_stride),
-        ];
-        if self.ndims == 2 {
-            d[0].0 = 1;
-        }
-        super::check_no_alias(&d, "").is_err()
-    }
-    /// The same operand with the strides of size-1 dimensions (never used for addressing)
-    /// replaced by ones that make the layout look dense where it can: oneDNN 2.6's
-    /// gemm-based matmul accepts e.g. a 1×n `c` with strides (1, 1) at creation but fails at
-    /// execution (leading dimension < n).
-    fn canonical(mut self) -> Operand {
-        let l = &mut self.l;
-        if l.cols == 1 {
-            l.col_stride = 1;
-        }
-        if l.rows == 1 {
-            l.row_stride = if l.col_stride == 1 { l.cols } else { 1 };
-        }
-        if self.batch == 1 || self.ndims == 2 {
-            self.batch_stride = if self.ndims == 2 { 0 } else { l.rows * l.cols };
-        }
-        self
-    }
-    /// The same operand, dense row-major with packed batches.
-    fn dense(&self) -> Operand {
-        Operand {
-            batch_stride: self.l.rows * self.l.cols,
-            l: Layout {
-                row_stride: self.l.cols,
-                col_stride: 1,
-                ..self.l
-            },
-            ..*self
-        }
-    }
-}
-
 impl Shared {
-    fn md_strided(&self, op: &Operand) -> Result<dnnl_memory_desc_t, MatMulError> {
-        self.md_strided_typed(op, ffi::DNNL_F32)
-    }
-
-    fn md_strided_typed(
-        &self,
-        op: &Operand,
-        data_type: c_int,
-    ) -> Result<dnnl_memory_desc_t, MatMulError> {
-        let mut md = dnnl_memory_desc_t::zeroed();
-        let (dims, strides) = (op.dims(), op.strides());
-        // SAFETY: `md` is a valid out-pointer; dims/strides hold at least `ndims` entries.
-        let s = unsafe {
-            (self.api.memory_desc_init_by_strides)(
-                &mut md,
-                op.ndims as c_int,
-                dims.as_ptr(),
-                data_type,
-                strides.as_ptr(),
-            )
-        };
-        check("dnnl_memory_desc_init_by_strides", s)?;
-        Ok(md)
-    }
-
-    fn md_tag(
-        &self,
-        dims: &[i64],
-        data_type: c_int,
-        tag: c_int,
-    ) -> Result<dnnl_memory_desc_t, MatMulError> {
-        let mut md = dnnl_memory_desc_t::zeroed();
-        // SAFETY: valid out-pointer; `dims` has `dims.len()` entries.
-        let s = unsafe {
-            (self.api.memory_desc_init_by_tag)(
-                &mut md,
-                dims.len() as c_int,
-                dims.as_ptr(),
-                data_type,
-                tag,
-            )
-        };
-        check("dnnl_memory_desc_init_by_tag", s)?;
-        Ok(md)
-    }
-
-    /// The `1 × n` (or `1 × 1 × n`) f32 bias descriptor for an output descriptor.
-    fn bias_md(&self, c: &dnnl_memory_desc_t) -> Result<dnnl_memory_desc_t, MatMulError> {
-        let nd = c.ndims.clamp(2, 3) as usize;
-        let mut dims = [1i64; 3];
-        dims[nd - 1] = c.dims[nd - 1];
-        let tag = if nd == 3 { ffi::DNNL_ABC } else { ffi::DNNL_AB };
-        self.md_tag(&dims[..nd], ffi::DNNL_F32, tag)
-    }
-
     /// A matmul primitive descriptor with the bias and post-ops `x` asks for.
     fn matmul_pd(
         &self,
@@ -694,61 +438,6 @@ impl Shared {
             buf_a16,
             impl_name,
         })
-    }
-}
-
-/// Checks that a plain (blocked, no inner blocks) descriptor from oneDNN names the same
-/// elements as the operand: same dims, zero offset, equal strides wherever a dim exceeds 1.
-fn same_addressing(md: &dnnl_memory_desc_t, op: &Operand, name: &str) -> Result<(), MatMulError> {
-    let (dims, strides) = (op.dims(), op.strides());
-    let nd = op.ndims;
-    let mut ok = md.ndims as usize == nd
-        && md.format_kind == ffi::DNNL_BLOCKED
-        && md.offset0 == 0
-        && md.dims[..nd] == dims[..nd];
-    if ok {
-        // SAFETY: format_kind is blocked, so `blocking` is the live member.
-        let b = unsafe { &md.format_desc.blocking };
-        ok = b.inner_nblks == 0 && (0..nd).all(|i| dims[i] <= 1 || b.strides[i] == strides[i]);
-    }
-    if ok {
-        Ok(())
-    } else {
-        Err(MatMulError::Internal(format!(
-            "the matmul's {name} descriptor does not address the view's elements ({op:?})"
-        )))
-    }
-}
-
-/// Copies every batch entry of a view into a dense buffer.
-fn stage_in(data: &[f32], op: &Operand, buf: &mut Vec<f32>) {
-    buf.clear();
-    let mut one = Vec::new();
-    for i in 0..op.batch.max(1) {
-        let v = MatRef {
-            data: &data[i * op.batch_stride..],
-            rows: op.l.rows,
-            cols: op.l.cols,
-            row_stride: op.l.row_stride,
-            col_stride: op.l.col_stride,
-        };
-        pack_row_major(&v, &mut one);
-        buf.extend_from_slice(&one);
-    }
-}
-
-/// Copies a dense buffer back into every batch entry of a view.
-fn stage_out(buf: &[f32], op: &Operand, data: &mut [f32]) {
-    let size = op.l.rows * op.l.cols;
-    for i in 0..op.batch.max(1) {
-        let mut v = MatMut {
-            data: &mut data[i * op.batch_stride..],
-            rows: op.l.rows,
-            cols: op.l.cols,
-            row_stride: op.l.row_stride,
-            col_stride: op.l.col_stride,
-        };
-        unpack_row_major(&buf[i * size..(i + 1) * size], &mut v);
     }
 }
 
@@ -1157,132 +846,6 @@ impl OneDnnMatMul {
             stage_out(&e.buf_c, &c_op, c_data);
         }
         Ok(())
-    }
-}
-
-fn op2(l: Layout) -> Operand {
-    Operand {
-        ndims: 2,
-        batch: 1,
-        batch_stride: 0,
-        l,
-    }
-    .canonical()
-}
-
-fn ops2(a: &MatRef, b: &MatRef, c: &MatMut) -> (Operand, Operand, Operand) {
-    (op2(a.layout()), op2(b.layout()), op2(c.layout()))
-}
-
-fn key2(a: &Operand, b: BKey, c: &Operand, accumulate: bool) -> Key {
-    key_with(a, b, c, accumulate, &Epilogue::default())
-}
-
-fn key_with(a: &Operand, b: BKey, c: &Operand, accumulate: bool, e: &Epilogue) -> Key {
-    Key {
-        ndims: a.ndims as u8,
-        batch: a.batch,
-        m: a.l.rows,
-        k: a.l.cols,
-        n: c.l.cols,
-        a: a.key(),
-        b,
-        c: c.key(),
-        accumulate,
-        epilogue: e.kind(),
-        residual: e.residual.map(|r| op2(r.layout()).key()),
-    }
-}
-
-impl OneDnnMatMul {
-    /// Reorders a weight (`b`: its layout; `src`: its first element, of `src_type`, with every
-    /// element of the layout inside the caller's checked slice) into the layout and type the
-    /// matmul prefers.
-    fn prepare_from(
-        &self,
-        b: Layout,
-        src_type: c_int,
-        src: *const c_void,
-    ) -> Result<Box<dyn PreparedWeight>, MatMulError> {
-        let (k, n) = (b.rows, b.cols);
-
-        if k == 0 || n == 0 {
-            return Ok(Box::new(OneDnnWeight {
-                mem: None,
-                md: Box::new(dnnl_memory_desc_t::zeroed()),
-                key: vec![k as i64, n as i64],
-                k,
-                n,
-                bytes: 0,
-                shared: self.shared.clone(),
-            }));
-        }
-        let sh = &*self.shared;
-        let api = &sh.api;
-        let st = lock(&sh.state);
-        sh.set_threads(self.threads);
-        // The layout the matmul prefers for this weight.
-        let dt = self.weight_type();
-        let probe_a = sh.md_tag(&[PROBE_M, k as i64], dt, ffi::DNNL_AB)?;
-        let any = sh.md_tag(&[k as i64, n as i64], dt, ffi::DNNL_FORMAT_TAG_ANY)?;
-        let probe_c = sh.md_tag(&[PROBE_M, n as i64], ffi::DNNL_F32, ffi::DNNL_AB)?;
-        let pd = sh.matmul_pd(&st.engine, &probe_a, &any, &probe_c, &Extras::default())?;
-        // SAFETY: the pd answers a pointer to its weights descriptor, copied before pd goes.
-        let wmd = unsafe {
-            let p = (api.primitive_desc_query_md)(pd.ptr, ffi::DNNL_QUERY_WEIGHTS_MD, 0);
-            if p.is_null() {
-                return Err(MatMulError::Internal(
-                    "dnnl_primitive_desc_query_md(weights) returned NULL".into(),
-                ));
-            }
-            *p
-        };
-        drop(pd);
-        // SAFETY: initialised descriptor.
-        let bytes = unsafe { (api.memory_desc_get_size)(&wmd) };
-        let src_md = sh.md_strided_typed(&op2(b), src_type)?;
-        let mut rpd = std::ptr::null_mut();
-        // SAFETY: initialised descriptors, one engine for both sides, no attributes.
-        check("dnnl_reorder_primitive_desc_create", unsafe {
-            (api.reorder_primitive_desc_create)(
-                &mut rpd,
-                &src_md,
-                st.engine.ptr,
-                &wmd,
-                st.engine.ptr,
-                std::ptr::null_mut(),
-            )
-        })?;
-        let rpd = Handle {
-            ptr: rpd,
-            destroy: api.primitive_desc_destroy,
-        };
-        let reorder = sh.primitive(&rpd)?;
-        // The source handle is the caller's slice (bounds checked by the caller; only read).
-        let src = sh.memory(&st.engine, &src_md, src.cast_mut())?;
-        // DNNL_MEMORY_ALLOCATE: the library allocates (and aligns) the reordered weight.
-        let dst = sh.memory(&st.engine, &wmd, usize::MAX as *mut c_void)?;
-        let args = [
-            ffi::dnnl_exec_arg_t {
-                arg: ffi::DNNL_ARG_FROM,
-                memory: src.ptr,
-            },
-            ffi::dnnl_exec_arg_t {
-                arg: ffi::DNNL_ARG_TO,
-                memory: dst.ptr,
-            },
-        ];
-        sh.execute(&st.stream, &reorder, &args)?;
-        drop(st);
-        Ok(Box::new(OneDnnWeight {
-            mem: Some(dst),
-            key: wmd.layout_key(),
-            md: Box::new(wmd),
-            k,
-            n,
-            bytes,
-            shared: self.shared.clone(),
-        }))
     }
 }
 

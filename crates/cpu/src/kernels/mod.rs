@@ -1,0 +1,103 @@
+//! One place per kernel kind: each of `lower`'s [`KernelKind`]s is prepared (JIT-compiled,
+//! weights handed to the matrix-product library) into a [`Compiled`] kernel that owns what it
+//! needs and runs over a [`Frame`]. [`compile`] is the only `match` on the kind; adding a kind
+//! is one file here plus one line there.
+//!
+//! * [`matmul`] — products (dense, strided views, library-fused or JIT epilogues);
+//! * [`row`] — JIT row programs; [`hydra`] — Hydra attention; [`rope`] — RoPE as JIT rows;
+//! * [`mask`] — the additive attention mask; [`view`] — reshapes (nothing to run);
+//! * [`generic`] — every other operator: native copies, else the reference interpreter.
+//!
+//! Never: decide the order kernels run in or own the arena (the executor's business), or let a
+//! kernel reach a slice other than through the [`Frame`]'s checks.
+
+mod generic;
+mod hydra;
+mod mask;
+mod matmul;
+mod rope;
+mod row;
+mod view;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use attnopt_ir::{RopeStyle, WeightId};
+use attnopt_lower::{Kernel, KernelKind, Lowered};
+
+use crate::frame::Frame;
+use crate::jit::JitModule;
+use crate::matmul::{MatMul, PreparedWeight};
+use crate::rope::RopeKernel;
+use crate::weights::Weights;
+
+/// A kernel ready to run: made once per (batch, sequence) size by [`compile`].
+pub(crate) trait Compiled: Send + Sync {
+    /// Runs the kernel `k` (its inputs and output) over the frame. Returns the seconds of a
+    /// JIT epilogue pass after a product when `profile` is on (else 0).
+    fn run(&self, f: &Frame, k: &Kernel, profile: bool) -> Result<f64, String>;
+}
+
+/// Matrix-product weights prepared for the library, by (weight, used transposed).
+pub(crate) type PreparedWeights = HashMap<(WeightId, bool), Arc<dyn PreparedWeight>>;
+
+/// RoPE kernels by (style, positions, features, θ bits).
+pub(crate) type RopeKernels = HashMap<(RopeStyle, usize, usize, u32), Arc<RopeKernel>>;
+
+/// What preparing kernels needs from the model; the caches outlive one (batch, sequence) size.
+pub(crate) struct Compiler<'a> {
+    pub(crate) jit: &'a mut JitModule,
+    pub(crate) matmul: &'a dyn MatMul,
+    pub(crate) weights: Weights<'a>,
+    pub(crate) prepared: &'a mut PreparedWeights,
+    pub(crate) ropes: &'a mut RopeKernels,
+    /// Let the matrix-product library run epilogues it can fuse (else all run as JIT passes).
+    pub(crate) post_ops: bool,
+    /// Time spent preparing weights not prepared before (the rest of [`compile`] is JIT work).
+    pub(crate) weight_time: Duration,
+}
+
+/// Prepares kernel `k` of `l`.
+pub(crate) fn compile(
+    cx: &mut Compiler,
+    l: &Lowered,
+    k: &Kernel,
+) -> Result<Box<dyn Compiled>, String> {
+    Ok(match &k.kind {
+        KernelKind::MatMul {
+            m,
+            k: kk,
+            n,
+            b_transposed,
+            epilogue,
+            views,
+        } => matmul::prepare(
+            cx,
+            l,
+            k,
+            matmul::Shape {
+                m: *m,
+                k: *kk,
+                n: *n,
+                b_transposed: *b_transposed,
+            },
+            epilogue.as_ref(),
+            views.as_deref(),
+        )?,
+        KernelKind::Row {
+            program,
+            rows,
+            d,
+            causal,
+        } => row::prepare(cx, l, k, program, *rows, *d, *causal)?,
+        KernelKind::Hydra(spec) => hydra::prepare(cx, spec)?,
+        KernelKind::AdditiveMask => mask::prepare(),
+        KernelKind::View => view::prepare(),
+        // RoPE through its JIT kernel where that covers the style; else a generic operator.
+        KernelKind::Op(op) => match rope::prepare(cx, l, k, op)? {
+            Some(r) => r,
+            None => generic::prepare(op),
+        },
+    })
+}
