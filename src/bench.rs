@@ -168,6 +168,12 @@ pub fn bench(
             progress(Step::phase(&format!(
                 "N={seq}: f32 reference interpreter, to measure the bf16 error"
             )));
+            crate::limits::check_interpreter_memory(
+                model.graph(),
+                &Bindings::new(opts.batch, seq),
+                &format!("--seq {seq} --batch {}", opts.batch),
+                memory,
+            )?;
             Some(interp::run(model.graph(), &feed, &["last_hidden_state"])?)
         } else {
             None
@@ -178,6 +184,7 @@ pub fn bench(
             let b = Bindings::new(opts.batch, seq);
             let flops = total_cost(&graph, &b).flops as f64;
             let mut cpu = CpuModel::with_options(graph, &opts.cpu)?;
+            cpu.set_memory_budget(memory);
             (matmul, matmul_reason) = (
                 cpu.matmul_name().0.to_string(),
                 cpu.matmul_name().1.to_string(),

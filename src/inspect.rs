@@ -64,13 +64,15 @@ pub struct CpuPlan {
 /// Lowers and compiles `model` for the CPU backend at `seq` (batch 1) as `options` say
 /// (threads 0: all cores) and describes the result.
 pub fn cpu_plan(model: &Model, seq: usize, options: &CpuOptions) -> Result<CpuPlan, crate::Error> {
+    let budget = crate::limits::memory_available();
     crate::limits::check_run_size(
         model,
         &attnopt_ir::Bindings::new(1, seq),
         &format!("--seq {seq}"),
-        crate::limits::memory_available(),
+        budget,
     )?;
     let mut cpu = attnopt_cpu::CpuModel::with_options(model.graph().clone(), options)?;
+    cpu.set_memory_budget(budget);
     let compile = cpu.prepare(1, seq)?;
     let (bf16, bf16_why) = match attnopt_cpu::matmul::best_available_for(
         cpu.threads(),

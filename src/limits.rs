@@ -69,20 +69,10 @@ pub fn check_run_size(
             )));
         }
     }
-    check_graph_size(model.graph(), b, what, budget)
-}
-
-/// [`check_run_size`] for one graph (the original or an optimised one): the largest single
-/// value first (cheap, and it keeps absurd sizes away from the lowering), then the whole
-/// activation memory of a run — the CPU backend's arena, planned by `lower` without
-/// allocating it; the interpreter's peak is of the same order.
-pub fn check_graph_size(
-    g: &Graph,
-    b: &Bindings,
-    what: &str,
-    budget: Option<u64>,
-) -> Result<(), Error> {
-    let seq = b.get(Sym::Seq);
+    // The largest single value, which also keeps absurd sizes away from the lowering. The
+    // whole activation memory is checked where it is planned: the CPU backend's `prepare`
+    // (`CpuModel::set_memory_budget`), and `check_interpreter_memory` for the interpreter.
+    let g = model.graph();
     let Some((node, bytes)) = largest_value(g, b) else {
         return Ok(());
     };
@@ -106,6 +96,19 @@ pub fn check_graph_size(
             budget.map_or("addressable amount".into(), gb),
         )));
     }
+    Ok(())
+}
+
+/// For a run on the interpreter, which plans nothing: the CPU backend's arena for `g` at `b`,
+/// planned by `lower` without allocating it (the interpreter's peak is of the same order),
+/// against `budget`.
+pub fn check_interpreter_memory(
+    g: &Graph,
+    b: &Bindings,
+    what: &str,
+    budget: Option<u64>,
+) -> Result<(), Error> {
+    let seq = b.get(Sym::Seq);
     if let Some(budget) = budget {
         // A graph the lowering refuses is the backend's to report.
         if let Ok(plan) = attnopt_lower::lower(g, b) {
@@ -126,14 +129,15 @@ pub fn check_graph_size(
 }
 
 /// [`check_run_size`] for the sizes a prepared feed gives the model (its shapes and dtypes
-/// checked too), with the system's available memory as the budget.
+/// checked too); returns those sizes.
 pub fn check_feed(
     model: &Model,
     feed: &HashMap<String, Tensor>,
     what: &str,
+    budget: Option<u64>,
 ) -> Result<Bindings, Error> {
     let b = interp::bindings(model.graph(), feed)?;
-    check_run_size(model, &b, what, memory_available())?;
+    check_run_size(model, &b, what, budget)?;
     Ok(b)
 }
 

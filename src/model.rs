@@ -186,7 +186,8 @@ impl Model {
         opts: RunOptions,
     ) -> Result<BTreeMap<String, Tensor>, Error> {
         let feed = self.prepare_inputs(inputs)?;
-        crate::limits::check_feed(self, &feed, "the input")?;
+        let budget = crate::limits::memory_available();
+        let b = crate::limits::check_feed(self, &feed, "the input", budget)?;
         let g = self.graph();
         let wanted: Vec<&str> = if opts.all_layers {
             vec![]
@@ -194,7 +195,10 @@ impl Model {
             vec!["last_hidden_state"]
         };
         let out = match opts.backend {
-            Backend::Interp => interp::run(g, &feed, &wanted)?,
+            Backend::Interp => {
+                crate::limits::check_interpreter_memory(g, &b, "the input", budget)?;
+                interp::run(g, &feed, &wanted)?
+            }
             Backend::Cpu(options) => {
                 let options = CpuOptions {
                     threads: crate::limits::threads(options.threads).0,
@@ -210,6 +214,8 @@ impl Model {
                         v.insert(cpu)
                     }
                 };
+                // The backend checks a new size's activation memory where it plans it.
+                cpu.set_memory_budget(budget);
                 cpu.run(&feed, &wanted, false)?.0
             }
         };

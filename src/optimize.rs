@@ -268,7 +268,9 @@ pub fn optimize(
             opts.calib_seq,
             opts.seed,
         )?)?;
-        crate::limits::check_feed(model, &inputs, "the calibration inputs")?;
+        let budget = crate::limits::memory_available();
+        let b = crate::limits::check_feed(model, &inputs, "the calibration inputs", budget)?;
+        crate::limits::check_interpreter_memory(g, &b, "the calibration inputs", budget)?;
         // Inputs that measure nothing would make every conversion look free (0/0 error).
         let nothing = |why: &str| Error::Usage {
             path: opts

@@ -51,6 +51,18 @@ pub enum CpuError {
     Fold(String),
     #[error("matrix products: {0}")]
     MatMul(#[from] crate::matmul::MatMulError),
+    #[error(
+        "at batch {batch} × {seq} tokens a run needs {:.1} GB of activation memory, more than \
+         the {:.1} GB available; use shorter or fewer inputs",
+        *arena as f64 / 1e9,
+        *budget as f64 / 1e9
+    )]
+    OverBudget {
+        batch: usize,
+        seq: usize,
+        arena: u64,
+        budget: u64,
+    },
 }
 
 /// Everything prepared for one (batch, sequence) size.
@@ -109,6 +121,8 @@ pub struct CpuModel {
     ropes: RopeKernels,
     /// Let the matrix-product library run epilogues it can fuse (else all run as JIT passes).
     post_ops: bool,
+    /// The most activation memory (arena bytes) a new size may need; `None`: no limit.
+    memory_budget: Option<u64>,
 }
 
 impl CpuModel {
@@ -204,6 +218,7 @@ impl CpuModel {
             plans: HashMap::new(),
             ropes: HashMap::new(),
             post_ops: options.post_ops,
+            memory_budget: None,
         })
     }
 
@@ -230,6 +245,13 @@ impl CpuModel {
             self.post_ops = on;
             self.plans.clear();
         }
+    }
+
+    /// The most activation memory a size prepared from now on may need (the arena the lowering
+    /// plans, checked before it is allocated); `None` (the default) sets no limit. Sizes
+    /// already prepared keep their arenas.
+    pub fn set_memory_budget(&mut self, bytes: Option<u64>) {
+        self.memory_budget = bytes;
     }
 
     /// See [`CpuModel::set_post_ops`].
@@ -267,6 +289,15 @@ impl CpuModel {
         }
         let t0 = Instant::now();
         let lowered = lower(&self.graph, &Bindings::new(batch, seq))?;
+        let arena = lowered.memory.arena_bytes as u64;
+        if let Some(budget) = self.memory_budget.filter(|&b| arena > b) {
+            return Err(CpuError::OverBudget {
+                batch,
+                seq,
+                arena,
+                budget,
+            });
+        }
         let mut times = PrepareTimes {
             lower: t0.elapsed(),
             ..PrepareTimes::default()
