@@ -4,8 +4,6 @@
 #[path = "support/cli.rs"]
 mod cli;
 use cli::{attnopt, stderr};
-#[allow(unused_imports)]
-use cli::root as _;
 
 
 use std::path::{Path, PathBuf};

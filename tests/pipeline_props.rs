@@ -17,7 +17,7 @@ use attnopt_cpu::CpuModel;
 use attnopt_ir::{interp, Graph};
 use attnopt_rewrite::{optimize, Options, RuleSet};
 use proptest::prelude::*;
-use random_graph::{build, inputs_mode, random_inputs, step, Inputs, Step};
+use random_graph::{agree, build, inputs_mode, random_inputs, step, Inputs, Step};
 
 /// Optimises `g`, runs it on the CPU backend, compares with the interpreter on `g`.
 fn check(g: &Graph, seq: usize, rules: &RuleSet) -> Result<(), String> {
@@ -30,19 +30,12 @@ fn check(g: &Graph, seq: usize, rules: &RuleSet) -> Result<(), String> {
     let (got, _) = cpu
         .run(&inputs, &["out"], false)
         .map_err(|e| format!("CPU run: {e}\n{g}\noptimised:\n{}", o.graph))?;
-    let (want, got) = (&want["out"], &got["out"]);
-    let err = got
-        .max_abs_diff(want)
-        .ok_or_else(|| format!("shapes differ\n{g}\noptimised:\n{}", o.graph))?;
-    let scale = want.max_abs();
-    if err.is_nan() || err > 1e-4 * scale.max(1e-3) {
-        return Err(format!(
-            "N={seq}: CPU backend on the optimised graph differs by {err:e} (values up to \
-             {scale:e})\n{g}\noptimised:\n{}",
+    agree(&want["out"], &got["out"]).map_err(|why| {
+        format!(
+            "N={seq}: CPU backend on the optimised graph {why}\n{g}\noptimised:\n{}",
             o.graph
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 proptest! {

@@ -25,14 +25,9 @@ fn rules_with(dir: &Path, extra: &str) -> PathBuf {
     rules
 }
 
-#[test]
-fn an_unsound_user_rule_is_refused_at_its_line() {
-    let tmp = tempfile::tempdir().unwrap();
-    let rules = rules_with(
-        tmp.path(),
-        "# mine\n\nexact drop-bias: (add ?x ?b) => ?x if weight_only(?b) and not_weight_only(?x)\n",
-    );
-    let out = tmp.path().join("opt");
+/// `optimize fixtures/bert --rules RULES` into `opt` beside the rules folder.
+fn optimize_bert_with(rules: &Path) -> (std::process::Output, PathBuf) {
+    let out = rules.with_file_name("opt");
     let o = attnopt(&[
         "optimize",
         "fixtures/bert",
@@ -41,6 +36,17 @@ fn an_unsound_user_rule_is_refused_at_its_line() {
         "--rules",
         rules.to_str().unwrap(),
     ]);
+    (o, out)
+}
+
+#[test]
+fn an_unsound_user_rule_is_refused_at_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = rules_with(
+        tmp.path(),
+        "# mine\n\nexact drop-bias: (add ?x ?b) => ?x if weight_only(?b) and not_weight_only(?x)\n",
+    );
+    let (o, out) = optimize_bert_with(&rules);
     let e = stderr(&o);
     assert!(!o.status.success(), "{e}");
     assert!(e.contains("zz-user.rules:3: exact rule `drop-bias` is not an identity"), "{e}");
@@ -53,15 +59,7 @@ fn sound_user_rules_are_verified_and_written() {
     let tmp = tempfile::tempdir().unwrap();
     // A true identity (x · 1 = x), harmless to add.
     let rules = rules_with(tmp.path(), "exact scale-by-one: (scale 1 ?x) => ?x\n");
-    let out = tmp.path().join("opt");
-    let o = attnopt(&[
-        "optimize",
-        "fixtures/bert",
-        "-o",
-        out.to_str().unwrap(),
-        "--rules",
-        rules.to_str().unwrap(),
-    ]);
+    let (o, out) = optimize_bert_with(&rules);
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
     assert!(e.contains("checking the exact rules numerically"), "{e}");

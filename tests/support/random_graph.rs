@@ -505,3 +505,17 @@ pub fn inputs_mode() -> impl Strategy<Value = Inputs> {
     ]
 }
 
+
+/// Whether `got` agrees with `want` (the interpreter's value of `out`) within the tolerance
+/// the property tests use: max-abs difference ≤ 1e-4 of the larger of `want`'s max-abs and
+/// 1e-3, NaN never agreeing. The error says how it differs.
+pub fn agree(want: &Tensor, got: &Tensor) -> Result<(), String> {
+    let err = got
+        .max_abs_diff(want)
+        .ok_or_else(|| "shapes differ".to_string())?;
+    let scale = want.max_abs();
+    if err.is_nan() || err > 1e-4 * scale.max(1e-3) {
+        return Err(format!("differs by {err:e} (values up to {scale:e})"));
+    }
+    Ok(())
+}
