@@ -41,5 +41,9 @@ fn main() {
             .count()
         })
         .unwrap_or(0);
-    eprintln!("wrote {} ({} tensors, {shards} shard(s))", dir.display(), spec.tensors.len());
+    eprintln!(
+        "wrote {} ({} tensors, {shards} shard(s))",
+        dir.display(),
+        spec.tensors.len()
+    );
 }

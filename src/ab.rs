@@ -30,7 +30,9 @@ impl AbStats {
         } else {
             (r[n / 2 - 1] + r[n / 2]) / 2.0
         };
-        let k = ((n as f64 - 1.96 * (n as f64).sqrt()) / 2.0).floor().max(0.0) as usize;
+        let k = ((n as f64 - 1.96 * (n as f64).sqrt()) / 2.0)
+            .floor()
+            .max(0.0) as usize;
         let k = k.min((n - 1) / 2);
         Some(AbStats {
             rounds: n,

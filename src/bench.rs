@@ -137,7 +137,11 @@ pub fn bench(
         (String::new(), String::new(), opts.cpu.threads);
     for &seq in &opts.seqs {
         let folder = model.is_optimised_folder();
-        let label = if folder { "optimised folder" } else { "original" };
+        let label = if folder {
+            "optimised folder"
+        } else {
+            "original"
+        };
         let mut graphs = vec![(label, model.graph().clone())];
         if opts.optimised && !folder {
             let o = optimize(model.graph(), &Options::exact(&rules, seq))?;

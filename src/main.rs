@@ -541,10 +541,18 @@ fn run(cli: Cli) -> Result<()> {
             for (i, path) in targets.iter().enumerate() {
                 output::check_file_target(path, &inputs)?;
                 if targets[..i].contains(path) {
-                    bail!("{}: given for two outputs; each needs its own path", path.display());
+                    bail!(
+                        "{}: given for two outputs; each needs its own path",
+                        path.display()
+                    );
                 }
             }
-            if svg.is_some() && std::process::Command::new("dot").arg("-V").output().is_err() {
+            if svg.is_some()
+                && std::process::Command::new("dot")
+                    .arg("-V")
+                    .output()
+                    .is_err()
+            {
                 bail!("graphviz's `dot` is not installed (apt-get install graphviz); use --dot to write DOT instead");
             }
             if let Some(path) = &dot {

@@ -2,8 +2,8 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::path::Path;
+use std::sync::Mutex;
 
 use attnopt_cpu::CpuOptions;
 use attnopt_import::{Imported, LoadOptions};
@@ -92,7 +92,10 @@ impl Model {
 
     /// Whether this is an optimised folder (written by `optimize`) rather than a checkpoint.
     pub fn is_optimised_folder(&self) -> bool {
-        self.imported.dir.join(attnopt_import::optimized::MANIFEST).is_file()
+        self.imported
+            .dir
+            .join(attnopt_import::optimized::MANIFEST)
+            .is_file()
     }
 
     /// Names of the inputs the model takes (Hugging Face forward-argument names).

@@ -183,7 +183,12 @@ fn write_into(
     let graph_text = graph.to_string();
     // `dir` is a fresh private folder of our own (made with O_EXCL by `output::write_dir`), so
     // plain writes into it are safe.
-    let mut files = vec![MANIFEST.to_string(), GRAPH.into(), REPORT_JSON.into(), REPORT_TXT.into()];
+    let mut files = vec![
+        MANIFEST.to_string(),
+        GRAPH.into(),
+        REPORT_JSON.into(),
+        REPORT_TXT.into(),
+    ];
     std::fs::write(dir.join(GRAPH), &graph_text).map_err(io(dir.join(GRAPH)))?;
     let to_write: Vec<&Weight> = used_weights(&graph)
         .into_iter()
@@ -242,8 +247,7 @@ fn write_into(
     std::fs::write(dir.join(MANIFEST), pretty(&manifest)).map_err(io(dir.join(MANIFEST)))?;
     std::fs::write(dir.join(REPORT_JSON), pretty(&opt.report))
         .map_err(io(dir.join(REPORT_JSON)))?;
-    std::fs::write(dir.join(REPORT_TXT), opt.report.render())
-        .map_err(io(dir.join(REPORT_TXT)))?;
+    std::fs::write(dir.join(REPORT_TXT), opt.report.render()).map_err(io(dir.join(REPORT_TXT)))?;
     if config.is_file() {
         std::fs::copy(&config, dir.join(CONFIG)).map_err(io(config.clone()))?;
     }

@@ -133,7 +133,11 @@ fn budget_converts_only_what_fits(name: &str) {
     // The default budget (1 %) is safe: on these random-weight fixtures every conversion
     // costs far more, so nothing is converted.
     let default = run_case(name, None);
-    assert!(default.converted.is_empty(), "{name}: {:?}", default.converted);
+    assert!(
+        default.converted.is_empty(),
+        "{name}: {:?}",
+        default.converted
+    );
     assert!(default.final_error < 1e-6);
     // With an unlimited budget every eligible layer is converted.
     let all = run_case(name, Some(f64::INFINITY));

@@ -4,12 +4,7 @@
 mod cli;
 use cli::{attnopt, attnopt_env, root, stderr, stdout};
 
-
 use std::path::{Path, PathBuf};
-
-
-
-
 
 /// Writes `dir/in.safetensors` holding one `input_ids` tensor of raw little-endian `bytes`.
 fn write_input_ids(
@@ -327,7 +322,11 @@ fn bf16_runs_report_their_error() {
     let args = [&RUN_BERT[..], &["--precision", "bf16"]].concat();
     let o = attnopt(&args);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("add --verify to measure"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("add --verify to measure"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!stdout(&o).contains("error vs the f32 interpreter"));
     let o = attnopt(&[&args[..], &["--verify"]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
@@ -407,11 +406,22 @@ fn inspect_backend_cpu_names_the_library_and_kernels() {
 /// consistency is checked, never their size).
 #[test]
 fn bench_ab_reports_a_ratio_with_an_interval() {
-    let o = attnopt(&["bench", "fixtures/bert", "--reps", "1", "--ab", "5", "--json"]);
+    let o = attnopt(&[
+        "bench",
+        "fixtures/bert",
+        "--reps",
+        "1",
+        "--ab",
+        "5",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let runs = json["runs"].as_array().unwrap();
-    assert!(runs[0].get("ab").is_none(), "only the optimised run carries it");
+    assert!(
+        runs[0].get("ab").is_none(),
+        "only the optimised run carries it"
+    );
     let ab = &runs[1]["ab"];
     assert_eq!(ab["rounds"], 5);
     let (lo, med, hi) = (

@@ -123,7 +123,11 @@ fn a_read_only_folder_is_an_error_and_keeps_what_is_there() {
     fs.remount_read_only();
     let o = run_to(&out);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("Read-only file system"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "{}",
+        stderr(&o)
+    );
     let o = optimize_to(&fs.path().join("opt"));
     assert!(!o.status.success());
     assert_eq!(names(fs.path()), ["out.safetensors"]);
@@ -156,7 +160,11 @@ fn a_file_size_limit_is_a_clean_error() {
     let o = limited(2, true, &out);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("File too large"), "{}", stderr(&o));
-    assert_eq!(names(tmp.path()), ["out.safetensors"], "the temporary is removed");
+    assert_eq!(
+        names(tmp.path()),
+        ["out.safetensors"],
+        "the temporary is removed"
+    );
     assert_eq!(std::fs::read(&out).unwrap(), b"previous output");
 }
 

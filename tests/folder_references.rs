@@ -7,11 +7,8 @@
 mod cli;
 use cli::{attnopt_in, root};
 
-
 use std::path::Path;
 use std::process::Output;
-
-
 
 fn ok(o: &Output) -> String {
     let e = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -23,7 +20,16 @@ fn ok(o: &Output) -> String {
 fn error_vs_golden(dir: &Path, model: &str, golden: &str, backend: &str) -> f64 {
     let out = ok(&attnopt_in(
         dir,
-        &["run", model, "-i", golden, "--compare", golden, "--backend", backend],
+        &[
+            "run",
+            model,
+            "-i",
+            golden,
+            "--compare",
+            golden,
+            "--backend",
+            backend,
+        ],
     ));
     let line = out
         .lines()
@@ -48,7 +54,10 @@ fn exact_folders_hold_no_weights_and_still_match_the_goldens() {
         let src = root().join("fixtures").join(model);
         let golden = src.join("golden.safetensors");
         let out = format!("{model}-opt");
-        ok(&attnopt_in(dir, &["optimize", src.to_str().unwrap(), "-o", &out]));
+        ok(&attnopt_in(
+            dir,
+            &["optimize", src.to_str().unwrap(), "-o", &out],
+        ));
         let graph = std::fs::read_to_string(dir.join(&out).join("graph.txt")).unwrap();
         assert!(
             !dir.join(&out).join("weights.safetensors").exists(),
@@ -71,16 +80,33 @@ fn standalone_folders_run_without_their_source() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     copy_dir(&root().join("fixtures/llama"), &dir.join("llama"));
-    std::fs::copy(dir.join("llama/golden.safetensors"), dir.join("golden.safetensors")).unwrap();
+    std::fs::copy(
+        dir.join("llama/golden.safetensors"),
+        dir.join("golden.safetensors"),
+    )
+    .unwrap();
     ok(&attnopt_in(dir, &["optimize", "llama", "-o", "ref"]));
-    ok(&attnopt_in(dir, &["optimize", "llama", "-o", "alone", "--standalone"]));
+    ok(&attnopt_in(
+        dir,
+        &["optimize", "llama", "-o", "alone", "--standalone"],
+    ));
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("alone/attnopt.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["source_files"].as_array().map(Vec::len), Some(0));
     // The source goes away: the referring folder is refused, the standalone one runs.
     std::fs::remove_dir_all(dir.join("llama")).unwrap();
-    let o = attnopt_in(dir, &["run", "ref", "-i", "golden.safetensors", "-o", "x.safetensors"]);
+    let o = attnopt_in(
+        dir,
+        &[
+            "run",
+            "ref",
+            "-i",
+            "golden.safetensors",
+            "-o",
+            "x.safetensors",
+        ],
+    );
     assert!(!o.status.success());
     let e = error_vs_golden(dir, "alone", "golden.safetensors", "cpu");
     assert!(e < 1e-4, "{e}");
@@ -108,8 +134,7 @@ fn a_70b_shaped_checkpoint_optimises_into_a_small_folder() {
     }
     assert!(bytes < 2_000_000, "{bytes} bytes");
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("attnopt.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("attnopt.json")).unwrap()).unwrap();
     assert_eq!(manifest["source_files"].as_array().map(Vec::len), Some(30));
     // inspect loads it back (fingerprints checked, graph parsed against 723 source tensors).
     let text = ok(&attnopt_in(tmp.path(), &["inspect", "opt"]));

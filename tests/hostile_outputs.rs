@@ -8,13 +8,9 @@
 mod cli;
 use cli::{attnopt_in, root, stderr};
 
-
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-
-
 
 /// A scratch folder holding a copy of `fixtures/bert` as `bert/`.
 fn scratch() -> tempfile::TempDir {
@@ -96,12 +92,24 @@ fn outputs_never_replace_inputs() {
         "is one of this command's inputs",
     );
     std::fs::hard_link(dir.join("bert/golden.safetensors"), dir.join("alias")).unwrap();
-    refused(&run_to(dir, "alias"), "(the same file as bert/golden.safetensors)");
+    refused(
+        &run_to(dir, "alias"),
+        "(the same file as bert/golden.safetensors)",
+    );
     // The --compare file.
     std::fs::copy(dir.join("bert/golden.safetensors"), dir.join("cmp")).unwrap();
     let o = attnopt_in(
         dir,
-        &["run", "bert", "-i", "bert/golden.safetensors", "--compare", "cmp", "-o", "cmp"],
+        &[
+            "run",
+            "bert",
+            "-i",
+            "bert/golden.safetensors",
+            "--compare",
+            "cmp",
+            "-o",
+            "cmp",
+        ],
     );
     refused(&o, "is one of this command's inputs");
     assert_eq!(
@@ -118,11 +126,18 @@ fn outputs_never_replace_inputs() {
             );
         }
     }
-    assert_eq!(std::fs::read(dir.join("bert/model.safetensors")).unwrap(), ck);
+    assert_eq!(
+        std::fs::read(dir.join("bert/model.safetensors")).unwrap(),
+        ck
+    );
     // An optimised folder's graph and manifest, and its source's checkpoint.
     let o = attnopt_in(dir, &["optimize", "bert", "-o", "opt"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    for target in ["opt/graph.txt", "opt/attnopt.json", "bert/model.safetensors"] {
+    for target in [
+        "opt/graph.txt",
+        "opt/attnopt.json",
+        "bert/model.safetensors",
+    ] {
         refused(
             &attnopt_in(dir, &["graph", "opt", "--text", target]),
             "is one of this command's inputs",
@@ -134,7 +149,9 @@ fn outputs_never_replace_inputs() {
 fn force_replaces_only_what_attnopt_wrote() {
     let tmp = scratch();
     let dir = tmp.path();
-    assert!(attnopt_in(dir, &["optimize", "bert", "-o", "opt"]).status.success());
+    assert!(attnopt_in(dir, &["optimize", "bert", "-o", "opt"])
+        .status
+        .success());
     // Without --force: refused.
     refused(
         &attnopt_in(dir, &["optimize", "bert", "-o", "opt"]),
@@ -216,7 +233,9 @@ fn run_opt(dir: &Path, extra: &[&str]) -> Output {
 fn a_changed_source_is_refused() {
     let tmp = scratch();
     let dir = tmp.path();
-    assert!(attnopt_in(dir, &["optimize", "bert", "-o", "opt"]).status.success());
+    assert!(attnopt_in(dir, &["optimize", "bert", "-o", "opt"])
+        .status
+        .success());
     let o = run_opt(dir, &["--verify-source"]);
     assert!(o.status.success(), "{}", stderr(&o));
 
@@ -234,9 +253,11 @@ fn a_changed_source_is_refused() {
     refused(&run_opt(dir, &[]), "it is another file");
 
     // The original bytes on a fresh optimisation, then only the modification time changed.
-    assert!(attnopt_in(dir, &["optimize", "bert", "-o", "opt", "--force"])
-        .status
-        .success());
+    assert!(
+        attnopt_in(dir, &["optimize", "bert", "-o", "opt", "--force"])
+            .status
+            .success()
+    );
     assert!(run_opt(dir, &[]).status.success());
     let f = std::fs::File::options()
         .write(true)

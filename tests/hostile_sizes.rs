@@ -5,17 +5,17 @@
 mod cli;
 use cli::{attnopt, stderr};
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-
-
 
 fn refused(o: &Output, needles: &[&str]) {
     let e = stderr(o);
     assert!(!o.status.success(), "expected a refusal: {e}");
-    assert_eq!(o.status.code(), Some(1), "a clean error exit, not an abort: {e}");
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a clean error exit, not an abort: {e}"
+    );
     for n in needles {
         assert!(e.contains(n), "expected `{n}` in: {e}");
     }
@@ -45,11 +45,37 @@ fn long_inputs_are_refused_with_the_limit_named() {
     let out = out.to_str().unwrap();
     // Learned positions: the table's length is the limit, on both executors.
     for backend in ["cpu", "interp"] {
-        let o = attnopt(&["run", "fixtures/bert", "-i", ids, "-o", out, "--backend", backend]);
+        let o = attnopt(&[
+            "run",
+            "fixtures/bert",
+            "-i",
+            ids,
+            "-o",
+            out,
+            "--backend",
+            backend,
+        ]);
         refused(&o, &["1000000 tokens", "64 positions"]);
         // RoPE has no table: the attention scores alone exceed any machine here.
-        let o = attnopt(&["run", "fixtures/llama", "-i", ids, "-o", out, "--backend", backend]);
-        refused(&o, &["one value alone", "attn_probs", "[1, 4, 1000000, 1000000]", "16.0 TB"]);
+        let o = attnopt(&[
+            "run",
+            "fixtures/llama",
+            "-i",
+            ids,
+            "-o",
+            out,
+            "--backend",
+            backend,
+        ]);
+        refused(
+            &o,
+            &[
+                "one value alone",
+                "attn_probs",
+                "[1, 4, 1000000, 1000000]",
+                "16.0 TB",
+            ],
+        );
     }
     assert!(!Path::new(out).exists());
 }
@@ -61,7 +87,14 @@ fn bench_and_optimize_sizes_are_checked_first() {
         &["--seq 1000000000", "one value alone", "PB"],
     );
     refused(
-        &attnopt(&["bench", "fixtures/llama", "--batch", "100000000", "--seq", "128"]),
+        &attnopt(&[
+            "bench",
+            "fixtures/llama",
+            "--batch",
+            "100000000",
+            "--seq",
+            "128",
+        ]),
         &["--batch 100000000", "one value alone"],
     );
     refused(
@@ -84,7 +117,14 @@ fn bench_and_optimize_sizes_are_checked_first() {
     );
     assert!(!out.exists());
     refused(
-        &attnopt(&["inspect", "fixtures/llama", "--backend", "cpu", "--seq", "1000000000"]),
+        &attnopt(&[
+            "inspect",
+            "fixtures/llama",
+            "--backend",
+            "cpu",
+            "--seq",
+            "1000000000",
+        ]),
         &["--seq 1000000000", "one value alone"],
     );
 }
@@ -92,9 +132,22 @@ fn bench_and_optimize_sizes_are_checked_first() {
 #[test]
 fn threads_beyond_the_cores_are_clamped_with_a_warning() {
     let golden = "fixtures/bert/golden.safetensors";
-    let o = attnopt(&["run", "fixtures/bert", "-i", golden, "--compare", golden, "--threads", "10000"]);
+    let o = attnopt(&[
+        "run",
+        "fixtures/bert",
+        "-i",
+        golden,
+        "--compare",
+        golden,
+        "--threads",
+        "10000",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--threads 10000 is more than the"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--threads 10000 is more than the"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Messages that pointed the wrong way before: each names the real problem now.
@@ -105,7 +158,14 @@ fn everyday_mistakes_get_the_right_message() {
     let out = out.to_str().unwrap();
     // A ViT given a text model's inputs: the missing pixels, not the mask.
     refused(
-        &attnopt(&["run", "fixtures/vit", "-i", "fixtures/bert/golden.safetensors", "-o", out]),
+        &attnopt(&[
+            "run",
+            "fixtures/vit",
+            "-i",
+            "fixtures/bert/golden.safetensors",
+            "-o",
+            out,
+        ]),
         &["needs the input `pixel_values`"],
     );
     // --explain of a layer that does not exist.
@@ -120,38 +180,96 @@ fn everyday_mistakes_get_the_right_message() {
     );
     // A file that is not safetensors at all.
     let npy = tmp.path().join("x.npy");
-    std::fs::write(&npy, b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False}").unwrap();
+    std::fs::write(
+        &npy,
+        b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False}",
+    )
+    .unwrap();
     refused(
-        &attnopt(&["run", "fixtures/bert", "-i", npy.to_str().unwrap(), "-o", out]),
+        &attnopt(&[
+            "run",
+            "fixtures/bert",
+            "-i",
+            npy.to_str().unwrap(),
+            "-o",
+            out,
+        ]),
         &["not a safetensors file"],
     );
     // A FIFO as input: refused at once instead of blocking.
     let fifo = tmp.path().join("fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     refused(
-        &attnopt(&["run", "fixtures/bert", "-i", fifo.to_str().unwrap(), "-o", out]),
+        &attnopt(&[
+            "run",
+            "fixtures/bert",
+            "-i",
+            fifo.to_str().unwrap(),
+            "-o",
+            out,
+        ]),
         &["is not a regular file"],
     );
     // --budget without --allow does nothing, and says so; --allow without --budget names the
     // default it uses.
     let folder = tmp.path().join("opt");
-    let o = attnopt(&["optimize", "fixtures/bert", "-o", folder.to_str().unwrap(), "--budget", "0.5"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--budget does nothing without --allow"), "{}", stderr(&o));
     let o = attnopt(&[
-        "optimize", "fixtures/bert", "-o", folder.to_str().unwrap(), "--force", "--allow", "hydra",
+        "optimize",
+        "fixtures/bert",
+        "-o",
+        folder.to_str().unwrap(),
+        "--budget",
+        "0.5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--budget does nothing without --allow"),
+        "{}",
+        stderr(&o)
+    );
+    let o = attnopt(&[
+        "optimize",
+        "fixtures/bert",
+        "-o",
+        folder.to_str().unwrap(),
+        "--force",
+        "--allow",
+        "hydra",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("no --budget given"), "{}", stderr(&o));
     // The bundled BERT has 64 positions: bench's default length fits it.
-    let o = attnopt(&["bench", "fixtures/bert", "--reps", "1", "--no-optimise", "--json"]);
+    let o = attnopt(&[
+        "bench",
+        "fixtures/bert",
+        "--reps",
+        "1",
+        "--no-optimise",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(json["runs"][0]["seq"], 64);
     // A ViT runs at its own length, labelled as such.
-    let o = attnopt(&["bench", "fixtures/vit", "--seq", "4096", "--reps", "1", "--json"]);
+    let o = attnopt(&[
+        "bench",
+        "fixtures/vit",
+        "--seq",
+        "4096",
+        "--reps",
+        "1",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("fixes its own length (17 tokens"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("fixes its own length (17 tokens"),
+        "{}",
+        stderr(&o)
+    );
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(json["runs"][0]["seq"], 17);
 }
@@ -172,11 +290,19 @@ fn parsed_files_are_regular_capped_and_not_quoted() {
     std::os::unix::fs::symlink("/dev/zero", &graph).unwrap();
     refused(&inspect(), &["graph.txt: is not a regular file"]);
     std::fs::remove_file(&graph).unwrap();
-    assert!(Command::new("mkfifo").arg(&graph).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&graph)
+        .status()
+        .unwrap()
+        .success());
     refused(&inspect(), &["graph.txt: is not a regular file"]);
     std::fs::remove_file(&graph).unwrap();
     let secret = tmp.path().join("secret");
-    std::fs::write(&secret, "password=hunter2-and-the-rest-of-a-long-secret-line\n").unwrap();
+    std::fs::write(
+        &secret,
+        "password=hunter2-and-the-rest-of-a-long-secret-line\n",
+    )
+    .unwrap();
     std::os::unix::fs::symlink(&secret, &graph).unwrap();
     let o = inspect();
     refused(&o, &["graph.txt: line 1"]);
@@ -184,7 +310,8 @@ fn parsed_files_are_regular_capped_and_not_quoted() {
     // A graph file past the cap is refused by its size, unread.
     std::fs::remove_file(&graph).unwrap();
     let f = std::fs::File::create(&graph).unwrap();
-    f.set_len(attnopt::import::checkpoint::MAX_JSON_BYTES + 1).unwrap();
+    f.set_len(attnopt::import::checkpoint::MAX_JSON_BYTES + 1)
+        .unwrap();
     refused(&inspect(), &["too large for a graph file"]);
 }
 
@@ -218,31 +345,55 @@ fn second_hostile_pass() {
         .unwrap();
     let batch = (avail_kb * 1024 / 120_000).to_string();
     refused(
-        &attnopt(&["bench", "fixtures/bert", "--seq", "64", "--batch", &batch, "--reps", "1"]),
+        &attnopt(&[
+            "bench",
+            "fixtures/bert",
+            "--seq",
+            "64",
+            "--batch",
+            &batch,
+            "--reps",
+            "1",
+        ]),
         &["of activation memory, more than the"],
     );
     // A manifest with no source files and no weights: an error, not an index panic.
     let opt = path("opt");
-    assert!(attnopt(&["optimize", "fixtures/bert", "-o", &opt]).status.success());
+    assert!(attnopt(&["optimize", "fixtures/bert", "-o", &opt])
+        .status
+        .success());
     let manifest = dir.join("opt/attnopt.json");
     let mut m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
     m["source_files"] = serde_json::json!([]);
     std::fs::write(&manifest, m.to_string()).unwrap();
-    refused(&attnopt(&["inspect", &opt]), &["lists no source files and no weights file"]);
+    refused(
+        &attnopt(&["inspect", &opt]),
+        &["lists no source files and no weights file"],
+    );
     // Counts and durations that reserve memory or overflow a Duration.
     refused(
-        &attnopt(&["optimize", "fixtures/bert", "-o", &path("o2"), "--time-limit", "1e20"]),
+        &attnopt(&[
+            "optimize",
+            "fixtures/bert",
+            "-o",
+            &path("o2"),
+            "--time-limit",
+            "1e20",
+        ]),
         &["--time-limit"],
     );
     refused(
         &attnopt(&["bench", "fixtures/bert", "--reps", "18446744073709551615"]),
         &["--reps takes at most"],
     );
-    refused(&attnopt(&["bench", "fixtures/bert", "--ab", "2"]), &["--ab takes 5 to"]);
+    refused(
+        &attnopt(&["bench", "fixtures/bert", "--ab", "2"]),
+        &["--ab takes 5 to"],
+    );
     // Calibration inputs that measure nothing must not make every conversion look free.
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![1, 0], &[])
-        .unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![1, 0], &[]).unwrap();
     std::fs::write(
         dir.join("empty.safetensors"),
         safetensors::serialize(vec![("input_ids", view)], None).unwrap(),
@@ -250,7 +401,13 @@ fn second_hostile_pass() {
     .unwrap();
     refused(
         &attnopt(&[
-            "optimize", "fixtures/bert", "-o", &path("o3"), "--allow", "hydra", "--calib",
+            "optimize",
+            "fixtures/bert",
+            "-o",
+            &path("o3"),
+            "--allow",
+            "hydra",
+            "--calib",
             &path("empty.safetensors"),
         ]),
         &["measure nothing"],
@@ -268,7 +425,10 @@ fn second_hostile_pass() {
         serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     c["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
     std::fs::write(&cfg, c.to_string()).unwrap();
-    refused(&attnopt(&["inspect", llama.to_str().unwrap()]), &["rope_type \"llama3\""]);
+    refused(
+        &attnopt(&["inspect", llama.to_str().unwrap()]),
+        &["rope_type \"llama3\""],
+    );
     // Control characters from a manifest are escaped in messages.
     let mut m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
@@ -282,7 +442,14 @@ fn second_hostile_pass() {
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
     // One path for two outputs of `graph`.
     refused(
-        &attnopt(&["graph", "fixtures/bert", "--dot", &path("g"), "--text", &path("g")]),
+        &attnopt(&[
+            "graph",
+            "fixtures/bert",
+            "--dot",
+            &path("g"),
+            "--text",
+            &path("g"),
+        ]),
         &["given for two outputs"],
     );
     assert!(!dir.join("g").exists());

@@ -7,11 +7,7 @@
 mod cli;
 use cli::{attnopt, root, stderr};
 
-
 use std::path::{Path, PathBuf};
-
-
-
 
 /// A copy of `rules/` plus `extra` as `zz-user.rules`.
 fn rules_with(dir: &Path, extra: &str) -> PathBuf {
@@ -49,7 +45,10 @@ fn an_unsound_user_rule_is_refused_at_its_line() {
     let (o, out) = optimize_bert_with(&rules);
     let e = stderr(&o);
     assert!(!o.status.success(), "{e}");
-    assert!(e.contains("zz-user.rules:3: exact rule `drop-bias` is not an identity"), "{e}");
+    assert!(
+        e.contains("zz-user.rules:3: exact rule `drop-bias` is not an identity"),
+        "{e}"
+    );
     assert!(e.contains("changes the layer's output by"), "{e}");
     assert!(!out.exists(), "no folder is written");
 }
@@ -63,7 +62,10 @@ fn sound_user_rules_are_verified_and_written() {
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
     assert!(e.contains("checking the exact rules numerically"), "{e}");
-    assert!(e.contains("checking the exactly optimised model against the original"), "{e}");
+    assert!(
+        e.contains("checking the exactly optimised model against the original"),
+        "{e}"
+    );
     // The report carries the measured error, as with --verify.
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();

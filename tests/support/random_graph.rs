@@ -505,7 +505,6 @@ pub fn inputs_mode() -> impl Strategy<Value = Inputs> {
     ]
 }
 
-
 /// Whether `got` agrees with `want` (the interpreter's value of `out`) within the tolerance
 /// the property tests use: max-abs difference ≤ 1e-4 of the larger of `want`'s max-abs and
 /// 1e-3, NaN never agreeing. The error says how it differs.

@@ -217,13 +217,19 @@ fn transposing_permute_that_is_an_output() {
     g.set_output("out", p).unwrap();
     let shape = [2, 5, 8];
     let values = attnopt_ir::rng::Rng::new(5).values(shape.iter().product(), -1.0, 1.0);
-    let inputs = HashMap::from([("x".to_string(), Tensor::f32(shape.to_vec(), values).unwrap())]);
+    let inputs = HashMap::from([(
+        "x".to_string(),
+        Tensor::f32(shape.to_vec(), values).unwrap(),
+    )]);
     let want = interp::run(&g, &inputs, &[]).unwrap();
     let mut cpu = CpuModel::new(g.clone(), 1).unwrap();
     let (got, _) = cpu.run(&inputs, &["t", "out"], false).unwrap();
     for name in ["t", "out"] {
         let err = got[name].max_abs_diff(&want[name]).expect("same shape");
-        assert!(err <= 1e-5 * want[name].max_abs().max(1e-3), "{name}: off by {err}\n{g}");
+        assert!(
+            err <= 1e-5 * want[name].max_abs().max(1e-3),
+            "{name}: off by {err}\n{g}"
+        );
     }
 }
 

@@ -59,7 +59,10 @@ pub fn read_text_capped(path: &Path, cap: u64, what: &str) -> Result<String, Imp
     if md.len() > cap {
         return Err(ImportError::Config {
             file: path.into(),
-            msg: format!("{} bytes is too large for a {what} (at most {cap})", md.len()),
+            msg: format!(
+                "{} bytes is too large for a {what} (at most {cap})",
+                md.len()
+            ),
         });
     }
     let mut bytes = Vec::with_capacity(md.len() as usize);
@@ -72,7 +75,10 @@ pub fn read_text_capped(path: &Path, cap: u64, what: &str) -> Result<String, Imp
     }
     String::from_utf8(bytes).map_err(|e| ImportError::Config {
         file: path.into(),
-        msg: format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+        msg: format!(
+            "is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
     })
 }
 
@@ -391,7 +397,10 @@ fn not_safetensors(bytes: &[u8]) -> Option<String> {
     const HINT: &str = "attnopt reads safetensors files (convert .bin/.pt checkpoints with \
                         transformers' save_pretrained(..., safe_serialization=True))";
     let Some(n) = bytes.get(..8) else {
-        return Some(format!("not a safetensors file: only {} bytes; {HINT}", bytes.len()));
+        return Some(format!(
+            "not a safetensors file: only {} bytes; {HINT}",
+            bytes.len()
+        ));
     };
     let n = u64::from_le_bytes(n.try_into().ok()?);
     let rest = bytes.len() as u64 - 8;
@@ -402,7 +411,9 @@ fn not_safetensors(bytes: &[u8]) -> Option<String> {
         ));
     }
     if bytes.get(8) != Some(&b'{') {
-        return Some(format!("not a safetensors file: the header is not JSON; {HINT}"));
+        return Some(format!(
+            "not a safetensors file: the header is not JSON; {HINT}"
+        ));
     }
     None
 }

@@ -64,7 +64,10 @@ impl Manifest {
         let m: Manifest = serde_json::from_value(json)
             .map_err(|e| bad(format!("not an attnopt manifest: {e}")))?;
         let names = m.files.iter().chain(m.source_files.iter().map(|f| &f.name));
-        for name in names.chain(std::iter::once(&m.graph)).chain(m.weights.iter()) {
+        for name in names
+            .chain(std::iter::once(&m.graph))
+            .chain(m.weights.iter())
+        {
             if !plain_name(name) {
                 return Err(bad(format!(
                     "`{name}` is not a plain file name in this folder"

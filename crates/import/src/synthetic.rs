@@ -86,7 +86,8 @@ pub fn bert_spec(layers: usize, hidden: usize, heads: usize, inner: usize) -> Sp
 pub fn llama70b_spec(layers: usize) -> Spec {
     let (d, heads, kv, ff, vocab) = (8192, 64, 8, 28672, 128256);
     let dh = d / heads;
-    let mut t: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![vocab, d])];
+    let mut t: Vec<(String, Vec<usize>)> =
+        vec![("model.embed_tokens.weight".into(), vec![vocab, d])];
     for i in 0..layers {
         let p = |s: &str| format!("model.layers.{i}.{s}");
         for (name, shape) in [

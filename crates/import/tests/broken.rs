@@ -1079,7 +1079,13 @@ fn nonexistent_path() {
     let tmp = TempDir::new().unwrap();
     let p = tmp.path().join("no-such-model");
     let e = load_err(&p);
-    check_msg("path does not exist", &tmp, &e, &p, &["no such file or folder"]);
+    check_msg(
+        "path does not exist",
+        &tmp,
+        &e,
+        &p,
+        &["no such file or folder"],
+    );
     assert!(matches!(e, ImportError::NotFound { .. }), "{e:?}");
 }
 
@@ -1192,5 +1198,9 @@ fn long_config_values_are_quoted_briefly() {
     let e = load_err(tmp.path());
     assert!(matches!(e, ImportError::BadDim { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("hidden_size") && msg.len() < 400, "{} bytes: {msg}", msg.len());
+    assert!(
+        msg.contains("hidden_size") && msg.len() < 400,
+        "{} bytes: {msg}",
+        msg.len()
+    );
 }

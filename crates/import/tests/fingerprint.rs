@@ -100,5 +100,8 @@ fn size_and_kind_are_checked_before_reading() {
     let e = fp.check(&p, Depth::Sampled).unwrap_err();
     assert!(e.0.contains("size is"), "{e}");
     assert!(Fingerprint::of(tmp.path(), false).is_err(), "a folder");
-    assert!(Fingerprint::of(Path::new("/dev/null"), false).is_err(), "a device");
+    assert!(
+        Fingerprint::of(Path::new("/dev/null"), false).is_err(),
+        "a device"
+    );
 }
