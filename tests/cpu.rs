@@ -139,11 +139,54 @@ fn gpt2_linear_on_cpu() {
     check("gpt2-linear");
 }
 
+#[test]
+fn gpt2_sparse_qkv_on_cpu() {
+    check("gpt2-sparse-qkv");
+}
+
+/// Also: in the original and the optimised graph alike, the sparse feed-forward is one kernel
+/// per layer that reads only the chosen units (the optimizer must not fuse its first product
+/// with the controller's).
+#[test]
+fn gpt2_sparse_ff_on_cpu() {
+    check("gpt2-sparse-ff");
+    let (_, m, graphs) = fixture("gpt2-sparse-ff");
+    for (label, graph) in graphs {
+        let mut cpu = CpuModel::new(graph, 2).unwrap();
+        let ins = HashMap::from([
+            (
+                "input_ids".to_string(),
+                Tensor::i64(vec![1, 3], vec![1, 2, 3]).unwrap(),
+            ),
+            (
+                "attention_mask".to_string(),
+                Tensor::i64(vec![1, 3], vec![1; 3]).unwrap(),
+            ),
+        ]);
+        cpu.run(&ins, &[], false).unwrap();
+        let names: Vec<String> = (cpu.lowered(1, 3).unwrap().kernels.iter())
+            .map(|k| k.name.clone())
+            .collect();
+        assert_eq!(
+            names.iter().filter(|n| *n == "sparse_ff").count(),
+            m.dims.layers,
+            "{label}: {names:?}"
+        );
+    }
+}
+
 /// Zero tokens: wherever the interpreter answers, every CPU configuration answers the same
 /// (empty) shapes; none panics (views over an empty QKV buffer, RoPE, bf16 panels).
 #[test]
 fn zero_tokens_behave_like_the_interpreter() {
-    for model in ["bert", "gpt2", "llama", "gpt2-linear"] {
+    for model in [
+        "bert",
+        "gpt2",
+        "llama",
+        "gpt2-linear",
+        "gpt2-sparse-qkv",
+        "gpt2-sparse-ff",
+    ] {
         let (_, m, graphs) = fixture(model);
         let mut inputs = HashMap::new();
         for (name, _) in m.graph.inputs() {

@@ -83,3 +83,13 @@ fn hydra_vit_matches_pytorch() {
 fn linear_gpt2_matches_pytorch() {
     check("gpt2-linear");
 }
+
+#[test]
+fn sparse_qkv_gpt2_matches_pytorch() {
+    check("gpt2-sparse-qkv");
+}
+
+#[test]
+fn sparse_ff_gpt2_matches_pytorch() {
+    check("gpt2-sparse-ff");
+}

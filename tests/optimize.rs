@@ -67,7 +67,16 @@ fn exact_optimisation_keeps_outputs(model: &str, seq: usize) -> attnopt_rewrite:
 
 #[test]
 fn exact_rules_keep_every_fixture_output() {
-    for model in ["bert", "gpt2", "vit", "llama", "vit-hydra", "gpt2-linear"] {
+    for model in [
+        "bert",
+        "gpt2",
+        "vit",
+        "llama",
+        "vit-hydra",
+        "gpt2-linear",
+        "gpt2-sparse-qkv",
+        "gpt2-sparse-ff",
+    ] {
         for seq in [128, 4096] {
             exact_optimisation_keeps_outputs(model, seq);
         }

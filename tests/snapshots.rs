@@ -48,4 +48,6 @@ fixtures! {
     llama => "llama";
     vit_hydra => "vit-hydra";
     gpt2_linear => "gpt2-linear";
+    gpt2_sparse_qkv => "gpt2-sparse-qkv";
+    gpt2_sparse_ff => "gpt2-sparse-ff";
 }

@@ -23,7 +23,7 @@ use attnopt_lower::{lower, Lowered};
 
 use crate::frame::{Frame, Src};
 use crate::jit::{JitModule, JitOptions};
-use crate::kernels::{self, Compiled, Compiler, PreparedWeights, RopeKernels};
+use crate::kernels::{self, Compiled, Compiler, PreparedWeights, RopeKernels, TransposedWeights};
 use crate::matmul::{best_available_for, MatMul, Precision};
 use crate::options::CpuOptions;
 use crate::weights::Weights;
@@ -119,6 +119,8 @@ pub struct CpuModel {
     plans: HashMap<(usize, usize), Plan>,
     /// RoPE kernels by (style, positions, features, θ bits).
     ropes: RopeKernels,
+    /// `W1ᵀ` of sparse feed-forward kernels, by weight.
+    transposed: TransposedWeights,
     /// Let the matrix-product library run epilogues it can fuse (else all run as JIT passes).
     post_ops: bool,
     /// The most activation memory (arena bytes) a new size may need; `None`: no limit.
@@ -217,6 +219,7 @@ impl CpuModel {
             prepared: HashMap::new(),
             plans: HashMap::new(),
             ropes: HashMap::new(),
+            transposed: HashMap::new(),
             post_ops: options.post_ops,
             memory_budget: None,
         })
@@ -320,6 +323,7 @@ impl CpuModel {
             weights: Weights::new(&self.graph, &self.converted),
             prepared: &mut self.prepared,
             ropes: &mut self.ropes,
+            transposed: &mut self.transposed,
             post_ops: self.post_ops,
             weight_time: Duration::ZERO,
         };

@@ -335,3 +335,72 @@ pub fn expand(
     }
     Ok(())
 }
+
+/// `Op::ConvWindows` on `x [b, n, s, c]` (`shape`): every output row of `length·width·c`
+/// elements is the window's rows copied, or zeros where the window leaves the input.
+pub fn conv_windows(
+    x: &[f32],
+    shape: &[usize],
+    length: usize,
+    width: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let &[nb, nt, ns, nc] = shape else {
+        return Err(format!("conv_windows needs [B, N, S, C], not {shape:?}"));
+    };
+    if length == 0 || width.is_multiple_of(2) {
+        return Err("conv_windows needs length >= 1 and an odd width".into());
+    }
+    let f = length * width * nc;
+    check_len("conv_windows input", x.len(), nb * nt * ns * nc)?;
+    check_len("conv_windows output", out.len(), nb * nt * ns * f)?;
+    let half = width / 2;
+    for (r, o) in out.chunks_exact_mut(f.max(1)).enumerate() {
+        let (bt, s) = (r / ns, r % ns);
+        let (b, t) = (bt / nt, bt % nt);
+        for (i, window_row) in o.chunks_exact_mut(width * nc).enumerate() {
+            // Token t − (length − 1 − i), if it exists.
+            let back = length - 1 - i;
+            if back > t {
+                window_row.fill(0.0);
+                continue;
+            }
+            let row0 = (b * nt + t - back) * ns;
+            for (j, dst) in window_row.chunks_exact_mut(nc).enumerate() {
+                match (s + j).checked_sub(half).filter(|&m| m < ns) {
+                    Some(m) => dst.copy_from_slice(&x[(row0 + m) * nc..(row0 + m + 1) * nc]),
+                    None => dst.fill(0.0),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `Op::BlockOneHot` over rows of `x`: 1 at the first maximum of every `block` entries (a NaN
+/// never wins), 0 elsewhere.
+pub fn block_onehot(x: &[f32], block: usize, out: &mut [f32]) -> Result<(), String> {
+    check_len("block_onehot output", out.len(), x.len())?;
+    if block == 0 || !x.len().is_multiple_of(block) {
+        return Err(format!(
+            "block_onehot: {} entries are not blocks of {block}",
+            x.len()
+        ));
+    }
+    for (xs, o) in x.chunks_exact(block).zip(out.chunks_exact_mut(block)) {
+        o.fill(0.0);
+        o[first_max(xs)] = 1.0;
+    }
+    Ok(())
+}
+
+/// Index of the first maximum of `xs` (non-empty), NaNs skipped unless all are NaN.
+pub fn first_max(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in xs.iter().enumerate().skip(1) {
+        if v > xs[best] || (xs[best].is_nan() && !v.is_nan()) {
+            best = i;
+        }
+    }
+    best
+}

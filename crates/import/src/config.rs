@@ -193,6 +193,42 @@ impl Config {
         }
     }
 
+    /// The object under `key` as a config of its own whose keys read `key.name` (so every
+    /// message names the full key); `None` when `key` is absent or null.
+    pub fn section(&self, key: &str) -> Result<Option<Config>, ImportError> {
+        let v = match self.json.get(key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(v) => v,
+        };
+        let obj = v
+            .as_object()
+            .ok_or_else(|| self.bad(key, v, "expected an object"))?;
+        let flat = obj
+            .iter()
+            .map(|(k, v)| (format!("{key}.{k}"), v.clone()))
+            .collect();
+        Ok(Some(Config {
+            file: self.file.clone(),
+            json: Value::Object(flat),
+            present: true,
+            guesses: vec![],
+            unconfirmed: vec![],
+        }))
+    }
+
+    /// Keys of this config that are not in `known` (a section's typos).
+    pub fn unknown_keys(&self, known: &[&str]) -> Vec<String> {
+        self.json
+            .as_object()
+            .map(|o| {
+                o.keys()
+                    .filter(|k| !known.contains(&k.as_str()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Error for a setting attnopt cannot express yet.
     pub fn unsupported(&self, what: impl Into<String>) -> ImportError {
         ImportError::NotSupported {

@@ -36,7 +36,7 @@ impl Arch {
                 "encoder.layer.0.attention.self.query.weight",
                 &["", "bert."],
             ),
-            Arch::Gpt2 => ("h.0.attn.c_attn.weight", &["", "transformer."]),
+            Arch::Gpt2 => ("h.0.ln_1.weight", &["", "transformer."]),
             Arch::Vit => (
                 "embeddings.patch_embeddings.projection.weight",
                 &["", "vit."],

@@ -44,6 +44,7 @@ fn flops_per_element(op: &Op) -> u64 {
         Op::LayerNorm { .. } => 8,
         Op::RmsNorm { .. } => 5,
         Op::Rope { .. } => 3,
+        Op::BlockOneHot { .. } => 1,
         _ => 0,
     }
 }

@@ -389,6 +389,38 @@ pub fn infer(op: &Op, ins: &[Typed]) -> Result<Typed, ShapeError> {
             s[*axis] = Dim::Fixed(total);
             same(Shape(s))
         }
+        Op::ConvWindows { length, width } => {
+            need_float(0)?;
+            if *length == 0 || width.is_multiple_of(2) {
+                return Err(err(
+                    op,
+                    ins,
+                    "needs length >= 1 and an odd width (centred windows)",
+                ));
+            }
+            let c = match (x.rank(), x.0.get(3).and_then(|d| d.fixed())) {
+                (4, Some(c)) => c,
+                _ => return Err(err(op, ins, "needs [B, N, S, C] with fixed C")),
+            };
+            let f = length
+                .checked_mul(*width)
+                .and_then(|w| w.checked_mul(c))
+                .ok_or_else(|| err(op, ins, "window size overflows"))?;
+            let mut s = x.0.clone();
+            s[3] = Dim::Fixed(f);
+            same(Shape(s))
+        }
+        Op::BlockOneHot { block } => {
+            need_float(0)?;
+            match (x.rank(), x.0.last().and_then(|d| d.fixed())) {
+                (r, Some(f)) if r >= 1 && *block >= 1 && f.is_multiple_of(*block) => same(x),
+                _ => Err(err(
+                    op,
+                    ins,
+                    format!("needs a fixed last axis that is a multiple of block {block}"),
+                )),
+            }
+        }
         Op::Slice { axis, start, end } => {
             axis_ok(*axis, x.rank())?;
             let len = match (*end, x.0[*axis]) {

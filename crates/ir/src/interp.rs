@@ -469,6 +469,8 @@ fn eval(
             out(shape, v)
         }
         Op::Rope { theta, style } => rope(a[0], theta.get() as f64, *style),
+        Op::ConvWindows { length, width } => conv_windows(a[0], *length, *width),
+        Op::BlockOneHot { block } => along(a[0], a[0].rank() - 1, |row| block_onehot(row, *block)),
         Op::Concat { axis } => concat(a, *axis),
         Op::Slice { axis, start, end } => {
             let s = a[0].shape();
@@ -708,4 +710,60 @@ fn concat(xs: &[&Tensor], axis: usize) -> R<Tensor> {
     let mut shape = s0.to_vec();
     shape[axis] = xs.iter().map(|x| x.shape()[axis]).sum();
     out(shape, v)
+}
+
+/// `Op::ConvWindows`: `[B, N, S, C] → [B, N, S, length·width·C]`, zero outside the input.
+fn conv_windows(x: &Tensor, length: usize, width: usize) -> R<Tensor> {
+    let &[nb, nt, ns, nc] = x.shape() else {
+        return Err(format!(
+            "conv_windows needs [B, N, S, C], not {:?}",
+            x.shape()
+        ));
+    };
+    if length == 0 || width.is_multiple_of(2) {
+        return Err(format!(
+            "conv_windows needs length >= 1 and an odd width, not {length}, {width}"
+        ));
+    }
+    let xs = f32s(x)?;
+    let f = length * width * nc;
+    let half = (width - 1) / 2;
+    let mut v = vec![0f32; nb * nt * ns * f];
+    for b in 0..nb {
+        for t in 0..nt {
+            for s in 0..ns {
+                let o = ((b * nt + t) * ns + s) * f;
+                for i in 0..length {
+                    // Token t + i − (length − 1); skip rows before the first token.
+                    let Some(tt) = (t + i).checked_sub(length - 1) else {
+                        continue;
+                    };
+                    for j in 0..width {
+                        let Some(ss) = (s + j).checked_sub(half).filter(|&ss| ss < ns) else {
+                            continue;
+                        };
+                        let src = ((b * nt + tt) * ns + ss) * nc;
+                        let dst = o + (i * width + j) * nc;
+                        v[dst..dst + nc].copy_from_slice(&xs[src..src + nc]);
+                    }
+                }
+            }
+        }
+    }
+    out(vec![nb, nt, ns, f], v)
+}
+
+/// `Op::BlockOneHot` on one row: 1 at the first maximum of each block (NaN never wins).
+fn block_onehot(row: &[f32], block: usize) -> Vec<f32> {
+    let mut v = vec![0f32; row.len()];
+    for (k, chunk) in row.chunks(block.max(1)).enumerate() {
+        let mut best = 0;
+        for (i, &x) in chunk.iter().enumerate() {
+            if x > chunk[best] || chunk[best].is_nan() && !x.is_nan() {
+                best = i;
+            }
+        }
+        v[k * block + best] = 1.0;
+    }
+    v
 }

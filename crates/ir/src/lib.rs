@@ -23,6 +23,7 @@ pub mod parse;
 mod print;
 pub mod rng;
 mod shape;
+pub mod sparse;
 pub mod summary;
 mod tensor;
 mod weight;

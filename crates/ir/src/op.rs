@@ -227,6 +227,16 @@ pub enum Op {
         start: usize,
         end: crate::Dim,
     },
+    /// `[B, N, S, C] → [B, N, S, length·width·C]`: the zero-padded windows of a convolution
+    /// over tokens (causal: the `length` rows ending at the token) and modules (centred:
+    /// `width` odd). Output feature `(i·width + j)·C + c` of `(b, t, s)` is
+    /// `x[b, t + i − (length − 1), s + j − (width − 1)/2, c]`, or 0 outside the input
+    /// (`im2col`; trax's `LocallyConvDense`, docs/SPARSE.md).
+    ConvWindows { length: usize, width: usize },
+    /// `[.., F] → [.., F]`: 1 at the first maximum of every block of `block` consecutive
+    /// entries of the last axis, 0 elsewhere (`F` a multiple of `block`; a NaN entry never
+    /// wins). The sparse feed-forward controller's choice (trax's `SparseFF`, docs/SPARSE.md).
+    BlockOneHot { block: usize },
 }
 
 impl Op {
@@ -286,6 +296,8 @@ impl Op {
             Op::Rope { .. } => "rope",
             Op::Concat { .. } => "concat",
             Op::Slice { .. } => "slice",
+            Op::ConvWindows { .. } => "conv_windows",
+            Op::BlockOneHot { .. } => "block_onehot",
         }
     }
 
@@ -344,6 +356,11 @@ impl Op {
                 start: 0,
                 end: crate::Dim::Fixed(0),
             },
+            Op::ConvWindows {
+                length: 0,
+                width: 0,
+            },
+            Op::BlockOneHot { block: 0 },
         ]);
         v
     }
@@ -409,6 +426,8 @@ impl fmt::Display for Op {
             Op::Slice { axis, start, end } => {
                 write!(f, "{{axis={axis}, start={start}, end={end}}}")
             }
+            Op::ConvWindows { length, width } => write!(f, "{{length={length}, width={width}}}"),
+            Op::BlockOneHot { block } => write!(f, "{{block={block}}}"),
             _ => Ok(()),
         }
     }

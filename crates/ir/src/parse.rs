@@ -427,6 +427,17 @@ fn parse_op(c: &mut Cursor, name: &str) -> Result<Op, String> {
                 end: c.dim()?,
             }
         }
+        Op::ConvWindows { .. } => {
+            let length = c.uint_attr("length")?;
+            c.expect(",")?;
+            Op::ConvWindows {
+                length,
+                width: c.uint_attr("width")?,
+            }
+        }
+        Op::BlockOneHot { .. } => Op::BlockOneHot {
+            block: c.uint_attr("block")?,
+        },
         Op::Unary(_)
         | Op::Binary(_)
         | Op::MatMul

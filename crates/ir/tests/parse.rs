@@ -284,6 +284,29 @@ fn every_op_model() -> Graph {
         )
         .unwrap();
     outs.push(("concat_slice".into(), sl));
+    // The sparse layers' operators: windows of [B, N, 2, 4] and a one-hot over blocks of 4.
+    let x4 = b
+        .op(
+            Op::Reshape(Shape(vec![BATCH, SEQ, Dim::Fixed(2), Dim::Fixed(4)])),
+            &[x],
+            Role::Other,
+        )
+        .unwrap();
+    let win = b
+        .op(
+            Op::ConvWindows {
+                length: 3,
+                width: 3,
+            },
+            &[x4],
+            Role::Other,
+        )
+        .unwrap();
+    outs.push(("conv_windows".into(), win));
+    let oh = b
+        .op(Op::BlockOneHot { block: 4 }, &[x], Role::Other)
+        .unwrap();
+    outs.push(("block_onehot".into(), oh));
     // Scalars that must survive bit-exactly.
     for (i, c) in [
         -0.0f32,
@@ -378,6 +401,8 @@ fn every_operator_roundtrips_and_computes_the_same() {
         "add_scalar{1e-45}",
         "add_scalar{-0.0}",
         "l2_normalize{axis=2, eps=1e-12}",
+        "conv_windows{length=3, width=3}",
+        "block_onehot{block=4}",
     ] {
         assert!(text.contains(needle), "{needle} not in\n{text}");
     }

@@ -21,6 +21,7 @@ use crate::kernel::{Kernel, KernelKind, Value, ValueId, ValueKind};
 use crate::matmul::{matmul, merged_heads};
 use crate::memory::{plan, MemoryPlan};
 use crate::row_kernel::row_kernel;
+use crate::sparse_ff::sparse_ff;
 
 /// A graph lowered at concrete sizes.
 #[derive(Debug, Clone)]
@@ -44,9 +45,9 @@ pub enum LowerError {
 
 /// Each recogniser emits the kernel rooted at a node and says so, or leaves the node alone. The
 /// first that takes a node wins, so the order is a priority: Hydra's root is a `mul`, which
-/// `row_kernel` would also take.
+/// `row_kernel` would also take, and the sparse feed-forward's root is a product.
 const RECOGNISERS: &[fn(&mut Lowering<'_>, NodeId) -> bool] =
-    &[view, matmul, merged_heads, hydra, row_kernel];
+    &[view, sparse_ff, matmul, merged_heads, hydra, row_kernel];
 
 /// Finds the kernel rooted at `n`, unless `n` is already in one.
 fn visit(l: &mut Lowering, n: NodeId) {

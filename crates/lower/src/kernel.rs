@@ -82,6 +82,8 @@ pub enum KernelKind {
     /// Hydra attention, `φ(Q) ⊙ Σ_t φ(K_t) ⊙ V_t` (causal: a prefix sum over tokens), inputs
     /// Q, K, V read as strided rows ([`Hydra`]); the output is `[batch, tokens, d]`.
     Hydra(Hydra),
+    /// The sparse feed-forward core ([`SparseFf`]); inputs `[h, logits, W1, W2]`.
+    SparseFf(SparseFf),
     /// `attention_mask` (i64, 1 keeps / 0 masks) to an additive f32 mask (0 / -inf).
     AdditiveMask,
     /// The output aliases input 0 (reshape): nothing to do.
@@ -287,4 +289,39 @@ fn inv_norm(eps: f32) -> Expr {
             Expr::Const(eps),
         ),
     )
+}
+
+// The sparse feed-forward kernel (found by `sparse_ff.rs`).
+
+/// Trax's `SparseFF` without its output bias: inputs `h` (`rows × d`), `logits`
+/// (`rows × units`), `W1` (`d × units`) and `W2` (`units × d_out`); output `rows × d_out`. For
+/// each row and each block of `block` consecutive units, `u` is the first maximum of the row's
+/// logits in the block (a NaN never wins) and `out += relu(h · W1[:, u]) · W2[u, :]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SparseFf {
+    pub rows: usize,
+    pub d: usize,
+    pub units: usize,
+    pub block: usize,
+    pub d_out: usize,
+}
+
+impl SparseFf {
+    /// Chosen units per row.
+    pub fn blocks(&self) -> usize {
+        self.units / self.block.max(1)
+    }
+
+    /// Multiply-adds ×2 of the chosen units (and one compare per logit).
+    pub fn flops(&self) -> u64 {
+        (self.rows * (self.blocks() * 2 * (self.d + self.d_out) + self.units)) as u64
+    }
+
+    /// `h`, the logits and the output once, plus the chosen weights: at most every unit's
+    /// column of `W1` and row of `W2` (f32).
+    pub fn bytes(&self) -> u64 {
+        let chosen = (self.rows * self.blocks()).min(self.units);
+        (4 * (self.rows * (self.d + self.units + self.d_out) + chosen * (self.d + self.d_out)))
+            as u64
+    }
 }

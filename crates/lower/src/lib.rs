@@ -6,7 +6,8 @@
 //! * [`kernel`] — what one kernel computes: a matrix product (optionally with a fused row
 //!   epilogue and strided views of its operands), a row program (elementwise chains and
 //!   reductions over the last axis, fused), a Hydra attention kernel (its spec and its two row
-//!   programs), an additive-mask conversion, a view (no work), or a single ir operator left to
+//!   programs), a sparse feed-forward kernel that reads only the chosen units' weights, an
+//!   additive-mask conversion, a view (no work), or a single ir operator left to
 //!   the backend's generic kernels;
 //! * [`row`] — `RowProgram`, the small language of fused row kernels, and its reference meaning;
 //! * [`epilogue`] — the elementwise work fused after a product, as a row program and, where it
@@ -17,7 +18,7 @@
 //!
 //! * [`fuse`] — the driver: walks the graph from the outputs and asks each recogniser in turn,
 //!   then orders the kernels and plans memory ([`lower`]);
-//! * `matmul`, `row_kernel`, `hydra` — one recogniser per kernel kind: each finds its pattern
+//! * `matmul`, `row_kernel`, `hydra`, `sparse_ff` — one recogniser per kernel kind: each finds its pattern
 //!   rooted at a node and emits the kernel; `views` finds the strided operand views `matmul`
 //!   folds in, and `row_kernel` hands a chain headed by a product to `matmul` as its epilogue;
 //! * `context` — the lowering context every recogniser stands on: the graph at concrete sizes,
@@ -39,12 +40,13 @@ mod matmul;
 pub mod memory;
 pub mod row;
 mod row_kernel;
+mod sparse_ff;
 mod views;
 
 pub use epilogue::{Epilogue, Structured};
 pub use fuse::{lower, LowerError, Lowered};
 pub use kernel::{
-    Hydra, Kernel, KernelKind, ProductViews, RowView, Strided, Value, ValueId, ValueKind,
+    Hydra, Kernel, KernelKind, ProductViews, RowView, SparseFf, Strided, Value, ValueId, ValueKind,
 };
 pub use memory::MemoryPlan;
 pub use row::{Expr, InputKind, ReduceKind, Reduction, RowProgram};

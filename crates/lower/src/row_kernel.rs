@@ -232,6 +232,7 @@ fn operand(
         && pb.causal.is_none()
         && l.private(x)
         && l.shapes[&x] == root_shape
+        && !crate::sparse_ff::is_root(l, x)
     {
         pb.matmul = Some(x);
         let v = l.value(x);

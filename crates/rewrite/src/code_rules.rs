@@ -4,7 +4,7 @@
 //!
 //! A code rule is exact: it never unites classes whose types differ, and never approximates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use attnopt_ir::Dim;
 use egg::{EGraph, Id, Symbol};
@@ -39,12 +39,43 @@ struct Member {
     width: usize,
 }
 
+/// Classes multiplied by a `block_onehot` mask (a sparse feed-forward's first product): fusing
+/// such a product with its siblings would make the fused product compute every unit, where the
+/// sparse kernel (`lower`'s `sparse_ff`) reads only the chosen ones; so they stay apart.
+fn sparsely_gated(egraph: &EGraph<TensorLang, TypeAnalysis>) -> BTreeSet<Id> {
+    let (mul, onehot) = (Symbol::from("mul"), Symbol::from("block_onehot"));
+    let is_mask = |c: Id| {
+        egraph[c]
+            .nodes
+            .iter()
+            .any(|n| matches!(n, TensorLang::Op(op, _) if *op == onehot))
+    };
+    let mut gated = BTreeSet::new();
+    for class in egraph.classes() {
+        for node in &class.nodes {
+            if let TensorLang::Op(op, ch) = node {
+                if *op == mul && ch.len() == 2 {
+                    let (a, b) = (egraph.find(ch[0]), egraph.find(ch[1]));
+                    if is_mask(b) {
+                        gated.insert(a);
+                    }
+                    if is_mask(a) {
+                        gated.insert(b);
+                    }
+                }
+            }
+        }
+    }
+    gated
+}
+
 /// Products `x · w_i (+ b_i)` sharing the activation `x`, with weight-only `w_i` of rank 2, become
 /// `x · concat(w_1, …)` (+ `concat(b_1, …)`) and one slice per member. The slices are united with
 /// the original products, so extraction decides whether the fused form is cheaper.
 fn qkv_fusion(egraph: &mut EGraph<TensorLang, TypeAnalysis>) -> Groups {
     let matmul = Symbol::from("matmul");
     let add = Symbol::from("add");
+    let gated = sparsely_gated(egraph);
     // Products by activation class.
     let mut products: BTreeMap<Id, Vec<Member>> = BTreeMap::new();
     let mut by_class: BTreeMap<Id, (Id, usize)> = BTreeMap::new();
@@ -53,7 +84,7 @@ fn qkv_fusion(egraph: &mut EGraph<TensorLang, TypeAnalysis>) -> Groups {
             let TensorLang::Op(op, ch) = node else {
                 continue;
             };
-            if *op != matmul || ch.len() != 2 {
+            if *op != matmul || ch.len() != 2 || gated.contains(&class.id) {
                 continue;
             }
             let (x, w) = (egraph.find(ch[0]), egraph.find(ch[1]));

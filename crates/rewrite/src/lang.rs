@@ -255,6 +255,8 @@ pub fn encode(op: &Op) -> (&'static str, Vec<Attr>) {
             I64_CODE
         })],
         Op::Slice { axis, start, end } => vec![int(*axis), int(*start), Attr::Dims(vec![*end])],
+        Op::ConvWindows { length, width } => vec![int(*length), int(*width)],
+        Op::BlockOneHot { block } => vec![int(*block)],
         _ => vec![],
     };
     (op.name(), attrs)
@@ -353,6 +355,13 @@ pub fn decode(name: &str, attrs: &[Attr]) -> Option<Op> {
                 end,
             }
         }
+        Op::ConvWindows { .. } => Op::ConvWindows {
+            length: uint(&attrs[0])?,
+            width: uint(&attrs[1])?,
+        },
+        Op::BlockOneHot { .. } => Op::BlockOneHot {
+            block: uint(&attrs[0])?,
+        },
         Op::Input { .. } | Op::Weight(_) => return None,
         other => other,
     })

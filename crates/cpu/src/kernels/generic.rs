@@ -1,6 +1,6 @@
 //! `KernelKind::Op`: one ir operator left to generic kernels. Layout operators, embedding
 //! lookups, slices, reductions, cumulative sums, interleaved RoPE, repeated heads, expand and
-//! concat run as native loops ([`crate::ops`]); everything else as the reference interpreter's
+//! concat, conv windows and block one-hots run as native loops ([`crate::ops`]); everything else as the reference interpreter's
 //! `eval_op` on copies of its operands (listed as `op:*` in profiles).
 
 use attnopt_ir::{DType, Data, Op, Tensor};
@@ -90,6 +90,16 @@ fn generic(f: &Frame, k: &Kernel, op: &Op) -> Result<(), String> {
             let x = f32_of(f.src(k.inputs[0])?)?;
             let out = f.dst_f32(k.output)?;
             return ops::rope(x, &in_shape, theta.get() as f64, *style, out);
+        }
+        Op::ConvWindows { length, width } => {
+            let x = f32_of(f.src(k.inputs[0])?)?;
+            let out = f.dst_f32(k.output)?;
+            return ops::conv_windows(x, &in_shape, *length, *width, out);
+        }
+        Op::BlockOneHot { block } => {
+            let x = f32_of(f.src(k.inputs[0])?)?;
+            let out = f.dst_f32(k.output)?;
+            return ops::block_onehot(x, *block, out);
         }
         Op::RepeatHeads { times } => {
             let x = f32_of(f.src(k.inputs[0])?)?;

@@ -5,6 +5,7 @@
 //!
 //! * [`matmul`] — products (dense, strided views, library-fused or JIT epilogues);
 //! * [`row`] — JIT row programs; [`hydra`] — Hydra attention; [`rope`] — RoPE as JIT rows;
+//! * [`sparse_ff`] — the sparse feed-forward core, reading only the chosen units' weights;
 //! * [`mask`] — the additive attention mask; [`view`] — reshapes (nothing to run);
 //! * [`generic`] — every other operator: native copies, else the reference interpreter.
 //!
@@ -17,6 +18,7 @@ mod mask;
 mod matmul;
 mod rope;
 mod row;
+mod sparse_ff;
 mod view;
 
 use std::collections::HashMap;
@@ -42,6 +44,9 @@ pub(crate) trait Compiled: Send + Sync {
 /// Matrix-product weights prepared for the library, by (weight, used transposed).
 pub(crate) type PreparedWeights = HashMap<(WeightId, bool), Arc<dyn PreparedWeight>>;
 
+/// Transposed weights (`W1ᵀ` of sparse feed-forward kernels), by weight.
+pub(crate) type TransposedWeights = HashMap<WeightId, Arc<Vec<f32>>>;
+
 /// RoPE kernels by (style, positions, features, θ bits).
 pub(crate) type RopeKernels = HashMap<(RopeStyle, usize, usize, u32), Arc<RopeKernel>>;
 
@@ -52,6 +57,7 @@ pub(crate) struct Compiler<'a> {
     pub(crate) weights: Weights<'a>,
     pub(crate) prepared: &'a mut PreparedWeights,
     pub(crate) ropes: &'a mut RopeKernels,
+    pub(crate) transposed: &'a mut TransposedWeights,
     /// Let the matrix-product library run epilogues it can fuse (else all run as JIT passes).
     pub(crate) post_ops: bool,
     /// Time spent preparing weights not prepared before (the rest of [`compile`] is JIT work).
@@ -92,6 +98,7 @@ pub(crate) fn compile(
             causal,
         } => row::prepare(cx, l, k, program, *rows, *d, *causal)?,
         KernelKind::Hydra(spec) => hydra::prepare(cx, spec)?,
+        KernelKind::SparseFf(spec) => sparse_ff::prepare(cx, l, k, spec)?,
         KernelKind::AdditiveMask => mask::prepare(),
         KernelKind::View => view::prepare(),
         // RoPE through its JIT kernel where that covers the style; else a generic operator.

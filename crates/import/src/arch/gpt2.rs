@@ -4,6 +4,7 @@
 use attnopt_ir::builder::{Attention, AttentionKind, WeightLayout::InOut};
 use attnopt_ir::{AttentionFormula, DType, Dim, Op, Role, Shape, BATCH, SEQ};
 
+use super::sparse::{SparseFfSpec, SparseQkv};
 use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, MAX_DIM, MAX_LAYERS, MAX_TABLE};
@@ -46,6 +47,11 @@ pub fn build(
         cfg,
         &[AttentionFormula::Softmax, AttentionFormula::LinearElu],
     )?;
+    let sparse_qkv = SparseQkv::read(cfg, d)?;
+    let sparse_ff = SparseFfSpec::read(cfg, ff)?;
+    if sparse_qkv.is_some() && kind != AttentionKind::Softmax {
+        return Err(cfg.unsupported("attnopt_sparse_qkv with a non-softmax attnopt_attention"));
+    }
     if cfg.flag("scale_attn_by_inverse_layer_idx", false) {
         return Err(cfg.unsupported("scale_attn_by_inverse_layer_idx = true"));
     }
@@ -87,35 +93,35 @@ pub fn build(
         l.b.set_layer(Some(i as u32));
         let g1 = l.w(&n("ln_1.weight"), &[d])?;
         let b1 = l.w(&n("ln_1.bias"), &[d])?;
-        let wqkv = l.w(&n("attn.c_attn.weight"), &[d, 3 * d])?;
-        let bqkv = l.w(&n("attn.c_attn.bias"), &[3 * d])?;
-        let wo = l.w(&n("attn.c_proj.weight"), &[d, d])?;
-        let bo = l.w(&n("attn.c_proj.bias"), &[d])?;
-        let g2 = l.w(&n("ln_2.weight"), &[d])?;
-        let b2 = l.w(&n("ln_2.bias"), &[d])?;
-        let wfc = l.w(&n("mlp.c_fc.weight"), &[d, ff])?;
-        let bfc = l.w(&n("mlp.c_fc.bias"), &[ff])?;
-        let wp = l.w(&n("mlp.c_proj.weight"), &[ff, d])?;
-        let bp = l.w(&n("mlp.c_proj.bias"), &[d])?;
-        let b = &mut l.b;
-        let h = b.layer_norm(x, g1, b1, eps, Role::Norm).map_err(&ge)?;
-        let qkv = b
-            .linear(h, wqkv, Some(bqkv), InOut, Role::QkvProj)
-            .map_err(&ge)?;
-        let part = |b: &mut attnopt_ir::builder::Builder, k: usize, role| {
-            b.op(
-                Op::Slice {
-                    axis: 2,
-                    start: k * d,
-                    end: Dim::Fixed((k + 1) * d),
-                },
-                &[qkv],
-                role,
-            )
+        let h = l.b.layer_norm(x, g1, b1, eps, Role::Norm).map_err(&ge)?;
+        let [q, k, v] = match &sparse_qkv {
+            Some(sq) => sq.qkv(&mut l, cfg, i, h, d)?,
+            None => {
+                let wqkv = l.w(&n("attn.c_attn.weight"), &[d, 3 * d])?;
+                let bqkv = l.w(&n("attn.c_attn.bias"), &[3 * d])?;
+                let b = &mut l.b;
+                let qkv = b
+                    .linear(h, wqkv, Some(bqkv), InOut, Role::QkvProj)
+                    .map_err(&ge)?;
+                let mut part = |k: usize, role| {
+                    b.op(
+                        Op::Slice {
+                            axis: 2,
+                            start: k * d,
+                            end: Dim::Fixed((k + 1) * d),
+                        },
+                        &[qkv],
+                        role,
+                    )
+                    .map_err(&ge)
+                };
+                [
+                    part(0, Role::QProj)?,
+                    part(1, Role::KProj)?,
+                    part(2, Role::VProj)?,
+                ]
+            }
         };
-        let q = part(b, 0, Role::QProj).map_err(&ge)?;
-        let k = part(b, 1, Role::KProj).map_err(&ge)?;
-        let v = part(b, 2, Role::VProj).map_err(&ge)?;
         let spec = Attention {
             kind,
             heads,
@@ -126,15 +132,31 @@ pub fn build(
             rope: None,
             scale,
         };
-        let c = b.attention(q, k, v, &spec).map_err(&ge)?;
-        let a = b
-            .linear(c, wo, Some(bo), InOut, Role::AttnOutProj)
-            .map_err(&ge)?;
-        let r = b.add(x, a, Role::Residual).map_err(&ge)?;
-        let h = b.layer_norm(r, g2, b2, eps, Role::Norm).map_err(&ge)?;
-        let o = b
-            .mlp(h, (wfc, Some(bfc)), act, (wp, Some(bp)), InOut)
-            .map_err(&ge)?;
+        let c = l.b.attention(q, k, v, &spec).map_err(&ge)?;
+        let a = if sparse_qkv.is_some_and(|sq| !sq.output_dense) {
+            c
+        } else {
+            let wo = l.w(&n("attn.c_proj.weight"), &[d, d])?;
+            let bo = l.w(&n("attn.c_proj.bias"), &[d])?;
+            l.b.linear(c, wo, Some(bo), InOut, Role::AttnOutProj)
+                .map_err(&ge)?
+        };
+        let g2 = l.w(&n("ln_2.weight"), &[d])?;
+        let b2 = l.w(&n("ln_2.bias"), &[d])?;
+        let r = l.b.add(x, a, Role::Residual).map_err(&ge)?;
+        let h = l.b.layer_norm(r, g2, b2, eps, Role::Norm).map_err(&ge)?;
+        let o = match &sparse_ff {
+            Some(sf) => sf.build(&mut l, cfg, i, h, d)?,
+            None => {
+                let wfc = l.w(&n("mlp.c_fc.weight"), &[d, ff])?;
+                let bfc = l.w(&n("mlp.c_fc.bias"), &[ff])?;
+                let wp = l.w(&n("mlp.c_proj.weight"), &[ff, d])?;
+                let bp = l.w(&n("mlp.c_proj.bias"), &[d])?;
+                l.b.mlp(h, (wfc, Some(bfc)), act, (wp, Some(bp)), InOut)
+                    .map_err(&ge)?
+            }
+        };
+        let b = &mut l.b;
         x = b.add(r, o, Role::Residual).map_err(&ge)?;
         b.graph.set_output(&format!("layer.{i}"), x).map_err(&ge)?;
     }

@@ -8,6 +8,7 @@
 mod bert;
 mod gpt2;
 mod llama;
+mod sparse;
 mod vit;
 
 use attnopt_ir::Graph;

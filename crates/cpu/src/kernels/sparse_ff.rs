@@ -1,0 +1,164 @@
+//! `KernelKind::SparseFf`: the sparse feed-forward core (docs/SPARSE.md) reading only the
+//! chosen units: per row and block, the first maximum `u` of the block's logits, then
+//! `out += relu(h · W1[:, u]) · W2[u, :]`. `W1` is kept transposed (`[units, d]`, made once per
+//! weight and shared by every size's plan) so a unit's column is one contiguous row; `W2`'s
+//! rows are read in place. Rows run in parallel; a single row (decoding) splits its blocks
+//! between threads and sums the partial outputs.
+
+use std::sync::Arc;
+
+use attnopt_ir::WeightId;
+use attnopt_lower::memory::storage_of;
+use attnopt_lower::{Kernel, SparseFf, ValueKind};
+use rayon::prelude::*;
+
+use super::{Compiled, Compiler};
+use crate::frame::Frame;
+use crate::ops::first_max;
+
+/// The kernel: its shapes, and `W1ᵀ` when `W1` is a weight (else transposed on each run).
+struct SparseFfKernel {
+    spec: SparseFf,
+    w1t: Option<Arc<Vec<f32>>>,
+}
+
+pub(super) fn prepare(
+    cx: &mut Compiler,
+    l: &attnopt_lower::Lowered,
+    k: &Kernel,
+    spec: &SparseFf,
+) -> Result<Box<dyn Compiled>, String> {
+    let w1 = *k
+        .inputs
+        .get(2)
+        .ok_or("a sparse feed-forward kernel takes W1")?;
+    let w1t = match l.values[storage_of(&l.values, w1)].kind {
+        ValueKind::Weight(id) => Some(transposed(cx, id, spec)?),
+        _ => None,
+    };
+    Ok(Box::new(SparseFfKernel {
+        spec: spec.clone(),
+        w1t,
+    }))
+}
+
+/// `W1ᵀ` of weight `id`, made once.
+fn transposed(cx: &mut Compiler, id: WeightId, s: &SparseFf) -> Result<Arc<Vec<f32>>, String> {
+    if let Some(t) = cx.transposed.get(&id) {
+        return Ok(t.clone());
+    }
+    let w = cx.weights.f32(id);
+    let t = Arc::new(transpose(w, s.d, s.units)?);
+    cx.transposed.insert(id, t.clone());
+    Ok(t)
+}
+
+/// `[rows, cols]` → `[cols, rows]`.
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>, String> {
+    if w.len() != rows * cols {
+        return Err(format!("W1 holds {} elements, not {rows}×{cols}", w.len()));
+    }
+    let mut t = vec![0f32; w.len()];
+    for (r, row) in w.chunks_exact(cols.max(1)).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            t[c * rows + r] = x;
+        }
+    }
+    Ok(t)
+}
+
+impl Compiled for SparseFfKernel {
+    fn run(&self, f: &Frame, k: &Kernel, _profile: bool) -> Result<f64, String> {
+        let s = &self.spec;
+        let [h, logits, w1, w2] = [0, 1, 2, 3].map(|j| k.inputs.get(j).copied());
+        let (Some(h), Some(logits), Some(w1), Some(w2)) = (h, logits, w1, w2) else {
+            return Err("a sparse feed-forward kernel takes h, logits, W1 and W2".into());
+        };
+        let (h, logits, w2) = (f.f32(h)?, f.f32(logits)?, f.f32(w2)?);
+        let out = f.dst_f32(k.output)?;
+        let fresh;
+        let w1t: &[f32] = match &self.w1t {
+            Some(t) => t,
+            None => {
+                fresh = transpose(f.f32(w1)?, s.d, s.units)?;
+                &fresh
+            }
+        };
+        let fits = s.block > 0
+            && s.units.is_multiple_of(s.block)
+            && h.len() == s.rows * s.d
+            && logits.len() == s.rows * s.units
+            && w1t.len() == s.d * s.units
+            && w2.len() == s.units * s.d_out
+            && out.len() == s.rows * s.d_out;
+        if !fits {
+            return Err(format!("sparse feed-forward operands do not fit {s:?}"));
+        }
+        let row = |r: usize, blocks: std::ops::Range<usize>, o: &mut [f32]| {
+            let (hr, lr) = (
+                &h[r * s.d..(r + 1) * s.d],
+                &logits[r * s.units..(r + 1) * s.units],
+            );
+            for b in blocks {
+                let u = b * s.block + first_max(&lr[b * s.block..(b + 1) * s.block]);
+                let a = dot(hr, &w1t[u * s.d..(u + 1) * s.d]);
+                if a > 0.0 {
+                    axpy(a, &w2[u * s.d_out..(u + 1) * s.d_out], o);
+                }
+            }
+        };
+        let blocks = s.blocks();
+        let threads = rayon::current_num_threads().max(1);
+        if s.rows >= threads || threads == 1 || s.d_out == 0 {
+            out.par_chunks_mut(s.d_out.max(1))
+                .enumerate()
+                .for_each(|(r, o)| {
+                    o.fill(0.0);
+                    row(r, 0..blocks, o);
+                });
+        } else {
+            // Few rows: each thread takes a share of every row's blocks, then the shares add.
+            let share = blocks.div_ceil(threads);
+            for (r, o) in out.chunks_mut(s.d_out).enumerate() {
+                let parts: Vec<Vec<f32>> = (0..threads)
+                    .into_par_iter()
+                    .map(|t| {
+                        let mut p = vec![0f32; s.d_out];
+                        row(r, t * share..((t + 1) * share).min(blocks), &mut p);
+                        p
+                    })
+                    .collect();
+                o.fill(0.0);
+                for p in &parts {
+                    axpy(1.0, p, o);
+                }
+            }
+        }
+        Ok(0.0)
+    }
+}
+
+/// `Σ a_i·b_i` in eight f32 lanes (equal lengths).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `o += a·x` (equal lengths).
+fn axpy(a: f32, x: &[f32], o: &mut [f32]) {
+    for (o, &x) in o.iter_mut().zip(x) {
+        *o += a * x;
+    }
+}

@@ -1,0 +1,121 @@
+//! Recognises the sparse feed-forward core (trax's `SparseFF`, docs/SPARSE.md) and emits it as
+//! one [`KernelKind::SparseFf`] kernel that reads only the chosen units' weights:
+//!
+//! ```text
+//! matmul(relu(mul(matmul(h, W1), block_onehot{block}(logits))), W2)     (mul either order)
+//! ```
+//!
+//! with `W1 [d, F]` and `W2 [F, d_out]` two-dimensional. As ordinary kernels this reads all of
+//! `W1` and `W2` per token; the fused kernel reads, per row and block, one column of `W1` and
+//! one row of `W2`. Taken only when the `relu`, the `mul`, the first product and the one-hot
+//! are [`Lowering::private`] f32 values. Its meaning is the interpreter's up to f32 rounding,
+//! except that unchosen units are never read (so a NaN or infinity there does not reach the
+//! output, where the dense form's `0 · inf` would).
+
+use attnopt_ir::{Binary, NodeId, Op, Unary};
+
+use crate::context::Lowering;
+use crate::kernel::{KernelKind, SparseFf};
+
+/// The matched pattern: `(h, logits, W1, W2, block, nodes)`.
+struct Match {
+    h: NodeId,
+    logits: NodeId,
+    w1: NodeId,
+    w2: NodeId,
+    block: usize,
+    nodes: Vec<NodeId>,
+}
+
+/// Whether `root` is a sparse feed-forward core this module would take (the epilogue search in
+/// `row_kernel.rs` leaves such a product alone, so that it is found here).
+pub(crate) fn is_root(l: &Lowering, root: NodeId) -> bool {
+    recognise(l, root).is_some()
+}
+
+/// Emits the sparse feed-forward kernel rooted at the product `root`, if the pattern is there.
+pub(crate) fn sparse_ff(l: &mut Lowering, root: NodeId) -> bool {
+    let Some(m) = recognise(l, root) else {
+        return false;
+    };
+    let (sh, sw1, sw2) = (l.shape(m.h).to_vec(), l.shape(m.w1), l.shape(m.w2));
+    let spec = SparseFf {
+        rows: sh[..sh.len() - 1].iter().product(),
+        d: sw1[0],
+        units: sw1[1],
+        block: m.block,
+        d_out: sw2[1],
+    };
+    let inputs = vec![
+        l.value(m.h),
+        l.value(m.logits),
+        l.value(m.w1),
+        l.value(m.w2),
+    ];
+    let (flops, bytes) = (spec.flops(), spec.bytes());
+    let k = l.emit(
+        root,
+        KernelKind::SparseFf(spec),
+        inputs,
+        m.nodes,
+        "sparse_ff".into(),
+    );
+    // What the kernel does and moves, not the dense nodes it replaces.
+    k.flops = flops;
+    k.bytes = bytes;
+    true
+}
+
+fn recognise(l: &Lowering, root: NodeId) -> Option<Match> {
+    let op = |n: NodeId| &l.g.node(n).op;
+    let operands = |n: NodeId| l.g.operands(n);
+    if !matches!(op(root), Op::MatMul) {
+        return None;
+    }
+    let [act, w2] = operands(root)[..] else {
+        return None;
+    };
+    if !matches!(op(act), Op::Unary(Unary::Relu)) || !l.private_f32(act) {
+        return None;
+    }
+    let gated = operands(act)[0];
+    if !matches!(op(gated), Op::Binary(Binary::Mul)) || !l.private_f32(gated) {
+        return None;
+    }
+    let [x, y] = operands(gated)[..] else {
+        return None;
+    };
+    let (mid, choice) = [(x, y), (y, x)]
+        .into_iter()
+        .find(|&(m, c)| matches!(op(m), Op::MatMul) && matches!(op(c), Op::BlockOneHot { .. }))?;
+    let Op::BlockOneHot { block } = *op(choice) else {
+        return None;
+    };
+    if !l.private_f32(mid) || !l.private_f32(choice) {
+        return None;
+    }
+    let [h, w1] = operands(mid)[..] else {
+        return None;
+    };
+    let logits = operands(choice)[0];
+    let (sh, sl, sw1, sw2) = (l.shape(h), l.shape(logits), l.shape(w1), l.shape(w2));
+    let (&[d, units], &[units2, _]) = (sw1, sw2) else {
+        return None;
+    };
+    let lead = |s: &[usize]| s[..s.len().saturating_sub(1)].to_vec();
+    let fits = sh.last() == Some(&d)
+        && sl.last() == Some(&units)
+        && units2 == units
+        && lead(sh) == lead(sl)
+        && l.shape(root)[..l.shape(root).len() - 1] == lead(sh)[..]
+        && block > 0
+        && units.is_multiple_of(block);
+    fits.then(|| Match {
+        h,
+        logits,
+        w1,
+        w2,
+        block,
+        nodes: vec![root, act, gated, mid, choice],
+    })
+}
