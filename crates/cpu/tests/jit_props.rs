@@ -18,10 +18,11 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 
-const INPUTS: [InputKind; 3] = [
+const INPUTS: [InputKind; 4] = [
     InputKind::Rows,
     InputKind::Vector,
     InputKind::GroupVector { rows_per_group: 2 },
+    InputKind::Cycle { period: 2 },
 ];
 const ROWS: usize = 4;
 const PARAMS: usize = 2;
@@ -162,6 +163,7 @@ fn check(c: &Case) -> Result<(usize, usize), String> {
             InputKind::GroupVector { rows_per_group } => {
                 rng.vec(ROWS / rows_per_group * d, -3.0, 3.0)
             }
+            InputKind::Cycle { period } => rng.vec(period * d, -3.0, 3.0),
         })
         .collect();
     let inputs: Vec<&[f32]> = data.iter().map(|v| v.as_slice()).collect();

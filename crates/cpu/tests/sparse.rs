@@ -30,7 +30,8 @@ fn weight(b: &mut Builder, name: &str, shape: &[usize], seed: u64) -> NodeId {
 }
 
 /// `x [B, N, d]` → sparse Q/K/V (outputs `q`, `k`, `v`) and a sparse FF of `x` (`ff`). With
-/// `w1_input`, the FF's `W1` is a run-time input `w1 [d, units]` instead of a weight.
+/// `w1_input`, the FF's `W1` is a run-time input `w1 [d, units]` instead of a weight, and the
+/// permuted `W2` is an output too (so the kernel reads that copy, not trax's layout in place).
 fn graph(s: &Dims, w1_input: bool) -> Graph {
     let mut b = Builder::new();
     let (d, m) = (s.d, s.d / s.modules);
@@ -88,6 +89,12 @@ fn graph(s: &Dims, w1_input: bool) -> Graph {
     };
     let ff = b.sparse_ff(x, &f, d).unwrap();
     b.graph.set_output("ff", ff).unwrap();
+    if w1_input {
+        let permuted = (b.graph.topo_order().into_iter())
+            .find(|&n| b.graph.node(n).op == attnopt_ir::Op::Permute(vec![1, 0, 2]))
+            .unwrap();
+        b.graph.set_output("w2_permuted", permuted).unwrap();
+    }
     b.finish()
 }
 
@@ -116,6 +123,17 @@ fn case(s: &Dims, batch: usize, tokens: usize, threads: usize, w1_input: bool) {
         1,
         "one sparse feed-forward kernel: {names:?}"
     );
+    let lowered = cpu.lowered(batch, tokens).unwrap();
+    let layout = lowered.kernels.iter().find_map(|k| match &k.kind {
+        attnopt_lower::KernelKind::SparseFf(s) => Some(s.w2_layout),
+        _ => None,
+    });
+    let expected = if w1_input {
+        attnopt_lower::W2Layout::Units
+    } else {
+        attnopt_lower::W2Layout::BlockSwapped
+    };
+    assert_eq!(layout, Some(expected));
     for name in ["q", "k", "v", "ff"] {
         let (g, w) = (&got[name], &want[name]);
         let err = g.max_abs_diff(w).unwrap();

@@ -294,9 +294,10 @@ fn inv_norm(eps: f32) -> Expr {
 // The sparse feed-forward kernel (found by `sparse_ff.rs`).
 
 /// Trax's `SparseFF` without its output bias: inputs `h` (`rows × d`), `logits`
-/// (`rows × units`), `W1` (`d × units`) and `W2` (`units × d_out`); output `rows × d_out`. For
-/// each row and each block of `block` consecutive units, `u` is the first maximum of the row's
-/// logits in the block (a NaN never wins) and `out += relu(h · W1[:, u]) · W2[u, :]`.
+/// (`rows × units`), `W1` (`d × units`) and `W2` (`units × d_out` rows, laid out as
+/// `w2_layout` says); output `rows × d_out`. For each row and each block of `block`
+/// consecutive units, `u` is the first maximum of the row's logits in the block (a NaN never
+/// wins) and `out += relu(h · W1[:, u]) · W2[u, :]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SparseFf {
     pub rows: usize,
@@ -304,12 +305,34 @@ pub struct SparseFf {
     pub units: usize,
     pub block: usize,
     pub d_out: usize,
+    pub w2_layout: W2Layout,
+}
+
+/// Where unit `u = x·block + y` (block `x`, element `y`) finds its row of `W2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum W2Layout {
+    /// Row `u` of a `units × d_out` value.
+    Units,
+    /// Row `y·blocks + x` of trax's `[block, blocks, d_out]` value (its block and element axes
+    /// swapped), read in place instead of permuted on every run.
+    BlockSwapped,
 }
 
 impl SparseFf {
     /// Chosen units per row.
     pub fn blocks(&self) -> usize {
         self.units / self.block.max(1)
+    }
+
+    /// The row of `W2`'s value that unit `u` reads.
+    pub fn w2_row(&self, u: usize) -> usize {
+        match self.w2_layout {
+            W2Layout::Units => u,
+            W2Layout::BlockSwapped => {
+                let block = self.block.max(1);
+                (u % block) * self.blocks() + u / block
+            }
+        }
     }
 
     /// Multiply-adds ×2 of the chosen units (and one compare per logit).

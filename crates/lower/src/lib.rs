@@ -47,6 +47,7 @@ pub use epilogue::{Epilogue, Structured};
 pub use fuse::{lower, LowerError, Lowered};
 pub use kernel::{
     Hydra, Kernel, KernelKind, ProductViews, RowView, SparseFf, Strided, Value, ValueId, ValueKind,
+    W2Layout,
 };
 pub use memory::MemoryPlan;
 pub use row::{Expr, InputKind, ReduceKind, Reduction, RowProgram};

@@ -18,6 +18,9 @@ pub enum InputKind {
     Vector,
     /// Vector `r / rows_per_group` of a `groups × d` tensor (a per-batch mask, a per-batch sum).
     GroupVector { rows_per_group: usize },
+    /// Vector `r mod period` of a `period × d` tensor (a `[S, d]` weight under `[B, N, S, d]`
+    /// rows: the sparse layers' gating vectors and module biases).
+    Cycle { period: usize },
 }
 
 /// Elementwise functions (the ir's, plus what the lowering introduces).

@@ -140,6 +140,19 @@ fn input_kind(s: &[usize], out: &[usize]) -> Option<InputKind> {
             rows_per_group: lead_out[p..].iter().product(),
         });
     }
+    // Ones, then the output's trailing axes: the same rows again for every leading index.
+    let q = lead
+        .iter()
+        .rev()
+        .zip(lead_out.iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let ones = lead.len() - q;
+    if lead[..ones].iter().all(|&x| x == 1) {
+        return Some(InputKind::Cycle {
+            period: lead_out[ones..].iter().product(),
+        });
+    }
     None
 }
 

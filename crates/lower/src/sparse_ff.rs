@@ -5,7 +5,10 @@
 //! matmul(relu(mul(matmul(h, W1), block_onehot{block}(logits))), W2)     (mul either order)
 //! ```
 //!
-//! with `W1 [d, F]` and `W2 [F, d_out]` two-dimensional. As ordinary kernels this reads all of
+//! with `W1 [d, F]` and `W2 [F, d_out]` two-dimensional, or `W2` as trax stores it,
+//! `reshape{[F, d_out]}(permute{[1, 0, 2]}(w2 [N, F/N, d_out]))`, which the kernel then reads in
+//! place ([`W2Layout::BlockSwapped`]) instead of a permuted copy made on every run. As
+//! ordinary kernels this reads all of
 //! `W1` and `W2` per token; the fused kernel reads, per row and block, one column of `W1` and
 //! one row of `W2`. Taken only when the `relu`, the `mul`, the first product and the one-hot
 //! are [`Lowering::private`] f32 values. Its meaning is the interpreter's up to f32 rounding,
@@ -15,7 +18,7 @@
 use attnopt_ir::{Binary, NodeId, Op, Unary};
 
 use crate::context::Lowering;
-use crate::kernel::{KernelKind, SparseFf};
+use crate::kernel::{KernelKind, SparseFf, W2Layout};
 
 /// The matched pattern: `(h, logits, W1, W2, block, nodes)`.
 struct Match {
@@ -23,6 +26,9 @@ struct Match {
     logits: NodeId,
     w1: NodeId,
     w2: NodeId,
+    /// The product's own `W2` operand (`w2` itself, or the view of it read in place).
+    root_w2: NodeId,
+    w2_layout: W2Layout,
     block: usize,
     nodes: Vec<NodeId>,
 }
@@ -38,13 +44,14 @@ pub(crate) fn sparse_ff(l: &mut Lowering, root: NodeId) -> bool {
     let Some(m) = recognise(l, root) else {
         return false;
     };
-    let (sh, sw1, sw2) = (l.shape(m.h).to_vec(), l.shape(m.w1), l.shape(m.w2));
+    let (sh, sw1, sw2) = (l.shape(m.h).to_vec(), l.shape(m.w1), l.shape(m.root_w2));
     let spec = SparseFf {
         rows: sh[..sh.len() - 1].iter().product(),
         d: sw1[0],
         units: sw1[1],
         block: m.block,
         d_out: sw2[1],
+        w2_layout: m.w2_layout,
     };
     let inputs = vec![
         l.value(m.h),
@@ -110,12 +117,43 @@ fn recognise(l: &Lowering, root: NodeId) -> Option<Match> {
         && l.shape(root)[..l.shape(root).len() - 1] == lead(sh)[..]
         && block > 0
         && units.is_multiple_of(block);
-    fits.then(|| Match {
+    if !fits {
+        return None;
+    }
+    let mut nodes = vec![root, act, gated, mid, choice];
+    let (stored, w2_layout) = match swapped_view(l, w2, block) {
+        Some((w, views)) => {
+            nodes.extend(views);
+            (w, W2Layout::BlockSwapped)
+        }
+        None => (w2, W2Layout::Units),
+    };
+    Some(Match {
         h,
         logits,
         w1,
-        w2,
+        w2: stored,
+        root_w2: w2,
+        w2_layout,
         block,
-        nodes: vec![root, act, gated, mid, choice],
+        nodes,
     })
+}
+
+/// `w2 = reshape{[F, d_out]}(permute{[1, 0, 2]}(w [block, F/block, d_out]))` with both views
+/// private: `(w, [reshape, permute])`.
+fn swapped_view(l: &Lowering, w2: NodeId, block: usize) -> Option<(NodeId, [NodeId; 2])> {
+    if !matches!(l.g.node(w2).op, Op::Reshape(_)) || !l.private_f32(w2) {
+        return None;
+    }
+    let p = l.g.operands(w2)[0];
+    match &l.g.node(p).op {
+        Op::Permute(perm) if perm[..] == [1, 0, 2] && l.private_f32(p) => {}
+        _ => return None,
+    }
+    let w = l.g.operands(p)[0];
+    match l.shape(w) {
+        &[n, _, _] if n == block => Some((w, [w2, p])),
+        _ => None,
+    }
 }

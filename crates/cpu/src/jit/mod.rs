@@ -555,6 +555,16 @@ impl RowKernel {
                     }
                     rows / rows_per_group * d
                 }
+                InputKind::Cycle { period } => {
+                    if rows.checked_rem(period).is_none_or(|r| r != 0) {
+                        return Err(JitError::GroupRows {
+                            input: i,
+                            rows,
+                            rows_per_group: period,
+                        });
+                    }
+                    period * d
+                }
             };
             match *arg {
                 Arg::Out if kind != InputKind::Rows => {
@@ -646,6 +656,10 @@ impl RowKernel {
                     (Arg::Data(s), InputKind::GroupVector { rows_per_group }) => {
                         let g = r / rows_per_group;
                         s[g * d..(g + 1) * d].as_ptr()
+                    }
+                    (Arg::Data(s), InputKind::Cycle { period }) => {
+                        let c = r % period;
+                        s[c * d..(c + 1) * d].as_ptr()
                     }
                 };
             }

@@ -342,6 +342,10 @@ pub fn row_slices<'a>(p: &RowProgram, inputs: &[&'a [f32]], d: usize, r: usize) 
                 let g = r / rows_per_group;
                 &s[g * d..(g + 1) * d]
             }
+            InputKind::Cycle { period } => {
+                let c = r % period;
+                &s[c * d..(c + 1) * d]
+            }
         })
         .collect()
 }
