@@ -158,7 +158,7 @@ fn prefetch(x: &[f32]) {
         // SAFETY: a prefetch never faults and the address is inside `x`.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr() as *const i8,
+                line.as_ptr() as *const i8
             )
         };
     }
