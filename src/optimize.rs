@@ -17,7 +17,7 @@ use attnopt_rewrite::report::costs_at;
 use attnopt_rewrite::{Limits, Optimized, Options, RuleSet};
 
 use crate::calib::calibration_inputs;
-use crate::report::{ErrorPair, ErrorStat, LayerReport, Report};
+use crate::report::{ErrorPair, ErrorStat, LayerReport, Report, WeightBytes};
 use crate::{Error, Model};
 
 /// What `optimize` is asked to do.
@@ -152,6 +152,14 @@ fn measure(
 }
 
 /// Optimises `model`; `progress` hears about each step.
+/// Weight bytes each layer reads per token: the graph lowered at batch 1 and one token (empty
+/// if it cannot be lowered, which the CPU backend would then report itself).
+fn weights_read(g: &Graph) -> BTreeMap<Option<u32>, u64> {
+    attnopt_lower::lower(g, &Bindings::new(1, 1))
+        .map(|l| attnopt_lower::weight_bytes_by_layer(g, &l))
+        .unwrap_or_default()
+}
+
 pub fn optimize(
     model: &Model,
     opts: &OptimizeOptions,
@@ -381,6 +389,7 @@ pub fn optimize(
     } else {
         (BTreeMap::new(), None)
     };
+    let (reads_before, reads_after) = (weights_read(g), weights_read(&fin.graph));
     let mut distinct: Vec<*const Solution> = fin.layers.values().map(Rc::as_ptr).collect();
     distinct.sort();
     distinct.dedup();
@@ -412,6 +421,13 @@ pub fn optimize(
                 stamped_from: sol.map_or(s.layer, |x| x.stats.first_layer),
                 fallback: sol.and_then(|x| x.stats.fallback.clone()),
                 costs: sol.map(|x| costs_at(x, &opts.seqs)).unwrap_or_default(),
+                weights: match (
+                    reads_before.get(&Some(s.layer)),
+                    reads_after.get(&Some(s.layer)),
+                ) {
+                    (Some(&before), Some(&after)) => Some(WeightBytes { before, after }),
+                    _ => None,
+                },
                 error_alone: alone.get(&s.layer).copied(),
                 error: errors.get(&s.layer).copied(),
             }

@@ -49,6 +49,14 @@ pub struct ErrorPair {
     pub final_output: ErrorStat,
 }
 
+/// Weight bytes one layer reads per token (its graph lowered at batch 1, one token:
+/// `lower::weight_bytes_by_layer`), before and after optimisation.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct WeightBytes {
+    pub before: u64,
+    pub after: u64,
+}
+
 /// One layer in the report.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LayerReport {
@@ -74,6 +82,8 @@ pub struct LayerReport {
     pub stamped_from: u32,
     pub fallback: Option<String>,
     pub costs: Vec<CostAt>,
+    /// Weight bytes the layer reads per token, in the original and the optimised model.
+    pub weights: Option<WeightBytes>,
     /// Error when only this layer is converted (approximate candidates only).
     pub error_alone: Option<ErrorPair>,
     /// Error in the final model, at this layer's output and the final output.
@@ -193,6 +203,14 @@ impl Report {
                     si(c.attention_before.flops as f64),
                     si(c.attention_after.flops as f64),
                     ratio(c.attention_before.flops, c.attention_after.flops),
+                );
+            }
+            if let Some(w) = &l.weights {
+                let _ = writeln!(
+                    s,
+                    "  weights  {}B → {}B read per token",
+                    si(w.before as f64),
+                    si(w.after as f64)
                 );
             }
             if let Some(e) = &l.error_alone {

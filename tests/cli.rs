@@ -534,3 +534,37 @@ fn postops_and_avx512_variables_reach_the_backend() {
     assert_eq!(off["post_ops"], false, "{off}");
     assert_eq!(off["row_primitives"], false, "{off}");
 }
+
+/// report.json gives each layer's weight bytes read per token. The sparse FF fixture's layer,
+/// counted by hand from its tensors (f32): ln_1 256 + c_attn 12288 + 384 + c_proj 4096 + 128 +
+/// ln_2 256 + controller m1 2048 + m2 8192 + bias 512 + one unit per block of W1 and W2
+/// (16 blocks × 32 × 4 = 2048 each) + b2 128 = 32384; the dense GPT-2 fixture's layer reads
+/// all of its MLP instead (c_fc 16384 + 512, c_proj 16384 + 128).
+#[test]
+fn report_counts_weight_bytes_read_per_token() {
+    let dir = tempfile::tempdir().unwrap();
+    for (model, want) in [
+        ("gpt2-sparse-ff", 32384u64),
+        (
+            "gpt2",
+            256 + 12288 + 384 + 4096 + 128 + 256 + 16384 + 512 + 16384 + 128,
+        ),
+    ] {
+        let out = dir.path().join(model);
+        let o = attnopt(&[
+            "optimize",
+            &format!("fixtures/{model}"),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains("read per token"), "{}", stdout(&o));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        for l in report["layers"].as_array().unwrap() {
+            assert_eq!(l["weights"]["before"], want, "{model}: {l}");
+            assert_eq!(l["weights"]["after"], want, "{model}: {l}");
+        }
+    }
+}

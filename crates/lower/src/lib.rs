@@ -12,7 +12,8 @@
 //! * [`row`] — `RowProgram`, the small language of fused row kernels, and its reference meaning;
 //! * [`epilogue`] — the elementwise work fused after a product, as a row program and, where it
 //!   has the shape `act(x + bias) + residual`, in structured form for libraries that fuse it;
-//! * [`memory`] — liveness-based offsets in one arena, and the peak it needs.
+//! * [`memory`] — liveness-based offsets in one arena, and the peak it needs;
+//! * [`weight_reads`] — the weight bytes each layer reads per run (per token at batch 1).
 //!
 //! How a graph is cut into kernels (private; imports point one way, down this list):
 //!
@@ -42,6 +43,7 @@ pub mod row;
 mod row_kernel;
 mod sparse_ff;
 mod views;
+pub mod weight_reads;
 
 pub use epilogue::{Epilogue, Structured};
 pub use fuse::{lower, LowerError, Lowered};
@@ -52,3 +54,4 @@ pub use kernel::{
 pub use memory::MemoryPlan;
 pub use row::{Expr, InputKind, ReduceKind, Reduction, RowProgram};
 pub use row_kernel::MAX_DEPTH as MAX_ROW_DEPTH;
+pub use weight_reads::weight_bytes_by_layer;
