@@ -33,6 +33,9 @@ pub struct Inspection {
     pub seq_fixed_by_model: bool,
     pub flops_per_token: f64,
     pub attention_flops_fraction: f64,
+    /// Weight bytes one token reads (batch 1, one token: what bounds decoding), at the
+    /// weights' stored sizes; a sparse feed-forward counts only its chosen units.
+    pub weight_bytes_per_token: u64,
     pub attention: Vec<AttentionSummary>,
     /// With `--backend cpu`: how the CPU backend runs the model at `seq` (batch 1).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,6 +124,9 @@ pub fn inspect(model: &Model, seq: usize) -> Inspection {
         detected_by: m.detection.reason.clone(),
         guesses: m.guesses.clone(),
         dims: m.dims.clone(),
+        weight_bytes_per_token: attnopt_lower::lower(g, &Bindings::new(1, 1))
+            .map(|l| attnopt_lower::weight_bytes_by_layer(g, &l).values().sum())
+            .unwrap_or(0),
         files: m
             .checkpoint
             .files()
@@ -214,6 +220,29 @@ impl Inspection {
             let _ = write!(dims, ", image {c}×{img}×{img} in {p}×{p} patches");
         }
         let _ = writeln!(s, "dims         {dims}");
+        if let Some(q) = &d.sparse_qkv {
+            let _ = writeln!(
+                s,
+                "sparse QKV   factored over {} modules of {}, convs {}×{} (Q, K) and {}×{} (V), {} (docs/SPARSE.md)",
+                q.modules,
+                q.module_dim,
+                q.length,
+                q.qk_width,
+                q.length,
+                q.v_width,
+                if q.output_dense { "dense output projection" } else { "no output projection" }
+            );
+        }
+        if let Some(f) = &d.sparse_ff {
+            let _ = writeln!(
+                s,
+                "sparse FF    one unit of every {} ({} blocks of {} units), controller rank {}",
+                f.block,
+                f.units / f.block.max(1),
+                f.units,
+                f.lowrank
+            );
+        }
         let by: Vec<String> = self
             .params_by_dtype
             .iter()
@@ -243,6 +272,11 @@ impl Inspection {
             self.seq,
             100.0 * self.attention_flops_fraction,
             self.graph_nodes
+        );
+        let _ = writeln!(
+            s,
+            "weights      {}B read per token (batch 1: what bounds decoding)",
+            si(self.weight_bytes_per_token as f64)
         );
         let _ = writeln!(
             s,

@@ -566,5 +566,9 @@ fn report_counts_weight_bytes_read_per_token() {
             assert_eq!(l["weights"]["before"], want, "{model}: {l}");
             assert_eq!(l["weights"]["after"], want, "{model}: {l}");
         }
+        // inspect: both layers, ln_f (256) and one row each of wte and wpe (128 + 128).
+        let o = attnopt(&["inspect", &format!("fixtures/{model}"), "--json"]);
+        let i: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(i["weight_bytes_per_token"], 2 * want + 512, "{model}");
     }
 }

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use attnopt_ir::Graph;
 
+pub use arch::{SparseFfSpec, SparseQkv};
 pub use checkpoint::Checkpoint;
 pub use detect::{Arch, Detection};
 pub use error::ImportError;

@@ -24,6 +24,12 @@ pub struct Dims {
     pub image: Option<(usize, usize, usize)>,
     pub activation: String,
     pub norm_eps: f32,
+    /// Scaling Transformers' sparse QKV, when config.json turns it on (docs/SPARSE.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse_qkv: Option<crate::arch::SparseQkv>,
+    /// Scaling Transformers' sparse feed-forward, when config.json turns it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse_ff: Option<crate::arch::SparseFfSpec>,
 }
 
 /// A graph under construction plus the checkpoint it reads weights from.

@@ -5,11 +5,12 @@
 //! A value computed from weights only (a concatenated Q/K/V weight, a permuted view) counts as
 //! a weight (backends fold it once), at the widest storage size among the weights it comes
 //! from. A kernel counts each weight input once, at its stored size (bf16: 2 bytes); a sparse
-//! feed-forward kernel only the chosen units' share of `W1` and `W2`.
+//! feed-forward kernel only the chosen units' share of `W1` and `W2`, an embedding lookup only
+//! the rows it gathers.
 
 use std::collections::BTreeMap;
 
-use attnopt_ir::Graph;
+use attnopt_ir::{Graph, Op};
 
 use crate::fuse::Lowered;
 use crate::kernel::{KernelKind, ValueKind};
@@ -52,6 +53,10 @@ pub fn weight_bytes_by_layer(g: &Graph, l: &Lowered) -> BTreeMap<Option<u32>, u6
                 KernelKind::SparseFf(f) if j >= 2 => {
                     let chosen = (f.rows * f.blocks()).min(f.units) as u64;
                     full * chosen / f.units.max(1) as u64
+                }
+                // A lookup reads the rows it gathers, not the table.
+                KernelKind::Op(Op::Gather) if j == 0 => {
+                    full.min((l.values[k.output].numel() * s) as u64)
                 }
                 _ => full,
             };

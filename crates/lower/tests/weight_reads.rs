@@ -59,6 +59,20 @@ fn dense_weights_count_once_at_their_stored_size() {
 }
 
 #[test]
+fn a_lookup_reads_the_rows_it_gathers() {
+    let (vocab, d) = (1000, 8);
+    let mut b = Builder::new();
+    let ids = b
+        .graph
+        .input("ids", DType::I64, Shape(vec![BATCH, SEQ]))
+        .unwrap();
+    let table = weight(&mut b, &[vocab, d], false);
+    let e = b.op(Op::Gather, &[table, ids], Role::Embedding).unwrap();
+    let got = bytes(b, e);
+    assert_eq!(got.get(&None).copied(), Some((d * 4) as u64), "{got:?}");
+}
+
+#[test]
 fn sparse_ff_reads_its_chosen_units_only() {
     let (d, block, blocks, rank) = (16, 8, 4, 3);
     let units = block * blocks;

@@ -41,7 +41,7 @@ pub fn build(
         tensor_dim(ck, &p("wpe.weight"), 0),
     )?;
     let eps = cfg.float("layer_norm_epsilon", 1.0, 1e-5)?;
-    let act_name = cfg.string("activation_function", "gelu_new");
+    let mut act_name = cfg.string("activation_function", "gelu_new");
     let act = activation(cfg, &act_name)?;
     let kind = attention_kind(
         cfg,
@@ -49,6 +49,10 @@ pub fn build(
     )?;
     let sparse_qkv = SparseQkv::read(cfg, d)?;
     let sparse_ff = SparseFfSpec::read(cfg, ff)?;
+    if sparse_ff.is_some() {
+        // The sparse feed-forward replaces the MLP and its activation with trax's ReLU.
+        act_name = "relu".into();
+    }
     if sparse_qkv.is_some() && kind != AttentionKind::Softmax {
         return Err(cfg.unsupported("attnopt_sparse_qkv with a non-softmax attnopt_attention"));
     }
@@ -179,6 +183,8 @@ pub fn build(
         image: None,
         activation: act_name,
         norm_eps: eps,
+        sparse_qkv,
+        sparse_ff,
     };
     Ok(Built {
         graph: l.b.finish(),

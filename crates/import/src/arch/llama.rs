@@ -185,6 +185,7 @@ pub fn build(
         image: None,
         activation: act_name,
         norm_eps: eps,
+        ..Dims::default()
     };
     Ok(Built {
         graph: l.b.finish(),

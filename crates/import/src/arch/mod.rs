@@ -9,6 +9,8 @@ mod bert;
 mod gpt2;
 mod llama;
 mod sparse;
+
+pub use sparse::{SparseFfSpec, SparseQkv};
 mod vit;
 
 use attnopt_ir::Graph;

@@ -13,7 +13,7 @@ use crate::ImportError;
 const MAX_KERNEL: u64 = 255;
 
 /// `attnopt_sparse_qkv`: a shared `FactoredDense` then three `LocallyConvDense` (Q, K, V).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SparseQkv {
     pub modules: usize,
     pub module_dim: usize,
@@ -25,7 +25,7 @@ pub struct SparseQkv {
 }
 
 /// `attnopt_sparse_ff`: one unit per block of `block` chosen by a rank-`lowrank` controller.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SparseFfSpec {
     pub block: usize,
     pub lowrank: usize,

@@ -171,6 +171,7 @@ pub fn build(
         image: Some((channels, image, patch)),
         activation: act_name,
         norm_eps: eps,
+        ..Dims::default()
     };
     Ok(Built {
         graph: l.b.finish(),
