@@ -415,7 +415,13 @@ pub fn optimize(
                     verdict.and_then(|v| v.as_ref().err().map(Reason::to_string))
                 },
                 converted,
-                rules_fired: sol.map(|x| x.stats.rules_fired.clone()).unwrap_or_default(),
+                rules_fired: {
+                    let mut fired = sol.map(|x| x.stats.rules_fired.clone()).unwrap_or_default();
+                    if let Some(&k) = fin.factored.get(&s.layer) {
+                        fired.insert(attnopt_rewrite::factored::NAME.to_string(), k);
+                    }
+                    fired
+                },
                 saturation: sol.map(|x| x.stats.stop_reason.clone()).unwrap_or_default(),
                 egraph_nodes: sol.map_or(0, |x| x.stats.egraph_nodes),
                 stamped_from: sol.map_or(s.layer, |x| x.stats.first_layer),

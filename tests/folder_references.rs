@@ -140,3 +140,78 @@ fn a_70b_shaped_checkpoint_optimises_into_a_small_folder() {
     let text = ok(&attnopt_in(tmp.path(), &["inspect", "opt"]));
     assert!(text.contains("layers 80"), "{text}");
 }
+
+/// A dense GPT-2 checkpoint whose block-0 `c_attn` weight is a `FactoredDense` exported dense
+/// (every row rank 1 as 12 × 8): `optimize` proves it (`factored`), the folder stores just the
+/// two factors, and the folder computes what the source does.
+#[test]
+fn a_factored_weight_exported_dense_is_found_and_stored_as_its_factors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    copy_dir(&root().join("fixtures/gpt2"), &src);
+    let file = src.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (d_in, s, m) = (32usize, 12usize, 8usize);
+    let mut r = attnopt_ir::rng::Rng::new(11);
+    let (g, p) = (r.values(s * d_in, -0.5, 0.5), r.values(d_in * m, -0.5, 0.5));
+    let w: Vec<u8> = (0..d_in * s * m)
+        .flat_map(|i| {
+            let (d, j) = (i / (s * m), i % (s * m));
+            (g[(j / m) * d_in + d] * p[d * m + j % m]).to_le_bytes()
+        })
+        .collect();
+    let name = "h.0.attn.c_attn.weight";
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != name)
+        .collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![d_in, s * m], &w);
+    tensors.push((name.to_string(), view.unwrap()));
+    std::fs::write(&file, safetensors::serialize(tensors, None).unwrap()).unwrap();
+
+    let dir = tmp.path();
+    ok(&attnopt_in(dir, &["optimize", "src", "-o", "opt"]));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("opt/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        report["layers"][0]["rules_fired"]["factored"], 1,
+        "{report}"
+    );
+    assert!(report["layers"][1]["rules_fired"].get("factored").is_none());
+    // The factors read fewer bytes: 32·(12 + 8) against 32·96 floats.
+    let w0 = &report["layers"][0]["weights"];
+    assert_eq!(
+        w0["before"].as_u64().unwrap() - w0["after"].as_u64().unwrap(),
+        4 * (32 * 96 - 32 * 20)
+    );
+    let stored = std::fs::read(dir.join("opt/weights.safetensors")).unwrap();
+    let stored = safetensors::SafeTensors::deserialize(&stored).unwrap();
+    let mut names: Vec<String> = stored.names().into_iter().map(String::from).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "h.0.attn.c_attn.weight.factored.gating",
+            "h.0.attn.c_attn.weight.factored.projection"
+        ]
+    );
+    let golden = root().join("fixtures/gpt2/golden.safetensors");
+    let golden = golden.to_str().unwrap();
+    ok(&attnopt_in(
+        dir,
+        &["run", "src", "-i", golden, "-o", "want.safetensors"],
+    ));
+    let out = ok(&attnopt_in(
+        dir,
+        &["run", "opt", "-i", golden, "--compare", "want.safetensors"],
+    ));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("last_hidden_state") && l.contains("max-abs error"))
+        .unwrap_or_else(|| panic!("no error line: {out}"));
+    let err: f64 = line.rsplit(": ").next().unwrap().trim().parse().unwrap();
+    assert!(err < 1e-4, "{out}");
+}

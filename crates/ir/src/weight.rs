@@ -152,28 +152,31 @@ impl Weight {
 
     /// The values converted to f32 (bf16/f16/f64/ints upcast or cast).
     pub fn to_f32(&self) -> Vec<f32> {
-        let b = self.bytes();
+        // One arm per dtype, so each loop decodes with a constant dtype.
+        let all = |d: DType| -> Vec<f32> {
+            (self.bytes().chunks_exact(d.size()))
+                .map(|c| float_of(d, c))
+                .collect()
+        };
         match self.dtype {
-            DType::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            DType::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::F64 => b
-                .chunks_exact(8)
-                .map(|c| {
-                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                })
-                .collect(),
+            DType::F32 => all(DType::F32),
+            DType::F16 => all(DType::F16),
+            DType::BF16 => all(DType::BF16),
+            DType::F64 => all(DType::F64),
             _ => self.to_i64().into_iter().map(|x| x as f32).collect(),
         }
+    }
+
+    /// Element `i` (row-major) of a floating-point weight as f32, without converting the rest;
+    /// `None` for integer weights or an index past the end.
+    pub fn f32_at(&self, i: usize) -> Option<f32> {
+        if !self.dtype.is_float() {
+            return None;
+        }
+        let size = self.dtype.size();
+        let start = i.checked_mul(size)?;
+        let bytes = self.bytes().get(start..start.checked_add(size)?)?;
+        Some(float_of(self.dtype, bytes))
     }
 
     /// The values as i64 (floats truncate).
@@ -207,6 +210,17 @@ impl Weight {
             Tensor::i64(shape, self.to_i64())
         };
         t.expect("weight length checked at construction")
+    }
+}
+
+/// One little-endian float of `dtype` (`bytes` holds exactly its size) as f32.
+#[inline(always)]
+fn float_of(dtype: DType, c: &[u8]) -> f32 {
+    match dtype {
+        DType::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+        DType::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+        DType::F64 => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
+        _ => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
     }
 }
 

@@ -13,7 +13,9 @@ use crate::analysis::TypeAnalysis;
 use crate::lang::{Attr, TensorLang};
 
 /// The code rules that exist.
-pub const NAMES: &[&str] = &["qkv-fusion"];
+/// `factored` depends on weight values, which the e-graph never sees: it runs as a graph pass
+/// before the blocks are cut (`crate::factored`), and does nothing here.
+pub const NAMES: &[&str] = &["qkv-fusion", crate::factored::NAME];
 
 /// Classes a code rule united with a new form, grouped so that a group pays off only when all
 /// its members take the new node (e.g. the three slices of one fused product): extraction

@@ -30,6 +30,7 @@ pub mod cost;
 pub mod egraph;
 pub mod explain;
 pub mod extract;
+pub mod factored;
 pub mod lang;
 pub mod optimize;
 pub mod report;

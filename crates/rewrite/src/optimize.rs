@@ -64,6 +64,9 @@ pub struct Optimized {
     pub layers: BTreeMap<u32, Rc<Solution>>,
     /// Layers that could not be cut out as a block, with the reason.
     pub skipped: Vec<(u32, String)>,
+    /// Per layer: products the `factored` rule rewrote (before the e-graph; not in `layers`'
+    /// rule counts, which are per structure).
+    pub factored: BTreeMap<u32, usize>,
 }
 
 /// Optimisation settings.
@@ -251,6 +254,13 @@ pub fn solve(
 
 /// Optimises every block of `g` with the exact rules, one saturation per distinct structure.
 pub fn optimize(g: &Graph, opts: &Options) -> Result<Optimized, OptimizeError> {
+    // Value-dependent exact rules first (the e-graph shares one solution between layers of one
+    // structure, whatever their weights hold).
+    let factoring = match opts.rules.get(crate::factored::NAME) {
+        Some(r) if r.kind == Kind::Exact => Some(crate::factored::factor_weights(g)?),
+        _ => None,
+    };
+    let g = factoring.as_ref().map_or(g, |f| &f.graph);
     let (blocks, not_blocks) = block::blocks(g);
     let mut cache: HashMap<Signature, Rc<Solution>> = HashMap::new();
     let mut layers: BTreeMap<u32, Rc<Solution>> = BTreeMap::new();
@@ -304,6 +314,7 @@ pub fn optimize(g: &Graph, opts: &Options) -> Result<Optimized, OptimizeError> {
     Ok(Optimized {
         graph,
         layers,
+        factored: factoring.map(|f| f.by_layer).unwrap_or_default(),
         skipped: not_blocks
             .into_iter()
             .map(|nb| (nb.layer, nb.reason))

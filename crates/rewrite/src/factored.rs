@@ -1,0 +1,245 @@
+//! The exact `factored` rule (docs/SPARSE.md): a dense product weight `W [d_in, d_out]` whose
+//! every input row, reshaped `S × M` (`M = d_out / S`, `1 < S < d_out`), is rank 1 is
+//! `W[d, s·M + m] = G[s, d]·P[d, m]` — trax's `FactoredDense` exported dense. The product
+//! `x · W` then becomes `reshape(matmul(unsqueeze(x) ⊙ G, P))`, which reads `d_in·(S + M)`
+//! weights instead of `d_in·d_out`; it is taken only when that is fewer bytes.
+//!
+//! The rule depends on weight *values*, which the e-graph never sees (two layers of the same
+//! structure share one optimisation there), so it runs as a pass over the graph before the
+//! blocks are cut, when the rule set holds `exact factored: code`. Each candidate is first
+//! tested on a few sampled rows (reading only those), and read whole only when they pass; a
+//! weight whose sampled rows are all zero is left alone (nothing to prove, and a checkpoint of
+//! zeros should not be read end to end). Acceptance: per row, with `(s₀, m₀)` its largest
+//! entry, `|A[s,m] − A[s,m₀]·A[s₀,m]/A[s₀,m₀]| ≤ TOLERANCE·|A[s₀,m₀]|` for every entry; then
+//! `P[d, :] = A[s₀, :]` and `G[s, d] = A[s, m₀]/A[s₀, m₀]` (zero rows: zeros). The optimizer's
+//! final numerical verification checks the whole result as for every exact rule.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use attnopt_ir::{Binary, Graph, GraphError, NodeId, Op, Weight};
+
+/// The rule's name in rule files (`exact factored: code`).
+pub const NAME: &str = "factored";
+
+/// Relative tolerance of the rank-1 test (f32 products of trained weights agree to a few ulps).
+pub const TOLERANCE: f32 = 1e-5;
+
+/// Rows tested before a weight is read whole.
+const SAMPLE_ROWS: usize = 8;
+
+/// A graph with its factored products rewritten, and how many per layer.
+pub struct Factoring {
+    pub graph: Graph,
+    pub by_layer: BTreeMap<u32, usize>,
+}
+
+/// How a product reads its weight: `W` itself (`[d_in, d_out]`) or its transpose
+/// (`permute{[1, 0]}` of an `[d_out, d_in]` weight, PyTorch's `nn.Linear`).
+struct Candidate<'g> {
+    x: NodeId,
+    w: &'g Weight,
+    transposed: bool,
+    d_in: usize,
+    d_out: usize,
+}
+
+impl Candidate<'_> {
+    fn at(&self, d: usize, j: usize) -> f32 {
+        let i = if self.transposed {
+            j * self.d_in + d
+        } else {
+            d * self.d_out + j
+        };
+        self.w.f32_at(i).unwrap_or(f32::NAN)
+    }
+
+    fn row(&self, d: usize) -> Vec<f32> {
+        (0..self.d_out).map(|j| self.at(d, j)).collect()
+    }
+}
+
+/// Rewrites every product whose weight is provably factored and reads fewer bytes factored.
+pub fn factor_weights(g: &Graph) -> Result<Factoring, GraphError> {
+    let mut found: HashMap<NodeId, (NodeId, Weight, Weight)> = HashMap::new();
+    for n in g.topo_order() {
+        let Some(c) = candidate(g, n) else { continue };
+        if let Some((gate, proj)) = factor(&c) {
+            found.insert(n, (c.x, gate, proj));
+        }
+    }
+    let mut by_layer = BTreeMap::new();
+    if found.is_empty() {
+        return Ok(Factoring {
+            graph: g.clone(),
+            by_layer,
+        });
+    }
+    // Only what the outputs still need: a factored product's dense weight is gone.
+    let mut needed: HashSet<NodeId> = HashSet::new();
+    let mut stack: Vec<NodeId> = g.outputs().iter().map(|&(_, id)| id).collect();
+    stack.extend(g.inputs().iter().map(|&(_, id)| id));
+    while let Some(n) = stack.pop() {
+        if needed.insert(n) {
+            match found.get(&n) {
+                Some((x, _, _)) => stack.push(*x),
+                None => stack.extend(g.operands(n)),
+            }
+        }
+    }
+    let mut out = Graph::new();
+    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+    for n in g.topo_order().into_iter().filter(|n| needed.contains(n)) {
+        let id = match found.remove(&n) {
+            Some((x, gate, proj)) => {
+                let meta = g.node(n).meta;
+                if let Some(l) = meta.layer {
+                    *by_layer.entry(l).or_insert(0) += 1;
+                }
+                let x = map[&x];
+                let rank = out.node(x).ty.shape.rank();
+                let (gate, proj) = (out.weight(gate), out.weight(proj));
+                let xu = out.add(Op::Unsqueeze { axis: rank - 1 }, &[x], meta)?;
+                let gated = out.add(Op::Binary(Binary::Mul), &[xu, gate], meta)?;
+                let y = out.add(Op::MatMul, &[gated, proj], meta)?;
+                // Back to the product's own shape, `[.., d_out]`.
+                out.add(Op::Reshape(g.node(n).ty.shape.clone()), &[y], meta)?
+            }
+            None => out.copy_node(g, n, &map)?,
+        };
+        map.insert(n, id);
+    }
+    for (name, id) in g.outputs() {
+        out.set_output(name, map[id])?;
+    }
+    Ok(Factoring {
+        graph: out,
+        by_layer,
+    })
+}
+
+/// `n = matmul(x, W)` with `x` an activation of rank ≥ 2 and `W` a float weight `[d_in,
+/// d_out]`, directly or as the transpose of an `[d_out, d_in]` weight.
+fn candidate(g: &Graph, n: NodeId) -> Option<Candidate<'_>> {
+    if !matches!(g.node(n).op, Op::MatMul) {
+        return None;
+    }
+    let ops = g.operands(n);
+    let (x, b) = (ops[0], ops[1]);
+    let (w, transposed) = match &g.node(b).op {
+        Op::Weight(w) => (g.weight_data(*w), false),
+        Op::Permute(p) if p[..] == [1, 0] => match g.node(g.operands(b)[0]).op {
+            Op::Weight(w) => (g.weight_data(w), true),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let shape = w.shape();
+    if shape.len() != 2 || !w.dtype().is_float() || g.node(x).ty.shape.rank() < 2 {
+        return None;
+    }
+    if matches!(g.node(x).op, Op::Weight(_)) {
+        return None;
+    }
+    let (d_in, d_out) = if transposed {
+        (shape[1], shape[0])
+    } else {
+        (shape[0], shape[1])
+    };
+    Some(Candidate {
+        x,
+        w,
+        transposed,
+        d_in,
+        d_out,
+    })
+}
+
+/// Module counts `S` (with `M = d_out / S`) whose factored form reads fewer bytes than `W`,
+/// fewest weights first.
+fn module_counts(c: &Candidate) -> Vec<usize> {
+    let stored = (c.d_in * c.d_out * c.w.dtype().size()) as u64;
+    let mut v: Vec<usize> = (2..c.d_out)
+        .filter(|s| c.d_out % s == 0)
+        .filter(|&s| ((c.d_in * (s + c.d_out / s)) as u64) * 4 < stored)
+        .collect();
+    v.sort_by_key(|&s| s + c.d_out / s);
+    v
+}
+
+/// `(G [S, d_in], P [d_in, M])` when every row of `W` passes the rank-1 test for some `S`.
+fn factor(c: &Candidate) -> Option<(Weight, Weight)> {
+    let counts = module_counts(c);
+    if counts.is_empty() || c.d_in == 0 {
+        return None;
+    }
+    let sample: Vec<usize> = (0..SAMPLE_ROWS.min(c.d_in))
+        .map(|i| i * c.d_in / SAMPLE_ROWS.min(c.d_in))
+        .collect();
+    let rows: Vec<Vec<f32>> = sample.iter().map(|&d| c.row(d)).collect();
+    if rows.iter().all(|r| r.iter().all(|&x| x == 0.0)) {
+        return None;
+    }
+    for s in counts {
+        if !rows.iter().all(|r| rank_one(r, s).is_some()) {
+            continue;
+        }
+        let m = c.d_out / s;
+        let (mut gate, mut proj) = (vec![0f32; s * c.d_in], vec![0f32; c.d_in * m]);
+        let mut ok = true;
+        for d in 0..c.d_in {
+            match rank_one(&c.row(d), s) {
+                Some((gr, pr)) => {
+                    for (k, v) in gr.into_iter().enumerate() {
+                        gate[k * c.d_in + d] = v;
+                    }
+                    proj[d * m..(d + 1) * m].copy_from_slice(&pr);
+                }
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let name = c.w.name();
+        let g = Weight::from_f32(format!("{name}.factored.gating"), vec![s, c.d_in], &gate);
+        let p = Weight::from_f32(
+            format!("{name}.factored.projection"),
+            vec![c.d_in, m],
+            &proj,
+        );
+        return Some((g.ok()?, p.ok()?));
+    }
+    None
+}
+
+/// A row `[S·M]` seen as `A [S, M]`: `(g [S], p [M])` with `A = g ⊗ p` to [`TOLERANCE`],
+/// or `None`. Non-finite entries never pass.
+pub fn rank_one(row: &[f32], s: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+    if s == 0 || row.len() % s != 0 || row.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    let m = row.len() / s;
+    let (pivot, &big) = row
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))?;
+    if big == 0.0 {
+        return Some((vec![0.0; s], vec![0.0; m]));
+    }
+    let (s0, m0) = (pivot / m, pivot % m);
+    let p: Vec<f32> = row[s0 * m..(s0 + 1) * m].to_vec();
+    let g: Vec<f32> = (0..s).map(|k| row[k * m + m0] / big).collect();
+    let tol = TOLERANCE * big.abs();
+    for k in 0..s {
+        for j in 0..m {
+            let want = g[k] as f64 * p[j] as f64;
+            if (row[k * m + j] as f64 - want).abs() > tol as f64 {
+                return None;
+            }
+        }
+    }
+    Some((g, p))
+}
