@@ -167,6 +167,38 @@ impl Weight {
         }
     }
 
+    /// Runs `f`, during which reading this weight's bytes brings in only the pages touched: the
+    /// kernel's read-ahead (often megabytes per fault on a memory-mapped checkpoint) is off for
+    /// its range and restored to the default after. For probing a few scattered elements of a
+    /// large weight ([`Weight::f32_at`]); advice only, so a failure changes nothing.
+    pub fn without_readahead<R>(&self, f: impl FnOnce() -> R) -> R {
+        let advise = |advice| {
+            #[cfg(unix)]
+            {
+                let bytes = self.bytes();
+                // SAFETY: sysconf reads a constant of the system.
+                let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+                    .unwrap_or(4096)
+                    .max(1);
+                let start = bytes.as_ptr() as usize;
+                let aligned = start - start % page;
+                let len = bytes.len() + (start - aligned);
+                if len > 0 {
+                    // SAFETY: madvise only advises the kernel about pages of our own mapping
+                    // (or heap); the range covers this weight's bytes rounded out to pages,
+                    // and neither MADV_RANDOM nor MADV_NORMAL changes their contents.
+                    unsafe { libc::madvise(aligned as *mut libc::c_void, len, advice) };
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = advice;
+        };
+        advise(MADV_RANDOM);
+        let r = f();
+        advise(MADV_NORMAL);
+        r
+    }
+
     /// Element `i` (row-major) of a floating-point weight as f32, without converting the rest;
     /// `None` for integer weights or an index past the end.
     pub fn f32_at(&self, i: usize) -> Option<f32> {
@@ -212,6 +244,15 @@ impl Weight {
         t.expect("weight length checked at construction")
     }
 }
+
+#[cfg(unix)]
+const MADV_RANDOM: i32 = libc::MADV_RANDOM;
+#[cfg(unix)]
+const MADV_NORMAL: i32 = libc::MADV_NORMAL;
+#[cfg(not(unix))]
+const MADV_RANDOM: i32 = 0;
+#[cfg(not(unix))]
+const MADV_NORMAL: i32 = 0;
 
 /// One little-endian float of `dtype` (`bytes` holds exactly its size) as f32.
 #[inline(always)]

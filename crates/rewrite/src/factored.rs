@@ -27,6 +27,10 @@ pub const TOLERANCE: f32 = 1e-5;
 /// Rows tested before a weight is read whole.
 const SAMPLE_ROWS: usize = 8;
 
+/// Single elements and 2 × 2 minors probed before any row is read (a dense weight that is not
+/// factored fails the first minor or two, after a handful of reads).
+const PROBES: usize = 16;
+
 /// A graph with its factored products rewritten, and how many per layer.
 pub struct Factoring {
     pub graph: Graph,
@@ -172,17 +176,10 @@ fn factor(c: &Candidate) -> Option<(Weight, Weight)> {
     if counts.is_empty() || c.d_in == 0 {
         return None;
     }
-    let sample: Vec<usize> = (0..SAMPLE_ROWS.min(c.d_in))
-        .map(|i| i * c.d_in / SAMPLE_ROWS.min(c.d_in))
-        .collect();
-    let rows: Vec<Vec<f32>> = sample.iter().map(|&d| c.row(d)).collect();
-    if rows.iter().all(|r| r.iter().all(|&x| x == 0.0)) {
-        return None;
-    }
+    // Probes read a few scattered elements and rows of what may be a huge memory-mapped
+    // weight: without the kernel's read-ahead, so they cost pages, not megabytes.
+    let counts = c.w.without_readahead(|| passing_counts(c, counts))?;
     for s in counts {
-        if !rows.iter().all(|r| rank_one(r, s).is_some()) {
-            continue;
-        }
         let m = c.d_out / s;
         let (mut gate, mut proj) = (vec![0f32; s * c.d_in], vec![0f32; c.d_in * m]);
         let mut ok = true;
@@ -213,6 +210,55 @@ fn factor(c: &Candidate) -> Option<(Weight, Weight)> {
         return Some((g.ok()?, p.ok()?));
     }
     None
+}
+
+/// The module counts (of `counts`) that a few probes cannot rule out: `None` when the sampled
+/// elements are all zero (nothing to prove; a checkpoint of zeros is not read further), else
+/// those whose spread 2 × 2 minors vanish and whose sampled rows are rank 1.
+fn passing_counts(c: &Candidate, counts: Vec<usize>) -> Option<Vec<usize>> {
+    let n = c.d_in * c.d_out;
+    let probe = |i: usize| {
+        let k = (i.wrapping_mul(0x9E37_79B9) ^ (i >> 3)) % n.max(1);
+        c.at(k / c.d_out, k % c.d_out)
+    };
+    if (0..PROBES).all(|i| probe(i) == 0.0) {
+        return None;
+    }
+    let counts: Vec<usize> = counts
+        .into_iter()
+        .filter(|&s| minors_vanish(c, s))
+        .collect();
+    if counts.is_empty() {
+        return None;
+    }
+    let sample: Vec<usize> = (0..SAMPLE_ROWS.min(c.d_in))
+        .map(|i| i * c.d_in / SAMPLE_ROWS.min(c.d_in))
+        .collect();
+    let rows: Vec<Vec<f32>> = sample.iter().map(|&d| c.row(d)).collect();
+    Some(
+        counts
+            .into_iter()
+            .filter(|&s| rows.iter().all(|r| rank_one(r, s).is_some()))
+            .collect(),
+    )
+}
+
+/// Whether [`PROBES`] spread 2 × 2 minors `A[s,m]·A[s',m'] − A[s,m']·A[s',m]` of rows seen as
+/// `S × M` vanish (leniently: this only rejects; [`rank_one`] decides).
+fn minors_vanish(c: &Candidate, s: usize) -> bool {
+    let m = c.d_out / s;
+    (0..PROBES).all(|i| {
+        let h = i
+            .wrapping_mul(0x9E37_79B9)
+            .wrapping_add(s.wrapping_mul(0x85EB_CA6B));
+        let d = h % c.d_in;
+        let (s1, s2) = (h % s, (h / 7 + 1 + h % s) % s);
+        let (m1, m2) = ((h / 13) % m, (h / 13 + 1 + (h / 131) % (m - 1).max(1)) % m);
+        let at = |a: usize, b: usize| c.at(d, a * m + b) as f64;
+        let (a, b, e, f) = (at(s1, m1), at(s1, m2), at(s2, m1), at(s2, m2));
+        let big = a.abs().max(b.abs()).max(e.abs()).max(f.abs());
+        (a * f - b * e).abs() <= 1e-4 * big * big
+    })
 }
 
 /// A row `[S·M]` seen as `A [S, M]`: `(g [S], p [M])` with `A = g ⊗ p` to [`TOLERANCE`],
