@@ -164,6 +164,11 @@ enum Command {
         /// Measure the error against the original even with exact rules only.
         #[arg(long)]
         verify: bool,
+        /// Keep each converted layer's output projection as it is (by default it is refitted
+        /// by least squares on the calibration activations, where that lowers the error on
+        /// held-out calibration rows).
+        #[arg(long)]
+        no_refit: bool,
         /// Print the egg explanation of the rewrite chain of this layer and exit.
         #[arg(long)]
         explain: Option<u32>,
@@ -584,6 +589,7 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             rules,
             verify,
+            no_refit,
             explain,
             force,
             hash_source,
@@ -629,6 +635,7 @@ fn run(cli: Cli) -> Result<()> {
                     time: std::time::Duration::from_secs_f64(time_limit),
                 },
                 verify,
+                refit: !no_refit,
             };
             let m = load.load(&model)?;
             if let Some(layer) = explain {

@@ -40,6 +40,9 @@ pub struct OptimizeOptions {
     pub limits: Limits,
     /// Measure the error against the original even when nothing approximate is enabled.
     pub verify: bool,
+    /// Refit each converted layer's output projection by least squares on the calibration
+    /// activations (`crate::refit`; kept only where it lowers the held-out error).
+    pub refit: bool,
 }
 
 /// The largest relative error exact rules may cause (float rounding of reassociations is
@@ -63,6 +66,7 @@ impl Default for OptimizeOptions {
             rules_dir: None,
             limits: Limits::default(),
             verify: false,
+            refit: true,
         }
     }
 }
@@ -149,6 +153,21 @@ fn measure(
     }
     let last = ErrorStat::between(&out["last_hidden_state"], &reference["last_hidden_state"]);
     Ok((per_layer, last))
+}
+
+/// `converted` with the output projections of `layers` refitted (`crate::refit`) when
+/// `opts.refit`, else as it is.
+fn refitted(
+    opts: &OptimizeOptions,
+    original: &Graph,
+    inputs: &HashMap<String, Tensor>,
+    converted: Graph,
+    layers: &[u32],
+) -> Result<(Graph, BTreeMap<u32, crate::refit::Fit>), Error> {
+    if !opts.refit || inputs.is_empty() {
+        return Ok((converted, BTreeMap::new()));
+    }
+    crate::refit::refit(original, &converted, layers, inputs)
 }
 
 /// Optimises `model`; `progress` hears about each step.
@@ -263,6 +282,9 @@ pub fn optimize(
     }
     let approx = !opts.allow.is_empty();
     let mut calibration = None;
+    // Output-projection refits: of each layer converted alone, and in the final graph.
+    let mut alone_fits: BTreeMap<u32, crate::refit::Fit> = BTreeMap::new();
+    let mut final_fits: BTreeMap<u32, crate::refit::Fit> = BTreeMap::new();
     let mut alone: BTreeMap<u32, ErrorPair> = BTreeMap::new();
     let mut chosen: BTreeMap<u32, String> = BTreeMap::new();
     let mut reference = HashMap::new();
@@ -327,7 +349,9 @@ pub fn optimize(
             progress(&format!("measuring layer {l} converted alone"));
             let rule = proposed[&l].clone();
             let o = run(BTreeMap::from([(l, rule)]))?;
-            let (per_layer, last) = measure(&o.graph, &inputs, &reference)?;
+            let (converted, fit) = refitted(opts, g, &inputs, o.graph, &[l])?;
+            alone_fits.extend(fit);
+            let (per_layer, last) = measure(&converted, &inputs, &reference)?;
             alone.insert(
                 l,
                 ErrorPair {
@@ -350,9 +374,10 @@ pub fn optimize(
                             "checking {} converted layers against the budget",
                             trial.len()
                         ));
-                        measure(&run(trial.clone())?.graph, &inputs, &reference)?
-                            .1
-                            .relative
+                        let layers: Vec<u32> = trial.keys().copied().collect();
+                        let (converted, _) =
+                            refitted(opts, g, &inputs, run(trial.clone())?.graph, &layers)?;
+                        measure(&converted, &inputs, &reference)?.1.relative
                     };
                     if err > budget {
                         verdicts.insert(l, Err(Reason::OverBudget { error: err, budget }));
@@ -369,7 +394,12 @@ pub fn optimize(
     let fin = if chosen.is_empty() {
         exact
     } else {
-        run(chosen.clone())?
+        let mut fin = run(chosen.clone())?;
+        let layers: Vec<u32> = chosen.keys().copied().collect();
+        let (graph, fit) = refitted(opts, g, &inputs, fin.graph, &layers)?;
+        fin.graph = graph;
+        final_fits = fit;
+        fin
     };
     let (errors, final_error) = if approx || verify {
         let (per_layer, last) = measure(&fin.graph, &inputs, &reference)?;
@@ -435,6 +465,10 @@ pub fn optimize(
                     _ => None,
                 },
                 error_alone: alone.get(&s.layer).copied(),
+                fit: final_fits
+                    .get(&s.layer)
+                    .or_else(|| alone_fits.get(&s.layer))
+                    .copied(),
                 error: errors.get(&s.layer).copied(),
             }
         })

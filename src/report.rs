@@ -84,6 +84,9 @@ pub struct LayerReport {
     pub costs: Vec<CostAt>,
     /// Weight bytes the layer reads per token, in the original and the optimised model.
     pub weights: Option<WeightBytes>,
+    /// The converted layer's output-projection refit, error before and after on held-out
+    /// calibration rows (in the final model when converted, else when converted alone).
+    pub fit: Option<crate::refit::Fit>,
     /// Error when only this layer is converted (approximate candidates only).
     pub error_alone: Option<ErrorPair>,
     /// Error in the final model, at this layer's output and the final output.
@@ -211,6 +214,16 @@ impl Report {
                     "  weights  {}B → {}B read per token",
                     si(w.before as f64),
                     si(w.after as f64)
+                );
+            }
+            if let Some(f) = &l.fit {
+                let _ = writeln!(
+                    s,
+                    "  fit      output projection refit by least squares ({} rows): held-out error {:.3e} → {:.3e}{}",
+                    f.rows_fit,
+                    f.error_before,
+                    f.error_after,
+                    if f.kept { "" } else { " (not kept: no better)" }
                 );
             }
             if let Some(e) = &l.error_alone {
