@@ -43,7 +43,8 @@ pub fn solve(a: &[f64], y: &[f64], n: usize, p: usize, q: usize) -> Option<Vec<f
         for k in 0..j {
             d -= g[j * p + k] * g[j * p + k];
         }
-        if !(d > 0.0) || !d.is_finite() {
+        // Not positive (or NaN): not positive definite.
+        if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || !d.is_finite() {
             return None;
         }
         let d = d.sqrt();

@@ -163,7 +163,7 @@ fn refitted(
     inputs: &HashMap<String, Tensor>,
     converted: Graph,
     layers: &[u32],
-) -> Result<(Graph, BTreeMap<u32, crate::refit::Fit>), Error> {
+) -> Result<(Graph, BTreeMap<u32, crate::report::Fit>), Error> {
     if !opts.refit || inputs.is_empty() {
         return Ok((converted, BTreeMap::new()));
     }
@@ -283,8 +283,8 @@ pub fn optimize(
     let approx = !opts.allow.is_empty();
     let mut calibration = None;
     // Output-projection refits: of each layer converted alone, and in the final graph.
-    let mut alone_fits: BTreeMap<u32, crate::refit::Fit> = BTreeMap::new();
-    let mut final_fits: BTreeMap<u32, crate::refit::Fit> = BTreeMap::new();
+    let mut alone_fits: BTreeMap<u32, crate::report::Fit> = BTreeMap::new();
+    let mut final_fits: BTreeMap<u32, crate::report::Fit> = BTreeMap::new();
     let mut alone: BTreeMap<u32, ErrorPair> = BTreeMap::new();
     let mut chosen: BTreeMap<u32, String> = BTreeMap::new();
     let mut reference = HashMap::new();

@@ -13,20 +13,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use attnopt_ir::{interp, Binary, Graph, NodeId, NodeMeta, Op, Role, Tensor, Weight};
 
-use crate::report::ErrorStat;
+use crate::report::{ErrorStat, Fit};
 use crate::Error;
-
-/// A layer's output projection refit, measured on the held-out calibration rows.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct Fit {
-    pub error_before: f64,
-    pub error_after: f64,
-    /// Whether the refitted weights were kept (only when they lower the held-out error).
-    pub kept: bool,
-    /// Calibration rows fitted on and held out.
-    pub rows_fit: usize,
-    pub rows_held_out: usize,
-}
 
 /// A layer's output projection: `matmul(x, W)` (+ `bias`), its last node `out`.
 struct OutProj {
@@ -208,21 +196,15 @@ fn rebuild(
         .filter_map(|(_, _, c)| c.bias.map(|(add, _)| (add, c.matmul)))
         .collect();
     // What the outputs need once the old weights are replaced.
-    let mut needed: HashSet<NodeId> = HashSet::new();
-    let mut stack: Vec<NodeId> = g.outputs().iter().map(|&(_, id)| id).collect();
-    stack.extend(g.inputs().iter().map(|&(_, id)| id));
-    while let Some(n) = stack.pop() {
-        if needed.insert(n) {
-            let ops = g.operands(n);
-            if replace.contains_key(&n) {
-                stack.push(ops[0]);
-            } else if let Some(&mm) = bias_add.get(&n) {
-                stack.push(mm);
-            } else {
-                stack.extend(ops);
-            }
+    let needed = g.needed(|n| {
+        if replace.contains_key(&n) {
+            vec![g.operands(n)[0]]
+        } else if let Some(&mm) = bias_add.get(&n) {
+            vec![mm]
+        } else {
+            g.operands(n)
         }
-    }
+    });
     let mut out = Graph::new();
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     let mut new_bias: HashMap<NodeId, NodeId> = HashMap::new();

@@ -42,6 +42,18 @@ impl ErrorStat {
     }
 }
 
+/// A layer's output projection refit, measured on the held-out calibration rows.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Fit {
+    pub error_before: f64,
+    pub error_after: f64,
+    /// Whether the refitted weights were kept (only when they lower the held-out error).
+    pub kept: bool,
+    /// Calibration rows fitted on and held out.
+    pub rows_fit: usize,
+    pub rows_held_out: usize,
+}
+
 /// Error at a layer's own output and at the model's final output.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct ErrorPair {
@@ -86,7 +98,7 @@ pub struct LayerReport {
     pub weights: Option<WeightBytes>,
     /// The converted layer's output-projection refit, error before and after on held-out
     /// calibration rows (in the final model when converted, else when converted alone).
-    pub fit: Option<crate::refit::Fit>,
+    pub fit: Option<Fit>,
     /// Error when only this layer is converted (approximate candidates only).
     pub error_alone: Option<ErrorPair>,
     /// Error in the final model, at this layer's output and the final output.

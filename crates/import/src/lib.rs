@@ -16,6 +16,7 @@ pub mod detect;
 mod error;
 pub mod fingerprint;
 pub mod optimized;
+mod sparse_spec;
 pub mod synthetic;
 mod template;
 
@@ -24,10 +25,10 @@ use std::path::{Path, PathBuf};
 
 use attnopt_ir::Graph;
 
-pub use arch::{SparseFfSpec, SparseQkv};
 pub use checkpoint::Checkpoint;
 pub use detect::{Arch, Detection};
 pub use error::ImportError;
+pub use sparse_spec::{SparseFfSpec, SparseQkv};
 pub use template::Dims;
 
 /// An imported model: its graph plus what import learned on the way.

@@ -26,10 +26,10 @@ pub struct Dims {
     pub norm_eps: f32,
     /// Scaling Transformers' sparse QKV, when config.json turns it on (docs/SPARSE.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sparse_qkv: Option<crate::arch::SparseQkv>,
+    pub sparse_qkv: Option<crate::sparse_spec::SparseQkv>,
     /// Scaling Transformers' sparse feed-forward, when config.json turns it on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sparse_ff: Option<crate::arch::SparseFfSpec>,
+    pub sparse_ff: Option<crate::sparse_spec::SparseFfSpec>,
 }
 
 /// A graph under construction plus the checkpoint it reads weights from.

@@ -7,7 +7,7 @@
 //! value is exactly a bf16 (a concatenated Q/K/V weight, a power-of-two scale), so a backend
 //! running a bf16 checkpoint gains no f32 copy.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use crate::{interp, Graph, GraphError, NodeId, Op, Tensor, Weight};
 
@@ -112,14 +112,10 @@ fn fold(g: &Graph, keep_bf16: bool) -> Result<Folded, FoldError> {
         weights.insert(name, t);
     }
     // Keep only what the outputs still need once folded nodes are leaves.
-    let mut needed: HashSet<NodeId> = HashSet::new();
-    let mut stack: Vec<NodeId> = g.outputs().iter().map(|&(_, id)| id).collect();
-    stack.extend(g.inputs().iter().map(|&(_, id)| id));
-    while let Some(n) = stack.pop() {
-        if needed.insert(n) && !replacement.contains_key(&n) {
-            stack.extend(g.operands(n));
-        }
-    }
+    let needed = g.needed(|n| match replacement.contains_key(&n) {
+        true => vec![],
+        false => g.operands(n),
+    });
     let mut out = Graph::new();
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     for n in order.into_iter().filter(|n| needed.contains(n)) {

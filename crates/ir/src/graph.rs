@@ -4,7 +4,7 @@
 //! that exists is well-shaped); edges point from operand to user and carry the operand's
 //! position; the graph is acyclic because a node can only take existing nodes as operands.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
@@ -188,6 +188,21 @@ impl Graph {
         u.sort_unstable();
         u.dedup();
         u
+    }
+
+    /// The nodes the outputs and inputs still need when node `n` reads `operands(n)` (a pass
+    /// that replaces nodes says which operands a replacement keeps): what a rebuilt graph
+    /// copies.
+    pub fn needed(&self, operands: impl Fn(NodeId) -> Vec<NodeId>) -> HashSet<NodeId> {
+        let mut needed = HashSet::new();
+        let mut stack: Vec<NodeId> = self.outputs.iter().map(|&(_, id)| id).collect();
+        stack.extend(self.inputs.iter().map(|&(_, id)| id));
+        while let Some(n) = stack.pop() {
+            if needed.insert(n) {
+                stack.extend(operands(n));
+            }
+        }
+        needed
     }
 
     /// All nodes, operands before users, ties broken by id (deterministic).

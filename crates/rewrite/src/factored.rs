@@ -14,7 +14,7 @@
 //! `P[d, :] = A[s₀, :]` and `G[s, d] = A[s, m₀]/A[s₀, m₀]` (zero rows: zeros). The optimizer's
 //! final numerical verification checks the whole result as for every exact rule.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use attnopt_ir::{Binary, Graph, GraphError, NodeId, Op, Weight};
 
@@ -79,17 +79,10 @@ pub fn factor_weights(g: &Graph) -> Result<Factoring, GraphError> {
         });
     }
     // Only what the outputs still need: a factored product's dense weight is gone.
-    let mut needed: HashSet<NodeId> = HashSet::new();
-    let mut stack: Vec<NodeId> = g.outputs().iter().map(|&(_, id)| id).collect();
-    stack.extend(g.inputs().iter().map(|&(_, id)| id));
-    while let Some(n) = stack.pop() {
-        if needed.insert(n) {
-            match found.get(&n) {
-                Some((x, _, _)) => stack.push(*x),
-                None => stack.extend(g.operands(n)),
-            }
-        }
-    }
+    let needed = g.needed(|n| match found.get(&n) {
+        Some((x, _, _)) => vec![*x],
+        None => g.operands(n),
+    });
     let mut out = Graph::new();
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     for n in g.topo_order().into_iter().filter(|n| needed.contains(n)) {
@@ -163,7 +156,7 @@ fn candidate(g: &Graph, n: NodeId) -> Option<Candidate<'_>> {
 fn module_counts(c: &Candidate) -> Vec<usize> {
     let stored = (c.d_in * c.d_out * c.w.dtype().size()) as u64;
     let mut v: Vec<usize> = (2..c.d_out)
-        .filter(|s| c.d_out % s == 0)
+        .filter(|&s| c.d_out.is_multiple_of(s))
         .filter(|&s| ((c.d_in * (s + c.d_out / s)) as u64) * 4 < stored)
         .collect();
     v.sort_by_key(|&s| s + c.d_out / s);
@@ -264,7 +257,7 @@ fn minors_vanish(c: &Candidate, s: usize) -> bool {
 /// A row `[S·M]` seen as `A [S, M]`: `(g [S], p [M])` with `A = g ⊗ p` to [`TOLERANCE`],
 /// or `None`. Non-finite entries never pass.
 pub fn rank_one(row: &[f32], s: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-    if s == 0 || row.len() % s != 0 || row.iter().any(|x| !x.is_finite()) {
+    if s == 0 || !row.len().is_multiple_of(s) || row.iter().any(|x| !x.is_finite()) {
         return None;
     }
     let m = row.len() / s;

@@ -4,10 +4,10 @@
 use attnopt_ir::builder::{Attention, AttentionKind, WeightLayout::InOut};
 use attnopt_ir::{AttentionFormula, DType, Dim, Op, Role, Shape, BATCH, SEQ};
 
-use super::sparse::{SparseFfSpec, SparseQkv};
 use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, MAX_DIM, MAX_LAYERS, MAX_TABLE};
+use crate::sparse_spec::{SparseFfSpec, SparseQkv};
 use crate::template::{activation, attention_kind, graph_err, Dims, Loader};
 use crate::ImportError;
 

@@ -9,8 +9,6 @@ mod bert;
 mod gpt2;
 mod llama;
 mod sparse;
-
-pub use sparse::{SparseFfSpec, SparseQkv};
 mod vit;
 
 use attnopt_ir::Graph;

@@ -6,31 +6,12 @@ use attnopt_ir::sparse::{LocalConv, SparseFf};
 use attnopt_ir::{NodeId, Role};
 
 use crate::config::{Config, MAX_DIM};
+use crate::sparse_spec::{SparseFfSpec, SparseQkv};
 use crate::template::{graph_err, Loader};
 use crate::ImportError;
 
 /// Largest convolution kernel extent accepted (tokens or modules).
 const MAX_KERNEL: u64 = 255;
-
-/// `attnopt_sparse_qkv`: a shared `FactoredDense` then three `LocallyConvDense` (Q, K, V).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SparseQkv {
-    pub modules: usize,
-    pub module_dim: usize,
-    pub length: usize,
-    pub qk_width: usize,
-    pub v_width: usize,
-    /// `output: "dense"`: GPT-2's `attn.c_proj` follows; `"none"` (trax's default): nothing.
-    pub output_dense: bool,
-}
-
-/// `attnopt_sparse_ff`: one unit per block of `block` chosen by a rank-`lowrank` controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SparseFfSpec {
-    pub block: usize,
-    pub lowrank: usize,
-    pub units: usize,
-}
 
 /// Reads section `key`, refusing keys it does not know; the section's defaults are recorded
 /// in `cfg`'s guesses.
