@@ -23,6 +23,7 @@ pub mod matmul;
 pub mod ops;
 pub mod options;
 pub mod rope;
+mod vecops;
 pub mod views;
 mod weights;
 

@@ -2,8 +2,9 @@
 //! chosen units: per row and block, the first maximum `u` of the block's logits, then
 //! `out += relu(h · W1[:, u]) · W2[u, :]`. `W1` is kept transposed (`[units, d]`, made once per
 //! weight and shared by every size's plan) so a unit's column is one contiguous row; `W2`'s
-//! rows are read in place. Rows run in parallel; a single row (decoding) splits its blocks
-//! between threads and sums the partial outputs.
+//! rows are read in place. Many rows: a band per thread, blocks outer, so a block's candidate
+//! units stay in cache across the band. Fewer rows than threads (decoding): each thread takes
+//! a share of the blocks and the partial outputs add.
 
 use std::sync::Arc;
 
@@ -15,11 +16,14 @@ use rayon::prelude::*;
 use super::{Compiled, Compiler};
 use crate::frame::Frame;
 use crate::ops::first_max;
+use crate::vecops::VecOps;
 
 /// The kernel: its shapes, and `W1ᵀ` when `W1` is a weight (else transposed on each run).
 struct SparseFfKernel {
     spec: SparseFf,
     w1t: Option<Arc<Vec<f32>>>,
+    /// Row dot products and updates with this CPU's widest vectors.
+    ops: VecOps,
 }
 
 pub(super) fn prepare(
@@ -39,6 +43,7 @@ pub(super) fn prepare(
     Ok(Box::new(SparseFfKernel {
         spec: spec.clone(),
         w1t,
+        ops: VecOps::detect(),
     }))
 }
 
@@ -110,21 +115,40 @@ impl Compiled for SparseFfKernel {
                     let w = s.w2_row(next);
                     prefetch(&w2[w * s.d_out..(w + 1) * s.d_out]);
                 }
-                let a = dot(hr, &w1t[u * s.d..(u + 1) * s.d]);
+                let a = (self.ops.dot)(hr, &w1t[u * s.d..(u + 1) * s.d]);
                 if a > 0.0 {
                     let w = s.w2_row(u);
-                    axpy(a, &w2[w * s.d_out..(w + 1) * s.d_out], o);
+                    (self.ops.axpy)(a, &w2[w * s.d_out..(w + 1) * s.d_out], o);
                 }
             }
         };
         let blocks = s.blocks();
         let threads = rayon::current_num_threads().max(1);
         if s.rows >= threads || threads == 1 || s.d_out == 0 {
-            out.par_chunks_mut(s.d_out.max(1))
+            // A band of rows per thread, blocks outer: a block's few candidate units (their
+            // `W1ᵀ` and `W2` rows) stay in cache while every row of the band uses them, instead
+            // of each row fetching its own units from memory.
+            let band = s.rows.div_ceil(threads).max(1);
+            out.par_chunks_mut(band * s.d_out.max(1))
                 .enumerate()
-                .for_each(|(r, o)| {
+                .for_each(|(t, o)| {
                     o.fill(0.0);
-                    row(r, 0..blocks, o);
+                    let n = o.len() / s.d_out.max(1);
+                    for b in 0..blocks {
+                        for (j, oj) in o.chunks_exact_mut(s.d_out.max(1)).take(n).enumerate() {
+                            let r = t * band + j;
+                            let lr = &logits[r * s.units + b * s.block..][..s.block];
+                            let u = b * s.block + first_max(lr);
+                            let a = (self.ops.dot)(
+                                &h[r * s.d..(r + 1) * s.d],
+                                &w1t[u * s.d..(u + 1) * s.d],
+                            );
+                            if a > 0.0 {
+                                let w = s.w2_row(u);
+                                (self.ops.axpy)(a, &w2[w * s.d_out..(w + 1) * s.d_out], oj);
+                            }
+                        }
+                    }
                 });
         } else {
             // Few rows: each thread takes a share of every row's blocks, then the shares add.
@@ -140,7 +164,7 @@ impl Compiled for SparseFfKernel {
                     .collect();
                 o.fill(0.0);
                 for p in &parts {
-                    axpy(1.0, p, o);
+                    (self.ops.axpy)(1.0, p, o);
                 }
             }
         }
@@ -161,30 +185,5 @@ fn prefetch(x: &[f32]) {
                 line.as_ptr() as *const i8
             )
         };
-    }
-}
-
-/// `Σ a_i·b_i` in eight f32 lanes (equal lengths).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `o += a·x` (equal lengths).
-fn axpy(a: f32, x: &[f32], o: &mut [f32]) {
-    for (o, &x) in o.iter_mut().zip(x) {
-        *o += a * x;
     }
 }
