@@ -611,6 +611,12 @@ fn run(cli: Cli) -> Result<()> {
                      conversions have an error to budget)"
                 );
             }
+            if no_refit && allow.is_empty() {
+                eprintln!(
+                    "warning: --no-refit does nothing without --allow (only converted layers \
+                     have output projections to refit)"
+                );
+            }
             if budget.is_none() && !allow.is_empty() {
                 eprintln!(
                     "note: no --budget given: layers are converted only while the final output's \
