@@ -124,10 +124,15 @@ fn case(s: &Dims, batch: usize, tokens: usize, threads: usize, w1_input: bool) {
         "one sparse feed-forward kernel: {names:?}"
     );
     let lowered = cpu.lowered(batch, tokens).unwrap();
-    let layout = lowered.kernels.iter().find_map(|k| match &k.kind {
-        attnopt_lower::KernelKind::SparseFf(s) => Some(s.w2_layout),
+    let spec = lowered.kernels.iter().find_map(|k| match &k.kind {
+        attnopt_lower::KernelKind::SparseFf(s) => Some(s.clone()),
         _ => None,
     });
+    let layout = spec.as_ref().map(|s| s.w2_layout);
+    // One row (decoding): the controller's products run inside the kernel.
+    let rows = batch * tokens;
+    let inside = (rows <= attnopt_lower::SPARSE_FF_CONTROLLER_ROWS).then_some(s.lowrank);
+    assert_eq!(spec.and_then(|s| s.controller), inside, "rows {rows}");
     let expected = if w1_input {
         attnopt_lower::W2Layout::Units
     } else {

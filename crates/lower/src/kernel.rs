@@ -293,11 +293,13 @@ fn inv_norm(eps: f32) -> Expr {
 
 // The sparse feed-forward kernel (found by `sparse_ff.rs`).
 
-/// Trax's `SparseFF` without its output bias: inputs `h` (`rows × d`), `logits`
-/// (`rows × units`), `W1` (`d × units`) and `W2` (`units × d_out` rows, laid out as
-/// `w2_layout` says); output `rows × d_out`. For each row and each block of `block`
-/// consecutive units, `u` is the first maximum of the row's logits in the block (a NaN never
-/// wins) and `out += relu(h · W1[:, u]) · W2[u, :]`.
+/// Trax's `SparseFF` without its output bias: inputs `h` (`rows × d`), `W1` (`d × units`),
+/// `W2` (`units × d_out` rows, laid out as `w2_layout` says), then either the `logits`
+/// (`rows × units`) or, with `controller = Some(L)`, the controller's weights `m1` (`d × L`),
+/// `m2` (`L × units`) and `mb` (`units`), the logits being `(h·m1)·m2 + mb`; output
+/// `rows × d_out`. For each row and each block of `block` consecutive units, `u` is the first
+/// maximum of the row's logits in the block (a NaN never wins) and
+/// `out += relu(h · W1[:, u]) · W2[u, :]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SparseFf {
     pub rows: usize,
@@ -306,6 +308,18 @@ pub struct SparseFf {
     pub block: usize,
     pub d_out: usize,
     pub w2_layout: W2Layout,
+    /// The controller's rank when its two products run inside the kernel (one row: decoding,
+    /// where they are bandwidth-bound vector-matrix products).
+    pub controller: Option<usize>,
+}
+
+/// Kernel input positions of a [`SparseFf`].
+impl SparseFf {
+    pub const H: usize = 0;
+    pub const W1: usize = 1;
+    pub const W2: usize = 2;
+    /// The logits, or (with a controller) `m1`, then `m2` and `mb` after it.
+    pub const LOGITS_OR_M1: usize = 3;
 }
 
 /// Where unit `u = x·block + y` (block `x`, element `y`) finds its row of `W2`.
@@ -335,16 +349,22 @@ impl SparseFf {
         }
     }
 
-    /// Multiply-adds ×2 of the chosen units (and one compare per logit).
+    /// Multiply-adds ×2 of the chosen units (and one compare per logit), plus the controller's
+    /// products when they run inside.
     pub fn flops(&self) -> u64 {
-        (self.rows * (self.blocks() * 2 * (self.d + self.d_out) + self.units)) as u64
+        let controller = self.controller.map_or(0, |r| 2 * r * (self.d + self.units));
+        (self.rows * (self.blocks() * 2 * (self.d + self.d_out) + self.units + controller)) as u64
     }
 
     /// `h`, the logits and the output once, plus the chosen weights: at most every unit's
-    /// column of `W1` and row of `W2` (f32).
+    /// column of `W1` and row of `W2` (f32), and the controller's weights when inside.
     pub fn bytes(&self) -> u64 {
         let chosen = (self.rows * self.blocks()).min(self.units);
-        (4 * (self.rows * (self.d + self.units + self.d_out) + chosen * (self.d + self.d_out)))
-            as u64
+        let controller = self
+            .controller
+            .map_or(0, |r| r * (self.d + self.units) + self.units);
+        (4 * (self.rows * (self.d + self.units + self.d_out)
+            + chosen * (self.d + self.d_out)
+            + controller)) as u64
     }
 }

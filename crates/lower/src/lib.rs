@@ -54,4 +54,5 @@ pub use kernel::{
 pub use memory::MemoryPlan;
 pub use row::{Expr, InputKind, ReduceKind, Reduction, RowProgram};
 pub use row_kernel::MAX_DEPTH as MAX_ROW_DEPTH;
+pub use sparse_ff::CONTROLLER_ROWS as SPARSE_FF_CONTROLLER_ROWS;
 pub use weight_reads::weight_bytes_by_layer;

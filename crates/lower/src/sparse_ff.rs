@@ -20,10 +20,17 @@ use attnopt_ir::{Binary, NodeId, Op, Unary};
 use crate::context::Lowering;
 use crate::kernel::{KernelKind, SparseFf, W2Layout};
 
+/// The controller's products run inside the kernel for at most this many rows (decoding: a
+/// vector-matrix product is bandwidth-bound, and the kernel splits it between threads); more
+/// rows keep them as matrix products for the library.
+pub const CONTROLLER_ROWS: usize = 1;
+
 /// The matched pattern: `(h, logits, W1, W2, block, nodes)`.
 struct Match {
     h: NodeId,
     logits: NodeId,
+    /// `logits = (h·m1)·m2 + mb` taken into the kernel: `(m1, m2, mb)` and the rank.
+    controller: Option<([NodeId; 3], usize)>,
     w1: NodeId,
     w2: NodeId,
     /// The product's own `W2` operand (`w2` itself, or the view of it read in place).
@@ -52,13 +59,13 @@ pub(crate) fn sparse_ff(l: &mut Lowering, root: NodeId) -> bool {
         block: m.block,
         d_out: sw2[1],
         w2_layout: m.w2_layout,
+        controller: m.controller.map(|(_, r)| r),
     };
-    let inputs = vec![
-        l.value(m.h),
-        l.value(m.logits),
-        l.value(m.w1),
-        l.value(m.w2),
-    ];
+    let mut inputs = vec![l.value(m.h), l.value(m.w1), l.value(m.w2)];
+    match m.controller {
+        Some((weights, _)) => inputs.extend(weights.map(|w| l.value(w))),
+        None => inputs.push(l.value(m.logits)),
+    }
     let (flops, bytes) = (spec.flops(), spec.bytes());
     let k = l.emit(
         root,
@@ -121,6 +128,14 @@ fn recognise(l: &Lowering, root: NodeId) -> Option<Match> {
         return None;
     }
     let mut nodes = vec![root, act, gated, mid, choice];
+    let rows: usize = lead(sh).iter().product();
+    let controller = match rows <= CONTROLLER_ROWS {
+        true => controller(l, logits, h, units),
+        false => None,
+    };
+    if let Some((_, _, ref inner)) = controller {
+        nodes.extend(inner);
+    }
     let (stored, w2_layout) = match swapped_view(l, w2, block) {
         Some((w, views)) => {
             nodes.extend(views);
@@ -131,6 +146,7 @@ fn recognise(l: &Lowering, root: NodeId) -> Option<Match> {
     Some(Match {
         h,
         logits,
+        controller: controller.map(|(w, r, _)| (w, r)),
         w1,
         w2: stored,
         root_w2: w2,
@@ -156,4 +172,41 @@ fn swapped_view(l: &Lowering, w2: NodeId, block: usize) -> Option<(NodeId, [Node
         &[n, _, _] if n == block => Some((w, [w2, p])),
         _ => None,
     }
+}
+
+/// `logits = add((h·m1)·m2, mb)` (either order) with every node private, `m1 [d, L]`,
+/// `m2 [L, units]` and `mb [units]`: `([m1, m2, mb], L, [add, product, product])`.
+#[allow(clippy::type_complexity)]
+fn controller(
+    l: &Lowering,
+    logits: NodeId,
+    h: NodeId,
+    units: usize,
+) -> Option<([NodeId; 3], usize, [NodeId; 3])> {
+    let op = |n: NodeId| &l.g.node(n).op;
+    if !matches!(op(logits), Op::Binary(Binary::Add)) || !l.private_f32(logits) {
+        return None;
+    }
+    let [a, b] = l.g.operands(logits)[..] else {
+        return None;
+    };
+    let (outer, mb) = [(a, b), (b, a)]
+        .into_iter()
+        .find(|&(p, _)| matches!(op(p), Op::MatMul))?;
+    let [low, m2] = l.g.operands(outer)[..] else {
+        return None;
+    };
+    if !matches!(op(low), Op::MatMul) || !l.private_f32(outer) || !l.private_f32(low) {
+        return None;
+    }
+    let [h2, m1] = l.g.operands(low)[..] else {
+        return None;
+    };
+    let (sm1, sm2, smb) = (l.shape(m1), l.shape(m2), l.shape(mb));
+    let fits = h2 == h
+        && sm1.len() == 2
+        && sm1[0] == *l.shape(h).last()?
+        && sm2 == [sm1[1], units]
+        && smb == [units];
+    fits.then(|| ([m1, m2, mb], sm1[1], [logits, outer, low]))
 }

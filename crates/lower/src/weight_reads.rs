@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use attnopt_ir::{Graph, Op};
 
 use crate::fuse::Lowered;
-use crate::kernel::{KernelKind, ValueKind};
+use crate::kernel::{KernelKind, SparseFf, ValueKind};
 
 /// Weight bytes read per layer (`None`: outside the blocks) in one run of `l`, lowered from `g`.
 pub fn weight_bytes_by_layer(g: &Graph, l: &Lowered) -> BTreeMap<Option<u32>, u64> {
@@ -50,7 +50,7 @@ pub fn weight_bytes_by_layer(g: &Graph, l: &Lowered) -> BTreeMap<Option<u32>, u6
             seen.push(v);
             let full = (l.values[v].numel() * s) as u64;
             bytes += match &k.kind {
-                KernelKind::SparseFf(f) if j >= 2 => {
+                KernelKind::SparseFf(f) if j == SparseFf::W1 || j == SparseFf::W2 => {
                     let chosen = (f.rows * f.blocks()).min(f.units) as u64;
                     full * chosen / f.units.max(1) as u64
                 }

@@ -34,7 +34,7 @@ pub(super) fn prepare(
 ) -> Result<Box<dyn Compiled>, String> {
     let w1 = *k
         .inputs
-        .get(2)
+        .get(SparseFf::W1)
         .ok_or("a sparse feed-forward kernel takes W1")?;
     let w1t = match l.values[storage_of(&l.values, w1)].kind {
         ValueKind::Weight(id) => Some(transposed(cx, id, spec)?),
@@ -75,11 +75,26 @@ fn transpose(w: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>, String> {
 impl Compiled for SparseFfKernel {
     fn run(&self, f: &Frame, k: &Kernel, _profile: bool) -> Result<f64, String> {
         let s = &self.spec;
-        let [h, logits, w1, w2] = [0, 1, 2, 3].map(|j| k.inputs.get(j).copied());
-        let (Some(h), Some(logits), Some(w1), Some(w2)) = (h, logits, w1, w2) else {
-            return Err("a sparse feed-forward kernel takes h, logits, W1 and W2".into());
+        let input = |j: usize| -> Result<&[f32], String> {
+            let v = k
+                .inputs
+                .get(j)
+                .ok_or("a sparse feed-forward kernel lacks an input")?;
+            f.f32(*v)
         };
-        let (h, logits, w2) = (f.f32(h)?, f.f32(logits)?, f.f32(w2)?);
+        let (h, w1, w2) = (input(SparseFf::H)?, SparseFf::W1, input(SparseFf::W2)?);
+        let w1 = k.inputs[w1];
+        let computed;
+        let logits: &[f32] = match s.controller {
+            Some(rank) => {
+                let m1 = input(SparseFf::LOGITS_OR_M1)?;
+                let m2 = input(SparseFf::LOGITS_OR_M1 + 1)?;
+                let mb = input(SparseFf::LOGITS_OR_M1 + 2)?;
+                computed = self.controller(h, m1, m2, mb, rank)?;
+                &computed
+            }
+            None => input(SparseFf::LOGITS_OR_M1)?,
+        };
         let out = f.dst_f32(k.output)?;
         let fresh;
         let w1t: &[f32] = match &self.w1t {
@@ -169,6 +184,66 @@ impl Compiled for SparseFfKernel {
             }
         }
         Ok(0.0)
+    }
+}
+
+impl SparseFfKernel {
+    /// The logits of one row, `(h·m1)·m2 + mb`, as two vector-matrix products split between
+    /// the threads (each streams its share of the weight once): `h·m1` by ranges of `h`'s
+    /// entries (partial sums added), `·m2` by ranges of the output columns.
+    fn controller(
+        &self,
+        h: &[f32],
+        m1: &[f32],
+        m2: &[f32],
+        mb: &[f32],
+        rank: usize,
+    ) -> Result<Vec<f32>, String> {
+        let (d, units) = (self.spec.d, self.spec.units);
+        if self.spec.rows == 0 {
+            return Ok(vec![]);
+        }
+        if self.spec.rows != 1
+            || h.len() != d
+            || m1.len() != d * rank
+            || m2.len() != rank * units
+            || mb.len() != units
+        {
+            return Err(format!(
+                "sparse feed-forward controller operands do not fit {:?}",
+                self.spec
+            ));
+        }
+        let threads = rayon::current_num_threads().max(1);
+        let share = d.div_ceil(threads).max(1);
+        let low = (0..threads)
+            .into_par_iter()
+            .map(|t| {
+                let mut p = vec![0f32; rank];
+                for i in (t * share).min(d)..((t + 1) * share).min(d) {
+                    (self.ops.axpy)(h[i], &m1[i * rank..(i + 1) * rank], &mut p);
+                }
+                p
+            })
+            .reduce(
+                || vec![0f32; rank],
+                |mut a, b| {
+                    (self.ops.axpy)(1.0, &b, &mut a);
+                    a
+                },
+            );
+        let mut logits = mb.to_vec();
+        let cols = units.div_ceil(threads).max(1);
+        logits
+            .par_chunks_mut(cols)
+            .enumerate()
+            .for_each(|(t, out)| {
+                let c0 = t * cols;
+                for (r, &lr) in low.iter().enumerate() {
+                    (self.ops.axpy)(lr, &m2[r * units + c0..r * units + c0 + out.len()], out);
+                }
+            });
+        Ok(logits)
     }
 }
 
