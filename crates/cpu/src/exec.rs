@@ -23,7 +23,9 @@ use attnopt_lower::{lower, Lowered};
 
 use crate::frame::{Frame, Src};
 use crate::jit::{JitModule, JitOptions};
-use crate::kernels::{self, Compiled, Compiler, PreparedWeights, RopeKernels, TransposedWeights};
+use crate::kernels::{
+    self, Compiled, Compiler, PreparedWeights, RopeKernels, SparseFfCaches, TransposedWeights,
+};
 use crate::matmul::{best_available_for, MatMul, Precision};
 use crate::options::CpuOptions;
 use crate::weights::Weights;
@@ -121,6 +123,8 @@ pub struct CpuModel {
     ropes: RopeKernels,
     /// `W1ᵀ` of sparse feed-forward kernels, by weight.
     transposed: TransposedWeights,
+    /// Sparse feed-forward kernels' bf16 unit rows and controller copies.
+    sparse: SparseFfCaches,
     /// Let the matrix-product library run epilogues it can fuse (else all run as JIT passes).
     post_ops: bool,
     /// The most activation memory (arena bytes) a new size may need; `None`: no limit.
@@ -220,6 +224,7 @@ impl CpuModel {
             plans: HashMap::new(),
             ropes: HashMap::new(),
             transposed: HashMap::new(),
+            sparse: SparseFfCaches::default(),
             post_ops: options.post_ops,
             memory_budget: None,
         })
@@ -324,6 +329,7 @@ impl CpuModel {
             prepared: &mut self.prepared,
             ropes: &mut self.ropes,
             transposed: &mut self.transposed,
+            sparse: &mut self.sparse,
             post_ops: self.post_ops,
             weight_time: Duration::ZERO,
         };

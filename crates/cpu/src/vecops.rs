@@ -11,6 +11,10 @@ pub(crate) struct VecOps {
     pub(crate) dot: fn(&[f32], &[f32]) -> f32,
     /// `o_i += a·x_i` over the common length.
     pub(crate) axpy: fn(f32, &[f32], &mut [f32]),
+    /// [`VecOps::dot`] with the second operand bfloat16 bit patterns.
+    pub(crate) dot_bf16: fn(&[f32], &[u16]) -> f32,
+    /// [`VecOps::axpy`] with `x` bfloat16 bit patterns.
+    pub(crate) axpy_bf16: fn(f32, &[u16], &mut [f32]),
 }
 
 impl VecOps {
@@ -22,6 +26,8 @@ impl VecOps {
                 return VecOps {
                     dot: x86::dot512,
                     axpy: x86::axpy512,
+                    dot_bf16: x86::dot512_bf16,
+                    axpy_bf16: x86::axpy512_bf16,
                 };
             }
             if std::arch::is_x86_feature_detected!("avx2")
@@ -30,6 +36,8 @@ impl VecOps {
                 return VecOps {
                     dot: x86::dot256,
                     axpy: x86::axpy256,
+                    dot_bf16: x86::dot256_bf16,
+                    axpy_bf16: x86::axpy256_bf16,
                 };
             }
         }
@@ -41,6 +49,8 @@ impl VecOps {
         VecOps {
             dot: |a, b| dot_body::<8, false>(a, b),
             axpy: |a, x, o| axpy_body::<false>(a, x, o),
+            dot_bf16: |a, b| dot_bf16_body::<8, false>(a, b),
+            axpy_bf16: |a, x, o| axpy_bf16_body::<false>(a, x, o),
         }
     }
 }
@@ -73,9 +83,45 @@ fn axpy_body<const FMA: bool>(a: f32, x: &[f32], o: &mut [f32]) {
     }
 }
 
+/// A bfloat16 bit pattern as f32 (exact: bf16 is f32's upper half).
+#[inline(always)]
+fn wide(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+#[inline(always)]
+fn dot_bf16_body<const L: usize, const FMA: bool>(a: &[f32], b: &[u16]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f32 = (ca.remainder().iter().zip(cb.remainder()))
+        .map(|(x, &y)| x * wide(y))
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..L {
+            let y = wide(y[i]);
+            acc[i] = if FMA {
+                x[i].mul_add(y, acc[i])
+            } else {
+                acc[i] + x[i] * y
+            };
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn axpy_bf16_body<const FMA: bool>(a: f32, x: &[u16], o: &mut [f32]) {
+    for (o, &x) in o.iter_mut().zip(x) {
+        let x = wide(x);
+        *o = if FMA { a.mul_add(x, *o) } else { *o + a * x };
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{axpy_body, dot_body};
+    use super::{axpy_bf16_body, axpy_body, dot_bf16_body, dot_body};
 
     #[target_feature(enable = "avx512f")]
     fn dot512_impl(a: &[f32], b: &[f32]) -> f32 {
@@ -97,7 +143,40 @@ mod x86 {
         axpy_body::<true>(a, x, o)
     }
 
-    // SAFETY (all four): `VecOps::detect` hands these out only after detecting the features
+    #[target_feature(enable = "avx512f")]
+    fn dot512_bf16_impl(a: &[f32], b: &[u16]) -> f32 {
+        dot_bf16_body::<32, true>(a, b)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn axpy512_bf16_impl(a: f32, x: &[u16], o: &mut [f32]) {
+        axpy_bf16_body::<true>(a, x, o)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn dot256_bf16_impl(a: &[f32], b: &[u16]) -> f32 {
+        dot_bf16_body::<16, true>(a, b)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn axpy256_bf16_impl(a: f32, x: &[u16], o: &mut [f32]) {
+        axpy_bf16_body::<true>(a, x, o)
+    }
+
+    pub(super) fn dot512_bf16(a: &[f32], b: &[u16]) -> f32 {
+        unsafe { dot512_bf16_impl(a, b) }
+    }
+    pub(super) fn axpy512_bf16(a: f32, x: &[u16], o: &mut [f32]) {
+        unsafe { axpy512_bf16_impl(a, x, o) }
+    }
+    pub(super) fn dot256_bf16(a: &[f32], b: &[u16]) -> f32 {
+        unsafe { dot256_bf16_impl(a, b) }
+    }
+    pub(super) fn axpy256_bf16(a: f32, x: &[u16], o: &mut [f32]) {
+        unsafe { axpy256_bf16_impl(a, x, o) }
+    }
+
+    // SAFETY (all eight): `VecOps::detect` hands these out only after detecting the features
     // their `_impl` is compiled for; the bodies are safe slice code.
     pub(super) fn dot512(a: &[f32], b: &[f32]) -> f32 {
         unsafe { dot512_impl(a, b) }
@@ -135,6 +214,21 @@ mod tests {
                 for i in 0..n {
                     let w = b[i] as f64 + 0.5 * a[i] as f64;
                     assert!((o[i] as f64 - w).abs() <= 1e-6, "{n}/{i}");
+                }
+                // bf16 second operands: exact widening, so the same references on b's bits.
+                let bits: Vec<u16> = b.iter().map(|x| (x.to_bits() >> 16) as u16).collect();
+                let bw: Vec<f32> = bits
+                    .iter()
+                    .map(|&x| f32::from_bits((x as u32) << 16))
+                    .collect();
+                let want: f64 = a.iter().zip(&bw).map(|(x, y)| *x as f64 * *y as f64).sum();
+                let got = (ops.dot_bf16)(&a, &bits) as f64;
+                assert!((got - want).abs() <= 1e-5 * (n as f64).max(1.0), "bf16 {n}");
+                let mut o = a.clone();
+                (ops.axpy_bf16)(2.0, &bits, &mut o);
+                for i in 0..n {
+                    let w = a[i] as f64 + 2.0 * bw[i] as f64;
+                    assert!((o[i] as f64 - w).abs() <= 1e-6, "bf16 {n}/{i}");
                 }
             }
         }

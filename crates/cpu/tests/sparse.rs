@@ -177,3 +177,39 @@ fn sparse_layers_match_the_interpreter() {
     case(&small, 2, 3, 2, true);
     case(&wide, 1, 1, 2, true);
 }
+
+/// bf16 precision: the sparse kernel reads its unit rows (and, at one row, its controller) as
+/// bfloat16; the error against the f32 interpreter is bf16-sized, not f32-sized and not wrong.
+#[test]
+fn sparse_ff_in_bf16_is_a_bf16_approximation() {
+    let s = Dims {
+        d: 64,
+        modules: 8,
+        units: 256,
+        block: 8,
+        lowrank: 8,
+    };
+    for &(batch, tokens) in &[(1, 1), (2, 9)] {
+        let g = graph(&s, false);
+        let ins = HashMap::from([(
+            "x".to_string(),
+            Tensor::f32(vec![batch, tokens, s.d], values(batch * tokens * s.d, 99)).unwrap(),
+        )]);
+        let want = interp::run(&g, &ins, &[]).unwrap();
+        let mut cpu = CpuModel::with_precision(g, 2, attnopt_cpu::matmul::Precision::Bf16).unwrap();
+        let (got, _) = cpu.run(&ins, &[], false).unwrap();
+        let (g, w) = (&got["ff"], &want["ff"]);
+        let num: f64 = (g.as_f32().unwrap().iter().zip(w.as_f32().unwrap()))
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let den: f64 = w
+            .as_f32()
+            .unwrap()
+            .iter()
+            .map(|b| (*b as f64).powi(2))
+            .sum();
+        let rel = (num / den).sqrt();
+        println!("bf16 sparse FF B={batch} N={tokens}: relative error {rel:.2e}");
+        assert!(rel > 1e-5 && rel < 3e-2, "B={batch} N={tokens}: {rel}");
+    }
+}

@@ -47,6 +47,14 @@ pub(crate) type PreparedWeights = HashMap<(WeightId, bool), Arc<dyn PreparedWeig
 /// Transposed weights (`W1ᵀ` of sparse feed-forward kernels), by weight.
 pub(crate) type TransposedWeights = HashMap<WeightId, Arc<Vec<f32>>>;
 
+/// What sparse feed-forward kernels prepare in bf16 precision, shared by every size's plan:
+/// unit rows by (`W2`, read block-swapped), and bf16 copies of controller weights.
+#[derive(Default)]
+pub(crate) struct SparseFfCaches {
+    pub(crate) unit_rows: HashMap<(WeightId, bool), Arc<Vec<u16>>>,
+    pub(crate) bf16_copies: HashMap<WeightId, Arc<Vec<u16>>>,
+}
+
 /// RoPE kernels by (style, positions, features, θ bits).
 pub(crate) type RopeKernels = HashMap<(RopeStyle, usize, usize, u32), Arc<RopeKernel>>;
 
@@ -58,6 +66,7 @@ pub(crate) struct Compiler<'a> {
     pub(crate) prepared: &'a mut PreparedWeights,
     pub(crate) ropes: &'a mut RopeKernels,
     pub(crate) transposed: &'a mut TransposedWeights,
+    pub(crate) sparse: &'a mut SparseFfCaches,
     /// Let the matrix-product library run epilogues it can fuse (else all run as JIT passes).
     pub(crate) post_ops: bool,
     /// Time spent preparing weights not prepared before (the rest of [`compile`] is JIT work).

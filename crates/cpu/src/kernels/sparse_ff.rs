@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::{Compiled, Compiler};
 use crate::frame::Frame;
+use crate::matmul::{bf16, Precision};
 use crate::ops::first_max;
 use crate::vecops::VecOps;
 
@@ -22,8 +23,89 @@ use crate::vecops::VecOps;
 struct SparseFfKernel {
     spec: SparseFf,
     w1t: Option<Arc<Vec<f32>>>,
+    /// In bf16 precision, with `W1` and `W2` weights: per unit `u` (in unit order) `W1[:, u]`
+    /// then `u`'s row of `W2`, as bfloat16 (half the bytes, one contiguous read per unit).
+    unit_rows: Option<Arc<Vec<u16>>>,
+    /// In bf16 precision, the controller's `m1` and `m2` as bfloat16, when they are weights.
+    controller_bf16: Option<[Arc<Vec<u16>>; 2]>,
     /// Row dot products and updates with this CPU's widest vectors.
     ops: VecOps,
+}
+
+/// A matrix a kernel reads: f32, or bfloat16 bit patterns.
+#[derive(Clone, Copy)]
+enum Mat<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+impl Mat<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Mat::F32(x) => x.len(),
+            Mat::Bf16(x) => x.len(),
+        }
+    }
+
+    /// `h · self[range]`.
+    fn dot(&self, ops: &VecOps, h: &[f32], range: std::ops::Range<usize>) -> f32 {
+        match self {
+            Mat::F32(x) => (ops.dot)(h, &x[range]),
+            Mat::Bf16(x) => (ops.dot_bf16)(h, &x[range]),
+        }
+    }
+
+    /// `o += a · self[range]`.
+    fn axpy(&self, ops: &VecOps, a: f32, range: std::ops::Range<usize>, o: &mut [f32]) {
+        match self {
+            Mat::F32(x) => (ops.axpy)(a, &x[range], o),
+            Mat::Bf16(x) => (ops.axpy_bf16)(a, &x[range], o),
+        }
+    }
+
+    fn prefetch(&self, range: std::ops::Range<usize>) {
+        match self {
+            Mat::F32(x) => prefetch(&x[range]),
+            Mat::Bf16(x) => {
+                // Same lines: 32 bf16 per 64-byte line, read as pairs of f32 lines' worth.
+                let x = &x[range];
+                for line in x.chunks(32) {
+                    // SAFETY: as in `prefetch`.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                            line.as_ptr() as *const i8,
+                        )
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Where a chosen unit's two rows are: `W1ᵀ` and `W2` (f32), or one bf16 row of both.
+struct Units<'a> {
+    w1: Mat<'a>,
+    w2: Mat<'a>,
+    /// Element offsets: unit `u`'s `W1` row at `u·stride1 + off1`, its `W2` row at
+    /// `w2_row(u)·stride2 + off2`.
+    stride1: usize,
+    stride2: usize,
+    off2: usize,
+    /// Whether `W2` rows are found by unit (bf16 rows, already in unit order) or through
+    /// `w2_row`.
+    by_unit: bool,
+}
+
+impl Units<'_> {
+    fn w1(&self, s: &SparseFf, u: usize) -> std::ops::Range<usize> {
+        u * self.stride1..u * self.stride1 + s.d
+    }
+
+    fn w2(&self, s: &SparseFf, u: usize) -> std::ops::Range<usize> {
+        let r = if self.by_unit { u } else { s.w2_row(u) };
+        r * self.stride2 + self.off2..r * self.stride2 + self.off2 + s.d_out
+    }
 }
 
 pub(super) fn prepare(
@@ -40,11 +122,86 @@ pub(super) fn prepare(
         ValueKind::Weight(id) => Some(transposed(cx, id, spec)?),
         _ => None,
     };
+    let weight = |j: usize| match k
+        .inputs
+        .get(j)
+        .map(|&v| &l.values[storage_of(&l.values, v)].kind)
+    {
+        Some(ValueKind::Weight(id)) => Some(*id),
+        _ => None,
+    };
+    let bf16 = cx.matmul.precision() == Precision::Bf16;
+    let unit_rows = match (bf16, w1t.as_ref(), weight(SparseFf::W2)) {
+        (true, Some(w1t), Some(w2)) => Some(unit_rows(cx, w1t, w2, spec)?),
+        _ => None,
+    };
+    let controller_bf16 = match (bf16, spec.controller) {
+        (true, Some(_)) => match (
+            weight(SparseFf::LOGITS_OR_M1),
+            weight(SparseFf::LOGITS_OR_M1 + 1),
+        ) {
+            (Some(m1), Some(m2)) => Some([bf16_copy(cx, m1), bf16_copy(cx, m2)]),
+            _ => None,
+        },
+        _ => None,
+    };
     Ok(Box::new(SparseFfKernel {
         spec: spec.clone(),
         w1t,
+        unit_rows,
+        controller_bf16,
         ops: VecOps::detect(),
     }))
+}
+
+/// Per unit, `W1[:, u]` then `u`'s `W2` row, rounded to bfloat16 (made once per weight pair).
+fn unit_rows(
+    cx: &mut Compiler,
+    w1t: &[f32],
+    w2: WeightId,
+    s: &SparseFf,
+) -> Result<Arc<Vec<u16>>, String> {
+    let key = (w2, s.w2_layout == attnopt_lower::W2Layout::BlockSwapped);
+    if let Some(t) = cx.sparse.unit_rows.get(&key) {
+        return Ok(t.clone());
+    }
+    let w2v = cx.weights.f32(w2);
+    if w1t.len() != s.units * s.d || w2v.len() != s.units * s.d_out {
+        return Err(format!("sparse feed-forward weights do not fit {s:?}"));
+    }
+    let width = s.d + s.d_out;
+    let mut rows = vec![0u16; s.units * width];
+    for (u, row) in rows.chunks_exact_mut(width.max(1)).enumerate() {
+        let w = s.w2_row(u);
+        let (a, b) = row.split_at_mut(s.d);
+        for (o, &x) in a.iter_mut().zip(&w1t[u * s.d..(u + 1) * s.d]) {
+            *o = bf16::from_f32(x);
+        }
+        for (o, &x) in b.iter_mut().zip(&w2v[w * s.d_out..(w + 1) * s.d_out]) {
+            *o = bf16::from_f32(x);
+        }
+    }
+    let rows = Arc::new(rows);
+    cx.sparse.unit_rows.insert(key, rows.clone());
+    Ok(rows)
+}
+
+/// Weight `id` rounded to bfloat16 (made once per weight).
+fn bf16_copy(cx: &mut Compiler, id: WeightId) -> Arc<Vec<u16>> {
+    if let Some(t) = cx.sparse.bf16_copies.get(&id) {
+        return t.clone();
+    }
+    let t: Arc<Vec<u16>> = Arc::new(match cx.weights.bf16(id) {
+        Some(bits) => bits.to_vec(),
+        None => cx
+            .weights
+            .f32(id)
+            .iter()
+            .map(|&x| bf16::from_f32(x))
+            .collect(),
+    });
+    cx.sparse.bf16_copies.insert(id, t.clone());
+    t
 }
 
 /// `W1ᵀ` of weight `id`, made once.
@@ -82,14 +239,18 @@ impl Compiled for SparseFfKernel {
                 .ok_or("a sparse feed-forward kernel lacks an input")?;
             f.f32(*v)
         };
-        let (h, w1, w2) = (input(SparseFf::H)?, SparseFf::W1, input(SparseFf::W2)?);
-        let w1 = k.inputs[w1];
+        let h = input(SparseFf::H)?;
         let computed;
         let logits: &[f32] = match s.controller {
             Some(rank) => {
-                let m1 = input(SparseFf::LOGITS_OR_M1)?;
-                let m2 = input(SparseFf::LOGITS_OR_M1 + 1)?;
                 let mb = input(SparseFf::LOGITS_OR_M1 + 2)?;
+                let [m1, m2] = match &self.controller_bf16 {
+                    Some([a, b]) => [Mat::Bf16(a), Mat::Bf16(b)],
+                    None => [
+                        Mat::F32(input(SparseFf::LOGITS_OR_M1)?),
+                        Mat::F32(input(SparseFf::LOGITS_OR_M1 + 1)?),
+                    ],
+                };
                 computed = self.controller(h, m1, m2, mb, rank)?;
                 &computed
             }
@@ -97,23 +258,54 @@ impl Compiled for SparseFfKernel {
         };
         let out = f.dst_f32(k.output)?;
         let fresh;
-        let w1t: &[f32] = match &self.w1t {
-            Some(t) => t,
+        let units = match &self.unit_rows {
+            Some(rows) => Units {
+                w1: Mat::Bf16(rows),
+                w2: Mat::Bf16(rows),
+                stride1: s.d + s.d_out,
+                stride2: s.d + s.d_out,
+                off2: s.d,
+                by_unit: true,
+            },
             None => {
-                fresh = transpose(f.f32(w1)?, s.d, s.units)?;
-                &fresh
+                let w1t: &[f32] = match &self.w1t {
+                    Some(t) => t,
+                    None => {
+                        fresh = transpose(input(SparseFf::W1)?, s.d, s.units)?;
+                        &fresh
+                    }
+                };
+                Units {
+                    w1: Mat::F32(w1t),
+                    w2: Mat::F32(input(SparseFf::W2)?),
+                    stride1: s.d,
+                    stride2: s.d_out,
+                    off2: 0,
+                    by_unit: false,
+                }
             }
+        };
+        let weights_fit = match &self.unit_rows {
+            Some(rows) => rows.len() == s.units * (s.d + s.d_out),
+            None => units.w1.len() == s.d * s.units && units.w2.len() == s.units * s.d_out,
         };
         let fits = s.block > 0
             && s.units.is_multiple_of(s.block)
             && h.len() == s.rows * s.d
             && logits.len() == s.rows * s.units
-            && w1t.len() == s.d * s.units
-            && w2.len() == s.units * s.d_out
+            && weights_fit
             && out.len() == s.rows * s.d_out;
         if !fits {
             return Err(format!("sparse feed-forward operands do not fit {s:?}"));
         }
+        let ops = &self.ops;
+        // One chosen unit of one row: `o += relu(h · W1[:, u]) · W2[u, :]`.
+        let apply = |hr: &[f32], u: usize, o: &mut [f32]| {
+            let a = units.w1.dot(ops, hr, units.w1(s, u));
+            if a > 0.0 {
+                units.w2.axpy(ops, a, units.w2(s, u), o);
+            }
+        };
         let row = |r: usize, blocks: std::ops::Range<usize>, o: &mut [f32]| {
             let (hr, lr) = (
                 &h[r * s.d..(r + 1) * s.d],
@@ -121,28 +313,23 @@ impl Compiled for SparseFfKernel {
             );
             // The chosen units first, so their weight rows can be fetched ahead of use (each is
             // a fresh stream the hardware prefetchers would only find late).
-            let units: Vec<usize> = blocks
+            let chosen: Vec<usize> = blocks
                 .map(|b| b * s.block + first_max(&lr[b * s.block..(b + 1) * s.block]))
                 .collect();
-            for (i, &u) in units.iter().enumerate() {
-                if let Some(&next) = units.get(i + AHEAD) {
-                    prefetch(&w1t[next * s.d..(next + 1) * s.d]);
-                    let w = s.w2_row(next);
-                    prefetch(&w2[w * s.d_out..(w + 1) * s.d_out]);
+            for (i, &u) in chosen.iter().enumerate() {
+                if let Some(&next) = chosen.get(i + AHEAD) {
+                    units.w1.prefetch(units.w1(s, next));
+                    units.w2.prefetch(units.w2(s, next));
                 }
-                let a = (self.ops.dot)(hr, &w1t[u * s.d..(u + 1) * s.d]);
-                if a > 0.0 {
-                    let w = s.w2_row(u);
-                    (self.ops.axpy)(a, &w2[w * s.d_out..(w + 1) * s.d_out], o);
-                }
+                apply(hr, u, o);
             }
         };
         let blocks = s.blocks();
         let threads = rayon::current_num_threads().max(1);
         if s.rows >= threads || threads == 1 || s.d_out == 0 {
             // A band of rows per thread, blocks outer: a block's few candidate units (their
-            // `W1ᵀ` and `W2` rows) stay in cache while every row of the band uses them, instead
-            // of each row fetching its own units from memory.
+            // weight rows) stay in cache while every row of the band uses them, instead of each
+            // row fetching its own units from memory.
             let band = s.rows.div_ceil(threads).max(1);
             out.par_chunks_mut(band * s.d_out.max(1))
                 .enumerate()
@@ -154,14 +341,7 @@ impl Compiled for SparseFfKernel {
                             let r = t * band + j;
                             let lr = &logits[r * s.units + b * s.block..][..s.block];
                             let u = b * s.block + first_max(lr);
-                            let a = (self.ops.dot)(
-                                &h[r * s.d..(r + 1) * s.d],
-                                &w1t[u * s.d..(u + 1) * s.d],
-                            );
-                            if a > 0.0 {
-                                let w = s.w2_row(u);
-                                (self.ops.axpy)(a, &w2[w * s.d_out..(w + 1) * s.d_out], oj);
-                            }
+                            apply(&h[r * s.d..(r + 1) * s.d], u, oj);
                         }
                     }
                 });
@@ -179,7 +359,7 @@ impl Compiled for SparseFfKernel {
                     .collect();
                 o.fill(0.0);
                 for p in &parts {
-                    (self.ops.axpy)(1.0, p, o);
+                    (ops.axpy)(1.0, p, o);
                 }
             }
         }
@@ -194,8 +374,8 @@ impl SparseFfKernel {
     fn controller(
         &self,
         h: &[f32],
-        m1: &[f32],
-        m2: &[f32],
+        m1: Mat,
+        m2: Mat,
         mb: &[f32],
         rank: usize,
     ) -> Result<Vec<f32>, String> {
@@ -221,7 +401,7 @@ impl SparseFfKernel {
             .map(|t| {
                 let mut p = vec![0f32; rank];
                 for i in (t * share).min(d)..((t + 1) * share).min(d) {
-                    (self.ops.axpy)(h[i], &m1[i * rank..(i + 1) * rank], &mut p);
+                    m1.axpy(&self.ops, h[i], i * rank..(i + 1) * rank, &mut p);
                 }
                 p
             })
@@ -240,7 +420,12 @@ impl SparseFfKernel {
             .for_each(|(t, out)| {
                 let c0 = t * cols;
                 for (r, &lr) in low.iter().enumerate() {
-                    (self.ops.axpy)(lr, &m2[r * units + c0..r * units + c0 + out.len()], out);
+                    m2.axpy(
+                        &self.ops,
+                        lr,
+                        r * units + c0..r * units + c0 + out.len(),
+                        out,
+                    );
                 }
             });
         Ok(logits)

@@ -216,6 +216,10 @@ impl MatMul for GemmMatMul {
         self.threads
     }
 
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
     fn matmul(
         &self,
         a: MatRef<'_>,

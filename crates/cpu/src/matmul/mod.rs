@@ -323,6 +323,12 @@ pub trait MatMul: Send + Sync {
     /// The most threads one product may use.
     fn threads(&self) -> usize;
 
+    /// The precision of its products against prepared weights (kernels that read weights
+    /// themselves follow it).
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
+
     /// `c = a · b` (`c += a · b` if `accumulate`). Every shape, stride and length is checked
     /// against the slices before any unsafe call; a mismatch is an `Err`.
     fn matmul(

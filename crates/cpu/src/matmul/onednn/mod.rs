@@ -858,6 +858,10 @@ impl MatMul for OneDnnMatMul {
         self.threads
     }
 
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
     fn matmul(
         &self,
         a: MatRef<'_>,
