@@ -15,6 +15,11 @@ pub(crate) struct VecOps {
     pub(crate) dot_bf16: fn(&[f32], &[u16]) -> f32,
     /// [`VecOps::axpy`] with `x` bfloat16 bit patterns.
     pub(crate) axpy_bf16: fn(f32, &[u16], &mut [f32]),
+    /// `y[i, :] += c_i · p` for every `i` (`y` is `c.len() × p.len()`, row-major): a rank-1
+    /// update in one call.
+    pub(crate) ger: fn(&[f32], &[f32], &mut [f32]),
+    /// [`VecOps::ger`] with `p` bfloat16 bit patterns.
+    pub(crate) ger_bf16: fn(&[f32], &[u16], &mut [f32]),
 }
 
 impl VecOps {
@@ -28,6 +33,8 @@ impl VecOps {
                     axpy: x86::axpy512,
                     dot_bf16: x86::dot512_bf16,
                     axpy_bf16: x86::axpy512_bf16,
+                    ger: x86::ger512,
+                    ger_bf16: x86::ger512_bf16,
                 };
             }
             if std::arch::is_x86_feature_detected!("avx2")
@@ -38,6 +45,8 @@ impl VecOps {
                     axpy: x86::axpy256,
                     dot_bf16: x86::dot256_bf16,
                     axpy_bf16: x86::axpy256_bf16,
+                    ger: x86::ger256,
+                    ger_bf16: x86::ger256_bf16,
                 };
             }
         }
@@ -51,6 +60,8 @@ impl VecOps {
             axpy: |a, x, o| axpy_body::<false>(a, x, o),
             dot_bf16: |a, b| dot_bf16_body::<8, false>(a, b),
             axpy_bf16: |a, x, o| axpy_bf16_body::<false>(a, x, o),
+            ger: |c, p, y| ger_body::<false>(c, p, y),
+            ger_bf16: |c, p, y| ger_bf16_body::<false>(c, p, y),
         }
     }
 }
@@ -80,6 +91,20 @@ fn dot_body<const L: usize, const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 fn axpy_body<const FMA: bool>(a: f32, x: &[f32], o: &mut [f32]) {
     for (o, &x) in o.iter_mut().zip(x) {
         *o = if FMA { a.mul_add(x, *o) } else { *o + a * x };
+    }
+}
+
+#[inline(always)]
+fn ger_body<const FMA: bool>(c: &[f32], p: &[f32], y: &mut [f32]) {
+    for (&ci, row) in c.iter().zip(y.chunks_exact_mut(p.len().max(1))) {
+        axpy_body::<FMA>(ci, p, row);
+    }
+}
+
+#[inline(always)]
+fn ger_bf16_body<const FMA: bool>(c: &[f32], p: &[u16], y: &mut [f32]) {
+    for (&ci, row) in c.iter().zip(y.chunks_exact_mut(p.len().max(1))) {
+        axpy_bf16_body::<FMA>(ci, p, row);
     }
 }
 
@@ -121,7 +146,7 @@ fn axpy_bf16_body<const FMA: bool>(a: f32, x: &[u16], o: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{axpy_bf16_body, axpy_body, dot_bf16_body, dot_body};
+    use super::{axpy_bf16_body, axpy_body, dot_bf16_body, dot_body, ger_bf16_body, ger_body};
 
     #[target_feature(enable = "avx512f")]
     fn dot512_impl(a: &[f32], b: &[f32]) -> f32 {
@@ -176,7 +201,40 @@ mod x86 {
         unsafe { axpy256_bf16_impl(a, x, o) }
     }
 
-    // SAFETY (all eight): `VecOps::detect` hands these out only after detecting the features
+    #[target_feature(enable = "avx512f")]
+    fn ger512_impl(c: &[f32], p: &[f32], y: &mut [f32]) {
+        ger_body::<true>(c, p, y)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn ger512_bf16_impl(c: &[f32], p: &[u16], y: &mut [f32]) {
+        ger_bf16_body::<true>(c, p, y)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn ger256_impl(c: &[f32], p: &[f32], y: &mut [f32]) {
+        ger_body::<true>(c, p, y)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn ger256_bf16_impl(c: &[f32], p: &[u16], y: &mut [f32]) {
+        ger_bf16_body::<true>(c, p, y)
+    }
+
+    pub(super) fn ger512(c: &[f32], p: &[f32], y: &mut [f32]) {
+        unsafe { ger512_impl(c, p, y) }
+    }
+    pub(super) fn ger512_bf16(c: &[f32], p: &[u16], y: &mut [f32]) {
+        unsafe { ger512_bf16_impl(c, p, y) }
+    }
+    pub(super) fn ger256(c: &[f32], p: &[f32], y: &mut [f32]) {
+        unsafe { ger256_impl(c, p, y) }
+    }
+    pub(super) fn ger256_bf16(c: &[f32], p: &[u16], y: &mut [f32]) {
+        unsafe { ger256_bf16_impl(c, p, y) }
+    }
+
+    // SAFETY (all twelve): `VecOps::detect` hands these out only after detecting the features
     // their `_impl` is compiled for; the bodies are safe slice code.
     pub(super) fn dot512(a: &[f32], b: &[f32]) -> f32 {
         unsafe { dot512_impl(a, b) }
@@ -229,6 +287,20 @@ mod tests {
                 for i in 0..n {
                     let w = a[i] as f64 + 2.0 * bw[i] as f64;
                     assert!((o[i] as f64 - w).abs() <= 1e-6, "bf16 {n}/{i}");
+                }
+                // Rank-1 updates: y[i, :] += c_i · p, f32 and bf16 p.
+                let c = [0.5f32, -1.0, 2.0];
+                let mut y = vec![1f32; 3 * n];
+                let mut y16 = y.clone();
+                (ops.ger)(&c, &b, &mut y);
+                (ops.ger_bf16)(&c, &bits, &mut y16);
+                for i in 0..3 {
+                    for j in 0..n {
+                        let w = 1.0 + c[i] as f64 * b[j] as f64;
+                        assert!((y[i * n + j] as f64 - w).abs() <= 1e-6, "ger {n}");
+                        let w = 1.0 + c[i] as f64 * bw[j] as f64;
+                        assert!((y16[i * n + j] as f64 - w).abs() <= 1e-6, "ger bf16 {n}");
+                    }
                 }
             }
         }

@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use attnopt_ir::{Bindings, Graph, NodeId, Op};
 
 use crate::context::Lowering;
+use crate::factored::factored;
 use crate::hydra::hydra;
 use crate::kernel::{Kernel, KernelKind, Value, ValueId, ValueKind};
 use crate::matmul::{matmul, merged_heads};
@@ -46,8 +47,15 @@ pub enum LowerError {
 /// Each recogniser emits the kernel rooted at a node and says so, or leaves the node alone. The
 /// first that takes a node wins, so the order is a priority: Hydra's root is a `mul`, which
 /// `row_kernel` would also take, and the sparse feed-forward's root is a product.
-const RECOGNISERS: &[fn(&mut Lowering<'_>, NodeId) -> bool] =
-    &[view, sparse_ff, matmul, merged_heads, hydra, row_kernel];
+const RECOGNISERS: &[fn(&mut Lowering<'_>, NodeId) -> bool] = &[
+    view,
+    sparse_ff,
+    factored,
+    matmul,
+    merged_heads,
+    hydra,
+    row_kernel,
+];
 
 /// Finds the kernel rooted at `n`, unless `n` is already in one.
 fn visit(l: &mut Lowering, n: NodeId) {

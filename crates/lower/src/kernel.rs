@@ -82,8 +82,10 @@ pub enum KernelKind {
     /// Hydra attention, `φ(Q) ⊙ Σ_t φ(K_t) ⊙ V_t` (causal: a prefix sum over tokens), inputs
     /// Q, K, V read as strided rows ([`Hydra`]); the output is `[batch, tokens, d]`.
     Hydra(Hydra),
-    /// The sparse feed-forward core ([`SparseFf`]); inputs `[h, logits, W1, W2]`.
+    /// The sparse feed-forward core ([`SparseFf`]).
     SparseFf(SparseFf),
+    /// A factored product at one row ([`Factored`]); inputs `[x, G, P]`.
+    Factored(Factored),
     /// `attention_mask` (i64, 1 keeps / 0 masks) to an additive f32 mask (0 / -inf).
     AdditiveMask,
     /// The output aliases input 0 (reshape): nothing to do.
@@ -366,5 +368,30 @@ impl SparseFf {
         (4 * (self.rows * (self.d + self.units + self.d_out)
             + chosen * (self.d + self.d_out)
             + controller)) as u64
+    }
+}
+
+// The factored product kernel (found by `factored.rs`).
+
+/// Trax's `FactoredDense` product without its bias: inputs `x` (`rows × d`), gating `G`
+/// (`modules × d`) and projection `P` (`d × module_dim`); output `rows × modules × module_dim`
+/// with `y[r, s, m] = Σ_d x[r, d]·G[s, d]·P[d, m]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Factored {
+    pub rows: usize,
+    pub d: usize,
+    pub modules: usize,
+    pub module_dim: usize,
+}
+
+impl Factored {
+    pub fn flops(&self) -> u64 {
+        (2 * self.rows * self.d * self.modules * (self.module_dim + 1)) as u64
+    }
+
+    /// `x`, `G`, `P` and the output once (f32).
+    pub fn bytes(&self) -> u64 {
+        let out = self.rows * self.modules * self.module_dim;
+        (4 * (self.rows * self.d + self.d * (self.modules + self.module_dim) + out)) as u64
     }
 }

@@ -34,6 +34,7 @@
 
 mod context;
 pub mod epilogue;
+mod factored;
 pub mod fuse;
 mod hydra;
 pub mod kernel;
@@ -46,10 +47,11 @@ mod views;
 pub mod weight_reads;
 
 pub use epilogue::{Epilogue, Structured};
+pub use factored::FACTORED_ROWS;
 pub use fuse::{lower, LowerError, Lowered};
 pub use kernel::{
-    Hydra, Kernel, KernelKind, ProductViews, RowView, SparseFf, Strided, Value, ValueId, ValueKind,
-    W2Layout,
+    Factored, Hydra, Kernel, KernelKind, ProductViews, RowView, SparseFf, Strided, Value, ValueId,
+    ValueKind, W2Layout,
 };
 pub use memory::MemoryPlan;
 pub use row::{Expr, InputKind, ReduceKind, Reduction, RowProgram};

@@ -246,6 +246,7 @@ fn operand(
         && l.private(x)
         && l.shapes[&x] == root_shape
         && !crate::sparse_ff::is_root(l, x)
+        && !crate::factored::is_root(l, x)
     {
         pb.matmul = Some(x);
         let v = l.value(x);

@@ -6,12 +6,14 @@
 //! * [`matmul`] — products (dense, strided views, library-fused or JIT epilogues);
 //! * [`row`] — JIT row programs; [`hydra`] — Hydra attention; [`rope`] — RoPE as JIT rows;
 //! * [`sparse_ff`] — the sparse feed-forward core, reading only the chosen units' weights;
+//! * [`factored`] — a factored (gating × projection) product at one row;
 //! * [`mask`] — the additive attention mask; [`view`] — reshapes (nothing to run);
 //! * [`generic`] — every other operator: native copies, else the reference interpreter.
 //!
 //! Never: decide the order kernels run in or own the arena (the executor's business), or let a
 //! kernel reach a slice other than through the [`Frame`]'s checks.
 
+mod factored;
 mod generic;
 mod hydra;
 mod mask;
@@ -108,6 +110,7 @@ pub(crate) fn compile(
         } => row::prepare(cx, l, k, program, *rows, *d, *causal)?,
         KernelKind::Hydra(spec) => hydra::prepare(cx, spec)?,
         KernelKind::SparseFf(spec) => sparse_ff::prepare(cx, l, k, spec)?,
+        KernelKind::Factored(spec) => factored::prepare(cx, l, k, spec)?,
         KernelKind::AdditiveMask => mask::prepare(),
         KernelKind::View => view::prepare(),
         // RoPE through its JIT kernel where that covers the style; else a generic operator.

@@ -187,7 +187,7 @@ fn unit_rows(
 }
 
 /// Weight `id` rounded to bfloat16 (made once per weight).
-fn bf16_copy(cx: &mut Compiler, id: WeightId) -> Arc<Vec<u16>> {
+pub(super) fn bf16_copy(cx: &mut Compiler, id: WeightId) -> Arc<Vec<u16>> {
     if let Some(t) = cx.sparse.bf16_copies.get(&id) {
         return t.clone();
     }

@@ -1,0 +1,120 @@
+//! `KernelKind::Factored`: a factored product at one row, `y[s, m] = Σ_d x_d·G[s, d]·P[d, m]`,
+//! reading `G` (kept transposed, `[d, S]`, made once here) and `P` once: the threads split
+//! `d`, each adds `(x_d·G[:, d]) ⊗ P[d, :]` into its own `S × M` partial sum, and the partial
+//! sums add. In bf16 precision `P` is read as bfloat16 (a copy made once per weight).
+
+use std::sync::Arc;
+
+use attnopt_lower::memory::storage_of;
+use attnopt_lower::{Factored, Kernel, Lowered, ValueKind};
+use rayon::prelude::*;
+
+use super::sparse_ff::bf16_copy;
+use super::{Compiled, Compiler};
+use crate::frame::Frame;
+use crate::matmul::Precision;
+use crate::vecops::VecOps;
+
+struct FactoredKernel {
+    spec: Factored,
+    /// `Gᵀ` `[d, S]`.
+    gt: Vec<f32>,
+    /// `P` as bfloat16, in bf16 precision when it is a weight.
+    p_bf16: Option<Arc<Vec<u16>>>,
+    ops: VecOps,
+}
+
+pub(super) fn prepare(
+    cx: &mut Compiler,
+    l: &Lowered,
+    k: &Kernel,
+    spec: &Factored,
+) -> Result<Box<dyn Compiled>, String> {
+    let weight = |j: usize| match k
+        .inputs
+        .get(j)
+        .map(|&v| &l.values[storage_of(&l.values, v)].kind)
+    {
+        Some(ValueKind::Weight(id)) => Some(*id),
+        _ => None,
+    };
+    let g = weight(1).ok_or("a factored kernel's gating must be a weight")?;
+    let g = cx.weights.f32(g);
+    let (s, d) = (spec.modules, spec.d);
+    if g.len() != s * d {
+        return Err(format!("gating holds {} elements, not {s}×{d}", g.len()));
+    }
+    let mut gt = vec![0f32; s * d];
+    for (m, row) in g.chunks_exact(d.max(1)).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            gt[i * s + m] = v;
+        }
+    }
+    let p_bf16 = match (cx.matmul.precision(), weight(2)) {
+        (Precision::Bf16, Some(p)) => Some(bf16_copy(cx, p)),
+        _ => None,
+    };
+    Ok(Box::new(FactoredKernel {
+        spec: spec.clone(),
+        gt,
+        p_bf16,
+        ops: VecOps::detect(),
+    }))
+}
+
+impl Compiled for FactoredKernel {
+    fn run(&self, f: &Frame, k: &Kernel, _profile: bool) -> Result<f64, String> {
+        let s = &self.spec;
+        let (d, ns, m) = (s.d, s.modules, s.module_dim);
+        let x = f.f32(*k.inputs.first().ok_or("a factored kernel takes x")?)?;
+        let p32 = match &self.p_bf16 {
+            Some(_) => None,
+            None => Some(f.f32(*k.inputs.get(2).ok_or("a factored kernel takes P")?)?),
+        };
+        let out = f.dst_f32(k.output)?;
+        let p_len = self
+            .p_bf16
+            .as_ref()
+            .map_or_else(|| p32.map_or(0, <[f32]>::len), |p| p.len());
+        if x.len() != s.rows * d || out.len() != s.rows * ns * m || p_len != d * m {
+            return Err(format!("factored operands do not fit {s:?}"));
+        }
+        if s.rows == 0 || out.is_empty() {
+            return Ok(0.0);
+        }
+        let ops = &self.ops;
+        let threads = rayon::current_num_threads().max(1);
+        let share = d.div_ceil(threads).max(1);
+        let sum = (0..threads)
+            .into_par_iter()
+            .map(|t| {
+                let mut y = vec![0f32; ns * m];
+                let mut c = vec![0f32; ns];
+                for i in (t * share).min(d)..((t + 1) * share).min(d) {
+                    let xi = x[i];
+                    if xi == 0.0 {
+                        continue;
+                    }
+                    // y += (x_i·G[:, i]) ⊗ P[i, :], one rank-1 update.
+                    for (cs, &gv) in c.iter_mut().zip(&self.gt[i * ns..(i + 1) * ns]) {
+                        *cs = xi * gv;
+                    }
+                    match (&self.p_bf16, p32) {
+                        (Some(p), _) => (ops.ger_bf16)(&c, &p[i * m..(i + 1) * m], &mut y),
+                        (None, Some(p)) => (ops.ger)(&c, &p[i * m..(i + 1) * m], &mut y),
+                        (None, None) => {}
+                    }
+                }
+                y
+            })
+            .reduce(
+                || vec![0f32; ns * m],
+                |mut a, b| {
+                    (ops.axpy)(1.0, &b, &mut a);
+                    a
+                },
+            );
+        out.copy_from_slice(&sum);
+        Ok(0.0)
+    }
+}
