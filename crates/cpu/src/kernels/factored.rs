@@ -5,8 +5,7 @@
 
 use std::sync::Arc;
 
-use attnopt_lower::memory::storage_of;
-use attnopt_lower::{Factored, Kernel, Lowered, ValueKind};
+use attnopt_lower::{Factored, Kernel, Lowered};
 use rayon::prelude::*;
 
 use super::sparse_ff::bf16_copy;
@@ -30,14 +29,7 @@ pub(super) fn prepare(
     k: &Kernel,
     spec: &Factored,
 ) -> Result<Box<dyn Compiled>, String> {
-    let weight = |j: usize| match k
-        .inputs
-        .get(j)
-        .map(|&v| &l.values[storage_of(&l.values, v)].kind)
-    {
-        Some(ValueKind::Weight(id)) => Some(*id),
-        _ => None,
-    };
+    let weight = |j: usize| super::weight_input(l, k, j);
     let g = weight(1).ok_or("a factored kernel's gating must be a weight")?;
     let g = cx.weights.f32(g);
     let (s, d) = (spec.modules, spec.d);

@@ -75,6 +75,15 @@ pub(crate) struct Compiler<'a> {
     pub(crate) weight_time: Duration,
 }
 
+/// The weight kernel `k`'s input `j` is (through views), if it is one.
+pub(crate) fn weight_input(l: &Lowered, k: &Kernel, j: usize) -> Option<WeightId> {
+    let v = *k.inputs.get(j)?;
+    match l.values[attnopt_lower::memory::storage_of(&l.values, v)].kind {
+        attnopt_lower::ValueKind::Weight(id) => Some(id),
+        _ => None,
+    }
+}
+
 /// Prepares kernel `k` of `l`.
 pub(crate) fn compile(
     cx: &mut Compiler,

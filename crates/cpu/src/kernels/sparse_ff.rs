@@ -122,14 +122,7 @@ pub(super) fn prepare(
         ValueKind::Weight(id) => Some(transposed(cx, id, spec)?),
         _ => None,
     };
-    let weight = |j: usize| match k
-        .inputs
-        .get(j)
-        .map(|&v| &l.values[storage_of(&l.values, v)].kind)
-    {
-        Some(ValueKind::Weight(id)) => Some(*id),
-        _ => None,
-    };
+    let weight = |j: usize| super::weight_input(l, k, j);
     let bf16 = cx.matmul.precision() == Precision::Bf16;
     let unit_rows = match (bf16, w1t.as_ref(), weight(SparseFf::W2)) {
         (true, Some(w1t), Some(w2)) => Some(unit_rows(cx, w1t, w2, spec)?),
