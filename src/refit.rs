@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use attnopt_ir::fold::weight_only;
 use attnopt_ir::{interp, Binary, Graph, NodeId, NodeMeta, Op, Role, Tensor, Weight};
 
 use crate::report::{ErrorStat, Fit};
@@ -25,10 +26,9 @@ struct OutProj {
     out: NodeId,
 }
 
-/// The product of role `AttnOutProj` in `layer` whose right operand depends on weights only,
-/// and its bias add if it has one.
-fn out_proj(g: &Graph, layer: u32) -> Option<OutProj> {
-    let weight_only = weight_only(g);
+/// The product of role `AttnOutProj` in `layer` whose right operand depends on weights only
+/// (`weight_only`: `ir::fold::weight_only` of `g`), and its bias add if it has one.
+fn out_proj(g: &Graph, weight_only: &HashSet<NodeId>, layer: u32) -> Option<OutProj> {
     let matmul = g.topo_order().into_iter().find(|&n| {
         let node = g.node(n);
         node.meta.layer == Some(layer)
@@ -56,20 +56,6 @@ fn out_proj(g: &Graph, layer: u32) -> Option<OutProj> {
     })
 }
 
-fn weight_only(g: &Graph) -> HashSet<NodeId> {
-    let mut w = HashSet::new();
-    for n in g.topo_order() {
-        let ops = g.operands(n);
-        let fixed = g.node(n).ty.shape.0.iter().all(|d| d.fixed().is_some());
-        if matches!(g.node(n).op, Op::Weight(_))
-            || (fixed && !ops.is_empty() && ops.iter().all(|o| w.contains(o)))
-        {
-            w.insert(n);
-        }
-    }
-    w
-}
-
 /// Rows (`[.., d]` flattened) of a tensor as f64.
 fn rows(t: &Tensor) -> (Vec<f64>, usize) {
     let d = t.shape().last().copied().unwrap_or(1).max(1);
@@ -84,9 +70,10 @@ pub fn refit(
     layers: &[u32],
     inputs: &HashMap<String, Tensor>,
 ) -> Result<(Graph, BTreeMap<u32, Fit>), Error> {
+    let (wo, wc) = (weight_only(original), weight_only(converted));
     let found: Vec<(u32, OutProj, OutProj)> = layers
         .iter()
-        .filter_map(|&l| Some((l, out_proj(original, l)?, out_proj(converted, l)?)))
+        .filter_map(|&l| Some((l, out_proj(original, &wo, l)?, out_proj(converted, &wc, l)?)))
         .collect();
     if found.is_empty() {
         return Ok((converted.clone(), BTreeMap::new()));

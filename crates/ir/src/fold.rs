@@ -7,7 +7,7 @@
 //! value is exactly a bf16 (a concatenated Q/K/V weight, a power-of-two scale), so a backend
 //! running a bf16 checkpoint gains no f32 copy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::{interp, Graph, GraphError, NodeId, Op, Tensor, Weight};
 
@@ -48,10 +48,32 @@ pub fn fold_weights_keeping_bf16(g: &Graph) -> Result<Folded, FoldError> {
     fold(g, true)
 }
 
+/// The nodes computable from weights alone: weights, and operators of fixed shape all of whose
+/// operands are such (a value shaped by the run, a position-table slice of length N, is not
+/// constant). What folding precomputes, and what passes over a graph may treat as constant.
+pub fn weight_only(g: &Graph) -> HashSet<NodeId> {
+    let mut w = HashSet::new();
+    for n in g.topo_order() {
+        let node = g.node(n);
+        let constant = match node.op {
+            Op::Weight(_) => true,
+            Op::Input { .. } => false,
+            _ => {
+                node.ty.shape.0.iter().all(|d| d.fixed().is_some())
+                    && g.operands(n).iter().all(|o| w.contains(o))
+            }
+        };
+        if constant {
+            w.insert(n);
+        }
+    }
+    w
+}
+
 fn fold(g: &Graph, keep_bf16: bool) -> Result<Folded, FoldError> {
     let order = g.topo_order();
-    // weight_only[n]: computable from weights alone; view_of_weight[n]: a chain of views of one weight.
-    let mut weight_only: HashMap<NodeId, bool> = HashMap::new();
+    let weight_only = weight_only(g);
+    // view[n]: a chain of views of one weight.
     let mut view: HashMap<NodeId, bool> = HashMap::new();
     // Computed from bf16 weights only.
     let mut from_bf16: HashMap<NodeId, bool> = HashMap::new();
@@ -63,25 +85,20 @@ fn fold(g: &Graph, keep_bf16: bool) -> Result<Folded, FoldError> {
             _ => !ops.is_empty() && ops.iter().all(|o| from_bf16[o]),
         };
         from_bf16.insert(n, b);
-        let (w, v) = match node.op {
-            Op::Weight(_) => (true, true),
-            Op::Input { .. } => (false, false),
-            ref op => {
-                // A value shaped by the run (a position-table slice of length N) is not constant.
-                let fixed = node.ty.shape.0.iter().all(|d| d.fixed().is_some());
-                let w = fixed && ops.iter().all(|o| weight_only[o]);
-                (w, w && is_view(op) && ops.len() == 1 && view[&ops[0]])
-            }
+        let v = match node.op {
+            Op::Weight(_) => true,
+            Op::Input { .. } => false,
+            ref op => weight_only.contains(&n) && is_view(op) && ops.len() == 1 && view[&ops[0]],
         };
-        weight_only.insert(n, w);
         view.insert(n, v);
     }
     let fold: Vec<NodeId> = order
         .iter()
         .copied()
-        .filter(|&n| weight_only[&n] && !view[&n])
+        .filter(|&n| weight_only.contains(&n) && !view[&n])
         .filter(|&n| {
-            g.users(n).iter().any(|u| !weight_only[u]) || g.outputs().iter().any(|&(_, o)| o == n)
+            g.users(n).iter().any(|u| !weight_only.contains(u))
+                || g.outputs().iter().any(|&(_, o)| o == n)
         })
         .collect();
     let values = interp::run_nodes(g, &HashMap::new(), &fold)?;
