@@ -6,10 +6,9 @@
 use std::sync::Arc;
 
 use attnopt_lower::{Factored, Kernel, Lowered};
-use rayon::prelude::*;
 
 use super::sparse_ff::bf16_copy;
-use super::{Compiled, Compiler};
+use super::{split_sum, transpose, Compiled, Compiler};
 use crate::frame::Frame;
 use crate::matmul::Precision;
 use crate::vecops::VecOps;
@@ -32,16 +31,7 @@ pub(super) fn prepare(
     let weight = |j: usize| super::weight_input(l, k, j);
     let g = weight(1).ok_or("a factored kernel's gating must be a weight")?;
     let g = cx.weights.f32(g);
-    let (s, d) = (spec.modules, spec.d);
-    if g.len() != s * d {
-        return Err(format!("gating holds {} elements, not {s}×{d}", g.len()));
-    }
-    let mut gt = vec![0f32; s * d];
-    for (m, row) in g.chunks_exact(d.max(1)).enumerate() {
-        for (i, &v) in row.iter().enumerate() {
-            gt[i * s + m] = v;
-        }
-    }
+    let gt = transpose(g, spec.modules, spec.d)?;
     let p_bf16 = match (cx.matmul.precision(), weight(2)) {
         (Precision::Bf16, Some(p)) => Some(bf16_copy(cx, p)),
         _ => None,
@@ -75,37 +65,24 @@ impl Compiled for FactoredKernel {
             return Ok(0.0);
         }
         let ops = &self.ops;
-        let threads = rayon::current_num_threads().max(1);
-        let share = d.div_ceil(threads).max(1);
-        let sum = (0..threads)
-            .into_par_iter()
-            .map(|t| {
-                let mut y = vec![0f32; ns * m];
-                let mut c = vec![0f32; ns];
-                for i in (t * share).min(d)..((t + 1) * share).min(d) {
-                    let xi = x[i];
-                    if xi == 0.0 {
-                        continue;
-                    }
-                    // y += (x_i·G[:, i]) ⊗ P[i, :], one rank-1 update.
-                    for (cs, &gv) in c.iter_mut().zip(&self.gt[i * ns..(i + 1) * ns]) {
-                        *cs = xi * gv;
-                    }
-                    match (&self.p_bf16, p32) {
-                        (Some(p), _) => (ops.ger_bf16)(&c, &p[i * m..(i + 1) * m], &mut y),
-                        (None, Some(p)) => (ops.ger)(&c, &p[i * m..(i + 1) * m], &mut y),
-                        (None, None) => {}
-                    }
+        let sum = split_sum(ops, d, ns * m, |share, y| {
+            let mut c = vec![0f32; ns];
+            for i in share {
+                let xi = x[i];
+                if xi == 0.0 {
+                    continue;
                 }
-                y
-            })
-            .reduce(
-                || vec![0f32; ns * m],
-                |mut a, b| {
-                    (ops.axpy)(1.0, &b, &mut a);
-                    a
-                },
-            );
+                // y += (x_i·G[:, i]) ⊗ P[i, :], one rank-1 update.
+                for (cs, &gv) in c.iter_mut().zip(&self.gt[i * ns..(i + 1) * ns]) {
+                    *cs = xi * gv;
+                }
+                match (&self.p_bf16, p32) {
+                    (Some(p), _) => (ops.ger_bf16)(&c, &p[i * m..(i + 1) * m], y),
+                    (None, Some(p)) => (ops.ger)(&c, &p[i * m..(i + 1) * m], y),
+                    (None, None) => {}
+                }
+            }
+        });
         out.copy_from_slice(&sum);
         Ok(0.0)
     }

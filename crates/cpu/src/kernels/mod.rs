@@ -75,6 +75,50 @@ pub(crate) struct Compiler<'a> {
     pub(crate) weight_time: Duration,
 }
 
+/// `0..n` cut into one share per thread; `part(share, acc)` adds each share's contribution into
+/// its own zeroed `len`-vector, the shares run in parallel, and their vectors are added in
+/// order (the same sum whatever the scheduling). For the vector-matrix work of one row.
+pub(crate) fn split_sum(
+    ops: &crate::vecops::VecOps,
+    n: usize,
+    len: usize,
+    part: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads().max(1);
+    let share = n.div_ceil(threads).max(1);
+    let parts: Vec<Vec<f32>> = (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            let mut acc = vec![0f32; len];
+            part((t * share).min(n)..((t + 1) * share).min(n), &mut acc);
+            acc
+        })
+        .collect();
+    let mut sum = vec![0f32; len];
+    for p in &parts {
+        (ops.axpy)(1.0, p, &mut sum);
+    }
+    sum
+}
+
+/// `[rows, cols]` → `[cols, rows]` (a weight read by columns).
+pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>, String> {
+    if w.len() != rows * cols {
+        return Err(format!(
+            "a weight holds {} elements, not {rows}×{cols}",
+            w.len()
+        ));
+    }
+    let mut t = vec![0f32; w.len()];
+    for (r, row) in w.chunks_exact(cols.max(1)).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            t[c * rows + r] = x;
+        }
+    }
+    Ok(t)
+}
+
 /// The weight kernel `k`'s input `j` is (through views), if it is one.
 pub(crate) fn weight_input(l: &Lowered, k: &Kernel, j: usize) -> Option<WeightId> {
     let v = *k.inputs.get(j)?;

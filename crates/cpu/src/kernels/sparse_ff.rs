@@ -13,7 +13,7 @@ use attnopt_lower::memory::storage_of;
 use attnopt_lower::{Kernel, SparseFf, ValueKind};
 use rayon::prelude::*;
 
-use super::{Compiled, Compiler};
+use super::{split_sum, transpose, Compiled, Compiler};
 use crate::frame::Frame;
 use crate::matmul::{bf16, Precision};
 use crate::ops::first_max;
@@ -208,20 +208,6 @@ fn transposed(cx: &mut Compiler, id: WeightId, s: &SparseFf) -> Result<Arc<Vec<f
     Ok(t)
 }
 
-/// `[rows, cols]` → `[cols, rows]`.
-fn transpose(w: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>, String> {
-    if w.len() != rows * cols {
-        return Err(format!("W1 holds {} elements, not {rows}×{cols}", w.len()));
-    }
-    let mut t = vec![0f32; w.len()];
-    for (r, row) in w.chunks_exact(cols.max(1)).enumerate() {
-        for (c, &x) in row.iter().enumerate() {
-            t[c * rows + r] = x;
-        }
-    }
-    Ok(t)
-}
-
 impl Compiled for SparseFfKernel {
     fn run(&self, f: &Frame, k: &Kernel, _profile: bool) -> Result<f64, String> {
         let s = &self.spec;
@@ -340,20 +326,8 @@ impl Compiled for SparseFfKernel {
                 });
         } else {
             // Few rows: each thread takes a share of every row's blocks, then the shares add.
-            let share = blocks.div_ceil(threads);
             for (r, o) in out.chunks_mut(s.d_out).enumerate() {
-                let parts: Vec<Vec<f32>> = (0..threads)
-                    .into_par_iter()
-                    .map(|t| {
-                        let mut p = vec![0f32; s.d_out];
-                        row(r, t * share..((t + 1) * share).min(blocks), &mut p);
-                        p
-                    })
-                    .collect();
-                o.fill(0.0);
-                for p in &parts {
-                    (ops.axpy)(1.0, p, o);
-                }
+                o.copy_from_slice(&split_sum(ops, blocks, s.d_out, |b, p| row(r, b, p)));
             }
         }
         Ok(0.0)
@@ -387,24 +361,12 @@ impl SparseFfKernel {
                 self.spec
             ));
         }
+        let low = split_sum(&self.ops, d, rank, |share, p| {
+            for i in share {
+                m1.axpy(&self.ops, h[i], i * rank..(i + 1) * rank, p);
+            }
+        });
         let threads = rayon::current_num_threads().max(1);
-        let share = d.div_ceil(threads).max(1);
-        let low = (0..threads)
-            .into_par_iter()
-            .map(|t| {
-                let mut p = vec![0f32; rank];
-                for i in (t * share).min(d)..((t + 1) * share).min(d) {
-                    m1.axpy(&self.ops, h[i], i * rank..(i + 1) * rank, &mut p);
-                }
-                p
-            })
-            .reduce(
-                || vec![0f32; rank],
-                |mut a, b| {
-                    (self.ops.axpy)(1.0, &b, &mut a);
-                    a
-                },
-            );
         let mut logits = mb.to_vec();
         let cols = units.div_ceil(threads).max(1);
         logits
