@@ -66,19 +66,7 @@ impl Mat<'_> {
     fn prefetch(&self, range: std::ops::Range<usize>) {
         match self {
             Mat::F32(x) => prefetch(&x[range]),
-            Mat::Bf16(x) => {
-                // Same lines: 32 bf16 per 64-byte line, read as pairs of f32 lines' worth.
-                let x = &x[range];
-                for line in x.chunks(32) {
-                    // SAFETY: as in `prefetch`.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                            line.as_ptr() as *const i8,
-                        )
-                    };
-                }
-            }
+            Mat::Bf16(x) => prefetch(&x[range]),
         }
     }
 }
@@ -87,7 +75,7 @@ impl Mat<'_> {
 struct Units<'a> {
     w1: Mat<'a>,
     w2: Mat<'a>,
-    /// Element offsets: unit `u`'s `W1` row at `u·stride1 + off1`, its `W2` row at
+    /// Element offsets: unit `u`'s `W1` row at `u·stride1`, its `W2` row at
     /// `w2_row(u)·stride2 + off2`.
     stride1: usize,
     stride2: usize,
@@ -390,10 +378,10 @@ impl SparseFfKernel {
 /// How many chosen units ahead their weight rows are prefetched.
 const AHEAD: usize = 8;
 
-/// Asks the cache for every line of `x` (a hint: reads nothing into the program).
-fn prefetch(x: &[f32]) {
+/// Asks the cache for every 64-byte line of `x` (a hint: reads nothing into the program).
+fn prefetch<T>(x: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for line in x.chunks(16) {
+    for line in x.chunks((64 / std::mem::size_of::<T>().max(1)).max(1)) {
         // SAFETY: a prefetch never faults and the address is inside `x`.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
