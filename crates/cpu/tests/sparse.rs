@@ -14,12 +14,16 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
     attnopt_ir::rng::Rng::new(seed).values(n, -1.0, 1.0)
 }
 
+#[derive(Clone, Copy)]
 struct Dims {
     d: usize,
     modules: usize,
     units: usize,
     block: usize,
     lowrank: usize,
+    /// A converted dense layer's sparse FF: a bias on the first product and GELU (tanh form)
+    /// instead of trax's ReLU.
+    dense_like: bool,
 }
 
 /// A weight node of `shape` with values from `seed`.
@@ -83,6 +87,13 @@ fn graph(s: &Dims, w1_input: bool) -> Graph {
         w1,
         w2: weight(&mut b, "w2", &[s.block, x_blocks, d], 34),
         b2: weight(&mut b, "b2", &[d], 35),
+        b1: s
+            .dense_like
+            .then(|| weight(&mut b, "b1", &[s.units], 36)),
+        act: match s.dense_like {
+            true => attnopt_ir::Unary::GeluTanh,
+            false => attnopt_ir::Unary::Relu,
+        },
         block: s.block,
         units: s.units,
         lowrank: s.lowrank,
@@ -166,6 +177,7 @@ fn sparse_layers_match_the_interpreter() {
         units: 32,
         block: 4,
         lowrank: 3,
+        dense_like: false,
     };
     let wide = Dims {
         d: 64,
@@ -173,8 +185,13 @@ fn sparse_layers_match_the_interpreter() {
         units: 256,
         block: 8,
         lowrank: 8,
+        dense_like: false,
     };
-    for s in [&small, &wide] {
+    let converted = Dims {
+        dense_like: true,
+        ..small
+    };
+    for s in [&small, &wide, &converted] {
         for &(batch, tokens) in &[(1, 1), (1, 2), (2, 5), (1, 19)] {
             for threads in [1, 2] {
                 case(s, batch, tokens, threads, false);
@@ -195,6 +212,7 @@ fn sparse_ff_in_bf16_is_a_bf16_approximation() {
         units: 256,
         block: 8,
         lowrank: 8,
+        dense_like: false,
     };
     for &(batch, tokens) in &[(1, 1), (2, 9)] {
         let g = graph(&s, false);

@@ -70,6 +70,11 @@ impl Builder {
         Builder::default()
     }
 
+    /// A builder adding to `graph`, new nodes in `layer`.
+    pub fn on(graph: Graph, layer: Option<u32>) -> Builder {
+        Builder { graph, layer }
+    }
+
     /// New nodes belong to `layer` (`None`: outside the blocks).
     pub fn set_layer(&mut self, layer: Option<u32>) {
         self.layer = layer;

@@ -205,6 +205,32 @@ impl Graph {
         needed
     }
 
+    /// A copy of the graph in which some nodes are replaced: `kept(n)` is `Some(operands)` for
+    /// a node to replace (the operands its replacement still reads), and `make(out, n, map)`
+    /// builds that replacement in `out` from the mapped operands. Everything else is copied
+    /// ([`Graph::copy_node`]); what the outputs no longer need is dropped. The one surgery
+    /// every value-dependent pass (factored weights, refits, conversions) goes through.
+    pub fn rebuild(
+        &self,
+        kept: impl Fn(NodeId) -> Option<Vec<NodeId>>,
+        mut make: impl FnMut(&mut Graph, NodeId, &HashMap<NodeId, NodeId>) -> Result<NodeId, GraphError>,
+    ) -> Result<Graph, GraphError> {
+        let needed = self.needed(|n| kept(n).unwrap_or_else(|| self.operands(n)));
+        let mut out = Graph::new();
+        let mut map: HashMap<NodeId, NodeId> = HashMap::new();
+        for n in self.topo_order().into_iter().filter(|n| needed.contains(n)) {
+            let id = match kept(n) {
+                Some(_) => make(&mut out, n, &map)?,
+                None => out.copy_node(self, n, &map)?,
+            };
+            map.insert(n, id);
+        }
+        for (name, id) in self.outputs() {
+            out.set_output(name, map[id])?;
+        }
+        Ok(out)
+    }
+
     /// All nodes, operands before users, ties broken by id (deterministic).
     pub fn topo_order(&self) -> Vec<NodeId> {
         let mut indeg: HashMap<NodeId, usize> = self

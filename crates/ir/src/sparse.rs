@@ -29,6 +29,12 @@ pub struct SparseFf {
     pub w2: NodeId,
     /// `[d]`.
     pub b2: NodeId,
+    /// A bias `[F]` on the first product: none in trax; a dense layer converted by attnopt
+    /// keeps its own.
+    pub b1: Option<NodeId>,
+    /// The activation: ReLU in trax; a converted dense layer keeps its own. It must map 0 to 0
+    /// (an unchosen unit contributes nothing).
+    pub act: Unary,
     pub block: usize,
     pub units: usize,
     pub lowrank: usize,
@@ -94,8 +100,8 @@ impl Builder {
     }
 
     /// `SparseFF` at inference on `h [B, N, d]`:
-    /// `relu((h·W1) ⊙ block_onehot(h·m1·m2 + mb))·W2 + b2` with `W1 = w1` as `[d, F]` and
-    /// `W2 = w2` permuted `(1, 0, 2)` as `[F, d]`.
+    /// `act((h·W1 + b1) ⊙ block_onehot(h·m1·m2 + mb))·W2 + b2` with `W1 = w1` as `[d, F]`,
+    /// `W2 = w2` permuted `(1, 0, 2)` as `[F, d]`, `act` ReLU and no `b1` in trax.
     pub fn sparse_ff(&mut self, h: NodeId, f: &SparseFf, d: usize) -> Result<NodeId, GraphError> {
         let flat = |b: &mut Self, w: NodeId, rows: usize, cols: usize, role| {
             b.op(
@@ -115,9 +121,12 @@ impl Builder {
         let logits = self.add(logits, mb, Role::MlpGate)?;
         let choice = self.op(Op::BlockOneHot { block: f.block }, &[logits], Role::MlpGate)?;
         let w1 = flat(self, f.w1, d, f.units, Role::MlpUp)?;
-        let mid = self.op(Op::MatMul, &[h, w1], Role::MlpUp)?;
+        let mut mid = self.op(Op::MatMul, &[h, w1], Role::MlpUp)?;
+        if let Some(b1) = f.b1 {
+            mid = self.add(mid, b1, Role::MlpUp)?;
+        }
         let mid = self.mul(mid, choice, Role::MlpAct)?;
-        let act = self.unary(Unary::Relu, mid, Role::MlpAct)?;
+        let act = self.unary(f.act, mid, Role::MlpAct)?;
         let w2 = self.op(Op::Permute(vec![1, 0, 2]), &[f.w2], Role::MlpDown)?;
         let w2 = flat(self, w2, f.units, d, Role::MlpDown)?;
         let y = self.op(Op::MatMul, &[act, w2], Role::MlpDown)?;

@@ -233,6 +233,8 @@ fn sparse_ff_matches_trax_loops() {
             w1: a[4],
             w2: a[5],
             b2: a[6],
+            b1: None,
+            act: attnopt_ir::Unary::Relu,
             block: ny,
             units: xb * ny,
             lowrank: lr,

@@ -298,10 +298,11 @@ fn inv_norm(eps: f32) -> Expr {
 /// Trax's `SparseFF` without its output bias: inputs `h` (`rows × d`), `W1` (`d × units`),
 /// `W2` (`units × d_out` rows, laid out as `w2_layout` says), then either the `logits`
 /// (`rows × units`) or, with `controller = Some(L)`, the controller's weights `m1` (`d × L`),
-/// `m2` (`L × units`) and `mb` (`units`), the logits being `(h·m1)·m2 + mb`; output
-/// `rows × d_out`. For each row and each block of `block` consecutive units, `u` is the first
-/// maximum of the row's logits in the block (a NaN never wins) and
-/// `out += relu(h · W1[:, u]) · W2[u, :]`.
+/// `m2` (`L × units`) and `mb` (`units`), the logits being `(h·m1)·m2 + mb`; last, with
+/// `bias`, `b1` (`units`). Output `rows × d_out`. For each row and each block of `block`
+/// consecutive units, `u` is the first maximum of the row's logits in the block (a NaN never
+/// wins) and `out += act(h · W1[:, u] + b1[u]) · W2[u, :]`; `act` maps 0 to 0 (ReLU in trax;
+/// a dense layer converted by attnopt keeps its GELU), so unchosen units add nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SparseFf {
     pub rows: usize,
@@ -313,6 +314,10 @@ pub struct SparseFf {
     /// The controller's rank when its two products run inside the kernel (one row: decoding,
     /// where they are bandwidth-bound vector-matrix products).
     pub controller: Option<usize>,
+    /// The activation of a chosen unit (`act(0) = 0`).
+    pub act: UnaryOp,
+    /// Whether a bias `b1` is added before the activation (the last input).
+    pub bias: bool,
 }
 
 /// Kernel input positions of a [`SparseFf`].
@@ -322,6 +327,12 @@ impl SparseFf {
     pub const W2: usize = 2;
     /// The logits, or (with a controller) `m1`, then `m2` and `mb` after it.
     pub const LOGITS_OR_M1: usize = 3;
+
+    /// The position of `b1`, when there is one.
+    pub fn b1(&self) -> Option<usize> {
+        let after = Self::LOGITS_OR_M1 + if self.controller.is_some() { 3 } else { 1 };
+        self.bias.then_some(after)
+    }
 }
 
 /// Where unit `u = x·block + y` (block `x`, element `y`) finds its row of `W2`.
@@ -365,8 +376,10 @@ impl SparseFf {
         let controller = self
             .controller
             .map_or(0, |r| r * (self.d + self.units) + self.units);
+        let b1 = if self.bias { chosen } else { 0 };
         (4 * (self.rows * (self.d + self.units + self.d_out)
             + chosen * (self.d + self.d_out)
+            + b1
             + controller)) as u64
     }
 }

@@ -41,6 +41,56 @@ pub enum UnaryOp {
     Abs,
 }
 
+impl UnaryOp {
+    /// The ir function as one of these (`rsqrt` is two: `recip(sqrt(x))`).
+    pub fn of(u: attnopt_ir::Unary) -> Option<UnaryOp> {
+        use attnopt_ir::Unary as U;
+        Some(match u {
+            U::Neg => UnaryOp::Neg,
+            U::Exp => UnaryOp::Exp,
+            U::Sqrt => UnaryOp::Sqrt,
+            U::Rsqrt => return None,
+            U::Recip => UnaryOp::Recip,
+            U::Square => UnaryOp::Square,
+            U::Tanh => UnaryOp::Tanh,
+            U::Sigmoid => UnaryOp::Sigmoid,
+            U::Relu => UnaryOp::Relu,
+            U::Elu => UnaryOp::Elu,
+            U::Gelu => UnaryOp::Gelu,
+            U::GeluTanh => UnaryOp::GeluTanh,
+            U::Silu => UnaryOp::Silu,
+        })
+    }
+
+    /// The function's value at `x` (f64 arithmetic): its reference meaning.
+    pub fn apply(self, x: f64) -> f64 {
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Recip => 1.0 / x,
+            UnaryOp::Square => x * x,
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            UnaryOp::Relu => x.max(0.0),
+            UnaryOp::Elu => {
+                if x > 0.0 {
+                    x
+                } else {
+                    x.exp_m1()
+                }
+            }
+            UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
+            UnaryOp::GeluTanh => {
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+            }
+            UnaryOp::Silu => x / (1.0 + (-x).exp()),
+            UnaryOp::Abs => x.abs(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum BinaryOp {
     Add,
@@ -161,33 +211,7 @@ impl Expr {
             Expr::Const(c) => *c as f64,
             Expr::Reduced(k) => reduced[*k],
             Expr::Param(p) => params[*p] as f64,
-            Expr::Unary(op, a) => {
-                let x = a.eval(at, reduced, params);
-                match op {
-                    UnaryOp::Neg => -x,
-                    UnaryOp::Exp => x.exp(),
-                    UnaryOp::Sqrt => x.sqrt(),
-                    UnaryOp::Recip => 1.0 / x,
-                    UnaryOp::Square => x * x,
-                    UnaryOp::Tanh => x.tanh(),
-                    UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-                    UnaryOp::Relu => x.max(0.0),
-                    UnaryOp::Elu => {
-                        if x > 0.0 {
-                            x
-                        } else {
-                            x.exp_m1()
-                        }
-                    }
-                    UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
-                    UnaryOp::GeluTanh => {
-                        let c = (2.0 / std::f64::consts::PI).sqrt();
-                        0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
-                    }
-                    UnaryOp::Silu => x / (1.0 + (-x).exp()),
-                    UnaryOp::Abs => x.abs(),
-                }
-            }
+            Expr::Unary(op, a) => op.apply(a.eval(at, reduced, params)),
             Expr::Binary(op, a, b) => {
                 let (x, y) = (a.eval(at, reduced, params), b.eval(at, reduced, params));
                 match op {

@@ -62,24 +62,6 @@ pub(crate) fn row_kernel(l: &mut Lowering, n: NodeId) -> bool {
     true
 }
 
-fn unary(u: Unary) -> UnaryOp {
-    match u {
-        Unary::Neg => UnaryOp::Neg,
-        Unary::Exp => UnaryOp::Exp,
-        Unary::Sqrt => UnaryOp::Sqrt,
-        Unary::Rsqrt => UnaryOp::Recip, // combined with Sqrt below
-        Unary::Recip => UnaryOp::Recip,
-        Unary::Square => UnaryOp::Square,
-        Unary::Tanh => UnaryOp::Tanh,
-        Unary::Sigmoid => UnaryOp::Sigmoid,
-        Unary::Relu => UnaryOp::Relu,
-        Unary::Elu => UnaryOp::Elu,
-        Unary::Gelu => UnaryOp::Gelu,
-        Unary::GeluTanh => UnaryOp::GeluTanh,
-        Unary::Silu => UnaryOp::Silu,
-    }
-}
-
 fn binary(b: Binary) -> BinaryOp {
     match b {
         Binary::Add => BinaryOp::Add,
@@ -283,7 +265,7 @@ fn expr_of(
             let a = operand(l, ops[0], root_shape, pb, false)?;
             Expr::rsqrt(a)
         }
-        Op::Unary(u) => Expr::un(unary(u), operand(l, ops[0], root_shape, pb, false)?),
+        Op::Unary(u) => Expr::un(UnaryOp::of(u)?, operand(l, ops[0], root_shape, pb, false)?),
         Op::Binary(b) => {
             let a = operand(l, ops[0], root_shape, pb, false)?;
             let c = operand(l, ops[1], root_shape, pb, false)?;

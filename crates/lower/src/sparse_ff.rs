@@ -2,23 +2,26 @@
 //! one [`KernelKind::SparseFf`] kernel that reads only the chosen units' weights:
 //!
 //! ```text
-//! matmul(relu(mul(matmul(h, W1), block_onehot{block}(logits))), W2)     (mul either order)
+//! matmul(act(mul(matmul(h, W1) [+ b1], block_onehot{block}(logits))), W2)   (mul either order)
 //! ```
 //!
-//! with `W1 [d, F]` and `W2 [F, d_out]` two-dimensional, or `W2` as trax stores it,
+//! with `act` any function that maps 0 to 0 (trax's ReLU; the GELU of a dense layer that
+//! `optimize --allow sparse-ff` converted, which also keeps its bias `b1 [F]`),
+//! `W1 [d, F]` and `W2 [F, d_out]` two-dimensional, or `W2` as trax stores it,
 //! `reshape{[F, d_out]}(permute{[1, 0, 2]}(w2 [N, F/N, d_out]))`, which the kernel then reads in
 //! place ([`W2Layout::BlockSwapped`]) instead of a permuted copy made on every run. As
 //! ordinary kernels this reads all of
 //! `W1` and `W2` per token; the fused kernel reads, per row and block, one column of `W1` and
-//! one row of `W2`. Taken only when the `relu`, the `mul`, the first product and the one-hot
-//! are [`Lowering::private`] f32 values. Its meaning is the interpreter's up to f32 rounding,
+//! one row of `W2`. Taken only when the activation, the `mul`, the first product (and its bias
+//! add) and the one-hot are [`Lowering::private`] f32 values. Its meaning is the interpreter's up to f32 rounding,
 //! except that unchosen units are never read (so a NaN or infinity there does not reach the
 //! output, where the dense form's `0 · inf` would).
 
-use attnopt_ir::{Binary, NodeId, Op, Unary};
+use attnopt_ir::{Binary, NodeId, Op};
 
 use crate::context::Lowering;
 use crate::kernel::{KernelKind, SparseFf, W2Layout};
+use crate::row::UnaryOp;
 
 /// The controller's products run inside the kernel for at most this many rows (decoding: a
 /// vector-matrix product is bandwidth-bound, and the kernel splits it between threads); more
@@ -32,6 +35,9 @@ struct Match {
     /// `logits = (h·m1)·m2 + mb` taken into the kernel: `(m1, m2, mb)` and the rank.
     controller: Option<([NodeId; 3], usize)>,
     w1: NodeId,
+    /// `b1 [F]`, added to the first product before the gating.
+    b1: Option<NodeId>,
+    act: UnaryOp,
     w2: NodeId,
     /// The product's own `W2` operand (`w2` itself, or the view of it read in place).
     root_w2: NodeId,
@@ -60,12 +66,15 @@ pub(crate) fn sparse_ff(l: &mut Lowering, root: NodeId) -> bool {
         d_out: sw2[1],
         w2_layout: m.w2_layout,
         controller: m.controller.map(|(_, r)| r),
+        act: m.act,
+        bias: m.b1.is_some(),
     };
     let mut inputs = vec![l.value(m.h), l.value(m.w1), l.value(m.w2)];
     match m.controller {
         Some((weights, _)) => inputs.extend(weights.map(|w| l.value(w))),
         None => inputs.push(l.value(m.logits)),
     }
+    inputs.extend(m.b1.map(|b| l.value(b)));
     let (flops, bytes) = (spec.flops(), spec.bytes());
     let k = l.emit(
         root,
@@ -89,7 +98,11 @@ fn recognise(l: &Lowering, root: NodeId) -> Option<Match> {
     let [act, w2] = operands(root)[..] else {
         return None;
     };
-    if !matches!(op(act), Op::Unary(Unary::Relu)) || !l.private_f32(act) {
+    let Op::Unary(u) = *op(act) else {
+        return None;
+    };
+    let act_op = UnaryOp::of(u).filter(|f| f.apply(0.0) == 0.0)?;
+    if !l.private_f32(act) {
         return None;
     }
     let gated = operands(act)[0];
@@ -101,14 +114,18 @@ fn recognise(l: &Lowering, root: NodeId) -> Option<Match> {
     };
     let (mid, choice) = [(x, y), (y, x)]
         .into_iter()
-        .find(|&(m, c)| matches!(op(m), Op::MatMul) && matches!(op(c), Op::BlockOneHot { .. }))?;
+        .find(|&(m, c)| {
+            matches!(op(m), Op::MatMul | Op::Binary(Binary::Add))
+                && matches!(op(c), Op::BlockOneHot { .. })
+        })?;
     let Op::BlockOneHot { block } = *op(choice) else {
         return None;
     };
-    if !l.private_f32(mid) || !l.private_f32(choice) {
+    if !l.private_f32(choice) {
         return None;
     }
-    let [h, w1] = operands(mid)[..] else {
+    let (product, b1) = biased_product(l, mid)?;
+    let [h, w1] = operands(product)[..] else {
         return None;
     };
     let logits = operands(choice)[0];
@@ -117,7 +134,8 @@ fn recognise(l: &Lowering, root: NodeId) -> Option<Match> {
         return None;
     };
     let lead = |s: &[usize]| s[..s.len().saturating_sub(1)].to_vec();
-    let fits = sh.last() == Some(&d)
+    let fits = b1.is_none_or(|b| l.shape(b) == [units])
+        && sh.last() == Some(&d)
         && sl.last() == Some(&units)
         && units2 == units
         && lead(sh) == lead(sl)
@@ -127,7 +145,10 @@ fn recognise(l: &Lowering, root: NodeId) -> Option<Match> {
     if !fits {
         return None;
     }
-    let mut nodes = vec![root, act, gated, mid, choice];
+    let mut nodes = vec![root, act, gated, product, choice];
+    if b1.is_some() {
+        nodes.push(mid);
+    }
     let rows: usize = lead(sh).iter().product();
     let controller = match rows <= CONTROLLER_ROWS {
         true => controller(l, logits, h, units),
@@ -148,12 +169,35 @@ fn recognise(l: &Lowering, root: NodeId) -> Option<Match> {
         logits,
         controller: controller.map(|(w, r, _)| (w, r)),
         w1,
+        b1,
+        act: act_op,
         w2: stored,
         root_w2: w2,
         w2_layout,
         block,
         nodes,
     })
+}
+
+/// `mid = matmul(h, W1)`, or `add(matmul(h, W1), b1)` (either order) with `b1` rank 1: the
+/// product and `b1`, both private f32 values.
+fn biased_product(l: &Lowering, mid: NodeId) -> Option<(NodeId, Option<NodeId>)> {
+    if !l.private_f32(mid) {
+        return None;
+    }
+    match &l.g.node(mid).op {
+        Op::MatMul => Some((mid, None)),
+        Op::Binary(Binary::Add) => {
+            let [a, b] = l.g.operands(mid)[..] else {
+                return None;
+            };
+            let (p, bias) = [(a, b), (b, a)].into_iter().find(|&(p, bias)| {
+                matches!(l.g.node(p).op, Op::MatMul) && l.shape(bias).len() == 1
+            })?;
+            l.private_f32(p).then_some((p, Some(bias)))
+        }
+        _ => None,
+    }
 }
 
 /// `w2 = reshape{[F, d_out]}(permute{[1, 0, 2]}(w [block, F/block, d_out]))` with both views

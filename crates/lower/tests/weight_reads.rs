@@ -86,6 +86,8 @@ fn sparse_ff_reads_its_chosen_units_only() {
         w1: weight(&mut b, &[d, blocks, block], false),
         w2: weight(&mut b, &[block, blocks, d], false),
         b2: weight(&mut b, &[d], false),
+        b1: None,
+        act: attnopt_ir::Unary::Relu,
         block,
         units,
         lowrank: rank,

@@ -39,12 +39,11 @@ pub struct Factoring {
 
 /// How a product reads its weight: `W` itself (`[d_in, d_out]`) or its transpose
 /// (`permute{[1, 0]}` of an `[d_out, d_in]` weight, PyTorch's `nn.Linear`).
-struct Candidate<'g> {
-    x: NodeId,
+pub struct Candidate<'g> {
     w: &'g Weight,
     transposed: bool,
-    d_in: usize,
-    d_out: usize,
+    pub d_in: usize,
+    pub d_out: usize,
 }
 
 impl Candidate<'_> {
@@ -57,66 +56,57 @@ impl Candidate<'_> {
         self.w.f32_at(i).unwrap_or(f32::NAN)
     }
 
-    fn row(&self, d: usize) -> Vec<f32> {
+    /// Row `d` of `W [d_in, d_out]` (NaN where the weight cannot be read).
+    pub fn row(&self, d: usize) -> Vec<f32> {
         (0..self.d_out).map(|j| self.at(d, j)).collect()
     }
 }
 
 /// Rewrites every product whose weight is provably factored and reads fewer bytes factored.
 pub fn factor_weights(g: &Graph) -> Result<Factoring, GraphError> {
-    let mut found: HashMap<NodeId, (NodeId, Weight, Weight)> = HashMap::new();
+    let mut found: HashMap<NodeId, (Weight, Weight)> = HashMap::new();
     for n in g.topo_order() {
         let Some(c) = candidate(g, n) else { continue };
-        if let Some((gate, proj)) = factor(&c) {
-            found.insert(n, (c.x, gate, proj));
+        if let Some(factors) = factor(&c) {
+            found.insert(n, factors);
         }
     }
+    replace_products(g, &found)
+}
+
+/// `g` with each product `n = matmul(x, W)` of `factors` computed as
+/// `reshape(matmul(unsqueeze(x) ⊙ G, P))` from its `(G [S, d_in], P [d_in, M])`, and how many
+/// per layer. Also what the `sparse-qkv` conversion writes (with fitted factors).
+pub fn replace_products(
+    g: &Graph,
+    factors: &HashMap<NodeId, (Weight, Weight)>,
+) -> Result<Factoring, GraphError> {
     let mut by_layer = BTreeMap::new();
-    if found.is_empty() {
-        return Ok(Factoring {
-            graph: g.clone(),
-            by_layer,
-        });
-    }
     // Only what the outputs still need: a factored product's dense weight is gone.
-    let needed = g.needed(|n| match found.get(&n) {
-        Some((x, _, _)) => vec![*x],
-        None => g.operands(n),
-    });
-    let mut out = Graph::new();
-    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
-    for n in g.topo_order().into_iter().filter(|n| needed.contains(n)) {
-        let id = match found.remove(&n) {
-            Some((x, gate, proj)) => {
-                let meta = g.node(n).meta;
-                if let Some(l) = meta.layer {
-                    *by_layer.entry(l).or_insert(0) += 1;
-                }
-                let x = map[&x];
-                let rank = out.node(x).ty.shape.rank();
-                let (gate, proj) = (out.weight(gate), out.weight(proj));
-                let xu = out.add(Op::Unsqueeze { axis: rank - 1 }, &[x], meta)?;
-                let gated = out.add(Op::Binary(Binary::Mul), &[xu, gate], meta)?;
-                let y = out.add(Op::MatMul, &[gated, proj], meta)?;
-                // Back to the product's own shape, `[.., d_out]`.
-                out.add(Op::Reshape(g.node(n).ty.shape.clone()), &[y], meta)?
+    let graph = g.rebuild(
+        |n| factors.get(&n).map(|_| vec![g.operands(n)[0]]),
+        |out, n, map| {
+            let (gate, proj) = factors[&n].clone();
+            let meta = g.node(n).meta;
+            if let Some(l) = meta.layer {
+                *by_layer.entry(l).or_insert(0) += 1;
             }
-            None => out.copy_node(g, n, &map)?,
-        };
-        map.insert(n, id);
-    }
-    for (name, id) in g.outputs() {
-        out.set_output(name, map[id])?;
-    }
-    Ok(Factoring {
-        graph: out,
-        by_layer,
-    })
+            let x = map[&g.operands(n)[0]];
+            let rank = out.node(x).ty.shape.rank();
+            let (gate, proj) = (out.weight(gate), out.weight(proj));
+            let xu = out.add(Op::Unsqueeze { axis: rank - 1 }, &[x], meta)?;
+            let gated = out.add(Op::Binary(Binary::Mul), &[xu, gate], meta)?;
+            let y = out.add(Op::MatMul, &[gated, proj], meta)?;
+            // Back to the product's own shape, `[.., d_out]`.
+            out.add(Op::Reshape(g.node(n).ty.shape.clone()), &[y], meta)
+        },
+    )?;
+    Ok(Factoring { graph, by_layer })
 }
 
 /// `n = matmul(x, W)` with `x` an activation of rank ≥ 2 and `W` a float weight `[d_in,
 /// d_out]`, directly or as the transpose of an `[d_out, d_in]` weight.
-fn candidate(g: &Graph, n: NodeId) -> Option<Candidate<'_>> {
+pub fn candidate(g: &Graph, n: NodeId) -> Option<Candidate<'_>> {
     if !matches!(g.node(n).op, Op::MatMul) {
         return None;
     }
@@ -143,7 +133,6 @@ fn candidate(g: &Graph, n: NodeId) -> Option<Candidate<'_>> {
         (shape[0], shape[1])
     };
     Some(Candidate {
-        x,
         w,
         transposed,
         d_in,

@@ -1,6 +1,6 @@
 //! `KernelKind::SparseFf`: the sparse feed-forward core (docs/SPARSE.md) reading only the
 //! chosen units: per row and block, the first maximum `u` of the block's logits, then
-//! `out += relu(h · W1[:, u]) · W2[u, :]`. `W1` is kept transposed (`[units, d]`, made once per
+//! `out += act(h · W1[:, u] + b1[u]) · W2[u, :]` (ReLU and no `b1` in trax). `W1` is kept transposed (`[units, d]`, made once per
 //! weight and shared by every size's plan) so a unit's column is one contiguous row; `W2`'s
 //! rows are read in place. Many rows: a band per thread, blocks outer, so a block's candidate
 //! units stay in cache across the band. Fewer rows than threads (decoding): each thread takes
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use attnopt_ir::WeightId;
 use attnopt_lower::memory::storage_of;
+use attnopt_lower::row::UnaryOp;
 use attnopt_lower::{Kernel, SparseFf, ValueKind};
 use rayon::prelude::*;
 
@@ -265,11 +266,22 @@ impl Compiled for SparseFfKernel {
         if !fits {
             return Err(format!("sparse feed-forward operands do not fit {s:?}"));
         }
+        let b1 = match s.b1() {
+            Some(j) => Some(input(j)?).filter(|b| b.len() == s.units),
+            None => None,
+        };
+        if s.bias && b1.is_none() {
+            return Err(format!("sparse feed-forward bias does not fit {s:?}"));
+        }
         let ops = &self.ops;
-        // One chosen unit of one row: `o += relu(h · W1[:, u]) · W2[u, :]`.
+        // One chosen unit of one row: `o += act(h · W1[:, u] + b1[u]) · W2[u, :]`.
         let apply = |hr: &[f32], u: usize, o: &mut [f32]| {
-            let a = units.w1.dot(ops, hr, units.w1(s, u));
-            if a > 0.0 {
+            let z = units.w1.dot(ops, hr, units.w1(s, u)) + b1.map_or(0.0, |b| b[u]);
+            let a = match s.act {
+                UnaryOp::Relu => z.max(0.0),
+                f => f.apply(z as f64) as f32,
+            };
+            if a != 0.0 {
                 units.w2.axpy(ops, a, units.w2(s, u), o);
             }
         };

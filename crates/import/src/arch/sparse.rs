@@ -158,6 +158,8 @@ impl SparseFfSpec {
             w1: l.w(&n("w1"), &[d, x, nb])?,
             w2: l.w(&n("w2"), &[nb, x, d])?,
             b2: l.w(&n("b2"), &[d])?,
+            b1: None,
+            act: attnopt_ir::Unary::Relu,
             block: nb,
             units: self.units,
             lowrank: r,
