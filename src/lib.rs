@@ -14,7 +14,10 @@
 pub mod ab;
 pub mod bench;
 pub mod calib;
+pub mod convert;
 mod error;
+pub mod fit_factored;
+pub mod fit_sparse_ff;
 pub mod inspect;
 pub mod limits;
 pub mod lstsq;

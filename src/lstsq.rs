@@ -32,30 +32,24 @@ pub fn solve(a: &[f64], y: &[f64], n: usize, p: usize, q: usize) -> Option<Vec<f
             }
         }
     }
+    spd_solve(g, b, p, q)
+}
+
+/// `X [p, q]` solving `(G + λI)·X = B` for a symmetric positive semi-definite `G [p, p]`
+/// (row-major; only its lower triangle is read), `λ = RIDGE · trace(G) / p`; `None` when it is
+/// not positive definite even so (NaN or infinite data).
+pub fn spd_solve(mut g: Vec<f64>, mut b: Vec<f64>, p: usize, q: usize) -> Option<Vec<f64>> {
+    if g.len() != p.checked_mul(p)? || b.len() != p.checked_mul(q)? || p == 0 {
+        return None;
+    }
     let trace: f64 = (0..p).map(|i| g[i * p + i]).sum();
     let lambda = RIDGE * (trace / p as f64).max(f64::MIN_POSITIVE);
     for i in 0..p {
         g[i * p + i] += lambda;
     }
     // Cholesky: G = L·Lᵀ, L in the lower triangle of g.
-    for j in 0..p {
-        let mut d = g[j * p + j];
-        for k in 0..j {
-            d -= g[j * p + k] * g[j * p + k];
-        }
-        // Not positive (or NaN): not positive definite.
-        if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || !d.is_finite() {
-            return None;
-        }
-        let d = d.sqrt();
-        g[j * p + j] = d;
-        for i in j + 1..p {
-            let mut s = g[i * p + j];
-            for k in 0..j {
-                s -= g[i * p + k] * g[j * p + k];
-            }
-            g[i * p + j] = s / d;
-        }
+    if !cholesky(&mut g, p) {
+        return None;
     }
     // L·Z = B, then Lᵀ·X = Z, column block by column block (all q at once).
     for i in 0..p {
@@ -85,6 +79,159 @@ pub fn solve(a: &[f64], y: &[f64], n: usize, p: usize, q: usize) -> Option<Vec<f
         b[i * q..(i + 1) * q].iter_mut().for_each(|x| *x /= d);
     }
     Some(b)
+}
+
+/// The Cholesky factor `L` (`G = L·Lᵀ`) in place of `G [p, p]`'s lower triangle (the upper
+/// one is left as it was); false when `G` is not positive definite.
+pub fn cholesky(g: &mut [f64], p: usize) -> bool {
+    for j in 0..p {
+        let mut d = g[j * p + j];
+        for k in 0..j {
+            d -= g[j * p + k] * g[j * p + k];
+        }
+        // Not positive (or NaN): not positive definite.
+        if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || !d.is_finite() {
+            return false;
+        }
+        let d = d.sqrt();
+        g[j * p + j] = d;
+        for i in j + 1..p {
+            let mut s = g[i * p + j];
+            for k in 0..j {
+                s -= g[i * p + k] * g[j * p + k];
+            }
+            g[i * p + j] = s / d;
+        }
+    }
+    true
+}
+
+/// `a [n, k] · b [k, m]` (row-major).
+pub fn matmul(a: &[f64], b: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
+    let mut c = vec![0f64; n * m];
+    for (i, ci) in c.chunks_exact_mut(m.max(1)).enumerate().take(n) {
+        for (kk, &aik) in a[i * k..(i + 1) * k].iter().enumerate() {
+            if aik != 0.0 {
+                for (x, &y) in ci.iter_mut().zip(&b[kk * m..(kk + 1) * m]) {
+                    *x += aik * y;
+                }
+            }
+        }
+    }
+    c
+}
+
+/// `aᵀ · b` for `a [n, k]`, `b [n, m]`: `[k, m]`.
+pub fn matmul_tn(a: &[f64], b: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
+    let mut c = vec![0f64; k * m];
+    for r in 0..n {
+        let (ar, br) = (&a[r * k..(r + 1) * k], &b[r * m..(r + 1) * m]);
+        for (i, &x) in ar.iter().enumerate() {
+            if x != 0.0 {
+                for (o, &y) in c[i * m..(i + 1) * m].iter_mut().zip(br) {
+                    *o += x * y;
+                }
+            }
+        }
+    }
+    c
+}
+
+/// Iterations of [`top_eigenvectors`]' subspace iteration.
+const SUBSPACE_ITERATIONS: usize = 60;
+
+/// The `k` leading eigenvectors of a symmetric positive semi-definite `q [p, p]`, as the
+/// columns of a `[p, k]` matrix, largest eigenvalue first, with their eigenvalues: subspace
+/// (orthogonal) iteration from a seeded start, then a Rayleigh–Ritz step (Jacobi on the
+/// `k × k` projection). Approximate where eigenvalues are close, which is all a fit needs.
+pub fn top_eigenvectors(q: &[f64], p: usize, k: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
+    let k = k.min(p);
+    let mut rng = attnopt_ir::rng::Rng::new(seed);
+    let mut u: Vec<f64> = (0..p * k).map(|_| rng.range(-1.0, 1.0) as f64).collect();
+    orthonormalise(&mut u, p, k);
+    for _ in 0..SUBSPACE_ITERATIONS {
+        u = matmul(q, &u, p, p, k);
+        orthonormalise(&mut u, p, k);
+    }
+    // Rayleigh–Ritz: T = Uᵀ·Q·U, T = Z·Λ·Zᵀ, U ← U·Z.
+    let qu = matmul(q, &u, p, p, k);
+    let mut t = matmul_tn(&u, &qu, p, k, k);
+    let (z, values) = jacobi_eigen(&mut t, k);
+    let u = matmul(&u, &z, p, k, k);
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    let mut out = vec![0f64; p * k];
+    for (j, &c) in order.iter().enumerate() {
+        for i in 0..p {
+            out[i * k + j] = u[i * k + c];
+        }
+    }
+    (out, order.iter().map(|&c| values[c]).collect())
+}
+
+/// Modified Gram–Schmidt on the columns of `u [p, k]` (a column that vanishes becomes zero).
+fn orthonormalise(u: &mut [f64], p: usize, k: usize) {
+    for j in 0..k {
+        for c in 0..j {
+            let dot: f64 = (0..p).map(|i| u[i * k + j] * u[i * k + c]).sum();
+            for i in 0..p {
+                u[i * k + j] -= dot * u[i * k + c];
+            }
+        }
+        let norm = (0..p).map(|i| u[i * k + j].powi(2)).sum::<f64>().sqrt();
+        for i in 0..p {
+            u[i * k + j] = if norm > 0.0 { u[i * k + j] / norm } else { 0.0 };
+        }
+    }
+}
+
+/// Eigenvectors (columns of the returned `[k, k]`) and eigenvalues of a symmetric `t [k, k]`
+/// by cyclic Jacobi rotations (`t` is destroyed).
+fn jacobi_eigen(t: &mut [f64], k: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut z = vec![0f64; k * k];
+    for i in 0..k {
+        z[i * k + i] = 1.0;
+    }
+    for _sweep in 0..50 {
+        let off: f64 = (0..k)
+            .flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| t[i * k + j].powi(2))
+            .sum();
+        let diag: f64 = (0..k).map(|i| t[i * k + i].powi(2)).sum();
+        if off <= 1e-24 * diag.max(f64::MIN_POSITIVE) {
+            break;
+        }
+        for a in 0..k {
+            for b in a + 1..k {
+                let tab = t[a * k + b];
+                if tab == 0.0 {
+                    continue;
+                }
+                let theta = (t[b * k + b] - t[a * k + a]) / (2.0 * tab);
+                let tt = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let tt = if theta == 0.0 { 1.0 } else { tt };
+                let c = 1.0 / (tt * tt + 1.0).sqrt();
+                let s = tt * c;
+                for i in 0..k {
+                    let (x, y) = (t[i * k + a], t[i * k + b]);
+                    t[i * k + a] = c * x - s * y;
+                    t[i * k + b] = s * x + c * y;
+                }
+                for j in 0..k {
+                    let (x, y) = (t[a * k + j], t[b * k + j]);
+                    t[a * k + j] = c * x - s * y;
+                    t[b * k + j] = s * x + c * y;
+                }
+                for i in 0..k {
+                    let (x, y) = (z[i * k + a], z[i * k + b]);
+                    z[i * k + a] = c * x - s * y;
+                    z[i * k + b] = s * x + c * y;
+                }
+            }
+        }
+    }
+    let values = (0..k).map(|i| t[i * k + i]).collect();
+    (z, values)
 }
 
 #[cfg(test)]
@@ -128,6 +275,31 @@ mod tests {
                     .sum();
                 assert!(dot.abs() < 1e-4, "{dot}");
             }
+        }
+    }
+
+    #[test]
+    fn top_eigenvectors_of_a_known_spectrum() {
+        // Q = V·diag(9, 4, 1, 0.5, 0.1)·Vᵀ with V a rotation: the two leading eigenpairs back.
+        let p = 5;
+        let mut r = attnopt_ir::rng::Rng::new(7);
+        let mut v: Vec<f64> = (0..p * p).map(|_| r.range(-1.0, 1.0) as f64).collect();
+        orthonormalise(&mut v, p, p);
+        let lam = [9.0, 4.0, 1.0, 0.5, 0.1];
+        let mut q = vec![0f64; p * p];
+        for i in 0..p {
+            for j in 0..p {
+                q[i * p + j] = (0..p).map(|c| v[i * p + c] * lam[c] * v[j * p + c]).sum();
+            }
+        }
+        let (u, values) = top_eigenvectors(&q, p, 2, 1);
+        assert!(
+            (values[0] - 9.0).abs() < 1e-6 && (values[1] - 4.0).abs() < 1e-6,
+            "{values:?}"
+        );
+        for c in 0..2 {
+            let dot: f64 = (0..p).map(|i| u[i * 2 + c] * v[i * p + c]).sum();
+            assert!((dot.abs() - 1.0).abs() < 1e-6, "column {c}: {dot}");
         }
     }
 

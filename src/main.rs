@@ -124,6 +124,7 @@ enum Command {
     #[command(after_help = "Examples:
   attnopt optimize fixtures/vit-hydra -o vit-opt --seq 4096,128 --verify
   attnopt optimize fixtures/bert -o bert-hydra --allow hydra --budget 0.05
+  attnopt optimize fixtures/gpt2 -o gpt2-sparse --allow sparse-qkv,sparse-ff --budget inf
   attnopt optimize fixtures/bert --explain 0
   attnopt optimize fixtures/llama -o llama-opt --standalone --force")]
     Optimize {
@@ -139,11 +140,23 @@ enum Command {
         /// optimised for (the same model may rewrite differently at 128 and 16384).
         #[arg(long, value_delimiter = ',', default_value = "128")]
         seq: Vec<usize>,
-        /// Approximate rule families to enable, comma-separated: `hydra` (softmax → Hydra
-        /// linear attention). Never on by default; each conversion's error is measured and kept
-        /// within --budget.
+        /// Approximate conversions to enable, comma-separated: `hydra` (softmax → Hydra linear
+        /// attention), `sparse-qkv` (dense Q/K/V products → factored gating × projection
+        /// fitted to their outputs), `sparse-ff` (a dense feed-forward → one unit per block
+        /// chosen by a fitted low-rank controller). Never on by default; each conversion's
+        /// error is measured and kept within --budget, families in the order given.
         #[arg(long, value_delimiter = ',')]
         allow: Vec<String>,
+        /// sparse-qkv: modules S per hidden size d (module width d/S). Default: the layer's
+        /// attention heads.
+        #[arg(long)]
+        sparse_qkv_modules: Option<usize>,
+        /// sparse-ff: units per block N (one of each N is computed per token).
+        #[arg(long, default_value_t = attnopt::convert::SparseSettings::default().ff_block)]
+        sparse_ff_block: usize,
+        /// sparse-ff: the controller's rank L. Default: units / N, as in trax's configurations.
+        #[arg(long)]
+        sparse_ff_rank: Option<usize>,
         /// Largest relative error (‖Δ‖₂/‖ref‖₂ of the final output on calibration inputs) the
         /// approximations may cause; layers are converted, most profitable first, while it
         /// holds. Default 0.01; `inf` converts every eligible layer. Needs --allow.
@@ -583,6 +596,9 @@ fn run(cli: Cli) -> Result<()> {
             output,
             seq,
             allow,
+            sparse_qkv_modules,
+            sparse_ff_block,
+            sparse_ff_rank,
             budget,
             calib,
             calib_seq,
@@ -642,6 +658,11 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 verify,
                 refit: !no_refit,
+                sparse: attnopt::convert::SparseSettings {
+                    qkv_modules: sparse_qkv_modules,
+                    ff_block: sparse_ff_block,
+                    ff_rank: sparse_ff_rank,
+                },
             };
             let m = load.load(&model)?;
             if let Some(layer) = explain {
@@ -653,6 +674,7 @@ fn run(cli: Cli) -> Result<()> {
             let Some(output) = output else {
                 bail!("give the output folder with -o/--output")
             };
+            attnopt::save::preflight(&m, &output, force)?;
             let mut reporter = attnopt::progress::Reporter::new("optimize");
             let mut progress = |step: &str| reporter.step(attnopt::progress::Step::phase(step));
             let opt = attnopt::optimize::optimize(&m, &opts, &mut progress)?;

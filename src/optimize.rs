@@ -17,7 +17,8 @@ use attnopt_rewrite::report::costs_at;
 use attnopt_rewrite::{Limits, Optimized, Options, RuleSet};
 
 use crate::calib::calibration_inputs;
-use crate::report::{ErrorPair, ErrorStat, LayerReport, Report, WeightBytes};
+use crate::convert::{Fitted, Site, SparseSettings};
+use crate::report::{ErrorPair, ErrorStat, Fit, LayerReport, Report, WeightBytes};
 use crate::{Error, Model};
 
 /// What `optimize` is asked to do.
@@ -43,6 +44,8 @@ pub struct OptimizeOptions {
     /// Refit each converted layer's output projection by least squares on the calibration
     /// activations (`crate::refit`; kept only where it lowers the held-out error).
     pub refit: bool,
+    /// Choices for the `sparse-qkv` and `sparse-ff` conversions.
+    pub sparse: SparseSettings,
 }
 
 /// The largest relative error exact rules may cause (float rounding of reassociations is
@@ -67,6 +70,7 @@ impl Default for OptimizeOptions {
             limits: Limits::default(),
             verify: false,
             refit: true,
+            sparse: SparseSettings::default(),
         }
     }
 }
@@ -94,6 +98,10 @@ pub enum Reason {
         before_s: f64,
         after_s: f64,
     },
+    /// A sparse conversion finds nothing to convert in the layer.
+    NoSite { why: String },
+    /// A sparse conversion would not read fewer weight bytes per token.
+    ReadsNoLess { before: u64, after: u64 },
     /// With the layers already chosen, the final error would exceed the budget.
     OverBudget { error: f64, budget: f64 },
 }
@@ -125,6 +133,11 @@ impl fmt::Display for Reason {
                 "{rule} does not pay at N={seq} (estimated {:.3} ms → {:.3} ms)",
                 before_s * 1e3,
                 after_s * 1e3
+            ),
+            Reason::NoSite { why } => f.write_str(why),
+            Reason::ReadsNoLess { before, after } => write!(
+                f,
+                "would read {after} weight bytes per token instead of {before}: no gain"
             ),
             Reason::OverBudget { error, budget } => write!(
                 f,
@@ -200,14 +213,13 @@ pub fn optimize(
         .map(String::from)
         .collect();
     for family in &opts.allow {
-        if rules.approx_family(family).is_empty() {
-            let has = if families.is_empty() {
-                "none".to_string()
-            } else {
-                families.join(", ")
-            };
+        let graph_family = crate::convert::FAMILIES.contains(&family.as_str());
+        if !graph_family && rules.approx_family(family).is_empty() {
+            let mut has = families.clone();
+            has.extend(crate::convert::FAMILIES.iter().map(|f| f.to_string()));
             return Err(Error::NotSupported(format!(
-                "approximate rule family `{family}` (this build has: {has})"
+                "approximate family `{family}` (this build has: {})",
+                has.join(", ")
             )));
         }
     }
@@ -218,75 +230,107 @@ pub fn optimize(
         progress("checking the exact rules numerically on this model's layers");
         attnopt_rewrite::soundness::check_exact_rules(&rules, g)?;
     }
-    let run = |conversions: BTreeMap<u32, String>| -> Result<Optimized, Error> {
-        Ok(attnopt_rewrite::optimize(
-            g,
-            &Options {
-                rules: &rules,
-                seq: target,
-                limits: opts.limits,
-                conversions,
-            },
-        )?)
-    };
+    let optimize_graph =
+        |graph: &Graph, conversions: BTreeMap<u32, String>| -> Result<Optimized, Error> {
+            Ok(attnopt_rewrite::optimize(
+                graph,
+                &Options {
+                    rules: &rules,
+                    seq: target,
+                    limits: opts.limits,
+                    conversions,
+                },
+            )?)
+        };
     progress("saturating each distinct block with the exact rules");
-    let exact = run(BTreeMap::new())?;
+    let exact = optimize_graph(g, BTreeMap::new())?;
     let summaries = attention_layers(g, &Bindings::new(1, target));
-    // Per layer: the approximate rule proposed, or why none is.
-    let mut verdicts: BTreeMap<u32, Result<String, Reason>> = BTreeMap::new();
+    // Per layer: why it is not converted when no family is allowed.
     let not_enabled = |s: &attnopt_ir::summary::AttentionSummary| match s.kind {
         AttentionFormula::Softmax => Reason::NotAllowed {
             families: families.clone(),
         },
         kind => Reason::ExactOnly { kind },
     };
-    for s in &summaries {
-        verdicts.insert(s.layer, Err(not_enabled(s)));
-    }
+    // Per (layer, family): the conversion proposed, or why none is.
+    let mut proposed: BTreeMap<Key, Conversion> = BTreeMap::new();
+    let mut refused: BTreeMap<Key, Reason> = BTreeMap::new();
+    // Per proposal, what it saves: seconds at the target length (rules), bytes per token
+    // (sparse conversions); only compared within a family.
+    let mut savings: BTreeMap<Key, f64> = BTreeMap::new();
+    let mut sites: Vec<(u32, &'static str, Site)> = Vec::new();
     for family in &opts.allow {
-        for (layer, v) in attnopt_rewrite::approx::candidates(g, &rules, family) {
-            let v = v.map_err(Reason::Refused);
-            if v.is_ok() || matches!(verdicts.get(&layer), Some(Err(_))) {
-                verdicts.insert(layer, v);
+        if let Some(&graph_family) = crate::convert::FAMILIES.iter().find(|f| *f == family) {
+            for s in &summaries {
+                let key = (s.layer, family.clone());
+                match crate::convert::site(g, graph_family, s.layer, s.heads, &opts.sparse) {
+                    Err(why) => {
+                        refused.insert(key, Reason::NoSite { why });
+                    }
+                    Ok((_, r)) if r.after >= r.before => {
+                        refused.insert(
+                            key,
+                            Reason::ReadsNoLess {
+                                before: r.before,
+                                after: r.after,
+                            },
+                        );
+                    }
+                    Ok((site, r)) => {
+                        savings.insert(key.clone(), (r.before - r.after) as f64);
+                        proposed.insert(key, Conversion::Graph(graph_family));
+                        sites.push((s.layer, graph_family, site));
+                    }
+                }
+            }
+            continue;
+        }
+        let candidates = attnopt_rewrite::approx::candidates(g, &rules, family);
+        let rule_proposals: BTreeMap<u32, String> = candidates
+            .iter()
+            .filter_map(|(l, v)| v.as_ref().ok().map(|r| (*l, r.clone())))
+            .collect();
+        for (layer, v) in candidates {
+            if let Err(r) = v {
+                refused.insert((layer, family.clone()), Reason::Refused(r));
             }
         }
-    }
-    // Keep only conversions that pay at the target length.
-    let mut savings: BTreeMap<u32, f64> = BTreeMap::new();
-    let proposed: BTreeMap<u32, String> = verdicts
-        .iter()
-        .filter_map(|(l, v)| v.as_ref().ok().map(|r| (*l, r.clone())))
-        .collect();
-    if !proposed.is_empty() {
-        progress("costing the approximate conversions");
-        let all = run(proposed.clone())?;
-        for (l, rule) in &proposed {
+        if rule_proposals.is_empty() {
+            continue;
+        }
+        // Keep only conversions that pay at the target length.
+        progress(&format!("costing the {family} conversions"));
+        let all = optimize_graph(g, rule_proposals.clone())?;
+        for (l, rule) in rule_proposals {
             let (before, after) = (
-                exact.layers[l].stats.model_cost_after,
-                all.layers[l].stats.model_cost_after,
+                exact.layers[&l].stats.model_cost_after,
+                all.layers[&l].stats.model_cost_after,
             );
+            let key = (l, family.clone());
             if after < before {
-                savings.insert(*l, before - after);
+                savings.insert(key.clone(), before - after);
+                proposed.insert(key, Conversion::Rule(rule));
             } else {
-                verdicts.insert(
-                    *l,
-                    Err(Reason::DoesNotPay {
-                        rule: rule.clone(),
+                refused.insert(
+                    key,
+                    Reason::DoesNotPay {
+                        rule,
                         seq: target,
                         before_s: before,
                         after_s: after,
-                    }),
+                    },
                 );
             }
         }
     }
     let approx = !opts.allow.is_empty();
     let mut calibration = None;
-    // Output-projection refits: of each layer converted alone, and in the final graph.
-    let mut alone_fits: BTreeMap<u32, crate::report::Fit> = BTreeMap::new();
-    let mut final_fits: BTreeMap<u32, crate::report::Fit> = BTreeMap::new();
-    let mut alone: BTreeMap<u32, ErrorPair> = BTreeMap::new();
-    let mut chosen: BTreeMap<u32, String> = BTreeMap::new();
+    let mut fitted: BTreeMap<(u32, &'static str), Fitted> = BTreeMap::new();
+    // Fits of each proposal converted alone, and of the final graph.
+    let mut alone_fits: BTreeMap<u32, BTreeMap<String, Fit>> = BTreeMap::new();
+    let mut final_fits: BTreeMap<u32, BTreeMap<String, Fit>> = BTreeMap::new();
+    let mut alone: BTreeMap<Key, ErrorPair> = BTreeMap::new();
+    let mut chosen: BTreeMap<Key, Conversion> = BTreeMap::new();
     let mut reference = HashMap::new();
     let mut inputs = HashMap::new();
     // With rules from a user, the exact result is always checked against the original.
@@ -343,44 +387,108 @@ pub fn optimize(
                 )));
             }
         }
-        let mut order: Vec<(u32, f64)> = savings.iter().map(|(&l, &s)| (l, s)).collect();
-        order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        for &(l, _) in &order {
-            progress(&format!("measuring layer {l} converted alone"));
-            let rule = proposed[&l].clone();
-            let o = run(BTreeMap::from([(l, rule)]))?;
-            let (converted, fit) = refitted(opts, g, &inputs, o.graph, &[l])?;
-            alone_fits.extend(fit);
-            let (per_layer, last) = measure(&converted, &inputs, &reference)?;
+        if !sites.is_empty() {
+            fitted = crate::convert::fit(g, &sites, &inputs, progress)?;
+        }
+    }
+    // A set of conversions as a graph: the sparse fits written in, the rules applied by the
+    // optimizer, then the output projections of the converted attention layers refitted.
+    let build = |plan: &BTreeMap<Key, Conversion>| -> Result<(Optimized, Fits), Error> {
+        let chosen_fits: Vec<&Fitted> = plan
+            .iter()
+            .filter_map(|((l, _), c)| match c {
+                Conversion::Graph(f) => fitted.get(&(*l, *f)),
+                Conversion::Rule(_) => None,
+            })
+            .collect();
+        let converted = match chosen_fits.is_empty() {
+            true => None,
+            false => Some(crate::convert::apply(g, &chosen_fits)?),
+        };
+        let rules_plan: BTreeMap<u32, String> = plan
+            .iter()
+            .filter_map(|((l, _), c)| match c {
+                Conversion::Rule(r) => Some((*l, r.clone())),
+                Conversion::Graph(_) => None,
+            })
+            .collect();
+        let mut o = optimize_graph(converted.as_ref().unwrap_or(g), rules_plan)?;
+        let mut fits: Fits = BTreeMap::new();
+        for ((l, family), c) in plan {
+            if let Conversion::Graph(f) = c {
+                if let Some(x) = fitted.get(&(*l, *f)) {
+                    fits.entry(*l).or_default().insert(family.clone(), x.fit);
+                }
+            }
+        }
+        // Layers whose attention changed: a rule, or factored Q/K/V.
+        let mut attention: Vec<u32> = plan
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c, Conversion::Rule(_))
+                    || matches!(c, Conversion::Graph(f) if *f == crate::convert::SPARSE_QKV)
+            })
+            .map(|((l, _), _)| *l)
+            .collect();
+        attention.dedup();
+        let (graph, refits) = refitted(opts, g, &inputs, o.graph, &attention)?;
+        for (l, f) in refits {
+            fits.entry(l).or_default().insert(REFIT.into(), f);
+        }
+        o.graph = graph;
+        Ok((o, fits))
+    };
+    if approx && !inputs.is_empty() {
+        // Families in the order given, most saving first within each.
+        let mut order: Vec<Key> = Vec::new();
+        for family in &opts.allow {
+            let mut mine: Vec<(&Key, f64)> = savings
+                .iter()
+                .filter(|(k, _)| &k.1 == family)
+                .map(|(k, &v)| (k, v))
+                .collect();
+            mine.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0 .0.cmp(&b.0 .0)));
+            order.extend(mine.into_iter().map(|(k, _)| k.clone()));
+        }
+        for key in &order {
+            progress(&format!(
+                "measuring layer {} converted alone ({})",
+                key.0, key.1
+            ));
+            let plan = BTreeMap::from([(key.clone(), proposed[key].clone())]);
+            let (o, fits) = build(&plan)?;
+            for (l, f) in fits {
+                alone_fits.entry(l).or_default().extend(f);
+            }
+            let (per_layer, last) = measure(&o.graph, &inputs, &reference)?;
             alone.insert(
-                l,
+                key.clone(),
                 ErrorPair {
-                    layer_output: per_layer[&l],
+                    layer_output: per_layer[&key.0],
                     final_output: last,
                 },
             );
         }
-        // Greedy by saving: add a layer while the final error stays within the budget.
-        for &(l, _) in &order {
+        // Greedy: add a conversion while the final error stays within the budget.
+        for key in &order {
             let mut trial = chosen.clone();
-            trial.insert(l, proposed[&l].clone());
+            trial.insert(key.clone(), proposed[key].clone());
             let within = match opts.budget.unwrap_or(DEFAULT_BUDGET) {
                 f64::INFINITY => true,
                 budget => {
                     let err = if trial.len() == 1 {
-                        alone[&l].final_output.relative
+                        alone[key].final_output.relative
                     } else {
                         progress(&format!(
-                            "checking {} converted layers against the budget",
+                            "checking {} conversions against the budget",
                             trial.len()
                         ));
-                        let layers: Vec<u32> = trial.keys().copied().collect();
-                        let (converted, _) =
-                            refitted(opts, g, &inputs, run(trial.clone())?.graph, &layers)?;
-                        measure(&converted, &inputs, &reference)?.1.relative
+                        measure(&build(&trial)?.0.graph, &inputs, &reference)?
+                            .1
+                            .relative
                     };
                     if err > budget {
-                        verdicts.insert(l, Err(Reason::OverBudget { error: err, budget }));
+                        refused.insert(key.clone(), Reason::OverBudget { error: err, budget });
                     }
                     err <= budget
                 }
@@ -394,11 +502,8 @@ pub fn optimize(
     let fin = if chosen.is_empty() {
         exact
     } else {
-        let mut fin = run(chosen.clone())?;
-        let layers: Vec<u32> = chosen.keys().copied().collect();
-        let (graph, fit) = refitted(opts, g, &inputs, fin.graph, &layers)?;
-        fin.graph = graph;
-        final_fits = fit;
+        let (fin, fits) = build(&chosen)?;
+        final_fits = fits;
         fin
     };
     let (errors, final_error) = if approx || verify {
@@ -427,8 +532,30 @@ pub fn optimize(
         .iter()
         .map(|s| {
             let sol = fin.layers.get(&s.layer);
-            let verdict = verdicts.get(&s.layer);
-            let converted = chosen.get(&s.layer).cloned();
+            let mine = |k: &&Key| k.0 == s.layer;
+            let converted: Vec<String> = chosen
+                .iter()
+                .filter(|(k, _)| mine(k))
+                .map(|(_, c)| c.name().to_string())
+                .collect();
+            // Why each allowed family did not convert the layer (named when several are).
+            let reasons: Vec<String> = opts
+                .allow
+                .iter()
+                .filter(|f| !chosen.contains_key(&(s.layer, (*f).clone())))
+                .filter_map(|f| {
+                    let r = refused.get(&(s.layer, f.clone()))?;
+                    Some(match opts.allow.len() {
+                        1 => r.to_string(),
+                        _ => format!("{f}: {r}"),
+                    })
+                })
+                .collect();
+            let reason = match (approx, reasons.is_empty()) {
+                (false, _) => Some(not_enabled(s).to_string()),
+                (true, true) => None,
+                (true, false) => Some(reasons.join("; ")),
+            };
             LayerReport {
                 layer: s.layer,
                 attention: s.kind,
@@ -438,12 +565,8 @@ pub fn optimize(
                 causal: s.causal,
                 padding_mask: s.padding_mask,
                 rope: s.rope,
-                eligible: savings.contains_key(&s.layer),
-                reason: if converted.is_some() {
-                    None
-                } else {
-                    verdict.and_then(|v| v.as_ref().err().map(Reason::to_string))
-                },
+                eligible: savings.keys().any(|k| mine(&k)),
+                reason,
                 converted,
                 rules_fired: {
                     let mut fired = sol.map(|x| x.stats.rules_fired.clone()).unwrap_or_default();
@@ -464,11 +587,16 @@ pub fn optimize(
                     (Some(&before), Some(&after)) => Some(WeightBytes { before, after }),
                     _ => None,
                 },
-                error_alone: alone.get(&s.layer).copied(),
+                error_alone: alone
+                    .iter()
+                    .filter(|(k, _)| mine(k))
+                    .map(|(k, e)| (k.1.clone(), *e))
+                    .collect(),
                 fit: final_fits
                     .get(&s.layer)
                     .or_else(|| alone_fits.get(&s.layer))
-                    .copied(),
+                    .cloned()
+                    .unwrap_or_default(),
                 error: errors.get(&s.layer).copied(),
             }
         })
@@ -497,6 +625,33 @@ pub fn optimize(
         graph: fin.graph,
         report,
     })
+}
+
+/// A layer and an approximate family (`hydra`, `sparse-qkv`, `sparse-ff`).
+type Key = (u32, String);
+
+/// Per layer, the fits made for its conversions, by what was fitted.
+type Fits = BTreeMap<u32, BTreeMap<String, Fit>>;
+
+/// The key of the output-projection refit in a layer's fits.
+pub const REFIT: &str = "attn_out_proj";
+
+/// One approximate conversion of a layer.
+#[derive(Debug, Clone)]
+enum Conversion {
+    /// An approximate rule, applied to the layer's expression by the optimizer.
+    Rule(String),
+    /// A sparse conversion fitted to the calibration activations (`crate::convert`).
+    Graph(&'static str),
+}
+
+impl Conversion {
+    fn name(&self) -> &str {
+        match self {
+            Conversion::Rule(r) => r,
+            Conversion::Graph(f) => f,
+        }
+    }
 }
 
 /// The rewrite chain of one layer (exact rules; after `conversion` if one is given), as egg

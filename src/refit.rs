@@ -140,6 +140,8 @@ pub fn refit(
             Fit {
                 error_before: before,
                 error_after: after,
+                hit_rate_before: None,
+                hit_rate_after: None,
                 kept,
                 rows_fit: n_fit,
                 rows_held_out: want.numel() / q.max(1),

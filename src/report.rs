@@ -42,11 +42,20 @@ impl ErrorStat {
     }
 }
 
-/// A layer's output projection refit, measured on the held-out calibration rows.
+/// A fit made for a conversion, measured on held-out calibration rows: the output-projection
+/// refit (`attn_out_proj`), the factored Q/K/V weights (`sparse-qkv`: the largest relative
+/// error of a product's output, per-row rank-1 start → fitted), or the sparse feed-forward
+/// (`sparse-ff`: the feed-forward's output error and the controller's hit rate, weight-only
+/// construction → calibrated).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Fit {
     pub error_before: f64,
     pub error_after: f64,
+    /// `sparse-ff`: the share of block choices equal to the best unit's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hit_rate_before: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hit_rate_after: Option<f64>,
     /// Whether the refitted weights were kept (only when they lower the held-out error).
     pub kept: bool,
     /// Calibration rows fitted on and held out.
@@ -83,10 +92,10 @@ pub struct LayerReport {
     pub rope: bool,
     /// Whether an allowed approximate rule could convert this layer and it pays.
     pub eligible: bool,
-    /// Why it is not eligible, or not converted.
+    /// Why it is not eligible, or not converted (per allowed family, named when several are).
     pub reason: Option<String>,
-    /// The approximate rule applied, if any.
-    pub converted: Option<String>,
+    /// The approximate conversions applied (rule names, `sparse-qkv`, `sparse-ff`).
+    pub converted: Vec<String>,
     pub rules_fired: BTreeMap<String, usize>,
     pub saturation: String,
     pub egraph_nodes: usize,
@@ -96,11 +105,12 @@ pub struct LayerReport {
     pub costs: Vec<CostAt>,
     /// Weight bytes the layer reads per token, in the original and the optimised model.
     pub weights: Option<WeightBytes>,
-    /// The converted layer's output-projection refit, error before and after on held-out
-    /// calibration rows (in the final model when converted, else when converted alone).
-    pub fit: Option<Fit>,
-    /// Error when only this layer is converted (approximate candidates only).
-    pub error_alone: Option<ErrorPair>,
+    /// The fits made for the layer's conversions, by what was fitted (`attn_out_proj`,
+    /// `sparse-qkv`, `sparse-ff`), error before and after on held-out calibration rows (in the
+    /// final model when converted, else when converted alone).
+    pub fit: BTreeMap<String, Fit>,
+    /// Error when only this conversion of this layer is made, by family.
+    pub error_alone: BTreeMap<String, ErrorPair>,
     /// Error in the final model, at this layer's output and the final output.
     pub error: Option<ErrorPair>,
 }
@@ -172,14 +182,11 @@ impl Report {
                 "layer {:<3} {} attention, {head}{flags}",
                 l.layer, l.attention
             );
-            match (&l.converted, &l.reason) {
-                (Some(rule), _) => {
-                    let _ = writeln!(s, "  converted  {rule} (approximate)");
-                }
-                (None, Some(why)) => {
-                    let _ = writeln!(s, "  not converted: {why}");
-                }
-                (None, None) => {}
+            if !l.converted.is_empty() {
+                let _ = writeln!(s, "  converted  {} (approximate)", l.converted.join(", "));
+            }
+            if let Some(why) = &l.reason {
+                let _ = writeln!(s, "  not converted: {why}");
             }
             if l.stamped_from != l.layer {
                 let _ = writeln!(
@@ -228,20 +235,36 @@ impl Report {
                     si(w.after as f64)
                 );
             }
-            if let Some(f) = &l.fit {
+            for (what, f) in &l.fit {
+                let what = match what.as_str() {
+                    "attn_out_proj" => "output projection refit by least squares",
+                    "sparse-qkv" => "sparse-qkv G, P fitted to Q/K/V outputs (rank-1 rows → ALS)",
+                    "sparse-ff" => "sparse-ff blocks and controller (weights only → calibrated)",
+                    other => other,
+                };
+                let hits = match (f.hit_rate_before, f.hit_rate_after) {
+                    (Some(a), Some(b)) => {
+                        format!(
+                            ", controller hit rate {:.1}% → {:.1}%",
+                            100.0 * a,
+                            100.0 * b
+                        )
+                    }
+                    _ => String::new(),
+                };
                 let _ = writeln!(
                     s,
-                    "  fit      output projection refit by least squares ({} rows): held-out error {:.3e} → {:.3e}{}",
+                    "  fit      {what} ({} rows): held-out error {:.3e} → {:.3e}{hits}{}",
                     f.rows_fit,
                     f.error_before,
                     f.error_after,
                     if f.kept { "" } else { " (not kept: no better)" }
                 );
             }
-            if let Some(e) = &l.error_alone {
+            for (family, e) in &l.error_alone {
                 let _ = writeln!(
                     s,
-                    "  error if only this layer is converted: layer output {}, final output {}",
+                    "  error if only this is converted ({family}): layer output {}, final output {}",
                     e.layer_output, e.final_output
                 );
             }

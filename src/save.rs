@@ -60,6 +60,41 @@ const GRAPH: &str = "graph.txt";
 const WEIGHTS: &str = "weights.safetensors";
 const CONFIG: &str = "config.json";
 
+/// The checks [`save`] makes before writing that need no optimisation result, so that a
+/// command can refuse at once instead of after minutes of work: the source is not itself an
+/// optimised folder, `out` is not the source, and an existing `out` is replaced only with
+/// `force` and only when attnopt wrote it. `save` checks them again when it writes.
+pub fn preflight(model: &Model, out: &Path, force: bool) -> Result<(), Error> {
+    let usage = |msg: &str| Error::Usage {
+        path: out.to_path_buf(),
+        msg: msg.into(),
+    };
+    let src = &model.imported().dir;
+    if src.join(MANIFEST).exists() {
+        return Err(Error::NotSupported(
+            "optimising an already optimised folder; optimise the original model".into(),
+        ));
+    }
+    if let (Ok(o), Ok(s)) = (out.canonicalize(), src.canonicalize()) {
+        if o == s {
+            return Err(usage("is the input model; choose another output folder"));
+        }
+    }
+    if std::fs::symlink_metadata(out).is_ok() {
+        if !force {
+            return Err(usage("already exists; pass --force to replace it"));
+        }
+        if out.is_dir() {
+            written_by_attnopt(out).map_err(|why| {
+                usage(&format!(
+                    "is not a folder attnopt wrote ({why}); refusing to replace it"
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `opt` for `model` to the folder `out` (see [`crate::output::write_dir`]; an existing
 /// folder is replaced only with `force`, and only when it holds exactly the files its manifest
 /// says attnopt wrote).

@@ -99,7 +99,7 @@ fn run_case(name: &str, budget: Option<f64>) -> Outcome {
             );
         }
         assert!(
-            l.converted.is_some() || l.reason.is_some(),
+            !l.converted.is_empty() || l.reason.is_some(),
             "layer {} has neither a conversion nor a reason",
             l.layer
         );
@@ -116,14 +116,17 @@ fn run_case(name: &str, budget: Option<f64>) -> Outcome {
             .report
             .layers
             .iter()
-            .filter(|l| l.converted.is_some())
+            .filter(|l| !l.converted.is_empty())
             .map(|l| l.layer)
             .collect(),
         alone: opt
             .report
             .layers
             .iter()
-            .filter_map(|l| l.error_alone.map(|e| (l.layer, e.final_output.relative)))
+            .filter_map(|l| {
+                let e = l.error_alone.get("hydra")?;
+                Some((l.layer, e.final_output.relative))
+            })
             .collect(),
         final_error: reported,
     }
@@ -186,7 +189,7 @@ fn ineligible_layers_say_why() {
     };
     let opt = optimize(&model, &opts, &mut |_| {}).unwrap();
     for l in &opt.report.layers {
-        assert!(l.converted.is_none());
+        assert!(l.converted.is_empty());
         let why = l.reason.as_deref().unwrap_or("");
         assert!(why.contains("rotary"), "layer {}: {why}", l.layer);
     }
@@ -226,8 +229,8 @@ fn refit_lowers_the_error_of_converted_layers() {
         };
         let opt = optimize(&model, &opts, &mut |_| {}).unwrap();
         for l in &opt.report.layers {
-            assert!(l.converted.is_some(), "layer {} not converted", l.layer);
-            match (refit, l.fit) {
+            assert!(!l.converted.is_empty(), "layer {} not converted", l.layer);
+            match (refit, l.fit.get(attnopt::optimize::REFIT).copied()) {
                 (false, fit) => assert!(fit.is_none()),
                 (true, Some(f)) => assert!(
                     f.kept && f.error_after < f.error_before && f.rows_held_out > 0,

@@ -180,13 +180,16 @@ fn errors_are_one_line_and_nonzero() {
         "optimize",
         "fixtures/bert",
         "--allow",
-        "sparse-qkv",
+        "sparse-attention",
         "-o",
         "target/never-written",
     ]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("not supported yet: approximate rule family `sparse-qkv`"),
+        stderr(&o).contains(
+            "not supported yet: approximate family `sparse-attention` (this build has: hydra, \
+             sparse-qkv, sparse-ff)"
+        ),
         "{}",
         stderr(&o)
     );

@@ -86,10 +86,8 @@ fn graph(s: &Dims, w1_input: bool) -> Graph {
         mb: weight(&mut b, "mb", &[x_blocks, s.block], 33),
         w1,
         w2: weight(&mut b, "w2", &[s.block, x_blocks, d], 34),
-        b2: weight(&mut b, "b2", &[d], 35),
-        b1: s
-            .dense_like
-            .then(|| weight(&mut b, "b1", &[s.units], 36)),
+        b2: Some(weight(&mut b, "b2", &[d], 35)),
+        b1: s.dense_like.then(|| weight(&mut b, "b1", &[s.units], 36)),
         act: match s.dense_like {
             true => attnopt_ir::Unary::GeluTanh,
             false => attnopt_ir::Unary::Relu,

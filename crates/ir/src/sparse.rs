@@ -27,8 +27,9 @@ pub struct SparseFf {
     pub w1: NodeId,
     /// `[N, X, d]` (block and element axes swapped).
     pub w2: NodeId,
-    /// `[d]`.
-    pub b2: NodeId,
+    /// `[d]` (trax's; `None`: the caller adds the output bias itself, as a converted dense
+    /// layer, whose bias add stays where it was).
+    pub b2: Option<NodeId>,
     /// A bias `[F]` on the first product: none in trax; a dense layer converted by attnopt
     /// keeps its own.
     pub b1: Option<NodeId>,
@@ -130,6 +131,9 @@ impl Builder {
         let w2 = self.op(Op::Permute(vec![1, 0, 2]), &[f.w2], Role::MlpDown)?;
         let w2 = flat(self, w2, f.units, d, Role::MlpDown)?;
         let y = self.op(Op::MatMul, &[act, w2], Role::MlpDown)?;
-        self.add(y, f.b2, Role::MlpDown)
+        match f.b2 {
+            Some(b2) => self.add(y, b2, Role::MlpDown),
+            None => Ok(y),
+        }
     }
 }

@@ -232,7 +232,7 @@ fn sparse_ff_matches_trax_loops() {
             mb: a[3],
             w1: a[4],
             w2: a[5],
-            b2: a[6],
+            b2: Some(a[6]),
             b1: None,
             act: attnopt_ir::Unary::Relu,
             block: ny,

@@ -112,12 +112,10 @@ fn recognise(l: &Lowering, root: NodeId) -> Option<Match> {
     let [x, y] = operands(gated)[..] else {
         return None;
     };
-    let (mid, choice) = [(x, y), (y, x)]
-        .into_iter()
-        .find(|&(m, c)| {
-            matches!(op(m), Op::MatMul | Op::Binary(Binary::Add))
-                && matches!(op(c), Op::BlockOneHot { .. })
-        })?;
+    let (mid, choice) = [(x, y), (y, x)].into_iter().find(|&(m, c)| {
+        matches!(op(m), Op::MatMul | Op::Binary(Binary::Add))
+            && matches!(op(c), Op::BlockOneHot { .. })
+    })?;
     let Op::BlockOneHot { block } = *op(choice) else {
         return None;
     };

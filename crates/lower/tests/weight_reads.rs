@@ -85,7 +85,7 @@ fn sparse_ff_reads_its_chosen_units_only() {
         mb: weight(&mut b, &[blocks, block], false),
         w1: weight(&mut b, &[d, blocks, block], false),
         w2: weight(&mut b, &[block, blocks, d], false),
-        b2: weight(&mut b, &[d], false),
+        b2: Some(weight(&mut b, &[d], false)),
         b1: None,
         act: attnopt_ir::Unary::Relu,
         block,

@@ -41,9 +41,10 @@ struct Member {
     width: usize,
 }
 
-/// Classes multiplied by a `block_onehot` mask (a sparse feed-forward's first product): fusing
-/// such a product with its siblings would make the fused product compute every unit, where the
-/// sparse kernel (`lower`'s `sparse_ff`) reads only the chosen ones; so they stay apart.
+/// Classes multiplied by a `block_onehot` mask (a sparse feed-forward's first product, or that
+/// product plus a bias): fusing such a product with its siblings would make the fused product
+/// compute every unit, where the sparse kernel (`lower`'s `sparse_ff`) reads only the chosen
+/// ones; so they stay apart.
 fn sparsely_gated(egraph: &EGraph<TensorLang, TypeAnalysis>) -> BTreeSet<Id> {
     let (mul, onehot) = (Symbol::from("mul"), Symbol::from("block_onehot"));
     let is_mask = |c: Id| {
@@ -68,6 +69,19 @@ fn sparsely_gated(egraph: &EGraph<TensorLang, TypeAnalysis>) -> BTreeSet<Id> {
             }
         }
     }
+    // Through a bias add: `mul(add(matmul(h, W1), b1), mask)`.
+    let add = Symbol::from("add");
+    let mut biased = BTreeSet::new();
+    for &c in &gated {
+        for node in &egraph[c].nodes {
+            if let TensorLang::Op(op, ch) = node {
+                if *op == add {
+                    biased.extend(ch.iter().map(|&x| egraph.find(x)));
+                }
+            }
+        }
+    }
+    gated.extend(biased);
     gated
 }
 

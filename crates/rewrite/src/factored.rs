@@ -86,22 +86,35 @@ pub fn replace_products(
     let graph = g.rebuild(
         |n| factors.get(&n).map(|_| vec![g.operands(n)[0]]),
         |out, n, map| {
-            let (gate, proj) = factors[&n].clone();
-            let meta = g.node(n).meta;
-            if let Some(l) = meta.layer {
+            if let Some(l) = g.node(n).meta.layer {
                 *by_layer.entry(l).or_insert(0) += 1;
             }
-            let x = map[&g.operands(n)[0]];
-            let rank = out.node(x).ty.shape.rank();
-            let (gate, proj) = (out.weight(gate), out.weight(proj));
-            let xu = out.add(Op::Unsqueeze { axis: rank - 1 }, &[x], meta)?;
-            let gated = out.add(Op::Binary(Binary::Mul), &[xu, gate], meta)?;
-            let y = out.add(Op::MatMul, &[gated, proj], meta)?;
-            // Back to the product's own shape, `[.., d_out]`.
-            out.add(Op::Reshape(g.node(n).ty.shape.clone()), &[y], meta)
+            let (gate, proj) = &factors[&n];
+            factored_product(out, g, n, map, gate.clone(), proj.clone())
         },
     )?;
     Ok(Factoring { graph, by_layer })
+}
+
+/// In a [`Graph::rebuild`] of `g`, the product `n = matmul(x, W)` as
+/// `reshape(matmul(unsqueeze(x) ⊙ G, P))` (its `x` already in `map`).
+pub fn factored_product(
+    out: &mut Graph,
+    g: &Graph,
+    n: NodeId,
+    map: &HashMap<NodeId, NodeId>,
+    gate: Weight,
+    proj: Weight,
+) -> Result<NodeId, GraphError> {
+    let meta = g.node(n).meta;
+    let x = map[&g.operands(n)[0]];
+    let rank = out.node(x).ty.shape.rank();
+    let (gate, proj) = (out.weight(gate), out.weight(proj));
+    let xu = out.add(Op::Unsqueeze { axis: rank - 1 }, &[x], meta)?;
+    let gated = out.add(Op::Binary(Binary::Mul), &[xu, gate], meta)?;
+    let y = out.add(Op::MatMul, &[gated, proj], meta)?;
+    // Back to the product's own shape, `[.., d_out]`.
+    out.add(Op::Reshape(g.node(n).ty.shape.clone()), &[y], meta)
 }
 
 /// `n = matmul(x, W)` with `x` an activation of rank ≥ 2 and `W` a float weight `[d_in,

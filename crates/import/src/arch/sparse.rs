@@ -157,7 +157,7 @@ impl SparseFfSpec {
             mb: l.w(&n("controller.bias"), &[x, nb])?,
             w1: l.w(&n("w1"), &[d, x, nb])?,
             w2: l.w(&n("w2"), &[nb, x, d])?,
-            b2: l.w(&n("b2"), &[d])?,
+            b2: Some(l.w(&n("b2"), &[d])?),
             b1: None,
             act: attnopt_ir::Unary::Relu,
             block: nb,
