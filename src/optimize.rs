@@ -533,10 +533,12 @@ pub fn optimize(
         .map(|s| {
             let sol = fin.layers.get(&s.layer);
             let mine = |k: &&Key| k.0 == s.layer;
-            let converted: Vec<String> = chosen
+            // In the order the families were allowed.
+            let converted: Vec<String> = opts
+                .allow
                 .iter()
-                .filter(|(k, _)| mine(k))
-                .map(|(_, c)| c.name().to_string())
+                .filter_map(|f| chosen.get(&(s.layer, f.clone())))
+                .map(|c| c.name().to_string())
                 .collect();
             // Why each allowed family did not convert the layer (named when several are).
             let reasons: Vec<String> = opts

@@ -8,8 +8,8 @@
 //! As ordinary kernels that is a gating pass writing `S` copies of the row and a small matrix
 //! product the library runs at a fraction of the memory bandwidth; the fused kernel reads `G`
 //! and `P` once, splitting `d` between threads. Taken only for at most [`FACTORED_ROWS`] rows
-//! (decoding) and when the `mul` and the `unsqueeze` are [`Lowering::private`] f32 values; more
-//! rows keep the product for the library. Its meaning is the interpreter's up to f32 rounding.
+//! (decoding) and when the `mul` is a [`Lowering::private`] f32 value (the `unsqueeze` too, or
+//! it is left as the view it is); more rows keep the product for the library. Its meaning is the interpreter's up to f32 rounding.
 
 use attnopt_ir::{Binary, NodeId, Op};
 
@@ -43,15 +43,20 @@ fn recognise(l: &Lowering, root: NodeId) -> Option<(NodeId, NodeId, NodeId, Vec<
         return None;
     };
     let rows: usize = sx[..sx.len().saturating_sub(1)].iter().product();
-    let fits = l.private_f32(xu)
-        && !sx.is_empty()
+    let fits = !sx.is_empty()
         && axis + 1 == sx.len()
         && sg.len() == 2
         && sp.len() == 2
         && sg[1] == sx[sx.len() - 1]
         && sp[0] == sg[1]
         && rows <= FACTORED_ROWS;
-    fits.then(|| (x, g, p, vec![root, gated, xu]))
+    // The unsqueeze is a view the kernel reads through: swallowed when private; shared (the
+    // Q, K and V products of one input share it once the optimizer has merged them), it stays.
+    let mut nodes = vec![root, gated];
+    if l.private_f32(xu) {
+        nodes.push(xu);
+    }
+    fits.then_some((x, g, p, nodes))
 }
 
 /// Whether `root` is a product this module takes (`row_kernel.rs` leaves it alone then).
