@@ -11,7 +11,7 @@
 //!
 //! The error before (rank-1 start) and after (ALS) is measured on held-out rows.
 
-use crate::lstsq::{matmul, matmul_tn, spd_solve};
+use crate::lstsq::{matmul, matmul_tn, spd_solve, transpose};
 
 /// ALS sweeps (each lowers the fitted error; it stops early when a sweep gains < 1e-6).
 const SWEEPS: usize = 30;
@@ -194,17 +194,6 @@ pub fn fit(
         error_after,
         kept,
     })
-}
-
-/// `a [r, c]` transposed.
-fn transpose(a: &[f64], r: usize, c: usize) -> Vec<f64> {
-    let mut t = vec![0f64; r * c];
-    for i in 0..r {
-        for j in 0..c {
-            t[j * r + i] = a[i * c + j];
-        }
-    }
-    t
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 //! SVD of the weights alone. Both are measured on held-out rows: the relative error of `y`
 //! (before `b2`) and the *hit rate*, the share of (row, block) choices equal to the oracle's.
 
-use crate::lstsq::{cholesky, matmul, matmul_tn, top_eigenvectors, RIDGE};
+use crate::lstsq::{cholesky, matmul, matmul_tn, top_eigenvectors, transpose, RIDGE};
 
 /// A dense feed-forward's weights, `f64`, row-major.
 pub struct DenseFf<'a> {
@@ -338,17 +338,6 @@ pub fn fit(
         hit_rate_after,
         kept,
     })
-}
-
-/// `a [r, c]` transposed.
-fn transpose(a: &[f64], r: usize, c: usize) -> Vec<f64> {
-    let mut t = vec![0f64; r * c];
-    for i in 0..r {
-        for j in 0..c {
-            t[j * r + i] = a[i * c + j];
-        }
-    }
-    t
 }
 
 #[cfg(test)]

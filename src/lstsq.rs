@@ -137,6 +137,17 @@ pub fn matmul_tn(a: &[f64], b: &[f64], n: usize, k: usize, m: usize) -> Vec<f64>
     c
 }
 
+/// `a [r, c]` transposed.
+pub fn transpose(a: &[f64], r: usize, c: usize) -> Vec<f64> {
+    let mut t = vec![0f64; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            t[j * r + i] = a[i * c + j];
+        }
+    }
+    t
+}
+
 /// Iterations of [`top_eigenvectors`]' subspace iteration.
 const SUBSPACE_ITERATIONS: usize = 60;
 

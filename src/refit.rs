@@ -174,7 +174,7 @@ pub fn refit(
 fn rebuild(
     g: &Graph,
     found: &[(u32, OutProj, OutProj)],
-    mut replace: HashMap<NodeId, (Weight, Option<Weight>)>,
+    replace: HashMap<NodeId, (Weight, Option<Weight>)>,
 ) -> Result<Graph, Error> {
     if replace.is_empty() {
         return Ok(g.clone());
@@ -184,37 +184,26 @@ fn rebuild(
         .filter(|(_, _, c)| replace.contains_key(&c.matmul))
         .filter_map(|(_, _, c)| c.bias.map(|(add, _)| (add, c.matmul)))
         .collect();
-    // What the outputs need once the old weights are replaced.
-    let needed = g.needed(|n| {
-        if replace.contains_key(&n) {
-            vec![g.operands(n)[0]]
-        } else if let Some(&mm) = bias_add.get(&n) {
-            vec![mm]
-        } else {
-            g.operands(n)
-        }
-    });
-    let mut out = Graph::new();
-    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     let mut new_bias: HashMap<NodeId, NodeId> = HashMap::new();
-    for n in g.topo_order().into_iter().filter(|n| needed.contains(n)) {
-        let meta: NodeMeta = g.node(n).meta;
-        let id = if let Some((w, b)) = replace.remove(&n) {
-            let w = out.weight(w);
-            if let Some(b) = b {
-                new_bias.insert(n, out.weight(b));
+    Ok(g.rebuild(
+        |n| {
+            if replace.contains_key(&n) {
+                Some(vec![g.operands(n)[0]])
+            } else {
+                bias_add.get(&n).map(|&mm| vec![mm])
             }
-            out.add(Op::MatMul, &[map[&g.operands(n)[0]], w], meta)?
-        } else if let Some(mm) = bias_add.get(&n) {
-            let b = new_bias[mm];
-            out.add(Op::Binary(Binary::Add), &[map[mm], b], meta)?
-        } else {
-            out.copy_node(g, n, &map)?
-        };
-        map.insert(n, id);
-    }
-    for (name, id) in g.outputs() {
-        out.set_output(name, map[id])?;
-    }
-    Ok(out)
+        },
+        |out, n, map| {
+            let meta: NodeMeta = g.node(n).meta;
+            if let Some((w, b)) = replace.get(&n).cloned() {
+                let w = out.weight(w);
+                if let Some(b) = b {
+                    new_bias.insert(n, out.weight(b));
+                }
+                return out.add(Op::MatMul, &[map[&g.operands(n)[0]], w], meta);
+            }
+            let mm = bias_add[&n];
+            out.add(Op::Binary(Binary::Add), &[map[&mm], new_bias[&mm]], meta)
+        },
+    )?)
 }

@@ -2,34 +2,13 @@
 //! the reported errors agree with an independent interpreter run of the written model folder.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use attnopt::optimize::{optimize, OptimizeOptions};
 use attnopt::{Model, RunOptions};
-use attnopt_ir::Tensor;
 
-fn fixture(model: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(model)
-}
-
-/// ‖a − b‖₂ / ‖b‖₂, computed here independently of the library's error code.
-fn relative(a: &Tensor, b: &Tensor) -> f64 {
-    let (x, y) = (a.as_f32().unwrap(), b.as_f32().unwrap());
-    let num: f64 = x.iter().zip(y).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
-    let den: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
-
-fn golden_inputs(model: &Model, dir: &Path) -> BTreeMap<String, Tensor> {
-    let takes = model.input_names();
-    attnopt::tensors::read(&dir.join("golden.safetensors"))
-        .unwrap()
-        .into_iter()
-        .filter(|(k, _)| takes.contains(&k.as_str()))
-        .collect()
-}
+#[path = "support/models.rs"]
+mod models;
+use models::{fixture, golden_inputs, relative};
 
 struct Outcome {
     converted: Vec<u32>,
