@@ -15,11 +15,12 @@ pub(crate) struct VecOps {
     pub(crate) dot_bf16: fn(&[f32], &[u16]) -> f32,
     /// [`VecOps::axpy`] with `x` bfloat16 bit patterns.
     pub(crate) axpy_bf16: fn(f32, &[u16], &mut [f32]),
-    /// `y[i, :] += c_i · p` for every `i` (`y` is `c.len() × p.len()`, row-major): a rank-1
-    /// update in one call.
-    pub(crate) ger: fn(&[f32], &[f32], &mut [f32]),
+    /// `ger(c, s, p, y)`: `y += cᵀ·p` for `c [rows, s]`, `p [rows, m]`, `y [s, m]` (row-major;
+    /// `m = y.len() / s`): a sum of rank-1 updates, register-blocked (four rows of `y` by 16
+    /// columns in registers while the rows of `p` stream by).
+    pub(crate) ger: fn(&[f32], usize, &[f32], &mut [f32]),
     /// [`VecOps::ger`] with `p` bfloat16 bit patterns.
-    pub(crate) ger_bf16: fn(&[f32], &[u16], &mut [f32]),
+    pub(crate) ger_bf16: fn(&[f32], usize, &[u16], &mut [f32]),
 }
 
 impl VecOps {
@@ -60,8 +61,8 @@ impl VecOps {
             axpy: |a, x, o| axpy_body::<false>(a, x, o),
             dot_bf16: |a, b| dot_bf16_body::<8, false>(a, b),
             axpy_bf16: |a, x, o| axpy_bf16_body::<false>(a, x, o),
-            ger: |c, p, y| ger_body::<false>(c, p, y),
-            ger_bf16: |c, p, y| ger_bf16_body::<false>(c, p, y),
+            ger: |c, s, p, y| ger_body::<false, f32>(c, s, p, y),
+            ger_bf16: |c, s, p, y| ger_body::<false, u16>(c, s, p, y),
         }
     }
 }
@@ -94,17 +95,82 @@ fn axpy_body<const FMA: bool>(a: f32, x: &[f32], o: &mut [f32]) {
     }
 }
 
-#[inline(always)]
-fn ger_body<const FMA: bool>(c: &[f32], p: &[f32], y: &mut [f32]) {
-    for (&ci, row) in c.iter().zip(y.chunks_exact_mut(p.len().max(1))) {
-        axpy_body::<FMA>(ci, p, row);
+/// An element of `p` in [`ger_body`]: f32, or bfloat16 bits widened.
+trait Lane: Copy {
+    fn f32(self) -> f32;
+}
+
+impl Lane for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
     }
 }
 
+impl Lane for u16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        wide(self)
+    }
+}
+
+/// Columns of `y` per register tile (one AVX-512 register).
+const TILE: usize = 16;
+
 #[inline(always)]
-fn ger_bf16_body<const FMA: bool>(c: &[f32], p: &[u16], y: &mut [f32]) {
-    for (&ci, row) in c.iter().zip(y.chunks_exact_mut(p.len().max(1))) {
-        axpy_bf16_body::<FMA>(ci, p, row);
+fn ger_body<const FMA: bool, P: Lane>(c: &[f32], s: usize, p: &[P], y: &mut [f32]) {
+    let s = s.max(1);
+    let m = y.len() / s;
+    let rows = (c.len() / s).min(if m == 0 { 0 } else { p.len() / m });
+    let fma = |a: f32, b: f32, acc: f32| if FMA { a.mul_add(b, acc) } else { acc + a * b };
+    // Four rows of y by TILE columns stay in registers while every row of p streams by.
+    let mut q0 = 0;
+    while q0 < s {
+        let nq = (s - q0).min(4);
+        let mut j = 0;
+        while j < m {
+            let w = (m - j).min(TILE);
+            let mut acc = [[0f32; TILE]; 4];
+            if w == TILE && nq == 4 {
+                // Constant-size loops the compiler turns into one register per row of y.
+                for i in 0..rows {
+                    let pr: &[P; TILE] = p[i * m + j..i * m + j + TILE]
+                        .try_into()
+                        .expect("TILE elements");
+                    let pv: [f32; TILE] = pr.map(P::f32);
+                    let ci: &[f32; 4] = c[i * s + q0..i * s + q0 + 4]
+                        .try_into()
+                        .expect("4 elements");
+                    for q in 0..4 {
+                        for t in 0..TILE {
+                            acc[q][t] = fma(ci[q], pv[t], acc[q][t]);
+                        }
+                    }
+                }
+            } else {
+                for i in 0..rows {
+                    let pr = &p[i * m + j..i * m + j + w];
+                    let mut pv = [0f32; TILE];
+                    for (v, x) in pv.iter_mut().zip(pr) {
+                        *v = x.f32();
+                    }
+                    let ci = &c[i * s + q0..i * s + q0 + nq];
+                    for (a, &cv) in acc.iter_mut().zip(ci) {
+                        for t in 0..TILE {
+                            a[t] = fma(cv, pv[t], a[t]);
+                        }
+                    }
+                }
+            }
+            for (q, a) in acc.iter().enumerate().take(nq) {
+                let row = &mut y[(q0 + q) * m + j..(q0 + q) * m + j + w];
+                for (o, v) in row.iter_mut().zip(a) {
+                    *o += v;
+                }
+            }
+            j += w;
+        }
+        q0 += nq;
     }
 }
 
@@ -146,7 +212,7 @@ fn axpy_bf16_body<const FMA: bool>(a: f32, x: &[u16], o: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{axpy_bf16_body, axpy_body, dot_bf16_body, dot_body, ger_bf16_body, ger_body};
+    use super::{axpy_bf16_body, axpy_body, dot_bf16_body, dot_body, ger_body};
 
     #[target_feature(enable = "avx512f")]
     fn dot512_impl(a: &[f32], b: &[f32]) -> f32 {
@@ -202,36 +268,36 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
-    fn ger512_impl(c: &[f32], p: &[f32], y: &mut [f32]) {
-        ger_body::<true>(c, p, y)
+    fn ger512_impl(c: &[f32], s: usize, p: &[f32], y: &mut [f32]) {
+        ger_body::<true, f32>(c, s, p, y)
     }
 
     #[target_feature(enable = "avx512f")]
-    fn ger512_bf16_impl(c: &[f32], p: &[u16], y: &mut [f32]) {
-        ger_bf16_body::<true>(c, p, y)
+    fn ger512_bf16_impl(c: &[f32], s: usize, p: &[u16], y: &mut [f32]) {
+        ger_body::<true, u16>(c, s, p, y)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    fn ger256_impl(c: &[f32], p: &[f32], y: &mut [f32]) {
-        ger_body::<true>(c, p, y)
+    fn ger256_impl(c: &[f32], s: usize, p: &[f32], y: &mut [f32]) {
+        ger_body::<true, f32>(c, s, p, y)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    fn ger256_bf16_impl(c: &[f32], p: &[u16], y: &mut [f32]) {
-        ger_bf16_body::<true>(c, p, y)
+    fn ger256_bf16_impl(c: &[f32], s: usize, p: &[u16], y: &mut [f32]) {
+        ger_body::<true, u16>(c, s, p, y)
     }
 
-    pub(super) fn ger512(c: &[f32], p: &[f32], y: &mut [f32]) {
-        unsafe { ger512_impl(c, p, y) }
+    pub(super) fn ger512(c: &[f32], s: usize, p: &[f32], y: &mut [f32]) {
+        unsafe { ger512_impl(c, s, p, y) }
     }
-    pub(super) fn ger512_bf16(c: &[f32], p: &[u16], y: &mut [f32]) {
-        unsafe { ger512_bf16_impl(c, p, y) }
+    pub(super) fn ger512_bf16(c: &[f32], s: usize, p: &[u16], y: &mut [f32]) {
+        unsafe { ger512_bf16_impl(c, s, p, y) }
     }
-    pub(super) fn ger256(c: &[f32], p: &[f32], y: &mut [f32]) {
-        unsafe { ger256_impl(c, p, y) }
+    pub(super) fn ger256(c: &[f32], s: usize, p: &[f32], y: &mut [f32]) {
+        unsafe { ger256_impl(c, s, p, y) }
     }
-    pub(super) fn ger256_bf16(c: &[f32], p: &[u16], y: &mut [f32]) {
-        unsafe { ger256_bf16_impl(c, p, y) }
+    pub(super) fn ger256_bf16(c: &[f32], s: usize, p: &[u16], y: &mut [f32]) {
+        unsafe { ger256_bf16_impl(c, s, p, y) }
     }
 
     // SAFETY (all twelve): `VecOps::detect` hands these out only after detecting the features
@@ -288,18 +354,21 @@ mod tests {
                     let w = a[i] as f64 + 2.0 * bw[i] as f64;
                     assert!((o[i] as f64 - w).abs() <= 1e-6, "bf16 {n}/{i}");
                 }
-                // Rank-1 updates: y[i, :] += c_i · p, f32 and bf16 p.
-                let c = [0.5f32, -1.0, 2.0];
-                let mut y = vec![1f32; 3 * n];
+                // y += cᵀ·p over two rows, c [2, 5] (more than a tile of four y rows), p the
+                // two halves of b (n/2 columns, odd widths), f32 and bf16 p.
+                let (s, m) = (5, n / 2);
+                let c = r.values(2 * s, -1.0, 1.0);
+                let mut y = vec![1f32; s * m];
                 let mut y16 = y.clone();
-                (ops.ger)(&c, &b, &mut y);
-                (ops.ger_bf16)(&c, &bits, &mut y16);
-                for i in 0..3 {
-                    for j in 0..n {
-                        let w = 1.0 + c[i] as f64 * b[j] as f64;
-                        assert!((y[i * n + j] as f64 - w).abs() <= 1e-6, "ger {n}");
-                        let w = 1.0 + c[i] as f64 * bw[j] as f64;
-                        assert!((y16[i * n + j] as f64 - w).abs() <= 1e-6, "ger bf16 {n}");
+                (ops.ger)(&c, s, &b[..2 * m], &mut y);
+                (ops.ger_bf16)(&c, s, &bits[..2 * m], &mut y16);
+                for q in 0..s {
+                    for j in 0..m {
+                        let w = 1.0 + c[q] as f64 * b[j] as f64 + c[s + q] as f64 * b[m + j] as f64;
+                        assert!((y[q * m + j] as f64 - w).abs() <= 1e-5, "ger {n}");
+                        let w =
+                            1.0 + c[q] as f64 * bw[j] as f64 + c[s + q] as f64 * bw[m + j] as f64;
+                        assert!((y16[q * m + j] as f64 - w).abs() <= 1e-5, "ger bf16 {n}");
                     }
                 }
             }

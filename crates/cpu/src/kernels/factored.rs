@@ -1,7 +1,7 @@
 //! `KernelKind::Factored`: a factored product at one row, `y[s, m] = Σ_d x_d·G[s, d]·P[d, m]`,
 //! reading `G` (kept transposed, `[d, S]`, made once here) and `P` once: the threads split
-//! `d`, each adds `(x_d·G[:, d]) ⊗ P[d, :]` into its own `S × M` partial sum, and the partial
-//! sums add. In bf16 precision `P` is read as bfloat16 (a copy made once per weight).
+//! `d`, each adds `Σ_d (x_d·G[:, d]) ⊗ P[d, :]` into its own `S × M` partial sum (one
+//! register-blocked `VecOps::ger` over its rows), and the partial sums add. In bf16 precision `P` is read as bfloat16 (a copy made once per weight).
 
 use std::sync::Arc;
 
@@ -66,21 +66,15 @@ impl Compiled for FactoredKernel {
         }
         let ops = &self.ops;
         let sum = split_sum(ops, d, ns * m, |share, y| {
-            let mut c = vec![0f32; ns];
-            for i in share {
-                let xi = x[i];
-                if xi == 0.0 {
-                    continue;
-                }
-                // y += (x_i·G[:, i]) ⊗ P[i, :], one rank-1 update.
-                for (cs, &gv) in c.iter_mut().zip(&self.gt[i * ns..(i + 1) * ns]) {
-                    *cs = xi * gv;
-                }
-                match (&self.p_bf16, p32) {
-                    (Some(p), _) => (ops.ger_bf16)(&c, &p[i * m..(i + 1) * m], y),
-                    (None, Some(p)) => (ops.ger)(&c, &p[i * m..(i + 1) * m], y),
-                    (None, None) => {}
-                }
+            // c[i, s] = x_i·G[s, i] for the share's rows, then y += cᵀ·P[share].
+            let mut c = self.gt[share.start * ns..share.end * ns].to_vec();
+            for (row, &xi) in c.chunks_exact_mut(ns).zip(&x[share.clone()]) {
+                row.iter_mut().for_each(|g| *g *= xi);
+            }
+            match (&self.p_bf16, p32) {
+                (Some(p), _) => (ops.ger_bf16)(&c, ns, &p[share.start * m..share.end * m], y),
+                (None, Some(p)) => (ops.ger)(&c, ns, &p[share.start * m..share.end * m], y),
+                (None, None) => {}
             }
         });
         out.copy_from_slice(&sum);

@@ -87,6 +87,12 @@ pub(crate) fn split_sum(
     use rayon::prelude::*;
     let threads = rayon::current_num_threads().max(1);
     let share = n.div_ceil(threads).max(1);
+    if threads == 1 {
+        // One thread: on the caller, without a hand-off to the pool.
+        let mut acc = vec![0f32; len];
+        part(0..n, &mut acc);
+        return acc;
+    }
     let parts: Vec<Vec<f32>> = (0..threads)
         .into_par_iter()
         .map(|t| {

@@ -25,6 +25,9 @@ pub(super) struct Key {
     pub(super) epilogue: EpilogueKind,
     /// The residual's (batch, row, column) strides.
     pub(super) residual: Option<[usize; 3]>,
+    /// The OpenMP thread count it was built for (oneDNN partitions the work at creation); 0 in
+    /// a shape key (`threads.rs`).
+    pub(super) threads: usize,
 }
 
 /// What a primitive computes besides the product.
@@ -104,5 +107,6 @@ pub(super) fn key_with(a: &Operand, b: BKey, c: &Operand, accumulate: bool, e: &
         accumulate,
         epilogue: e.kind(),
         residual: e.residual.map(|r| op2(r.layout()).key()),
+        threads: 0,
     }
 }

@@ -35,6 +35,7 @@
 mod cache;
 mod desc;
 mod staging;
+mod threads;
 mod weight;
 
 use self::cache::{key2, key_with, BKey, Convert, Entry, Extras, Key, MAX_CACHED};
@@ -73,6 +74,8 @@ struct Shared {
 
 struct State {
     cache: HashMap<Key, Entry>,
+    /// Small products' thread counts, measured (`threads.rs`).
+    threads: threads::Threads,
     stream: Handle,
     engine: Handle,
 }
@@ -496,6 +499,7 @@ impl OneDnnMatMul {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 cache: HashMap::new(),
+                threads: threads::Threads::default(),
                 stream,
                 engine,
             }),
@@ -684,14 +688,22 @@ impl OneDnnMatMul {
     ) -> Result<(), MatMulError> {
         let sh = &*self.shared;
         let mut guard = lock(&sh.state);
-        // Before building too: oneDNN sizes its work partition by the thread count it sees at
-        // creation.
-        sh.set_threads(self.threads);
         let State {
             cache,
             stream,
             engine,
+            threads: tuner,
         } = &mut *guard;
+        // Small products may run on one thread (measured per shape, `threads.rs`); the key
+        // names the count, since oneDNN sizes its work partition by the thread count it sees
+        // at creation (so it is set before building too).
+        let shape = key;
+        let (threads, timed) = tuner.next(&shape, self.threads);
+        let key = Key {
+            threads,
+            ..shape.clone()
+        };
+        sh.set_threads(threads);
         let (c_data, c_op) = c;
         for forced in [false, true] {
             if forced {
@@ -713,8 +725,14 @@ impl OneDnnMatMul {
             }
             let e = cache.get_mut(&key).expect("just inserted");
             let c = (&mut *c_data, c_op);
+            let t0 = std::time::Instant::now();
             match self.execute_entry(e, stream, a, &b, c, accumulate, epilogue) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if timed {
+                        tuner.record(&shape, threads, self.threads, t0.elapsed().as_secs_f64());
+                    }
+                    return Ok(());
+                }
                 // oneDNN 2.6 accepts some layouts at creation that its gemm-based kernel then
                 // rejects at execution: rebuild once with dense copies, unless the failed run
                 // may have already added into the caller's `c`.
