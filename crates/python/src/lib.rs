@@ -1,0 +1,239 @@
+//! `attnopt._attnopt`: the native half of attnopt's Python package (the Python half, with the
+//! docstrings users read and the type stubs, is `python/attnopt/`). A thin layer over the
+//! `attnopt` facade — the same calls the CLI makes, so errors carry the CLI's messages (as
+//! `attnopt.AttnoptError`) and reports are the CLI's JSON. Long work (optimising, running)
+//! releases the GIL.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use attnopt::ir::Tensor;
+use attnopt::optimize::OptimizeOptions;
+use attnopt::{Backend, CpuOptions, LoadOptions, Precision, RunOptions};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+create_exception!(
+    _attnopt,
+    AttnoptError,
+    PyException,
+    "An error from attnopt, with the message its CLI would print."
+);
+
+fn err(e: impl std::fmt::Display) -> PyErr {
+    AttnoptError::new_err(e.to_string())
+}
+
+fn load_model(path: &Path, accept_guesses: bool) -> PyResult<attnopt::Model> {
+    attnopt::Model::load_with(
+        path,
+        &LoadOptions {
+            accept_guesses,
+            ..LoadOptions::default()
+        },
+    )
+    .map_err(err)
+}
+
+/// The `inspect --json` object of the model at `path`, as JSON text.
+#[pyfunction]
+#[pyo3(signature = (path, seq=None))]
+fn inspect(py: Python<'_>, path: PathBuf, seq: Option<usize>) -> PyResult<String> {
+    py.detach(|| {
+        // Like the CLI, inspect shows guesses rather than refusing them.
+        let m = load_model(&path, true)?;
+        if seq == Some(0) {
+            return Err(PyValueError::new_err("seq must be at least 1"));
+        }
+        let seq = seq.unwrap_or_else(|| attnopt::limits::default_seq(&m));
+        serde_json::to_string(&attnopt::inspect::inspect(&m, seq)).map_err(err)
+    })
+}
+
+/// Optimises the model at `path` into the folder `out`; returns report.json's text.
+#[pyfunction]
+#[pyo3(signature = (path, out, allow, budget, seq, calib, calib_seq, seed, force, standalone, refit))]
+#[allow(clippy::too_many_arguments)]
+fn optimize(
+    py: Python<'_>,
+    path: PathBuf,
+    out: PathBuf,
+    allow: Vec<String>,
+    budget: Option<f64>,
+    seq: Vec<usize>,
+    calib: Option<PathBuf>,
+    calib_seq: usize,
+    seed: u64,
+    force: bool,
+    standalone: bool,
+    refit: bool,
+) -> PyResult<String> {
+    py.detach(|| {
+        let m = load_model(&path, false)?;
+        attnopt::save::preflight(&m, &out, force).map_err(err)?;
+        let opts = OptimizeOptions {
+            seqs: seq,
+            allow,
+            budget,
+            calib,
+            calib_seq,
+            seed,
+            refit,
+            ..OptimizeOptions::default()
+        };
+        let opt = attnopt::optimize::optimize(&m, &opts, &mut |_| {}).map_err(err)?;
+        let save = attnopt::save::SaveOptions {
+            force,
+            standalone,
+            ..Default::default()
+        };
+        attnopt::save::save(&m, &opt, &out, &save).map_err(err)?;
+        serde_json::to_string(&opt.report).map_err(err)
+    })
+}
+
+/// A loaded model and where it runs.
+#[pyclass(module = "attnopt._attnopt", frozen)]
+struct Model {
+    model: attnopt::Model,
+    run: RunOptions,
+    path: PathBuf,
+}
+
+/// One input array as a tensor: integer arrays as i64 (token ids, masks), float arrays as f32.
+fn tensor(name: &str, a: &Bound<'_, PyAny>) -> PyResult<Tensor> {
+    let bad = |e: attnopt::ir::LenMismatch| err(format!("input {name}: {e}"));
+    if let Ok(x) = a.extract::<PyReadonlyArrayDyn<'_, i64>>() {
+        let shape = x.shape().to_vec();
+        return Tensor::i64(shape, x.as_array().iter().copied().collect()).map_err(bad);
+    }
+    if let Ok(x) = a.extract::<PyReadonlyArrayDyn<'_, f32>>() {
+        let shape = x.shape().to_vec();
+        return Tensor::f32(shape, x.as_array().iter().copied().collect()).map_err(bad);
+    }
+    Err(PyValueError::new_err(format!(
+        "input {name}: give a numpy array of int64 (token ids, masks) or float32 (pixels)"
+    )))
+}
+
+#[pymethods]
+impl Model {
+    /// The names of the inputs the model takes.
+    #[getter]
+    fn input_names(&self) -> Vec<String> {
+        self.model
+            .input_names()
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
+    /// Runs the model on `{name: numpy array}`; returns `{name: numpy array}`.
+    #[pyo3(signature = (inputs, all_layers=false))]
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: &Bound<'py, PyDict>,
+        all_layers: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mut feed = BTreeMap::new();
+        for (k, v) in inputs.iter() {
+            let name: String = k.extract()?;
+            let t = tensor(&name, &v)?;
+            feed.insert(name, t);
+        }
+        let opts = RunOptions {
+            all_layers,
+            ..self.run.clone()
+        };
+        let out = py.detach(|| self.model.run(feed, opts).map_err(err))?;
+        let dict = PyDict::new(py);
+        for (name, t) in out {
+            let shape = t.shape().to_vec();
+            let array = match t.as_i64() {
+                Some(v) => PyArray1::from_vec(py, v.to_vec())
+                    .reshape(shape)?
+                    .into_any(),
+                None => PyArray1::from_vec(py, t.to_f32_vec())
+                    .reshape(shape)?
+                    .into_any(),
+            };
+            dict.set_item(name, array)?;
+        }
+        Ok(dict)
+    }
+
+    fn __repr__(&self) -> String {
+        let backend = match &self.run.backend {
+            Backend::Interp => "interp".to_string(),
+            Backend::Cpu(o) => format!("cpu, {:?}", o.precision).to_lowercase(),
+        };
+        format!(
+            "attnopt.Model({:?}, {backend})",
+            self.path.display().to_string()
+        )
+    }
+}
+
+/// Loads the model at `path` to run on `backend` (`"cpu"` or `"interp"`).
+#[pyfunction]
+#[pyo3(signature = (path, backend, precision, threads, accept_guesses))]
+fn load(
+    py: Python<'_>,
+    path: PathBuf,
+    backend: &str,
+    precision: &str,
+    threads: Option<usize>,
+    accept_guesses: bool,
+) -> PyResult<Model> {
+    let precision = match precision {
+        "f32" => Precision::F32,
+        "bf16" => Precision::Bf16,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "precision must be \"f32\" or \"bf16\", not {other:?}"
+            )))
+        }
+    };
+    let backend =
+        match backend {
+            "cpu" => Backend::Cpu(CpuOptions {
+                threads: threads.unwrap_or(0),
+                precision,
+                ..CpuOptions::default()
+            }),
+            "interp" if precision == Precision::F32 => Backend::Interp,
+            "interp" => return Err(PyValueError::new_err(
+                "the interpreter computes in f32 only; precision=\"bf16\" needs backend=\"cpu\"",
+            )),
+            "cuda" => return Err(err("not supported yet: backend cuda (the GPU backend)")),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "backend must be \"cpu\" or \"interp\", not {other:?}"
+                )))
+            }
+        };
+    let model = py.detach(|| load_model(&path, accept_guesses))?;
+    Ok(Model {
+        model,
+        run: RunOptions {
+            all_layers: false,
+            backend,
+        },
+        path,
+    })
+}
+
+#[pymodule]
+fn _attnopt(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("AttnoptError", m.py().get_type::<AttnoptError>())?;
+    m.add_class::<Model>()?;
+    m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(optimize, m)?)?;
+    m.add_function(wrap_pyfunction!(load, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,40 @@
+"""Type stubs of attnopt's native module (crates/python/src/lib.rs); use the wrappers in
+``attnopt`` instead of calling it directly."""
+
+from typing import Dict, List, Optional
+
+import numpy as np
+
+__version__: str
+
+class AttnoptError(Exception):
+    """An error from attnopt, with the message its CLI would print."""
+
+class Model:
+    @property
+    def input_names(self) -> List[str]: ...
+    def run(
+        self, inputs: Dict[str, np.ndarray], all_layers: bool = False
+    ) -> Dict[str, np.ndarray]: ...
+
+def inspect(path: str, seq: Optional[int] = None) -> str: ...
+def optimize(
+    path: str,
+    out: str,
+    allow: List[str],
+    budget: Optional[float],
+    seq: List[int],
+    calib: Optional[str],
+    calib_seq: int,
+    seed: int,
+    force: bool,
+    standalone: bool,
+    refit: bool,
+) -> str: ...
+def load(
+    path: str,
+    backend: str,
+    precision: str,
+    threads: Optional[int],
+    accept_guesses: bool,
+) -> Model: ...

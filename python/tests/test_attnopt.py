@@ -1,0 +1,164 @@
+"""attnopt's Python package against the fixtures' goldens (made by PyTorch/transformers,
+fixtures/gen) and against the CLI: the same numbers, the same reports, the same errors.
+
+Run by ``cargo test`` (tests/python.rs) with the package installed in ``ATTNOPT_PYTHON``'s
+environment; ``ATTNOPT_BIN`` names the CLI binary for the comparisons with it.
+"""
+
+import json
+import math
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import attnopt
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "fixtures"
+GOLDEN_MODELS = ["bert", "gpt2", "vit", "llama", "gpt2-linear", "vit-hydra",
+                 "gpt2-sparse-qkv", "gpt2-sparse-ff"]
+# Max-abs error relative to the golden's largest magnitude (tests/goldens.rs uses the same).
+TOLERANCE = 1e-5
+
+
+def read_safetensors(path):
+    """A safetensors file as {name: numpy array}, read here independently of attnopt."""
+    data = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    body = data[8 + n :]
+    dtypes = {"F32": np.float32, "I64": np.int64, "F64": np.float64, "I32": np.int32}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        out[name] = np.frombuffer(body[start:end], dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+def golden(model):
+    g = read_safetensors(FIXTURES / model / "golden.safetensors")
+    names = set(attnopt.load(FIXTURES / model, backend="interp").input_names)
+    return {k: v for k, v in g.items() if k in names}, g
+
+
+def rel_max_abs(got, want):
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-6))
+
+
+def cli(*args):
+    binary = os.environ.get("ATTNOPT_BIN")
+    if not binary:
+        pytest.skip("ATTNOPT_BIN is not set (run through cargo test)")
+    return subprocess.run([binary, *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("model", GOLDEN_MODELS)
+@pytest.mark.parametrize("backend", ["interp", "cpu"])
+def test_run_matches_the_pytorch_goldens(model, backend):
+    inputs, want = golden(model)
+    m = attnopt.load(FIXTURES / model, backend=backend, threads=2)
+    out = m.run(inputs, all_layers=True)
+    for name in ["last_hidden_state", "embeddings", "layer.0", "layer.1"]:
+        assert out[name].dtype == np.float32 and out[name].shape == want[name].shape
+        err = rel_max_abs(out[name], want[name])
+        assert err <= TOLERANCE, f"{model} {backend} {name}: {err:.2e}"
+
+
+def test_inputs_of_any_integer_dtype_and_without_batch_axis():
+    inputs, want = golden("bert")
+    m = attnopt.load(FIXTURES / "bert", backend="interp")
+    one = {k: v[0].astype(np.int32) for k, v in inputs.items()}
+    out = m.run(one)
+    assert out["last_hidden_state"].shape == (1,) + want["last_hidden_state"].shape[1:]
+    err = rel_max_abs(out["last_hidden_state"][0], want["last_hidden_state"][0])
+    assert err <= TOLERANCE
+    # A non-contiguous view is accepted too.
+    ids = np.asfortranarray(inputs["input_ids"])
+    out = m.run({"input_ids": ids, "attention_mask": inputs["attention_mask"],
+                 "token_type_ids": inputs["token_type_ids"]})
+    assert rel_max_abs(out["last_hidden_state"], want["last_hidden_state"]) <= TOLERANCE
+
+
+def test_bf16_is_an_approximation_not_an_error():
+    inputs, want = golden("bert")
+    out = attnopt.load(FIXTURES / "bert", precision="bf16", threads=2).run(inputs)
+    err = rel_max_abs(out["last_hidden_state"], want["last_hidden_state"])
+    assert 0 < err < 0.05, err
+
+
+def test_inspect_is_the_cli_json():
+    got = attnopt.inspect(FIXTURES / "gpt2")
+    assert got["architecture"] == "gpt2"
+    r = cli("inspect", FIXTURES / "gpt2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert got == json.loads(r.stdout)
+
+
+def test_optimize_writes_a_folder_that_runs_and_reports_like_the_cli(tmp_path):
+    out = tmp_path / "bert-hydra"
+    report = attnopt.optimize(FIXTURES / "bert", out, allow=["hydra"], budget=math.inf,
+                              calib_seq=32)
+    assert [l["converted"] for l in report["layers"]] == [["hydra-padded"]] * 2
+    assert report["budget"] is None and report["final_error"]["relative"] > 0
+    assert json.loads((out / "report.json").read_text()) == report
+    # The folder runs, and is what the CLI's run gives.
+    inputs, _ = golden("bert")
+    m = attnopt.load(out, threads=2)
+    got = m.run(inputs)["last_hidden_state"]
+    ref = attnopt.load(out, backend="interp").run(inputs)["last_hidden_state"]
+    assert rel_max_abs(got, ref) <= TOLERANCE
+    # The same call through the CLI makes the same report (timings aside).
+    out2 = tmp_path / "cli"
+    r = cli("optimize", FIXTURES / "bert", "-o", out2, "--allow", "hydra", "--budget", "inf",
+            "--calib-seq", "32", "--json")
+    assert r.returncode == 0, r.stderr
+    cli_report = json.loads((out2 / "report.json").read_text())
+    for rep in (report, cli_report):
+        rep.pop("optimise_ms")
+        rep.pop("model")
+    assert cli_report == report
+
+
+def test_errors_carry_the_cli_messages(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(attnopt.AttnoptError) as e:
+        attnopt.load(missing)
+    r = cli("inspect", missing)
+    assert r.returncode != 0
+    assert r.stderr.strip() == f"error: {e.value}"
+    # An existing output folder is refused before any work.
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    with pytest.raises(attnopt.AttnoptError, match="already exists; pass --force"):
+        attnopt.optimize(FIXTURES / "gpt2", taken)
+    with pytest.raises(attnopt.AttnoptError, match="approximate family `sparse-attention`"):
+        attnopt.optimize(FIXTURES / "gpt2", tmp_path / "o", allow="sparse-attention")
+    # Inputs the model does not take, or lacks.
+    m = attnopt.load(FIXTURES / "vit", backend="interp")
+    with pytest.raises(attnopt.AttnoptError, match="pixel_values"):
+        m.run({"input_ids": np.zeros((1, 3), dtype=np.int64)})
+
+
+def test_bad_arguments_are_value_errors(tmp_path):
+    with pytest.raises(ValueError):
+        attnopt.load(FIXTURES / "bert", backend="tpu")
+    with pytest.raises(ValueError):
+        attnopt.load(FIXTURES / "bert", precision="fp8")
+    with pytest.raises(ValueError):
+        attnopt.load(FIXTURES / "bert", backend="interp", precision="bf16")
+    with pytest.raises(ValueError):
+        attnopt.optimize(FIXTURES / "bert", tmp_path / "x", seq=[0])
+    with pytest.raises(ValueError):
+        attnopt.optimize(FIXTURES / "bert", tmp_path / "x", budget=-1.0)
+    m = attnopt.load(FIXTURES / "bert", backend="interp")
+    with pytest.raises(ValueError):
+        m.run({"input_ids": np.array(["a", "b"])})
+    with pytest.raises(attnopt.AttnoptError, match="not supported yet"):
+        m.generate()
+    assert "bert" in repr(m) and "interp" in repr(m)
