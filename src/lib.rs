@@ -18,6 +18,8 @@ pub mod convert;
 mod error;
 pub mod fit_factored;
 pub mod fit_sparse_ff;
+pub mod graph_svg;
+pub mod html_report;
 pub mod inspect;
 pub mod limits;
 pub mod lstsq;

@@ -201,6 +201,10 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Also write the report as one self-contained HTML page: the per-layer table, bar
+        /// charts of cost and error per layer, and one layer's graph before and after.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
         /// E-graph node limit per block.
         #[arg(long, default_value_t = Limits::default().nodes)]
         node_limit: usize,
@@ -611,6 +615,7 @@ fn run(cli: Cli) -> Result<()> {
             hash_source,
             standalone,
             json,
+            report,
             node_limit,
             iter_limit,
             time_limit,
@@ -675,6 +680,15 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("give the output folder with -o/--output")
             };
             attnopt::save::preflight(&m, &output, force)?;
+            if let Some(r) = &report {
+                output::check_file_target(r, &m.inputs())?;
+                if r.starts_with(&output) {
+                    bail!(
+                        "{}: --report must not be inside the output folder (it is replaced whole)",
+                        r.display()
+                    );
+                }
+            }
             let mut reporter = attnopt::progress::Reporter::new("optimize");
             let mut progress = |step: &str| reporter.step(attnopt::progress::Step::phase(step));
             let opt = attnopt::optimize::optimize(&m, &opts, &mut progress)?;
@@ -694,6 +708,11 @@ fn run(cli: Cli) -> Result<()> {
                 saved.graph_nodes,
                 saved.new_weights
             );
+            if let Some(r) = &report {
+                let page = attnopt::html_report::page(m.graph(), &opt.graph, &opt.report);
+                output::write_file(r, page.as_bytes(), &m.inputs())?;
+                eprintln!("[optimize] wrote {}", r.display());
+            }
             if json {
                 outln!("{}", serde_json::to_string_pretty(&opt.report)?);
             } else {

@@ -575,3 +575,49 @@ fn report_counts_weight_bytes_read_per_token() {
         assert_eq!(i["weight_bytes_per_token"], 2 * want + 512, "{model}");
     }
 }
+
+/// `optimize --report FILE` writes the HTML page beside the folder; a report path inside the
+/// output folder, or one that is an input, is refused before any work.
+#[test]
+fn optimize_writes_the_html_report_where_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, page) = (dir.path().join("opt"), dir.path().join("report.html"));
+    let o = attnopt(&[
+        "optimize",
+        "fixtures/gpt2",
+        "-o",
+        out.to_str().unwrap(),
+        "--report",
+        page.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("<svg"));
+    let inside = dir.path().join("opt2").join("report.html");
+    let o = attnopt(&[
+        "optimize",
+        "fixtures/gpt2",
+        "-o",
+        dir.path().join("opt2").to_str().unwrap(),
+        "--report",
+        inside.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("must not be inside the output folder"),
+        "{}",
+        stderr(&o)
+    );
+    let o = attnopt(&[
+        "optimize",
+        "fixtures/gpt2",
+        "-o",
+        dir.path().join("opt3").to_str().unwrap(),
+        "--report",
+        "fixtures/gpt2/config.json",
+    ]);
+    assert!(!o.status.success());
+    assert!(!dir.path().join("opt3").exists());
+    let config = std::fs::read_to_string(root().join("fixtures/gpt2/config.json")).unwrap();
+    assert!(config.starts_with('{'), "the input is untouched");
+}

@@ -53,6 +53,7 @@ def optimize(
     force: bool = False,
     standalone: bool = False,
     refit: bool = True,
+    report: Optional[PathLike] = None,
 ) -> dict:
     """Optimises the model at ``path`` into the new folder ``out``; returns report.json's object.
 
@@ -63,6 +64,7 @@ def optimize(
     graph is optimised for. ``calib``: a safetensors file of calibration inputs (default:
     ``calib_seq`` seeded random tokens). ``out`` must not exist unless ``force`` (and then only
     a folder attnopt wrote is replaced). ``standalone`` copies every weight into ``out``.
+    ``report``: also write the report as one self-contained HTML page there.
     """
     allow = [allow] if isinstance(allow, str) else list(allow)
     seq = list(seq)
@@ -70,7 +72,7 @@ def optimize(
         raise ValueError("seq and calib_seq take positive lengths")
     if budget is not None and (math.isnan(budget) or budget < 0):
         raise ValueError("budget must be a non-negative number (or math.inf)")
-    report = _attnopt.optimize(
+    text = _attnopt.optimize(
         os.fspath(path),
         os.fspath(out),
         allow,
@@ -82,8 +84,9 @@ def optimize(
         bool(force),
         bool(standalone),
         bool(refit),
+        None if report is None else os.fspath(report),
     )
-    return json.loads(report)
+    return json.loads(text)
 
 
 class Model:

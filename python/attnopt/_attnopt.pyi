@@ -30,6 +30,7 @@ def optimize(
     force: bool,
     standalone: bool,
     refit: bool,
+    report: Optional[str],
 ) -> str: ...
 def load(
     path: str,

@@ -102,8 +102,10 @@ def test_inspect_is_the_cli_json():
 
 def test_optimize_writes_a_folder_that_runs_and_reports_like_the_cli(tmp_path):
     out = tmp_path / "bert-hydra"
+    page = tmp_path / "report.html"
     report = attnopt.optimize(FIXTURES / "bert", out, allow=["hydra"], budget=math.inf,
-                              calib_seq=32)
+                              calib_seq=32, report=page)
+    assert page.read_text().startswith("<!DOCTYPE html>")
     assert [l["converted"] for l in report["layers"]] == [["hydra-padded"]] * 2
     assert report["budget"] is None and report["final_error"]["relative"] > 0
     assert json.loads((out / "report.json").read_text()) == report

@@ -55,7 +55,7 @@ fn inspect(py: Python<'_>, path: PathBuf, seq: Option<usize>) -> PyResult<String
 
 /// Optimises the model at `path` into the folder `out`; returns report.json's text.
 #[pyfunction]
-#[pyo3(signature = (path, out, allow, budget, seq, calib, calib_seq, seed, force, standalone, refit))]
+#[pyo3(signature = (path, out, allow, budget, seq, calib, calib_seq, seed, force, standalone, refit, report))]
 #[allow(clippy::too_many_arguments)]
 fn optimize(
     py: Python<'_>,
@@ -70,10 +70,14 @@ fn optimize(
     force: bool,
     standalone: bool,
     refit: bool,
+    report: Option<PathBuf>,
 ) -> PyResult<String> {
     py.detach(|| {
         let m = load_model(&path, false)?;
         attnopt::save::preflight(&m, &out, force).map_err(err)?;
+        if let Some(r) = &report {
+            attnopt::output::check_file_target(r, &m.inputs()).map_err(err)?;
+        }
         let opts = OptimizeOptions {
             seqs: seq,
             allow,
@@ -91,6 +95,10 @@ fn optimize(
             ..Default::default()
         };
         attnopt::save::save(&m, &opt, &out, &save).map_err(err)?;
+        if let Some(r) = &report {
+            let page = attnopt::html_report::page(m.graph(), &opt.graph, &opt.report);
+            attnopt::output::write_file(r, page.as_bytes(), &m.inputs()).map_err(err)?;
+        }
         serde_json::to_string(&opt.report).map_err(err)
     })
 }
