@@ -59,6 +59,12 @@ const REPORT_TXT: &str = "report.txt";
 const GRAPH: &str = "graph.txt";
 const WEIGHTS: &str = "weights.safetensors";
 const CONFIG: &str = "config.json";
+/// A folder with approximate conversions is also a transformers model folder: its weights in
+/// `model.safetensors` (named as the graph names them, which are the PyTorch model's parameter
+/// names), config.json with `auto_map`, and this modeling file (docs/PYTHON.md).
+const HF_WEIGHTS: &str = "model.safetensors";
+const MODELING: &str = "modeling_attnopt.py";
+const MODELING_SOURCE: &str = include_str!("../python/attnopt/modeling_attnopt.py");
 
 /// The checks [`save`] makes before writing that need no optimisation result, so that a
 /// command can refuse at once instead of after minutes of work: the source is not itself an
@@ -208,7 +214,12 @@ fn write_into(
     // concatenation, scale folding, transposes) stay graph nodes over them, folded when a
     // backend prepares the weights, so an exact-only folder holds no weights at all. With
     // `standalone` they are folded here and every weight the graph reads is copied in.
-    let graph = if opts.standalone {
+    // Converted models go back to PyTorch for fine-tuning: such a folder is also a
+    // transformers model folder, holding every weight it needs.
+    let transformers = opt.report.layers.iter().any(|l| !l.converted.is_empty());
+    let standalone = opts.standalone || transformers;
+    let weights_file = if transformers { HF_WEIGHTS } else { WEIGHTS };
+    let graph = if standalone {
         fold_weights_keeping_bf16(&opt.graph)
             .map_err(|e| Error::NotSupported(format!("precomputing weights: {e}")))?
             .graph
@@ -227,19 +238,19 @@ fn write_into(
     std::fs::write(dir.join(GRAPH), &graph_text).map_err(io(dir.join(GRAPH)))?;
     let to_write: Vec<&Weight> = used_weights(&graph)
         .into_iter()
-        .filter(|w| opts.standalone || !m.checkpoint.contains(w.name()))
+        .filter(|w| standalone || !m.checkpoint.contains(w.name()))
         .collect();
     let weights = if to_write.is_empty() {
         None
     } else {
-        write_weights(&dir.join(WEIGHTS), &to_write)?;
+        write_weights(&dir.join(weights_file), &to_write)?;
         // safetensors creates its file owner-only; give it the mode (umask applied) the other
         // files got.
         let mode = std::fs::metadata(dir.join(GRAPH)).map_err(io(dir.join(GRAPH)))?;
-        std::fs::set_permissions(dir.join(WEIGHTS), mode.permissions())
-            .map_err(io(dir.join(WEIGHTS)))?;
-        files.push(WEIGHTS.into());
-        Some(WEIGHTS.to_string())
+        std::fs::set_permissions(dir.join(weights_file), mode.permissions())
+            .map_err(io(dir.join(weights_file)))?;
+        files.push(weights_file.into());
+        Some(weights_file.to_string())
     };
     let mut total = 0u64;
     for f in m.checkpoint.files() {
@@ -248,7 +259,7 @@ fn write_into(
     let full = opts.hash_source || total <= FULL_HASH_UP_TO;
     let mut source_files = Vec::new();
     // A standalone folder needs nothing from its source.
-    let sources = if opts.standalone {
+    let sources = if standalone {
         vec![]
     } else {
         m.checkpoint.files()
@@ -263,8 +274,11 @@ fn write_into(
         source_files.push(SourceFile { name, fingerprint });
     }
     let config = m.dir.join(CONFIG);
-    if config.is_file() {
+    if config.is_file() || transformers {
         files.push(CONFIG.into());
+    }
+    if transformers {
+        files.push(MODELING.into());
     }
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -283,7 +297,11 @@ fn write_into(
     std::fs::write(dir.join(REPORT_JSON), pretty(&opt.report))
         .map_err(io(dir.join(REPORT_JSON)))?;
     std::fs::write(dir.join(REPORT_TXT), opt.report.render()).map_err(io(dir.join(REPORT_TXT)))?;
-    if config.is_file() {
+    if transformers {
+        let json = transformers_config(&config, &graph_text, &manifest)?;
+        std::fs::write(dir.join(CONFIG), json).map_err(io(dir.join(CONFIG)))?;
+        std::fs::write(dir.join(MODELING), MODELING_SOURCE).map_err(io(dir.join(MODELING)))?;
+    } else if config.is_file() {
         std::fs::copy(&config, dir.join(CONFIG)).map_err(io(config.clone()))?;
     }
     Ok(Saved {
@@ -291,6 +309,49 @@ fn write_into(
         new_weights: to_write.len(),
         graph_nodes: graph.node_count(),
     })
+}
+
+/// config.json of a transformers folder: the source's settings (if it has a config.json), the
+/// auto classes of [`MODELING`], the graph text and attnopt's manifest (which the PyTorch
+/// model's `save_pretrained` writes back as graph.txt and attnopt.json).
+fn transformers_config(source: &Path, graph: &str, manifest: &Manifest) -> Result<String, Error> {
+    let mut config = if source.is_file() {
+        let text = std::fs::read_to_string(source).map_err(|e| Error::Io {
+            path: source.to_path_buf(),
+            source: e,
+        })?;
+        serde_json::from_str::<serde_json::Value>(&text).map_err(|e| Error::Usage {
+            path: source.to_path_buf(),
+            msg: format!("not JSON: {e}"),
+        })?
+    } else {
+        serde_json::json!({})
+    };
+    let Some(obj) = config.as_object_mut() else {
+        return Err(Error::Usage {
+            path: source.to_path_buf(),
+            msg: "is not a JSON object".into(),
+        });
+    };
+    if let Some(t) = obj.remove("model_type") {
+        obj.insert("attnopt_source_model_type".into(), t);
+    }
+    obj.insert("model_type".into(), "attnopt".into());
+    obj.insert("architectures".into(), serde_json::json!(["AttnoptModel"]));
+    obj.insert(
+        "auto_map".into(),
+        serde_json::json!({
+            "AutoConfig": "modeling_attnopt.AttnoptConfig",
+            "AutoModel": "modeling_attnopt.AttnoptModel",
+        }),
+    );
+    obj.insert("attnopt_graph".into(), graph.into());
+    // Through its text, so f32 fields read back as attnopt.json spells them (1e-12, not the
+    // f64 widening 9.99…e-13).
+    let manifest: serde_json::Value = serde_json::from_str(&pretty(manifest))
+        .map_err(|e| Error::NotSupported(format!("the manifest as JSON: {e}")))?;
+    obj.insert("attnopt_manifest".into(), manifest);
+    Ok(pretty(&config))
 }
 
 /// The weights `g`'s nodes read, each once.

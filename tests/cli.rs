@@ -621,3 +621,55 @@ fn optimize_writes_the_html_report_where_asked() {
     let config = std::fs::read_to_string(root().join("fixtures/gpt2/config.json")).unwrap();
     assert!(config.starts_with('{'), "the input is untouched");
 }
+
+/// A folder with approximate conversions is also a transformers model folder: every weight in
+/// model.safetensors, config.json with auto_map and the graph, the modeling file; attnopt
+/// still loads it. An exact-only folder is not (and holds no weights).
+#[test]
+fn converted_folders_are_transformers_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let (conv, exact) = (dir.path().join("conv"), dir.path().join("exact"));
+    let o = attnopt(&[
+        "optimize",
+        "fixtures/bert",
+        "-o",
+        conv.to_str().unwrap(),
+        "--allow",
+        "hydra",
+        "--budget",
+        "inf",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "model.safetensors",
+        "modeling_attnopt.py",
+        "config.json",
+        "graph.txt",
+    ] {
+        assert!(conv.join(f).is_file(), "{f}");
+    }
+    assert!(!conv.join("weights.safetensors").exists());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(conv.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "attnopt");
+    assert_eq!(config["attnopt_source_model_type"], "bert");
+    assert_eq!(
+        config["auto_map"]["AutoModel"],
+        "modeling_attnopt.AttnoptModel"
+    );
+    assert_eq!(
+        config["attnopt_graph"].as_str().unwrap(),
+        std::fs::read_to_string(conv.join("graph.txt")).unwrap()
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(conv.join("attnopt.json")).unwrap()).unwrap();
+    assert_eq!(manifest["source_files"].as_array().unwrap().len(), 0);
+    assert_eq!(config["attnopt_manifest"], manifest);
+    let o = attnopt(&["inspect", conv.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = attnopt(&["optimize", "fixtures/bert", "-o", exact.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !exact.join("modeling_attnopt.py").exists() && !exact.join("model.safetensors").exists()
+    );
+}

@@ -164,3 +164,40 @@ def test_bad_arguments_are_value_errors(tmp_path):
     with pytest.raises(attnopt.AttnoptError, match="not supported yet"):
         m.generate()
     assert "bert" in repr(m) and "interp" in repr(m)
+
+
+# The round trip through PyTorch: needs torch and transformers (skipped without them).
+ROUND_TRIPS = [("bert", ["hydra"]), ("gpt2", ["sparse-qkv", "sparse-ff"]),
+               ("llama", ["sparse-qkv"]), ("vit", ["hydra"])]
+
+
+@pytest.mark.parametrize("model,allow", ROUND_TRIPS)
+def test_round_trip_through_transformers(tmp_path, model, allow):
+    torch = pytest.importorskip("torch", reason="torch and transformers are not installed")
+    transformers = pytest.importorskip("transformers",
+                                       reason="torch and transformers are not installed")
+    out = tmp_path / "converted"
+    report = attnopt.optimize(FIXTURES / model, out, allow=allow, budget=math.inf, calib_seq=32)
+    assert all(l["converted"] for l in report["layers"]), report
+    inputs, _ = golden(model)
+    want = attnopt.load(out, backend="interp").run(inputs)["last_hidden_state"]
+    pt = transformers.AutoModel.from_pretrained(out, trust_remote_code=True)
+    feed = {k: torch.from_numpy(np.array(v)) for k, v in inputs.items()}
+    with torch.no_grad():
+        got = pt(**feed).last_hidden_state.numpy()
+    # The measure: max-abs difference ÷ max-abs value.
+    assert rel_max_abs(got, want) <= 1e-4, rel_max_abs(got, want)
+    # One optimiser step changes the model...
+    opt = torch.optim.SGD(pt.parameters(), lr=0.05)
+    loss = pt(**feed).last_hidden_state.square().mean()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        tuned = pt(**feed).last_hidden_state.numpy()
+    assert rel_max_abs(tuned, got) > 1e-5
+    # ...and attnopt runs the saved fine-tuned folder exactly, on both backends.
+    saved = tmp_path / "tuned"
+    pt.save_pretrained(saved)
+    for backend in ["interp", "cpu"]:
+        back = attnopt.load(saved, backend=backend, threads=2).run(inputs)["last_hidden_state"]
+        assert rel_max_abs(back, tuned) <= 1e-4, (backend, rel_max_abs(back, tuned))
