@@ -1,15 +1,42 @@
-//! attnopt: a compiler for transformer checkpoints — the library facade.
+//! attnopt: a compiler for transformer checkpoints — the library facade (guide: docs/RUST.md).
 //!
-//! ```no_run
+//! Load a checkpoint folder (safetensors + config.json) or an optimised folder, and run it on
+//! named inputs (the reference interpreter by default; [`Backend::Cpu`] for the JIT backend):
+//!
+//! ```
+//! let model = attnopt::Model::load(std::path::Path::new("fixtures/gpt2"))?;
+//! let inputs = attnopt::tensors::read(std::path::Path::new("fixtures/gpt2/golden.safetensors"))?
+//!     .into_iter().filter(|(k, _)| model.input_names().contains(&k.as_str())).collect();
+//! let outputs = model.run(inputs, attnopt::RunOptions { all_layers: true, ..Default::default() })?;
+//! assert_eq!(outputs["last_hidden_state"].shape(), &[2, 7, 32]);
+//! assert!(outputs.contains_key("layer.1"));
+//! # Ok::<(), attnopt::Error>(())
+//! ```
+//!
+//! Optimise it (exact rewrites, and the approximate conversions allowed, within a budget) and
+//! write the optimised folder, as `attnopt optimize` does:
+//!
+//! ```
+//! use attnopt::optimize::{optimize, OptimizeOptions};
 //! let model = attnopt::Model::load(std::path::Path::new("fixtures/bert"))?;
-//! let inputs = attnopt::tensors::read(std::path::Path::new("fixtures/bert/golden.safetensors"))?;
-//! let inputs = inputs.into_iter().filter(|(k, _)| model.input_names().contains(&k.as_str())).collect();
-//! let outputs = model.run(inputs, attnopt::RunOptions::default())?;
+//! let opts = OptimizeOptions {
+//!     allow: vec!["hydra".into()],
+//!     budget: Some(f64::INFINITY), // every eligible layer; the default is 1 % error
+//!     ..OptimizeOptions::default()
+//! };
+//! let opt = optimize(&model, &opts, &mut |step| eprintln!("{step}"))?;
+//! assert!(opt.report.layers.iter().all(|l| l.converted == ["hydra-padded"]));
+//! let dir = tempfile::tempdir().expect("a temporary folder");
+//! let out = dir.path().join("bert-hydra");
+//! attnopt::save::save(&model, &opt, &out, &Default::default())?;
+//! let optimised = attnopt::Model::load(&out)?;
+//! assert!(optimised.is_optimised_folder());
 //! # Ok::<(), attnopt::Error>(())
 //! ```
 //!
 //! The pieces live in their own crates and are re-exported: [`ir`] (graph, interpreter) and
-//! [`import`] (checkpoints). This crate adds the [`Model`] facade, [`inspect`] and the CLI.
+//! [`import`] (checkpoints). This crate adds the [`Model`] facade, [`inspect`], [`optimize`],
+//! the reports and the CLI.
 
 pub mod ab;
 pub mod bench;
