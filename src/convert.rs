@@ -218,7 +218,8 @@ pub fn site(
                     "blocks of {block} units do not divide the {units} units (--sparse-ff-block)"
                 ));
             }
-            let rank = settings.ff_rank.unwrap_or(units / block).max(1);
+            // A rank of d or more is the exact predictor already (fit_sparse_ff): no larger.
+            let rank = settings.ff_rank.unwrap_or(units / block).clamp(1, d.max(1));
             let blocks = units / block;
             let reads = Reads {
                 before: 4 * (d * units + units + units * d_out) as u64,

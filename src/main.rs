@@ -154,7 +154,8 @@ enum Command {
         /// sparse-ff: units per block N (one of each N is computed per token).
         #[arg(long, default_value_t = attnopt::convert::SparseSettings::default().ff_block)]
         sparse_ff_block: usize,
-        /// sparse-ff: the controller's rank L. Default: units / N, as in trax's configurations.
+        /// sparse-ff: the controller's rank L (at most the hidden size d, where it is exact).
+        /// Default: units / N, as in trax's configurations.
         #[arg(long)]
         sparse_ff_rank: Option<usize>,
         /// Largest relative error (‖Δ‖₂/‖ref‖₂ of the final output on calibration inputs) the

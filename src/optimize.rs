@@ -207,6 +207,17 @@ pub fn optimize(
         Some(d) => (RuleSet::load_dir(d)?, d.display().to_string()),
         None => (RuleSet::embedded()?, "embedded".to_string()),
     };
+    // A family named twice is allowed once.
+    let mut allowed = Vec::new();
+    for f in &opts.allow {
+        if !allowed.contains(f) {
+            allowed.push(f.clone());
+        }
+    }
+    let opts = &OptimizeOptions {
+        allow: allowed,
+        ..opts.clone()
+    };
     let families: Vec<String> = rules
         .approx_families()
         .into_iter()
