@@ -147,6 +147,11 @@ enum Command {
         /// error is measured and kept within --budget, families in the order given.
         #[arg(long, value_delimiter = ',')]
         allow: Vec<String>,
+        /// Convert exactly these layers (comma-separated), where an allowed family applies,
+        /// whether or not the cost model says it pays (to follow a paper's recipe); without
+        /// --budget, whatever the error. Other layers are left exact.
+        #[arg(long, value_delimiter = ',')]
+        layers: Option<Vec<u32>>,
         /// sparse-qkv: modules S per hidden size d (module width d/S). Default: the layer's
         /// attention heads.
         #[arg(long)]
@@ -601,6 +606,7 @@ fn run(cli: Cli) -> Result<()> {
             output,
             seq,
             allow,
+            layers,
             sparse_qkv_modules,
             sparse_ff_block,
             sparse_ff_rank,
@@ -639,7 +645,17 @@ fn run(cli: Cli) -> Result<()> {
                      have output projections to refit)"
                 );
             }
-            if budget.is_none() && !allow.is_empty() {
+            if layers.is_some() && allow.is_empty() {
+                eprintln!(
+                    "warning: --layers does nothing without --allow (it picks layers to convert)"
+                );
+            }
+            if budget.is_none() && !allow.is_empty() && layers.is_some() {
+                eprintln!(
+                    "note: no --budget given: the layers named by --layers are converted whatever \
+                     the error (pass --budget E to limit it)"
+                );
+            } else if budget.is_none() && !allow.is_empty() {
                 eprintln!(
                     "note: no --budget given: layers are converted only while the final output's \
                      relative error stays within {} (pass --budget E to change it, `inf` for no limit)",
@@ -669,6 +685,7 @@ fn run(cli: Cli) -> Result<()> {
                     ff_block: sparse_ff_block,
                     ff_rank: sparse_ff_rank,
                 },
+                layers,
             };
             let m = load.load(&model)?;
             if let Some(layer) = explain {

@@ -46,6 +46,10 @@ pub struct OptimizeOptions {
     pub refit: bool,
     /// Choices for the `sparse-qkv` and `sparse-ff` conversions.
     pub sparse: SparseSettings,
+    /// Convert exactly these layers (where a family applies; `--layers`), whether or not the
+    /// cost model says it pays; without an explicit budget, whatever the error. `None`: every
+    /// layer is a candidate.
+    pub layers: Option<Vec<u32>>,
 }
 
 /// The largest relative error exact rules may cause (float rounding of reassociations is
@@ -71,6 +75,7 @@ impl Default for OptimizeOptions {
             verify: false,
             refit: true,
             sparse: SparseSettings::default(),
+            layers: None,
         }
     }
 }
@@ -104,6 +109,8 @@ pub enum Reason {
     ReadsNoLess { before: u64, after: u64 },
     /// With the layers already chosen, the final error would exceed the budget.
     OverBudget { error: f64, budget: f64 },
+    /// `--layers` names other layers.
+    NotListed,
 }
 
 impl fmt::Display for Reason {
@@ -135,6 +142,7 @@ impl fmt::Display for Reason {
                 after_s * 1e3
             ),
             Reason::NoSite { why } => f.write_str(why),
+            Reason::NotListed => f.write_str("not in --layers"),
             Reason::ReadsNoLess { before, after } => write!(
                 f,
                 "would read {after} weight bytes per token instead of {before}: no gain"
@@ -256,6 +264,30 @@ pub fn optimize(
     progress("saturating each distinct block with the exact rules");
     let exact = optimize_graph(g, BTreeMap::new())?;
     let summaries = attention_layers(g, &Bindings::new(1, target));
+    if let Some(listed) = &opts.layers {
+        let last = summaries.iter().map(|s| s.layer).max();
+        if let Some(&l) = listed
+            .iter()
+            .find(|l| !summaries.iter().any(|s| s.layer == **l))
+        {
+            return Err(Error::Usage {
+                path: model.imported().dir.clone(),
+                msg: format!(
+                    "--layers {l}: there is no layer {l} (the model's layers are 0 to {})",
+                    last.map_or("none".into(), |x| x.to_string())
+                ),
+            });
+        }
+    }
+    // Layers the user named: converted where a family applies, paying or not.
+    let named = |l: u32| opts.layers.as_ref().is_some_and(|v| v.contains(&l));
+    let listed = |l: u32| opts.layers.as_ref().is_none_or(|v| v.contains(&l));
+    // Without an explicit budget, named layers are converted whatever the error.
+    let budget = match (opts.budget, &opts.layers) {
+        (Some(b), _) => b,
+        (None, Some(_)) => f64::INFINITY,
+        (None, None) => DEFAULT_BUDGET,
+    };
     // Per layer: why it is not converted when no family is allowed.
     let not_enabled = |s: &attnopt_ir::summary::AttentionSummary| match s.kind {
         AttentionFormula::Softmax => Reason::NotAllowed {
@@ -274,11 +306,15 @@ pub fn optimize(
         if let Some(&graph_family) = crate::convert::FAMILIES.iter().find(|f| *f == family) {
             for s in &summaries {
                 let key = (s.layer, family.clone());
+                if !listed(s.layer) {
+                    refused.insert(key, Reason::NotListed);
+                    continue;
+                }
                 match crate::convert::site(g, graph_family, s.layer, s.heads, &opts.sparse) {
                     Err(why) => {
                         refused.insert(key, Reason::NoSite { why });
                     }
-                    Ok((_, r)) if r.after >= r.before => {
+                    Ok((_, r)) if r.after >= r.before && !named(s.layer) => {
                         refused.insert(
                             key,
                             Reason::ReadsNoLess {
@@ -288,7 +324,7 @@ pub fn optimize(
                         );
                     }
                     Ok((site, r)) => {
-                        savings.insert(key.clone(), (r.before - r.after) as f64);
+                        savings.insert(key.clone(), r.before as f64 - r.after as f64);
                         proposed.insert(key, Conversion::Graph(graph_family));
                         sites.push((s.layer, graph_family, site));
                     }
@@ -299,10 +335,13 @@ pub fn optimize(
         let candidates = attnopt_rewrite::approx::candidates(g, &rules, family);
         let rule_proposals: BTreeMap<u32, String> = candidates
             .iter()
+            .filter(|(l, _)| listed(*l))
             .filter_map(|(l, v)| v.as_ref().ok().map(|r| (*l, r.clone())))
             .collect();
         for (layer, v) in candidates {
-            if let Err(r) = v {
+            if !listed(layer) {
+                refused.insert((layer, family.clone()), Reason::NotListed);
+            } else if let Err(r) = v {
                 refused.insert((layer, family.clone()), Reason::Refused(r));
             }
         }
@@ -318,7 +357,7 @@ pub fn optimize(
                 all.layers[&l].stats.model_cost_after,
             );
             let key = (l, family.clone());
-            if after < before {
+            if after < before || named(l) {
                 savings.insert(key.clone(), before - after);
                 proposed.insert(key, Conversion::Rule(rule));
             } else {
@@ -484,7 +523,7 @@ pub fn optimize(
         for key in &order {
             let mut trial = chosen.clone();
             trial.insert(key.clone(), proposed[key].clone());
-            let within = match opts.budget.unwrap_or(DEFAULT_BUDGET) {
+            let within = match budget {
                 f64::INFINITY => true,
                 budget => {
                     let err = if trial.len() == 1 {
@@ -625,7 +664,7 @@ pub fn optimize(
         target_seq: target,
         seqs: opts.seqs.clone(),
         allow: opts.allow.clone(),
-        budget: Some(opts.budget.unwrap_or(DEFAULT_BUDGET)).filter(|b| b.is_finite()),
+        budget: Some(budget).filter(|b| b.is_finite()),
         calibration,
         rules: rules_name,
         optimise_ms: t0.elapsed().as_secs_f64() * 1e3,

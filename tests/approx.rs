@@ -237,3 +237,48 @@ fn refit_lowers_the_error_of_converted_layers() {
     );
     assert!(errors[1] < errors[0], "{errors:?}");
 }
+
+/// `--layers`: exactly the named layers are converted (no default budget applies to them, an
+/// explicit one does), the others say why not, and a layer that does not exist is an error.
+#[test]
+fn layers_names_exactly_the_layers_to_convert() {
+    let model = Model::load(&fixture("bert")).unwrap();
+    let opts = |budget| OptimizeOptions {
+        allow: vec!["hydra".into()],
+        layers: Some(vec![1]),
+        budget,
+        ..OptimizeOptions::default()
+    };
+    let opt = optimize(&model, &opts(None), &mut |_| {}).unwrap();
+    let by_layer = |r: &attnopt::report::Report, l: u32| r.layers[l as usize].clone();
+    assert_eq!(by_layer(&opt.report, 1).converted, ["hydra-padded"]);
+    assert!(
+        by_layer(&opt.report, 1)
+            .error
+            .unwrap()
+            .layer_output
+            .relative
+            > 1e-2,
+        "lossy"
+    );
+    assert!(by_layer(&opt.report, 0).converted.is_empty());
+    assert_eq!(
+        by_layer(&opt.report, 0).reason.as_deref(),
+        Some("not in --layers")
+    );
+    assert_eq!(opt.report.budget, None);
+    // An explicit budget still holds.
+    let opt = optimize(&model, &opts(Some(1e-6)), &mut |_| {}).unwrap();
+    assert!(by_layer(&opt.report, 1).converted.is_empty());
+    assert!(by_layer(&opt.report, 1).reason.unwrap().contains("budget"));
+    let mut missing = opts(None);
+    missing.layers = Some(vec![7]);
+    let e = optimize(&model, &missing, &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("--layers 7: there is no layer 7 (the model's layers are 0 to 1)"),
+        "{e}"
+    );
+}

@@ -54,6 +54,7 @@ def optimize(
     standalone: bool = False,
     refit: bool = True,
     report: Optional[PathLike] = None,
+    layers: Optional[Iterable[int]] = None,
 ) -> dict:
     """Optimises the model at ``path`` into the new folder ``out``; returns report.json's object.
 
@@ -64,7 +65,9 @@ def optimize(
     graph is optimised for. ``calib``: a safetensors file of calibration inputs (default:
     ``calib_seq`` seeded random tokens). ``out`` must not exist unless ``force`` (and then only
     a folder attnopt wrote is replaced). ``standalone`` copies every weight into ``out``.
-    ``report``: also write the report as one self-contained HTML page there.
+    ``report``: also write the report as one self-contained HTML page there. ``layers``:
+    convert exactly these layers where an allowed family applies, paying or not, and (without
+    a ``budget``) whatever the error.
     """
     allow = [allow] if isinstance(allow, str) else list(allow)
     seq = list(seq)
@@ -85,6 +88,7 @@ def optimize(
         bool(standalone),
         bool(refit),
         None if report is None else os.fspath(report),
+        None if layers is None else [int(l) for l in layers],
     )
     return json.loads(text)
 

@@ -31,6 +31,7 @@ def optimize(
     standalone: bool,
     refit: bool,
     report: Optional[str],
+    layers: Optional[List[int]],
 ) -> str: ...
 def load(
     path: str,

@@ -55,7 +55,7 @@ fn inspect(py: Python<'_>, path: PathBuf, seq: Option<usize>) -> PyResult<String
 
 /// Optimises the model at `path` into the folder `out`; returns report.json's text.
 #[pyfunction]
-#[pyo3(signature = (path, out, allow, budget, seq, calib, calib_seq, seed, force, standalone, refit, report))]
+#[pyo3(signature = (path, out, allow, budget, seq, calib, calib_seq, seed, force, standalone, refit, report, layers))]
 #[allow(clippy::too_many_arguments)]
 fn optimize(
     py: Python<'_>,
@@ -71,6 +71,7 @@ fn optimize(
     standalone: bool,
     refit: bool,
     report: Option<PathBuf>,
+    layers: Option<Vec<u32>>,
 ) -> PyResult<String> {
     py.detach(|| {
         let m = load_model(&path, false)?;
@@ -86,6 +87,7 @@ fn optimize(
             calib_seq,
             seed,
             refit,
+            layers,
             ..OptimizeOptions::default()
         };
         let opt = attnopt::optimize::optimize(&m, &opts, &mut |_| {}).map_err(err)?;
