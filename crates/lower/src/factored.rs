@@ -5,11 +5,13 @@
 //! matmul(mul(unsqueeze{axis = r−1}(x), G), P)        x [.., d], G [S, d], P [d, M]  (mul either order)
 //! ```
 //!
-//! As ordinary kernels that is a gating pass writing `S` copies of the row and a small matrix
-//! product the library runs at a fraction of the memory bandwidth; the fused kernel reads `G`
-//! and `P` once, splitting `d` between threads. Taken only for at most [`FACTORED_ROWS`] rows
-//! (decoding) and when the `mul` is a [`Lowering::private`] f32 value (the `unsqueeze` too, or
-//! it is left as the view it is); more rows keep the product for the library. Its meaning is the interpreter's up to f32 rounding.
+//! As ordinary kernels that is a gating pass writing `S` copies of every row and a narrow
+//! matrix product (`M` columns) the library runs at a fraction of its speed. The kernel does
+//! neither: for at most [`FACTORED_ROWS`] rows (decoding) it reads `G` and `P` once, splitting
+//! `d` between threads; for more rows a backend may instead run one dense product with the
+//! folded weight `W[d, s·M + m] = G[s, d]·P[d, m]` made once (exact up to rounding: the same
+//! sum reassociated). Taken when the `mul` is a [`Lowering::private`] f32 value (the
+//! `unsqueeze` too, or it is left as the view it is) and `G`, `P` are values of fixed shape. Its meaning is the interpreter's up to f32 rounding.
 
 use attnopt_ir::{Binary, NodeId, Op};
 
@@ -43,13 +45,13 @@ fn recognise(l: &Lowering, root: NodeId) -> Option<(NodeId, NodeId, NodeId, Vec<
         return None;
     };
     let rows: usize = sx[..sx.len().saturating_sub(1)].iter().product();
+    let _ = rows;
     let fits = !sx.is_empty()
         && axis + 1 == sx.len()
         && sg.len() == 2
         && sp.len() == 2
         && sg[1] == sx[sx.len() - 1]
-        && sp[0] == sg[1]
-        && rows <= FACTORED_ROWS;
+        && sp[0] == sg[1];
     // The unsqueeze is a view the kernel reads through: swallowed when private; shared (the
     // Q, K and V products of one input share it once the optimizer has merged them), it stays.
     let mut nodes = vec![root, gated];

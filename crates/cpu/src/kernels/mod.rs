@@ -49,12 +49,15 @@ pub(crate) type PreparedWeights = HashMap<(WeightId, bool), Arc<dyn PreparedWeig
 /// Transposed weights (`W1ᵀ` of sparse feed-forward kernels), by weight.
 pub(crate) type TransposedWeights = HashMap<WeightId, Arc<Vec<f32>>>;
 
-/// What sparse feed-forward kernels prepare in bf16 precision, shared by every size's plan:
-/// unit rows by (`W2`, read block-swapped), and bf16 copies of controller weights.
+/// What the sparse layers' kernels prepare, shared by every size's plan: the sparse
+/// feed-forward's unit rows by (`W2`, read block-swapped) and bf16 copies of controller weights
+/// (bf16 precision); the factored product's folded dense weight `G ⊗ P` by `(G, P)`, prepared
+/// for the matrix-product library (many rows).
 #[derive(Default)]
 pub(crate) struct SparseFfCaches {
     pub(crate) unit_rows: HashMap<(WeightId, bool), Arc<Vec<u16>>>,
     pub(crate) bf16_copies: HashMap<WeightId, Arc<Vec<u16>>>,
+    pub(crate) folded: HashMap<(WeightId, WeightId), Arc<dyn crate::matmul::PreparedWeight>>,
 }
 
 /// RoPE kernels by (style, positions, features, θ bits).
