@@ -199,11 +199,7 @@ pub fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f64> {
-        let mut r = attnopt_ir::rng::Rng::new(seed);
-        (0..n).map(|_| r.range(-1.0, 1.0) as f64).collect()
-    }
+    use crate::lstsq::random as values;
 
     #[test]
     fn an_exactly_factored_weight_is_recovered() {

@@ -245,6 +245,13 @@ fn jacobi_eigen(t: &mut [f64], k: usize) -> (Vec<f64>, Vec<f64>) {
     (z, values)
 }
 
+/// `n` seeded values uniform in [−1, 1) (test data for the fits).
+#[cfg(test)]
+pub(crate) fn random(n: usize, seed: u64) -> Vec<f64> {
+    let mut r = attnopt_ir::rng::Rng::new(seed);
+    (0..n).map(|_| r.range(-1.0, 1.0) as f64).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
