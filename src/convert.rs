@@ -50,6 +50,22 @@ pub struct SparseSettings {
     pub ff_rank: Option<usize>,
 }
 
+impl SparseSettings {
+    /// Values no model can use: modules and blocks below 2, a rank of 0.
+    pub fn check(&self) -> Result<(), String> {
+        if self.qkv_modules.is_some_and(|s| s < 2) {
+            return Err("the sparse-qkv module count must be at least 2".into());
+        }
+        if self.ff_block < 2 {
+            return Err("the sparse-ff block must hold at least 2 units".into());
+        }
+        if self.ff_rank == Some(0) {
+            return Err("the sparse-ff controller rank must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for SparseSettings {
     fn default() -> Self {
         SparseSettings {
@@ -85,6 +101,21 @@ pub enum Site {
 pub struct Reads {
     pub before: u64,
     pub after: u64,
+}
+
+/// Bytes per element of the weight behind the weight-only value `n` (through views and
+/// other one-operand operators); 4 when it is computed from several.
+fn element_bytes(g: &Graph, n: NodeId) -> u64 {
+    let mut at = n;
+    loop {
+        match &g.node(at).op {
+            Op::Weight(w) => return g.weight_data(*w).dtype().size() as u64,
+            _ => match g.operands(at)[..] {
+                [one] => at = one,
+                _ => return 4,
+            },
+        }
+    }
 }
 
 fn dims2(g: &Graph, n: NodeId) -> Option<(usize, usize)> {
@@ -149,7 +180,8 @@ pub fn site(
                         "a Q/K/V product [{di}, {d_out}] does not split into modules of {m}"
                     ));
                 }
-                reads.before += 4 * (di * d_out) as u64;
+                // The fitted G and P are stored f32.
+                reads.before += element_bytes(g, g.operands(p)[1]) * (di * d_out) as u64;
                 reads.after += 4 * (di * (d_out / m + m)) as u64;
             }
             Ok((Site::Qkv { products, m }, reads))
@@ -221,8 +253,11 @@ pub fn site(
             // A rank of d or more is the exact predictor already (fit_sparse_ff): no larger.
             let rank = settings.ff_rank.unwrap_or(units / block).clamp(1, d.max(1));
             let blocks = units / block;
+            // The reordered weights and the controller are stored f32.
             let reads = Reads {
-                before: 4 * (d * units + units + units * d_out) as u64,
+                before: element_bytes(g, w1) * (d * units) as u64
+                    + b1.map_or(0, |b| element_bytes(g, b) * units as u64)
+                    + element_bytes(g, w2) * (units * d_out) as u64,
                 after: 4 * (d * rank + rank * units + units + blocks * (d + 1 + d_out)) as u64,
             };
             Ok((
@@ -315,6 +350,20 @@ pub fn fit(
     wanted.retain(|n| uniq.insert(*n));
     let index: HashMap<NodeId, usize> = wanted.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let values = interp::run_nodes(g, inputs, &wanted)?;
+    // Every fourth token is held out: fewer than four leave nothing to measure the fits on.
+    let tokens: usize = inputs
+        .values()
+        .find(|t| t.as_i64().is_some())
+        .map_or(usize::MAX, |t| t.numel());
+    if tokens < 4 {
+        return Err(Error::Usage {
+            path: "calibration inputs".into(),
+            msg: format!(
+                "{tokens} token(s): the sparse fits hold out every fourth token, so they need at \
+                 least 4 (raise --calib-seq, or give a longer --calib file)"
+            ),
+        });
+    }
     let value = |n: NodeId| &values[index[&n]];
     let mut out = BTreeMap::new();
     for (layer, family, s) in sites {

@@ -687,6 +687,9 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 layers,
             };
+            if let Err(e) = opts.sparse.check() {
+                bail!("{e} (--sparse-qkv-modules, --sparse-ff-block, --sparse-ff-rank)");
+            }
             let m = load.load(&model)?;
             if let Some(layer) = explain {
                 for line in attnopt::optimize::explain(&m, &opts, layer, None)? {
@@ -699,13 +702,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             attnopt::save::preflight(&m, &output, force)?;
             if let Some(r) = &report {
-                output::check_file_target(r, &m.inputs())?;
-                if r.starts_with(&output) {
-                    bail!(
-                        "{}: --report must not be inside the output folder (it is replaced whole)",
-                        r.display()
-                    );
-                }
+                attnopt::save::check_report_target(&m, &output, r, &opts)?;
             }
             let mut reporter = attnopt::progress::Reporter::new("optimize");
             let mut progress = |step: &str| reporter.step(attnopt::progress::Step::phase(step));
@@ -728,6 +725,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             if let Some(r) = &report {
                 let page = attnopt::html_report::page(m.graph(), &opt.graph, &opt.report);
+                attnopt::save::check_report_target(&m, &output, r, &opts)?;
                 output::write_file(r, page.as_bytes(), &m.inputs())?;
                 eprintln!("[optimize] wrote {}", r.display());
             }

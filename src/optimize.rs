@@ -236,10 +236,13 @@ pub fn optimize(
         if !graph_family && rules.approx_family(family).is_empty() {
             let mut has = families.clone();
             has.extend(crate::convert::FAMILIES.iter().map(|f| f.to_string()));
-            return Err(Error::NotSupported(format!(
-                "approximate family `{family}` (this build has: {})",
-                has.join(", ")
-            )));
+            return Err(Error::Usage {
+                path: "--allow".into(),
+                msg: format!(
+                    "unknown approximate family `{family}` (this build has: {})",
+                    has.join(", ")
+                ),
+            });
         }
     }
     let user_rules = opts.rules_dir.is_some();

@@ -101,6 +101,82 @@ pub fn preflight(model: &Model, out: &Path, force: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// The checks on `optimize --report FILE` made before any work: the file's folder exists, and
+/// the file is not inside the output folder (which is replaced whole), not inside the source
+/// model's folder, and not one of the command's inputs (the model's files, the calibration
+/// file, the rule files).
+pub fn check_report_target(
+    model: &Model,
+    out: &Path,
+    report: &Path,
+    opts: &crate::optimize::OptimizeOptions,
+) -> Result<(), Error> {
+    let usage = |msg: String| Error::Usage {
+        path: report.to_path_buf(),
+        msg,
+    };
+    let name = report
+        .file_name()
+        .ok_or_else(|| usage("is not a file name".into()))?;
+    let parent = match report.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let inside_out = || {
+        usage(
+            "is inside the output folder, which is replaced whole; write the report beside it"
+                .into(),
+        )
+    };
+    // Lexically first (the output folder need not exist yet), then resolved below.
+    if let (Ok(r), Ok(o)) = (std::path::absolute(report), std::path::absolute(out)) {
+        if r.starts_with(o) {
+            return Err(inside_out());
+        }
+    }
+    let folder = parent.canonicalize().map_err(|e| {
+        usage(format!(
+            "its folder {} cannot be used ({e}); create it first",
+            parent.display()
+        ))
+    })?;
+    let resolved = folder.join(name);
+    // The output folder may not exist yet: resolve its parent.
+    let out_resolved = match (out.parent(), out.file_name()) {
+        (Some(p), Some(n)) if !p.as_os_str().is_empty() => p.canonicalize().ok().map(|p| p.join(n)),
+        (_, Some(n)) => std::env::current_dir().ok().map(|d| d.join(n)),
+        _ => None,
+    };
+    if out_resolved.is_some_and(|o| resolved.starts_with(o)) {
+        return Err(inside_out());
+    }
+    let source = model.imported().dir.canonicalize().ok();
+    if source.is_some_and(|s| resolved.starts_with(s)) {
+        return Err(usage(
+            "is inside the source model's folder; write the report elsewhere".into(),
+        ));
+    }
+    let mut inputs = model.inputs();
+    if let Some(c) = &opts.calib {
+        inputs.add(c);
+    }
+    if let Some(dir) = &opts.rules_dir {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                inputs.add(&e.path());
+            }
+        }
+        if let Ok(d) = dir.canonicalize() {
+            if resolved.starts_with(d) {
+                return Err(usage(
+                    "is inside the --rules folder; write it elsewhere".into(),
+                ));
+            }
+        }
+    }
+    crate::output::check_file_target(report, &inputs)
+}
+
 /// Writes `opt` for `model` to the folder `out` (see [`crate::output::write_dir`]; an existing
 /// folder is replaced only with `force`, and only when it holds exactly the files its manifest
 /// says attnopt wrote).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -31,13 +32,18 @@ __version__: str = _attnopt.__version__
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def _path(p) -> str:
+    """A path argument (str, bytes or os.PathLike) as the str the native module takes."""
+    return os.fsdecode(os.fspath(p))
+
+
 def inspect(path: PathLike, seq: Optional[int] = None) -> dict:
     """What attnopt sees in the model at ``path``: the ``attnopt inspect --json`` object.
 
     Architecture and how it was detected, dimensions (and any guessed), parameters, attention
     per layer, FLOPs and bytes at ``seq`` tokens (default: the model's natural length).
     """
-    return json.loads(_attnopt.inspect(os.fspath(path), seq))
+    return json.loads(_attnopt.inspect(_path(path), seq))
 
 
 def optimize(
@@ -55,6 +61,9 @@ def optimize(
     refit: bool = True,
     report: Optional[PathLike] = None,
     layers: Optional[Iterable[int]] = None,
+    sparse_qkv_modules: Optional[int] = None,
+    sparse_ff_block: int = 32,
+    sparse_ff_rank: Optional[int] = None,
 ) -> dict:
     """Optimises the model at ``path`` into the new folder ``out``; returns report.json's object.
 
@@ -67,28 +76,40 @@ def optimize(
     a folder attnopt wrote is replaced). ``standalone`` copies every weight into ``out``.
     ``report``: also write the report as one self-contained HTML page there. ``layers``:
     convert exactly these layers where an allowed family applies, paying or not, and (without
-    a ``budget``) whatever the error.
+    a ``budget``) whatever the error. ``sparse_qkv_modules`` (default: the heads),
+    ``sparse_ff_block`` and ``sparse_ff_rank`` (default: units / block) tune the sparse
+    conversions (docs/SPARSE.md).
     """
-    allow = [allow] if isinstance(allow, str) else list(allow)
-    seq = list(seq)
+    if isinstance(allow, str):
+        allow = [a for a in allow.split(",") if a]
+    allow = list(allow)
+    if isinstance(seq, (str, bytes)):
+        raise ValueError("seq takes lengths (e.g. (128, 4096)), not a string")
+    seq = [seq] if isinstance(seq, int) else list(seq)
+    if budget is not None and not allow:
+        warnings.warn("budget does nothing without allow (only approximate conversions have "
+                      "an error to budget)", stacklevel=2)
     if not seq or any(int(n) < 1 for n in seq) or calib_seq < 1:
         raise ValueError("seq and calib_seq take positive lengths")
     if budget is not None and (math.isnan(budget) or budget < 0):
         raise ValueError("budget must be a non-negative number (or math.inf)")
     text = _attnopt.optimize(
-        os.fspath(path),
-        os.fspath(out),
+        _path(path),
+        _path(out),
         allow,
         None if budget is None else float(budget),
         [int(n) for n in seq],
-        None if calib is None else os.fspath(calib),
+        None if calib is None else _path(calib),
         int(calib_seq),
         int(seed),
         bool(force),
         bool(standalone),
         bool(refit),
-        None if report is None else os.fspath(report),
+        None if report is None else _path(report),
         None if layers is None else [int(l) for l in layers],
+        None if sparse_qkv_modules is None else int(sparse_qkv_modules),
+        int(sparse_ff_block),
+        None if sparse_ff_rank is None else int(sparse_ff_rank),
     )
     return json.loads(text)
 
@@ -116,8 +137,14 @@ class Model:
         ``embeddings`` and every ``layer.{i}``.
         """
         feed = {}
+        takes = set(self.input_names)
+        unknown = sorted(set(map(str, inputs)) - takes)
+        if unknown:
+            raise ValueError(f"the model takes {sorted(takes)}, not {unknown}")
         for name, value in inputs.items():
             a = np.asarray(value)
+            if a.dtype.kind == "f" and name != "pixel_values":
+                raise ValueError(f"input {name}: integers expected, got dtype {a.dtype}")
             if a.dtype.kind in "iub":
                 a = np.ascontiguousarray(a, dtype=np.int64)
             elif a.dtype.kind == "f":
@@ -154,5 +181,5 @@ def load(
     if threads is not None and threads < 1:
         raise ValueError("threads must be at least 1")
     return Model(
-        _attnopt.load(os.fspath(path), backend, precision, threads, bool(accept_guesses))
+        _attnopt.load(_path(path), backend, precision, threads, bool(accept_guesses))
     )

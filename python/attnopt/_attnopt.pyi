@@ -32,6 +32,9 @@ def optimize(
     refit: bool,
     report: Optional[str],
     layers: Optional[List[int]],
+    sparse_qkv_modules: Optional[int],
+    sparse_ff_block: int,
+    sparse_ff_rank: Optional[int],
 ) -> str: ...
 def load(
     path: str,

@@ -164,6 +164,16 @@ class AttnoptModel(PreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None,
                 pixel_values=None, output_hidden_states=None, return_dict=None, **kwargs):
+        # Arguments that would change the numbers are refused, not ignored.
+        for name, value in kwargs.items():
+            if value is not None and value is not False and name not in ("use_cache",):
+                raise TypeError(f"AttnoptModel.forward does not take {name} (the graph fixes "
+                                "positions, masks and heads)")
+        takes = {n["attrs"]["name"] for n in self.nodes if n["op"] == "input"}
+        # A vision model's pixels given as the first positional argument.
+        if input_ids is not None and "input_ids" not in takes and pixel_values is None \
+                and "pixel_values" in takes:
+            input_ids, pixel_values = None, input_ids
         given = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "token_type_ids": token_type_ids, "pixel_values": pixel_values}
         given = {k: v for k, v in given.items() if v is not None}
@@ -302,20 +312,34 @@ class AttnoptModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``PreTrainedModel.save_pretrained``, plus ``graph.txt`` and ``attnopt.json`` so
         that attnopt loads the folder. The graph's weight lines take the dtypes the parameters
-        have now (transformers may have loaded bf16 weights as f32)."""
+        have now (transformers may have loaded bf16 weights as f32). attnopt reads one
+        ``model.safetensors``: sharding or another format is refused before anything is
+        written."""
+        if kwargs.get("safe_serialization", True) is False:
+            raise ValueError("attnopt reads safetensors: save with safe_serialization=True")
+        if "max_shard_size" in kwargs:
+            raise ValueError("attnopt reads one model.safetensors: do not pass max_shard_size")
+        # Larger than any model: one file.
+        kwargs["max_shard_size"] = "1000000GB"
         self.config.attnopt_graph = self._graph_with_param_dtypes()
+        os.makedirs(save_directory, exist_ok=True)
+        before = {f: os.stat(os.path.join(save_directory, f)).st_mtime_ns
+                  for f in os.listdir(save_directory)}
         super().save_pretrained(save_directory, *args, **kwargs)
         if not kwargs.get("is_main_process", True):
             return
         with open(os.path.join(save_directory, "graph.txt"), "w") as f:
             f.write(self.config.attnopt_graph)
-        manifest = dict(self.config.attnopt_manifest)
+        # What this save wrote (new or rewritten files), and nothing else in the folder.
+        written = {f for f in os.listdir(save_directory)
+                   if os.stat(os.path.join(save_directory, f)).st_mtime_ns != before.get(f)}
         weights = "model.safetensors"
-        if not os.path.exists(os.path.join(save_directory, weights)):
-            raise ValueError("attnopt reads one model.safetensors: save with "
-                             "safe_serialization=True and a max_shard_size above the model")
+        if weights not in written:
+            raise ValueError(f"save_pretrained did not write {weights}; attnopt cannot read "
+                             f"{sorted(written)}")
+        manifest = dict(self.config.attnopt_manifest)
         manifest.update({"weights": weights, "graph": "graph.txt", "source_files": [],
-                         "files": sorted(os.listdir(save_directory) + ["attnopt.json"])})
+                         "files": sorted(written | {"attnopt.json", "graph.txt"})})
         with open(os.path.join(save_directory, "attnopt.json"), "w") as f:
             json.dump(manifest, f, indent=2)
 

@@ -139,12 +139,16 @@ def test_errors_carry_the_cli_messages(tmp_path):
     taken.mkdir()
     with pytest.raises(attnopt.AttnoptError, match="already exists; pass --force"):
         attnopt.optimize(FIXTURES / "gpt2", taken)
-    with pytest.raises(attnopt.AttnoptError, match="approximate family `sparse-attention`"):
+    # A report inside the output folder or the source's is refused before any work.
+    with pytest.raises(attnopt.AttnoptError, match="inside the source model"):
+        attnopt.optimize(FIXTURES / "gpt2", tmp_path / "o2", report=FIXTURES / "gpt2" / "r.html")
+    assert not (tmp_path / "o2").exists()
+    with pytest.raises(attnopt.AttnoptError, match="unknown approximate family `sparse-attention`"):
         attnopt.optimize(FIXTURES / "gpt2", tmp_path / "o", allow="sparse-attention")
-    # Inputs the model does not take, or lacks.
-    m = attnopt.load(FIXTURES / "vit", backend="interp")
-    with pytest.raises(attnopt.AttnoptError, match="pixel_values"):
-        m.run({"input_ids": np.zeros((1, 3), dtype=np.int64)})
+    # Inputs the model lacks.
+    m = attnopt.load(FIXTURES / "bert", backend="interp")
+    with pytest.raises(attnopt.AttnoptError, match="input_ids"):
+        m.run({"token_type_ids": np.zeros((1, 3), dtype=np.int64)})
 
 
 def test_bad_arguments_are_value_errors(tmp_path):
@@ -157,12 +161,24 @@ def test_bad_arguments_are_value_errors(tmp_path):
     with pytest.raises(ValueError):
         attnopt.optimize(FIXTURES / "bert", tmp_path / "x", seq=[0])
     with pytest.raises(ValueError):
-        attnopt.optimize(FIXTURES / "bert", tmp_path / "x", budget=-1.0)
+        attnopt.optimize(FIXTURES / "bert", tmp_path / "x", allow="hydra", budget=-1.0)
     m = attnopt.load(FIXTURES / "bert", backend="interp")
     with pytest.raises(ValueError):
         m.run({"input_ids": np.array(["a", "b"])})
     with pytest.raises(attnopt.AttnoptError, match="not supported yet"):
         m.generate()
+    # A misspelled input is an error, not silently dropped; float ids are refused.
+    with pytest.raises(ValueError, match="attention_masks"):
+        m.run({"input_ids": np.zeros((1, 3), dtype=np.int64),
+               "attention_masks": np.ones((1, 3), dtype=np.int64)})
+    with pytest.raises(ValueError, match="integers expected"):
+        m.run({"input_ids": np.zeros((1, 3), dtype=np.float16)})
+    with pytest.raises(ValueError):
+        attnopt.optimize(FIXTURES / "bert", tmp_path / "x", seq="128")
+    with pytest.raises(ValueError, match="block must hold at least 2"):
+        attnopt.optimize(FIXTURES / "bert", tmp_path / "x", allow="sparse-ff", sparse_ff_block=1)
+    # bytes paths work like str ones.
+    assert attnopt.load(os.fsencode(str(FIXTURES / "bert")), backend="interp").input_names
     assert "bert" in repr(m) and "interp" in repr(m)
 
 
@@ -177,7 +193,9 @@ def test_round_trip_through_transformers(tmp_path, model, allow):
     transformers = pytest.importorskip("transformers",
                                        reason="torch and transformers are not installed")
     out = tmp_path / "converted"
-    report = attnopt.optimize(FIXTURES / model, out, allow=allow, budget=math.inf, calib_seq=32)
+    # Named layers convert even where the cost model sees no gain (LLaMA's bf16 weights).
+    report = attnopt.optimize(FIXTURES / model, out, allow=allow, budget=math.inf, calib_seq=32,
+                              layers=[0, 1])
     assert all(l["converted"] for l in report["layers"]), report
     inputs, _ = golden(model)
     want = attnopt.load(out, backend="interp").run(inputs)["last_hidden_state"]
@@ -195,9 +213,17 @@ def test_round_trip_through_transformers(tmp_path, model, allow):
     with torch.no_grad():
         tuned = pt(**feed).last_hidden_state.numpy()
     assert rel_max_abs(tuned, got) > 1e-5
-    # ...and attnopt runs the saved fine-tuned folder exactly, on both backends.
+    # ...and attnopt runs the saved fine-tuned folder exactly, on both backends; a sharded save
+    # (which attnopt could not read) is refused before anything is written.
+    with pytest.raises(ValueError, match="max_shard_size"):
+        pt.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert not (tmp_path / "sharded").exists()
     saved = tmp_path / "tuned"
+    saved.mkdir()
+    (saved / "notes.txt").write_text("the user's")
     pt.save_pretrained(saved)
+    manifest = json.loads((saved / "attnopt.json").read_text())
+    assert "notes.txt" not in manifest["files"] and "model.safetensors" in manifest["files"]
     for backend in ["interp", "cpu"]:
         back = attnopt.load(saved, backend=backend, threads=2).run(inputs)["last_hidden_state"]
         assert rel_max_abs(back, tuned) <= 1e-4, (backend, rel_max_abs(back, tuned))

@@ -55,7 +55,7 @@ fn inspect(py: Python<'_>, path: PathBuf, seq: Option<usize>) -> PyResult<String
 
 /// Optimises the model at `path` into the folder `out`; returns report.json's text.
 #[pyfunction]
-#[pyo3(signature = (path, out, allow, budget, seq, calib, calib_seq, seed, force, standalone, refit, report, layers))]
+#[pyo3(signature = (path, out, allow, budget, seq, calib, calib_seq, seed, force, standalone, refit, report, layers, sparse_qkv_modules, sparse_ff_block, sparse_ff_rank))]
 #[allow(clippy::too_many_arguments)]
 fn optimize(
     py: Python<'_>,
@@ -72,13 +72,19 @@ fn optimize(
     refit: bool,
     report: Option<PathBuf>,
     layers: Option<Vec<u32>>,
+    sparse_qkv_modules: Option<usize>,
+    sparse_ff_block: usize,
+    sparse_ff_rank: Option<usize>,
 ) -> PyResult<String> {
+    let sparse = attnopt::convert::SparseSettings {
+        qkv_modules: sparse_qkv_modules,
+        ff_block: sparse_ff_block,
+        ff_rank: sparse_ff_rank,
+    };
+    sparse.check().map_err(PyValueError::new_err)?;
     py.detach(|| {
         let m = load_model(&path, false)?;
         attnopt::save::preflight(&m, &out, force).map_err(err)?;
-        if let Some(r) = &report {
-            attnopt::output::check_file_target(r, &m.inputs()).map_err(err)?;
-        }
         let opts = OptimizeOptions {
             seqs: seq,
             allow,
@@ -88,8 +94,12 @@ fn optimize(
             seed,
             refit,
             layers,
+            sparse,
             ..OptimizeOptions::default()
         };
+        if let Some(r) = &report {
+            attnopt::save::check_report_target(&m, &out, r, &opts).map_err(err)?;
+        }
         let opt = attnopt::optimize::optimize(&m, &opts, &mut |_| {}).map_err(err)?;
         let save = attnopt::save::SaveOptions {
             force,
@@ -98,6 +108,7 @@ fn optimize(
         };
         attnopt::save::save(&m, &opt, &out, &save).map_err(err)?;
         if let Some(r) = &report {
+            attnopt::save::check_report_target(&m, &out, r, &opts).map_err(err)?;
             let page = attnopt::html_report::page(m.graph(), &opt.graph, &opt.report);
             attnopt::output::write_file(r, page.as_bytes(), &m.inputs()).map_err(err)?;
         }
