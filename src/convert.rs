@@ -118,6 +118,16 @@ fn element_bytes(g: &Graph, n: NodeId) -> u64 {
     }
 }
 
+/// Bytes per element of a fitted weight replacing one of `source` bytes: bf16 (2) stays
+/// bf16, anything else is stored f32.
+fn stored_bytes(source: u64) -> u64 {
+    if source == 2 {
+        2
+    } else {
+        4
+    }
+}
+
 fn dims2(g: &Graph, n: NodeId) -> Option<(usize, usize)> {
     match g.node(n).ty.shape.dims() {
         [a, b] => Some((a.fixed()?, b.fixed()?)),
@@ -180,9 +190,10 @@ pub fn site(
                         "a Q/K/V product [{di}, {d_out}] does not split into modules of {m}"
                     ));
                 }
-                // The fitted G and P are stored f32.
-                reads.before += element_bytes(g, g.operands(p)[1]) * (di * d_out) as u64;
-                reads.after += 4 * (di * (d_out / m + m)) as u64;
+                // The fitted G and P are stored like the weight they replace (bf16 or f32).
+                let elem = element_bytes(g, g.operands(p)[1]);
+                reads.before += elem * (di * d_out) as u64;
+                reads.after += stored_bytes(elem) * (di * (d_out / m + m)) as u64;
             }
             Ok((Site::Qkv { products, m }, reads))
         }
@@ -253,12 +264,13 @@ pub fn site(
             // A rank of d or more is the exact predictor already (fit_sparse_ff): no larger.
             let rank = settings.ff_rank.unwrap_or(units / block).clamp(1, d.max(1));
             let blocks = units / block;
-            // The reordered weights and the controller are stored f32.
+            // The reordered weights and the controller are stored like W1 (bf16 or f32).
+            let elem = stored_bytes(element_bytes(g, w1));
             let reads = Reads {
                 before: element_bytes(g, w1) * (d * units) as u64
                     + b1.map_or(0, |b| element_bytes(g, b) * units as u64)
                     + element_bytes(g, w2) * (units * d_out) as u64,
-                after: 4 * (d * rank + rank * units + units + blocks * (d + 1 + d_out)) as u64,
+                after: elem * (d * rank + rank * units + units + blocks * (d + 1 + d_out)) as u64,
             };
             Ok((
                 Site::Ff {
@@ -320,9 +332,13 @@ fn f64s(t: &Tensor) -> Vec<f64> {
     t.to_f32_vec().into_iter().map(f64::from).collect()
 }
 
-fn weight(name: String, shape: Vec<usize>, v: &[f32]) -> Result<Weight, Error> {
-    Weight::from_f32(name, shape, v)
-        .map_err(|e| Error::NotSupported(format!("a fitted weight: {e}")))
+/// A fitted weight, stored bf16 when what it replaces is (`bf16`), else f32.
+fn weight(name: String, shape: Vec<usize>, v: &[f32], bf16: bool) -> Result<Weight, Error> {
+    let w = match bf16 {
+        true => Weight::bf16_rounded(name, shape, v),
+        false => Weight::from_f32(name, shape, v),
+    };
+    w.map_err(|e| Error::NotSupported(format!("a fitted weight: {e}")))
 }
 
 /// Fits every site from one run of `g` on `inputs`; `progress` hears about each.
@@ -390,10 +406,11 @@ pub fn fit(
                     worst_after = worst_after.max(f.error_after);
                     kept &= f.kept;
                     let stem = format!("attnopt.L{layer}.{}", role_name(g.node(p).meta.role));
+                    let bf16 = element_bytes(g, g.operands(p)[1]) == 2;
                     factors.push((
                         p,
-                        weight(format!("{stem}.gating"), vec![f.modules, d], &f.gate)?,
-                        weight(format!("{stem}.projection"), vec![d, *m], &f.proj)?,
+                        weight(format!("{stem}.gating"), vec![f.modules, d], &f.gate, bf16)?,
+                        weight(format!("{stem}.projection"), vec![d, *m], &f.proj, bf16)?,
                     ));
                 }
                 Fitted {
@@ -462,13 +479,24 @@ pub fn fit(
                 }
                 let b1n: Vec<f32> = o.iter().map(|&u| b1v[u] as f32).collect();
                 let stem = format!("attnopt.L{layer}.sparse_ff");
+                let bf16 = element_bytes(g, *w1) == 2;
                 let weights = Box::new([
-                    weight(format!("{stem}.controller.m1"), vec![d, *rank], &fit.m1)?,
-                    weight(format!("{stem}.controller.m2"), vec![*rank, x, n], &fit.m2)?,
-                    weight(format!("{stem}.controller.bias"), vec![x, n], &fit.mb)?,
-                    weight(format!("{stem}.w1"), vec![d, x, n], &w1n)?,
-                    weight(format!("{stem}.w2"), vec![n, x, d_out], &w2n)?,
-                    weight(format!("{stem}.b1"), vec![*units], &b1n)?,
+                    weight(
+                        format!("{stem}.controller.m1"),
+                        vec![d, *rank],
+                        &fit.m1,
+                        bf16,
+                    )?,
+                    weight(
+                        format!("{stem}.controller.m2"),
+                        vec![*rank, x, n],
+                        &fit.m2,
+                        bf16,
+                    )?,
+                    weight(format!("{stem}.controller.bias"), vec![x, n], &fit.mb, bf16)?,
+                    weight(format!("{stem}.w1"), vec![d, x, n], &w1n, bf16)?,
+                    weight(format!("{stem}.w2"), vec![n, x, d_out], &w2n, bf16)?,
+                    weight(format!("{stem}.b1"), vec![*units], &b1n, bf16)?,
                 ]);
                 Fitted {
                     replacement: Replacement::SparseFf {

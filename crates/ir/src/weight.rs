@@ -102,6 +102,21 @@ impl Weight {
         Weight::new(name, DType::F32, shape, Arc::new(bytes), 0..len)
     }
 
+    /// A weight that owns `values` rounded to bfloat16 (to nearest, ties to even): for
+    /// computed weights that replace bf16 ones, at the size of what they replace.
+    pub fn bf16_rounded(
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        values: &[f32],
+    ) -> Result<Weight, WeightError> {
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let len = bytes.len();
+        Weight::new(name, DType::BF16, shape, Arc::new(bytes), 0..len)
+    }
+
     /// A weight that owns `values` stored as bfloat16, or `None` when some value is not
     /// exactly a bfloat16 (nothing is rounded). Folding uses it so that what is computed from
     /// bf16 weights by exact operations (concatenation, a power-of-two scale) stays bf16.
