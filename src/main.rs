@@ -266,6 +266,46 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Distil a converted model layer by layer against the original (attention transfer: each
+    /// converted layer's projections, or sparse controller, trained to reproduce the original
+    /// layer's output), in PyTorch through the Python package. Writes a folder that attnopt and
+    /// transformers load.
+    #[command(after_help = "Example:
+  attnopt optimize fixtures/bert -o bert-hydra --allow hydra --budget inf
+  attnopt distill bert-hydra --teacher fixtures/bert --data ids.safetensors -o bert-distilled
+
+Needs a Python with attnopt (pip install .) and PyTorch (pip install torch transformers).")]
+    Distill {
+        /// A folder `optimize --allow …` wrote.
+        converted: PathBuf,
+        /// The original model folder.
+        #[arg(long)]
+        teacher: PathBuf,
+        /// Safetensors file of token ids (`input_ids` [sequences, tokens], optionally
+        /// `attention_mask`); a quarter of the sequences are held out to measure.
+        #[arg(long)]
+        data: PathBuf,
+        /// Output folder (must not exist).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Layers to distil (default: those the conversion changed).
+        #[arg(long, value_delimiter = ',')]
+        layers: Option<Vec<u32>>,
+        /// Adam steps per layer.
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        /// Learning rate.
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Time budget for all layers, in minutes.
+        #[arg(long)]
+        minutes: Option<f64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The Python interpreter to use (default: $ATTNOPT_PYTHON, else python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
     /// Emit GPU kernels (not supported yet).
     Emit {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
@@ -784,6 +824,63 @@ fn run(cli: Cli) -> Result<()> {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 out!("{}", report.render());
+            }
+        }
+        Command::Distill {
+            converted,
+            teacher,
+            data,
+            output,
+            layers,
+            steps,
+            lr,
+            minutes,
+            seed,
+            python,
+        } => {
+            let python = python
+                .or_else(|| std::env::var_os("ATTNOPT_PYTHON").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("python3"));
+            let probe = std::process::Command::new(&python)
+                .args(["-c", "import attnopt.distillation, torch, transformers"])
+                .output();
+            if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+                let why = match &probe {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .to_string(),
+                    Err(e) => e.to_string(),
+                };
+                bail!(
+                    "distill runs in Python ({}: {why}); install attnopt (pip install .) and \
+                     PyTorch (pip install torch transformers) there, or name another \
+                     interpreter with --python",
+                    python.display()
+                );
+            }
+            let mut cmd = std::process::Command::new(&python);
+            cmd.args(["-m", "attnopt.distillation"])
+                .arg(&converted)
+                .arg("--teacher")
+                .arg(&teacher)
+                .arg("--data")
+                .arg(&data)
+                .arg("--output")
+                .arg(&output)
+                .args(["--steps", &steps.to_string(), "--lr", &lr.to_string()])
+                .args(["--seed", &seed.to_string()]);
+            if let Some(l) = layers {
+                let l: Vec<String> = l.iter().map(u32::to_string).collect();
+                cmd.args(["--layers", &l.join(",")]);
+            }
+            if let Some(m) = minutes {
+                cmd.args(["--minutes", &m.to_string()]);
+            }
+            let status = cmd.status()?;
+            if !status.success() {
+                std::process::exit(status.code().unwrap_or(1));
             }
         }
         Command::Emit { .. } => bail!("not supported yet: emit (needs the GPU backend)"),

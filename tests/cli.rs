@@ -673,3 +673,31 @@ fn converted_folders_are_transformers_folders() {
         !exact.join("modeling_attnopt.py").exists() && !exact.join("model.safetensors").exists()
     );
 }
+
+/// `distill` runs in Python; without an interpreter that has attnopt and PyTorch it says how to
+/// get one, in one line, before doing anything.
+#[test]
+fn distill_says_what_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d");
+    let o = attnopt(&[
+        "distill",
+        "fixtures/bert",
+        "--teacher",
+        "fixtures/bert",
+        "--data",
+        "fixtures/bert/golden.safetensors",
+        "-o",
+        out.to_str().unwrap(),
+        "--python",
+        "/nonexistent/python3",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("distill runs in Python") && err.contains("pip install torch"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!out.exists());
+}

@@ -26,7 +26,7 @@ import numpy as np
 from . import _attnopt
 from ._attnopt import AttnoptError
 
-__all__ = ["AttnoptError", "Model", "inspect", "load", "optimize", "__version__"]
+__all__ = ["AttnoptError", "Model", "distill", "inspect", "load", "optimize", "__version__"]
 __version__: str = _attnopt.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -160,6 +160,17 @@ class Model:
 
     def __repr__(self) -> str:
         return repr(self._native)
+
+
+def distill(converted: PathLike, teacher: PathLike, data: PathLike, out: PathLike,
+            **kwargs) -> dict:
+    """Layer-wise distillation (attention transfer) of a converted folder against the original
+    model, in PyTorch; writes the folder ``out`` that attnopt and transformers load. See
+    :func:`attnopt.distillation.distill` for the options (``layers``, ``steps``, ``lr``,
+    ``minutes``, ``seed``, ``held_out``). Needs torch and transformers."""
+    from .distillation import distill as _distill
+
+    return _distill(converted, teacher, data, out, **kwargs)
 
 
 def load(

@@ -78,7 +78,7 @@ def parse_graph(text):
         m = _LINE.match(line)
         if not m:
             raise ValueError(f"graph line {number}: cannot read {line!r}")
-        ident, op, attrs, wname, args, shape, dtype, _layer, _role = m.groups()
+        ident, op, attrs, wname, args, shape, dtype, layer, role = m.groups()
         parsed = {}
         if attrs:
             for part in _split_top(attrs[1:-1]):
@@ -95,6 +95,8 @@ def parse_graph(text):
             "shape": [_value(d) for d in _split_top(shape)] if shape else [],
             "dtype": dtype,
             "name": json.loads(f'"{wname}"') if wname is not None else None,
+            "layer": int(layer[1:]) if layer.startswith("L") else None,
+            "role": role,
         })
     return nodes, outputs
 
@@ -176,7 +178,20 @@ class AttnoptModel(PreTrainedModel):
             input_ids, pixel_values = None, input_ids
         given = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "token_type_ids": token_type_ids, "pixel_values": pixel_values}
-        given = {k: v for k, v in given.items() if v is not None}
+        values = self.run_graph({k: v for k, v in given.items() if v is not None})
+        out = {name: values[i] for name, i in self.graph_outputs.items()}
+        hidden = None
+        if output_hidden_states:
+            layers = sorted((k for k in out if k.startswith("layer.")),
+                            key=lambda k: int(k.split(".")[1]))
+            hidden = tuple(out[k] for k in ["embeddings", *layers] if k in out)
+        return BaseModelOutput(last_hidden_state=out["last_hidden_state"], hidden_states=hidden)
+
+    def run_graph(self, given, start=None, until=None):
+        """Runs the graph on the inputs ``given`` (``{name: tensor}``); returns every node's
+        value by id. ``start``: ``(output name, tensor)`` to use as that output's value
+        (e.g. ``("layer.2", h)``: run from a layer's input); ``until``: an output name, to
+        compute only what it needs. What layer-wise distillation runs."""
         values, dims = {}, {}
         for n in self.nodes:
             if n["op"] != "input":
@@ -198,18 +213,60 @@ class AttnoptModel(PreTrainedModel):
                 if isinstance(d, str):
                     dims[d] = size
             values[n["id"]] = x.long() if n["attrs"]["dtype"] == "i64" else x.float()
+        fixed = None
+        if start is not None:
+            fixed = self.graph_outputs[start[0]]
+            values[fixed] = start[1]
+        needed = None
+        if until is not None:
+            by_id = {n["id"]: n for n in self.nodes}
+            needed, stack = set(), [self.graph_outputs[until]]
+            while stack:
+                i = stack.pop()
+                if i in needed:
+                    continue
+                needed.add(i)
+                if i != fixed:
+                    stack.extend(by_id[i]["args"])
         for n in self.nodes:
-            if n["op"] == "input":
+            if n["op"] == "input" or n["id"] == fixed:
+                continue
+            if needed is not None and n["id"] not in needed:
                 continue
             args = [values[a] for a in n["args"]]
             values[n["id"]] = self._eval(n, args, dims)
-        out = {name: values[i] for name, i in self.graph_outputs.items()}
-        hidden = None
-        if output_hidden_states:
-            layers = sorted((k for k in out if k.startswith("layer.")),
-                            key=lambda k: int(k.split(".")[1]))
-            hidden = tuple(out[k] for k in ["embeddings", *layers] if k in out)
-        return BaseModelOutput(last_hidden_state=out["last_hidden_state"], hidden_states=hidden)
+        return values
+
+    def output(self, name, values):
+        """The value of graph output ``name`` in ``values`` (from :meth:`run_graph`)."""
+        return values[self.graph_outputs[name]]
+
+    def layer_parameters(self, layer, roles=None):
+        """``{weight name: parameter}`` of the weights only layer ``layer``'s nodes read (with
+        ``roles``, only those read by nodes of those roles, e.g. ``q_proj``)."""
+        users = {}
+        for n in self.nodes:
+            for a in n["args"]:
+                users.setdefault(a, []).append(n)
+        out = {}
+        for n in self.nodes:
+            if n["op"] != "weight":
+                continue
+            us = users.get(n["id"], [])
+            # Through weight-only views (a permute of the weight), to the nodes that compute.
+            frontier, readers = list(us), []
+            while frontier:
+                u = frontier.pop()
+                if u["layer"] is None and u["role"] == "weight":
+                    frontier.extend(users.get(u["id"], []))
+                else:
+                    readers.append(u)
+            if not readers or any(u["layer"] != layer for u in readers):
+                continue
+            if roles is not None and not any(u["role"] in roles for u in readers):
+                continue
+            out[n["name"]] = self._weight(n["id"])
+        return out
 
     def _eval(self, n, a, dims):
         op, at = n["op"], n["attrs"]
