@@ -302,6 +302,13 @@ Needs a Python with attnopt (pip install .) and PyTorch (pip install torch trans
         minutes: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Then this many steps of end-to-end distillation against the original's
+        /// last_hidden_state (stage 2).
+        #[arg(long, default_value_t = 0)]
+        finetune: usize,
+        /// In stage 2, train rank-R adapters (merged before saving) instead of full weights.
+        #[arg(long)]
+        lora: Option<usize>,
         /// The Python interpreter to use (default: $ATTNOPT_PYTHON, else python3).
         #[arg(long)]
         python: Option<PathBuf>,
@@ -836,6 +843,8 @@ fn run(cli: Cli) -> Result<()> {
             lr,
             minutes,
             seed,
+            finetune,
+            lora,
             python,
         } => {
             let python = python
@@ -877,6 +886,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(m) = minutes {
                 cmd.args(["--minutes", &m.to_string()]);
+            }
+            cmd.args(["--finetune", &finetune.to_string()]);
+            if let Some(r) = lora {
+                cmd.args(["--lora", &r.to_string()]);
             }
             let status = cmd.status()?;
             if !status.success() {

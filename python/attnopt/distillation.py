@@ -16,6 +16,7 @@ Needs torch, transformers and safetensors (``pip install torch transformers``).
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -24,7 +25,9 @@ import numpy as np
 import attnopt
 
 # Roles of the nodes whose weights a layer's distillation trains.
-TRAINED_ROLES = {"qkv_proj", "q_proj", "k_proj", "v_proj", "attn_out_proj", "mlp_gate"}
+TRAINED_ROLES = {"qkv_proj", "q_proj", "k_proj", "v_proj", "attn_out_proj", "mlp_gate",
+                 # products the Hydra rule rewrote (its new nodes take this role)
+                 "attn_context"}
 
 
 def _need_torch():
@@ -44,18 +47,21 @@ def _relative(a, b):
 
 
 def distill(converted, teacher, data, out, *, layers=None, steps=200, lr=1e-3, minutes=None,
-            seed=0, held_out=0.25, progress=True):
+            seed=0, held_out=0.25, progress=True, finetune_steps=0, lora_rank=None):
     """Distils the converted folder ``converted`` layer by layer against ``teacher`` (the
     original model folder) on the token ids in the safetensors file ``data``
     (``input_ids``, optionally ``attention_mask``/``token_type_ids``, ``[sequences, tokens]``)
     and writes the result to the new folder ``out``. ``layers``: which layers (default: those
     the conversion changed); ``steps`` Adam steps per layer at learning rate ``lr``;
     ``minutes``: a time budget for all layers; the last ``held_out`` share of the sequences
-    only measures. Returns the per-layer report (also written to ``out/distill.json``)."""
+    only measures. ``finetune_steps``: then as many steps of end-to-end distillation of the
+    whole student against the teacher's ``last_hidden_state`` (stage 2), training the same
+    weights of every distilled layer in full, or, with ``lora_rank``, low-rank adapters on
+    them (merged into the weights before saving). Returns the report (also written to
+    ``out/distill.json``)."""
     _need_torch()
     import torch
     from safetensors.numpy import load_file
-    from transformers import AutoModel
 
     torch.manual_seed(seed)
     if os.path.exists(out):
@@ -73,7 +79,10 @@ def distill(converted, teacher, data, out, *, layers=None, steps=200, lr=1e-3, m
     n_held = max(1, int(round(n * held_out)))
     if n - n_held < 1:
         raise attnopt.AttnoptError(f"{data}: {n} sequence(s); give at least 2 (one is held out)")
-    student = AutoModel.from_pretrained(os.fspath(converted), trust_remote_code=True)
+    # This package's graph model, whatever version of it the folder holds (it is written
+    # back into the output below).
+    from .modeling_attnopt import AttnoptModel
+    student = AttnoptModel.from_pretrained(os.fspath(converted))
     takes = {nd["attrs"]["name"] for nd in student.nodes if nd["op"] == "input"}
     inputs = {k: v for k, v in inputs.items() if k in takes}
     if "input_ids" not in inputs and "pixel_values" not in inputs:
@@ -127,13 +136,53 @@ def distill(converted, teacher, data, out, *, layers=None, steps=200, lr=1e-3, m
         if progress:
             print(f"[distill] layer {l}: held-out error {before:.3e} -> {after:.3e}",
                   file=sys.stderr, flush=True)
+    if finetune_steps > 0:
+        names = sorted({name for l in layers
+                        for name in student.layer_parameters(l, roles=TRAINED_ROLES)})
+        if lora_rank:
+            trained = student.add_lora(names, lora_rank)
+        else:
+            by_name = dict(student.named_parameters())
+            trained = [by_name[n] for n in names if n in by_name]
+        for p in trained:
+            p.requires_grad_(True)
+
+        def final(part):
+            vals = student.run_graph(feeds[part], until="last_hidden_state")
+            return student.output("last_hidden_state", vals)
+
+        with torch.no_grad():
+            before = _relative(final("held"), acts["held"]["last_hidden_state"])
+        opt = torch.optim.Adam(trained, lr=lr)
+        done = 0
+        for step in range(finetune_steps):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            loss = torch.mean((final("fit") - acts["fit"]["last_hidden_state"]) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+        for p in trained:
+            p.requires_grad_(False)
+        if lora_rank:
+            student.merge_lora()
+        with torch.no_grad():
+            after = _relative(final("held"), acts["held"]["last_hidden_state"])
+        report["finetune"] = {"steps": done, "lora_rank": lora_rank, "weights": names,
+                              "error_before": before, "error_after": after}
+        if progress:
+            print(f"[distill] end to end: held-out final error {before:.3e} -> {after:.3e}",
+                  file=sys.stderr, flush=True)
     student.save_pretrained(os.fspath(out))
     with open(os.path.join(out, "distill.json"), "w") as f:
         json.dump(report, f, indent=2)
+    modeling = os.path.join(os.path.dirname(os.path.abspath(__file__)), "modeling_attnopt.py")
+    shutil.copyfile(modeling, os.path.join(out, "modeling_attnopt.py"))
     manifest_file = os.path.join(out, "attnopt.json")
     with open(manifest_file) as f:
         manifest = json.load(f)
-    manifest["files"] = sorted(set(manifest["files"]) | {"distill.json"})
+    manifest["files"] = sorted(set(manifest["files"]) | {"distill.json", "modeling_attnopt.py"})
     with open(manifest_file, "w") as f:
         json.dump(manifest, f, indent=2)
     return report
@@ -150,11 +199,14 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--finetune", type=int, default=0, metavar="STEPS")
+    ap.add_argument("--lora", type=int, default=None, metavar="RANK")
     a = ap.parse_args(argv)
     try:
         report = distill(a.converted, a.teacher, a.data, a.output,
                          layers=None if a.layers is None else a.layers.split(","),
-                         steps=a.steps, lr=a.lr, minutes=a.minutes, seed=a.seed)
+                         steps=a.steps, lr=a.lr, minutes=a.minutes, seed=a.seed,
+                         finetune_steps=a.finetune, lora_rank=a.lora)
     except attnopt.AttnoptError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

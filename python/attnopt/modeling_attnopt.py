@@ -16,6 +16,7 @@ controller through it) and the fixed masks.
 """
 
 import json
+import math
 import os
 import re
 
@@ -241,6 +242,38 @@ class AttnoptModel(PreTrainedModel):
         """The value of graph output ``name`` in ``values`` (from :meth:`run_graph`)."""
         return values[self.graph_outputs[name]]
 
+    def add_lora(self, names, rank):
+        """Low-rank adapters on the 2-D weights ``names``: each reads as ``W + A·B`` (``A`` zero
+        at first, so nothing changes until trained). Returns the adapter parameters; only they
+        train. :meth:`merge_lora` folds them into the weights (before ``save_pretrained``)."""
+        if not hasattr(self, "_lora"):
+            self._lora = {}
+            self.lora_adapters = nn.ParameterList()
+        by_name = {n["name"]: n for n in self.nodes if n["op"] == "weight"}
+        made = []
+        for name in names:
+            n = by_name[name]
+            w = self._weight(n["id"])
+            if w.dim() != 2 or not w.is_floating_point():
+                continue
+            r = min(rank, *w.shape)
+            a = nn.Parameter(torch.zeros(w.shape[0], r))
+            b = nn.Parameter(torch.randn(r, w.shape[1]) / math.sqrt(w.shape[1]))
+            self.lora_adapters.extend([a, b])
+            self._lora[n["id"]] = (a, b)
+            made += [a, b]
+        return made
+
+    def merge_lora(self):
+        """Folds every adapter into its weight and removes the adapters."""
+        for ident, (a, b) in getattr(self, "_lora", {}).items():
+            w = self._weight(ident)
+            with torch.no_grad():
+                w.copy_((w.float() + a @ b).to(w.dtype))
+        if hasattr(self, "_lora"):
+            del self._lora
+            del self.lora_adapters
+
     def layer_parameters(self, layer, roles=None):
         """``{weight name: parameter}`` of the weights only layer ``layer``'s nodes read (with
         ``roles``, only those read by nodes of those roles, e.g. ``q_proj``)."""
@@ -276,7 +309,12 @@ class AttnoptModel(PreTrainedModel):
 
         if op == "weight":
             w = self._weight(n["id"])
-            return w.float() if w.is_floating_point() else w
+            w = w.float() if w.is_floating_point() else w
+            lora = self._lora.get(n["id"]) if hasattr(self, "_lora") else None
+            if lora is not None:
+                a, b = lora
+                w = w + a @ b
+            return w
         unary = {"neg": torch.neg, "exp": torch.exp, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt,
                  "recip": torch.reciprocal, "square": torch.square, "tanh": torch.tanh,
                  "sigmoid": torch.sigmoid, "relu": torch.relu, "elu": F.elu, "gelu": F.gelu,

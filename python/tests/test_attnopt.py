@@ -255,3 +255,34 @@ def test_distillation_lowers_each_converted_layers_error(tmp_path, model, allow)
                           np.linalg.norm(teacher["layer.0"]))
     assert err(after) < err(before), (err(before), err(after))
     assert json.loads((out / "distill.json").read_text())["layers"] == report["layers"]
+    # And transformers loads it.
+    import transformers
+    pt = transformers.AutoModel.from_pretrained(out, trust_remote_code=True)
+    import torch
+    with torch.no_grad():
+        got = pt(input_ids=torch.from_numpy(inputs["input_ids"])).last_hidden_state.numpy()
+    assert rel_max_abs(got, after["last_hidden_state"]) <= 1e-4
+
+
+@pytest.mark.parametrize("lora", [None, 2])
+def test_end_to_end_distillation_full_or_lora(tmp_path, lora):
+    pytest.importorskip("torch", reason="torch and transformers are not installed")
+    pytest.importorskip("transformers", reason="torch and transformers are not installed")
+    from safetensors.numpy import save_file
+    converted = tmp_path / "converted"
+    attnopt.optimize(FIXTURES / "bert", converted, allow=["hydra"], budget=math.inf,
+                     calib_seq=32)
+    data = tmp_path / "data.safetensors"
+    save_file({"input_ids": np.random.default_rng(0).integers(0, 100, size=(32, 16),
+                                                              dtype=np.int64)}, str(data))
+    out = tmp_path / "distilled"
+    report = attnopt.distill(converted, FIXTURES / "bert", data, out, steps=20, lr=1e-3,
+                             finetune_steps=40, lora_rank=lora, progress=False)
+    ft = report["finetune"]
+    assert ft["steps"] == 40 and ft["lora_rank"] == lora and ft["weights"]
+    assert ft["error_after"] < ft["error_before"], ft
+    # The adapters were merged: the saved folder has no adapter weights and attnopt runs it.
+    names = json.loads((out / "config.json").read_text())["attnopt_graph"]
+    assert "lora" not in names
+    ids = {"input_ids": np.random.default_rng(2).integers(0, 100, size=(2, 16), dtype=np.int64)}
+    assert attnopt.load(out, backend="cpu", threads=2).run(ids)["last_hidden_state"].shape == (2, 16, 32)
