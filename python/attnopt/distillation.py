@@ -46,6 +46,20 @@ def _relative(a, b):
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-30))
 
 
+def _mean_pooled(hidden, mask):
+    """Sentence embeddings: the mean over the attention mask (all tokens without one)."""
+    import torch
+    if mask is None:
+        return hidden.mean(dim=1)
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def _cosine(a, b):
+    import torch
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
+
+
 def distill(converted, teacher, data, out, *, layers=None, steps=200, lr=1e-3, minutes=None,
             seed=0, held_out=0.25, progress=True, finetune_steps=0, lora_rank=None):
     """Distils the converted folder ``converted`` layer by layer against ``teacher`` (the
@@ -54,11 +68,13 @@ def distill(converted, teacher, data, out, *, layers=None, steps=200, lr=1e-3, m
     and writes the result to the new folder ``out``. ``layers``: which layers (default: those
     the conversion changed); ``steps`` Adam steps per layer at learning rate ``lr``;
     ``minutes``: a time budget for all layers; the last ``held_out`` share of the sequences
-    only measures. ``finetune_steps``: then as many steps of end-to-end distillation of the
+    only measures. The report goes into ``out/report.json`` as ``"distill"`` (per layer the
+    held-out error before, after stage 1 and after stage 2; for encoders the sentence-embedding
+    cosine to the teacher before and after). ``finetune_steps``: then as many steps of end-to-end distillation of the
     whole student against the teacher's ``last_hidden_state`` (stage 2), training the same
     weights of every distilled layer in full, or, with ``lora_rank``, low-rank adapters on
     them (merged into the weights before saving). Returns the report (also written to
-    ``out/distill.json``)."""
+    ``out/report.json``)."""
     _need_torch()
     import torch
     from safetensors.numpy import load_file
@@ -99,6 +115,28 @@ def distill(converted, teacher, data, out, *, layers=None, steps=200, lr=1e-3, m
         p.requires_grad_(False)
     report = {"teacher": os.fspath(teacher), "data": os.fspath(data), "steps": steps, "lr": lr,
               "sequences_fit": n - n_held, "sequences_held_out": n_held, "layers": []}
+    # Encoders: the sentence-embedding cosine to the teacher on the held-out sequences (mean
+    # pooling over the attention mask); decoders would report perplexity, which needs logits
+    # (not built yet).
+    mask = feeds["held"].get("attention_mask")
+    encoder = not any(nd["op"] == "causal_mask" for nd in student.nodes)
+
+    def cosine():
+        if not encoder:
+            return None
+        with torch.no_grad():
+            vals = student.run_graph(feeds["held"], until="last_hidden_state")
+            mine = _mean_pooled(student.output("last_hidden_state", vals), mask)
+        return _cosine(mine, _mean_pooled(acts["held"]["last_hidden_state"], mask))
+
+    report["cosine_before"] = cosine()
+
+    def layer_error(l):
+        start = "embeddings" if l == 0 else f"layer.{l - 1}"
+        with torch.no_grad():
+            vals = student.run_graph(feeds["held"], start=(start, acts["held"][start]),
+                                     until=f"layer.{l}")
+            return _relative(student.output(f"layer.{l}", vals), acts["held"][f"layer.{l}"])
     for l in layers:
         start = "embeddings" if l == 0 else f"layer.{l - 1}"
         target = f"layer.{l}"
@@ -131,8 +169,9 @@ def distill(converted, teacher, data, out, *, layers=None, steps=200, lr=1e-3, m
             p.requires_grad_(False)
         with torch.no_grad():
             after = _relative(layer_out("held"), acts["held"][target])
-        report["layers"].append({"layer": l, "parameters": sorted(params),
-                                 "steps": done, "error_before": before, "error_after": after})
+        report["layers"].append({"layer": l, "parameters": sorted(params), "steps": done,
+                                 "error_before": before, "error_stage1": after,
+                                 "error_after": after, "error_stage2": None})
         if progress:
             print(f"[distill] layer {l}: held-out error {before:.3e} -> {after:.3e}",
                   file=sys.stderr, flush=True)
@@ -171,18 +210,29 @@ def distill(converted, teacher, data, out, *, layers=None, steps=200, lr=1e-3, m
             after = _relative(final("held"), acts["held"]["last_hidden_state"])
         report["finetune"] = {"steps": done, "lora_rank": lora_rank, "weights": names,
                               "error_before": before, "error_after": after}
+        for entry in report["layers"]:
+            entry["error_stage2"] = layer_error(entry["layer"])
+            entry["error_after"] = entry["error_stage2"]
         if progress:
             print(f"[distill] end to end: held-out final error {before:.3e} -> {after:.3e}",
                   file=sys.stderr, flush=True)
+    report["cosine_after"] = cosine()
+    report["perplexity_before"] = report["perplexity_after"] = None
     student.save_pretrained(os.fspath(out))
-    with open(os.path.join(out, "distill.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    # The converted folder's report, with the distillation's.
+    full = {}
+    if os.path.exists(report_file):
+        with open(report_file) as f:
+            full = json.load(f)
+    full["distill"] = report
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(full, f, indent=2)
     modeling = os.path.join(os.path.dirname(os.path.abspath(__file__)), "modeling_attnopt.py")
     shutil.copyfile(modeling, os.path.join(out, "modeling_attnopt.py"))
     manifest_file = os.path.join(out, "attnopt.json")
     with open(manifest_file) as f:
         manifest = json.load(f)
-    manifest["files"] = sorted(set(manifest["files"]) | {"distill.json", "modeling_attnopt.py"})
+    manifest["files"] = sorted(set(manifest["files"]) | {"report.json", "modeling_attnopt.py"})
     with open(manifest_file, "w") as f:
         json.dump(manifest, f, indent=2)
     return report

@@ -254,7 +254,12 @@ def test_distillation_lowers_each_converted_layers_error(tmp_path, model, allow)
     err = lambda o: float(np.linalg.norm(o["layer.0"] - teacher["layer.0"]) /
                           np.linalg.norm(teacher["layer.0"]))
     assert err(after) < err(before), (err(before), err(after))
-    assert json.loads((out / "distill.json").read_text())["layers"] == report["layers"]
+    written = json.loads((out / "report.json").read_text())
+    assert written["distill"]["layers"] == report["layers"] and written["layers"]
+    if model == "bert":
+        assert report["cosine_after"] > report["cosine_before"], report
+    else:
+        assert report["cosine_before"] is None and report["perplexity_after"] is None
     # And transformers loads it.
     import transformers
     pt = transformers.AutoModel.from_pretrained(out, trust_remote_code=True)
@@ -280,6 +285,8 @@ def test_end_to_end_distillation_full_or_lora(tmp_path, lora):
                              finetune_steps=40, lora_rank=lora, progress=False)
     ft = report["finetune"]
     assert ft["steps"] == 40 and ft["lora_rank"] == lora and ft["weights"]
+    for l in report["layers"]:
+        assert l["error_stage2"] is not None and l["error_after"] == l["error_stage2"]
     assert ft["error_after"] < ft["error_before"], ft
     # The adapters were merged: the saved folder has no adapter weights and attnopt runs it.
     names = json.loads((out / "config.json").read_text())["attnopt_graph"]
