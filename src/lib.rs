@@ -59,6 +59,7 @@ pub mod report;
 pub mod run;
 pub mod save;
 pub mod tensors;
+pub mod text;
 
 pub use attnopt_cpu::matmul::Precision;
 pub use attnopt_cpu::{CpuOptions, MatMulChoice};

@@ -67,8 +67,16 @@ enum Command {
         #[command(flatten)]
         load: LoadArgs,
         /// Safetensors file with the inputs.
-        #[arg(long, short)]
-        input: PathBuf,
+        #[arg(long, short, required_unless_present = "text", conflicts_with = "text")]
+        input: Option<PathBuf>,
+        /// A sentence to run on, tokenised with the model's tokenizer.json (repeat for a
+        /// batch; padded to the longest with an attention mask, as transformers does).
+        #[arg(long)]
+        text: Vec<String>,
+        /// Add `sentence_embedding`: `last_hidden_state` pooled per sentence, by the mean over
+        /// the attention mask (`mean`, sentence-transformers') or the first token (`cls`).
+        #[arg(long, value_enum)]
+        pool: Option<PoolArg>,
         /// Where to write the outputs (safetensors; written atomically).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -348,6 +356,12 @@ impl LoadArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PoolArg {
+    Mean,
+    Cls,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum PrecisionArg {
     F32,
     Bf16,
@@ -561,6 +575,8 @@ fn run(cli: Cli) -> Result<()> {
             model,
             load,
             input,
+            text,
+            pool,
             output,
             all_layers,
             compare,
@@ -585,13 +601,21 @@ fn run(cli: Cli) -> Result<()> {
                     bail!("not supported yet: --backend cuda (the GPU backend); use --backend cpu")
                 }
             };
-            if output.is_none() && compare.is_none() {
+            if output.is_none() && compare.is_none() && text.is_empty() {
                 bail!("nothing to do: give --output FILE and/or --compare FILE");
             }
+            let input = match &input {
+                Some(f) => attnopt::run::Input::File(f),
+                None => attnopt::run::Input::Text(&text),
+            };
             run_model(
                 &load.load(&model)?,
                 &attnopt::run::RunRequest {
-                    input: &input,
+                    input,
+                    pool: pool.map(|p| match p {
+                        PoolArg::Mean => attnopt::text::Pool::Mean,
+                        PoolArg::Cls => attnopt::text::Pool::Cls,
+                    }),
                     output: output.as_deref(),
                     compare: compare.as_deref(),
                     verify,
@@ -921,6 +945,18 @@ fn run_model(m: &Model, req: &attnopt::run::RunRequest) -> Result<()> {
     eprintln!("done in {:.1} ms", o.ms);
     for (name, t) in &o.outputs {
         outln!("{name:20} {:?}", t.shape());
+    }
+    // Text in, nothing written: the sentence embeddings are the answer, one JSON line each.
+    if let (attnopt::run::Input::Text(texts), None) = (req.input, req.output) {
+        if let Some(e) = o.outputs.get("sentence_embedding") {
+            let d = e.shape().last().copied().unwrap_or(0).max(1);
+            for (text, row) in texts.iter().zip(e.to_f32_vec().chunks(d)) {
+                outln!(
+                    "{}",
+                    serde_json::json!({ "text": text, "sentence_embedding": row })
+                );
+            }
+        }
     }
     if bf16 && !req.verify {
         eprintln!(

@@ -12,11 +12,21 @@ use attnopt_ir::Tensor;
 use crate::report::ErrorStat;
 use crate::{tensors, Backend, Error, Model, RunOptions};
 
+/// Where the inputs come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// A safetensors file (tensors the model does not take are ignored and listed).
+    File(&'a Path),
+    /// Sentences, tokenised with the model's tokenizer.json (`crate::text`).
+    Text(&'a [String]),
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RunRequest<'a> {
-    /// Safetensors file of inputs (tensors the model does not take are ignored and listed).
-    pub input: &'a Path,
+    pub input: Input<'a>,
+    /// Add `sentence_embedding`: `last_hidden_state` pooled per sequence.
+    pub pool: Option<crate::text::Pool>,
     /// Where to write the outputs.
     pub output: Option<&'a Path>,
     /// Expected outputs to compare with (same names).
@@ -56,24 +66,33 @@ pub fn run(
     req: &RunRequest,
     progress: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome, Error> {
-    let mut inputs = model.inputs().with(req.input);
+    let mut inputs = model.inputs();
+    if let Input::File(f) = req.input {
+        inputs.add(f);
+    }
     if let Some(c) = req.compare {
         inputs.add(c);
     }
     if let Some(path) = req.output {
         crate::output::check_file_target(path, &inputs)?;
     }
-    let all = tensors::read(req.input)?;
-    let takes = model.input_names();
-    let (feed, ignored): (BTreeMap<_, _>, BTreeMap<_, _>) = all
-        .into_iter()
-        .partition(|(k, _)| takes.contains(&k.as_str()) || k == "attention_mask");
-    if feed.is_empty() {
-        return Err(Error::Usage {
-            path: req.input.to_path_buf(),
-            msg: format!("holds none of the model's inputs ({})", takes.join(", ")),
-        });
-    }
+    let (feed, ignored): (BTreeMap<_, _>, BTreeMap<_, _>) = match req.input {
+        Input::File(file) => {
+            let all = tensors::read(file)?;
+            let takes = model.input_names();
+            let (feed, ignored): (BTreeMap<_, _>, BTreeMap<_, _>) = all
+                .into_iter()
+                .partition(|(k, _)| takes.contains(&k.as_str()) || k == "attention_mask");
+            if feed.is_empty() {
+                return Err(Error::Usage {
+                    path: file.to_path_buf(),
+                    msg: format!("holds none of the model's inputs ({})", takes.join(", ")),
+                });
+            }
+            (feed, ignored)
+        }
+        Input::Text(texts) => (crate::text::encode(model, texts)?, BTreeMap::new()),
+    };
     progress(&format!(
         "running {} ({} nodes) on {}",
         model.imported().detection.arch.name(),
@@ -84,7 +103,14 @@ pub fn run(
         }
     ));
     let start = Instant::now();
-    let outputs = model.run(feed.clone(), req.opts.clone())?;
+    let mut outputs = model.run(feed.clone(), req.opts.clone())?;
+    if let Some(how) = req.pool {
+        let hidden = outputs.get("last_hidden_state").ok_or_else(|| {
+            Error::NotSupported("pooling a model without last_hidden_state".into())
+        })?;
+        let pooled = crate::text::pool(hidden, feed.get("attention_mask"), how)?;
+        outputs.insert("sentence_embedding".into(), pooled);
+    }
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let mut verified = BTreeMap::new();
     if req.verify && req.opts.backend != Backend::Interp {

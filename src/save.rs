@@ -64,6 +64,15 @@ const CONFIG: &str = "config.json";
 /// names), config.json with `auto_map`, and this modeling file (docs/PYTHON.md).
 const HF_WEIGHTS: &str = "model.safetensors";
 const MODELING: &str = "modeling_attnopt.py";
+/// A tokenizer's files, copied along when the source has them.
+const TOKENIZER_FILES: [&str; 6] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+];
 const MODELING_SOURCE: &str = include_str!("../python/attnopt/modeling_attnopt.py");
 
 /// The checks [`save`] makes before writing that need no optimisation result, so that a
@@ -356,6 +365,13 @@ fn write_into(
     if transformers {
         files.push(MODELING.into());
     }
+    // The tokenizer travels with the model (text input, transformers' AutoTokenizer).
+    let tokenizer_files: Vec<&str> = TOKENIZER_FILES
+        .iter()
+        .copied()
+        .filter(|f| m.dir.join(f).is_file())
+        .collect();
+    files.extend(tokenizer_files.iter().map(|f| f.to_string()));
     let manifest = Manifest {
         format: FORMAT.into(),
         source_relative: relative(final_abs, src_abs).to_string_lossy().into_owned(),
@@ -373,6 +389,9 @@ fn write_into(
     std::fs::write(dir.join(REPORT_JSON), pretty(&opt.report))
         .map_err(io(dir.join(REPORT_JSON)))?;
     std::fs::write(dir.join(REPORT_TXT), opt.report.render()).map_err(io(dir.join(REPORT_TXT)))?;
+    for f in &tokenizer_files {
+        std::fs::copy(m.dir.join(f), dir.join(f)).map_err(io(m.dir.join(f)))?;
+    }
     if transformers {
         let json = transformers_config(&config, &graph_text, &manifest)?;
         std::fs::write(dir.join(CONFIG), json).map_err(io(dir.join(CONFIG)))?;
