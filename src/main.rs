@@ -289,8 +289,9 @@ Needs a Python with attnopt (pip install .) and PyTorch (pip install torch trans
         /// The original model folder.
         #[arg(long)]
         teacher: PathBuf,
-        /// Safetensors file of token ids (`input_ids` [sequences, tokens], optionally
-        /// `attention_mask`); a quarter of the sequences are held out to measure.
+        /// A text file (one document per line, tokenised with the original's tokenizer.json)
+        /// or a safetensors file of token ids (`input_ids` [sequences, tokens]); a quarter of
+        /// the sequences are held out to measure.
         #[arg(long)]
         data: PathBuf,
         /// Output folder (must not exist).

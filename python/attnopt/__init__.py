@@ -154,6 +154,25 @@ class Model:
             feed[str(name)] = a
         return self._native.run(feed, all_layers)
 
+    def encode(self, texts: Sequence[str]) -> Dict[str, "np.ndarray"]:
+        """``texts`` tokenised with the model folder's tokenizer.json: ``input_ids``,
+        ``attention_mask`` (and ``token_type_ids`` where the model takes them), padded to the
+        longest as a transformers batch is."""
+        texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
+        return self._native.encode(texts)
+
+    def embed(self, texts: Sequence[str], pool: str = "mean") -> "np.ndarray":
+        """Sentence embeddings ``[len(texts), d]``: ``last_hidden_state`` pooled by the mean
+        over the attention mask (``"mean"``) or the first token (``"cls"``)."""
+        if pool not in ("mean", "cls"):
+            raise ValueError(f'pool must be "mean" or "cls", not {pool!r}')
+        feed = self.encode(texts)
+        h = self.run(feed)["last_hidden_state"]
+        if pool == "cls":
+            return h[:, 0, :]
+        m = feed.get("attention_mask", np.ones(h.shape[:2], dtype=np.int64)).astype(np.float32)
+        return (h * m[..., None]).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)[:, None]
+
     def generate(self, *args, **kwargs):
         """Not supported yet: text generation needs attnopt's decoding (not built yet)."""
         raise AttnoptError("not supported yet: generate (decoding is not built yet)")

@@ -61,11 +61,13 @@ def _cosine(a, b):
 
 
 def distill(converted, teacher, data, out, *, layers=None, steps=200, lr=1e-3, minutes=None,
-            seed=0, held_out=0.25, progress=True, finetune_steps=0, lora_rank=None):
+            seed=0, held_out=0.25, progress=True, finetune_steps=0, lora_rank=None,
+            max_tokens=128):
     """Distils the converted folder ``converted`` layer by layer against ``teacher`` (the
-    original model folder) on the token ids in the safetensors file ``data``
-    (``input_ids``, optionally ``attention_mask``/``token_type_ids``, ``[sequences, tokens]``)
-    and writes the result to the new folder ``out``. ``layers``: which layers (default: those
+    original model folder) on ``data`` — a text file, one document per line, tokenised with
+    the teacher's tokenizer.json (at most ``max_tokens`` tokens each), or a safetensors file of
+    token ids (``input_ids``, optionally ``attention_mask``/``token_type_ids``,
+    ``[sequences, tokens]``) — and writes the result to the new folder ``out``. ``layers``: which layers (default: those
     the conversion changed); ``steps`` Adam steps per layer at learning rate ``lr``;
     ``minutes``: a time budget for all layers; the last ``held_out`` share of the sequences
     only measures. The report goes into ``out/report.json`` as ``"distill"`` (per layer the
@@ -90,7 +92,17 @@ def distill(converted, teacher, data, out, *, layers=None, steps=200, lr=1e-3, m
     layers = converted_layers if layers is None else [int(l) for l in layers]
     if not layers:
         raise attnopt.AttnoptError(f"{converted}: no converted layer to distil")
-    inputs = {k: np.ascontiguousarray(v) for k, v in load_file(os.fspath(data)).items()}
+    if str(data).endswith((".safetensors", ".st")):
+        inputs = {k: np.ascontiguousarray(v) for k, v in load_file(os.fspath(data)).items()}
+    else:
+        # A text file, one document per line, tokenised with the teacher's tokenizer.json
+        # (truncated to max_tokens so the batch stays small).
+        with open(data, encoding="utf-8") as f:
+            docs = [line.strip() for line in f if line.strip()]
+        if len(docs) < 2:
+            raise attnopt.AttnoptError(f"{data}: {len(docs)} document(s); give at least 2")
+        enc = attnopt.load(teacher, backend="interp").encode(docs)
+        inputs = {k: np.ascontiguousarray(v[:, :max_tokens]) for k, v in enc.items()}
     n = next(iter(inputs.values())).shape[0]
     n_held = max(1, int(round(n * held_out)))
     if n - n_held < 1:

@@ -293,3 +293,37 @@ def test_end_to_end_distillation_full_or_lora(tmp_path, lora):
     assert "lora" not in names
     ids = {"input_ids": np.random.default_rng(2).integers(0, 100, size=(2, 16), dtype=np.int64)}
     assert attnopt.load(out, backend="cpu", threads=2).run(ids)["last_hidden_state"].shape == (2, 16, 32)
+
+
+
+def test_text_in_and_sentence_embeddings():
+    m = attnopt.load(FIXTURES / "bert", backend="interp")
+    g = json.loads((FIXTURES / "bert" / "text_golden.json").read_text())
+    enc = m.encode(g["sentences"])
+    for name in ["input_ids", "attention_mask", "token_type_ids"]:
+        assert enc[name].tolist() == g[name], name
+    e = m.embed(g["sentences"])
+    h = m.run(enc)["last_hidden_state"]
+    mask = np.array(g["attention_mask"], dtype=np.float64)
+    want = (h * mask[..., None]).sum(axis=1) / mask.sum(axis=1)[:, None]
+    assert e.shape == (3, 32) and np.allclose(e, want, atol=1e-5)
+    assert np.allclose(m.embed(g["sentences"], pool="cls"), h[:, 0, :])
+    with pytest.raises(attnopt.AttnoptError, match="has no tokenizer.json"):
+        attnopt.load(FIXTURES / "gpt2").encode(["hi"])
+
+
+def test_distillation_on_a_text_file(tmp_path):
+    pytest.importorskip("torch", reason="torch and transformers are not installed")
+    pytest.importorskip("transformers", reason="torch and transformers are not installed")
+    converted = tmp_path / "converted"
+    attnopt.optimize(FIXTURES / "bert", converted, allow=["hydra"], budget=math.inf,
+                     calib_seq=32)
+    text = tmp_path / "docs.txt"
+    words = "the quick brown fox jumps over a lazy dog while attention is linear".split()
+    rng = np.random.default_rng(3)
+    text.write_text("\n".join(" ".join(rng.choice(words, 10)) for _ in range(12)) + "\n")
+    report = attnopt.distill(converted, FIXTURES / "bert", text, tmp_path / "out", steps=30,
+                             lr=3e-3, progress=False)
+    assert report["sequences_fit"] == 9 and report["sequences_held_out"] == 3
+    assert all(l["error_after"] < l["error_before"] for l in report["layers"])
+    assert report["cosine_after"] > report["cosine_before"]

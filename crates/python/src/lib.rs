@@ -187,6 +187,19 @@ impl Model {
         Ok(dict)
     }
 
+    /// `texts` tokenised with the model folder's tokenizer.json, as `{name: int64 array}`
+    /// (padded to the longest, like a transformers batch).
+    fn encode<'py>(&self, py: Python<'py>, texts: Vec<String>) -> PyResult<Bound<'py, PyDict>> {
+        let feed = attnopt::text::encode(&self.model, &texts).map_err(err)?;
+        let dict = PyDict::new(py);
+        for (name, t) in feed {
+            let shape = t.shape().to_vec();
+            let v = t.as_i64().map(<[i64]>::to_vec).unwrap_or_default();
+            dict.set_item(name, PyArray1::from_vec(py, v).reshape(shape)?)?;
+        }
+        Ok(dict)
+    }
+
     fn __repr__(&self) -> String {
         let backend = match &self.run.backend {
             Backend::Interp => "interp".to_string(),
