@@ -77,6 +77,10 @@ enum Command {
         /// the attention mask (`mean`, sentence-transformers') or the first token (`cls`).
         #[arg(long, value_enum)]
         pool: Option<PoolArg>,
+        /// Add `logits` (`[batch, tokens, vocab]`): a decoder's language-model head
+        /// (lm_head.weight, or the tied token embedding).
+        #[arg(long)]
+        logits: bool,
         /// Where to write the outputs (safetensors; written atomically).
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -346,11 +350,17 @@ struct LoadArgs {
 
 impl LoadArgs {
     fn load(self, path: &Path) -> Result<Model> {
+        self.load_logits(path, false)
+    }
+
+    /// With `logits`, a decoder's language-model head too (the output `logits`).
+    fn load_logits(self, path: &Path, logits: bool) -> Result<Model> {
         Ok(Model::load_with(
             path,
             &attnopt::LoadOptions {
                 verify_source: self.verify_source,
                 accept_guesses: self.accept_guesses,
+                logits,
             },
         )?)
     }
@@ -578,6 +588,7 @@ fn run(cli: Cli) -> Result<()> {
             input,
             text,
             pool,
+            logits,
             output,
             all_layers,
             compare,
@@ -610,7 +621,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => attnopt::run::Input::Text(&text),
             };
             run_model(
-                &load.load(&model)?,
+                &load.load_logits(&model, logits)?,
                 &attnopt::run::RunRequest {
                     input,
                     pool: pool.map(|p| match p {

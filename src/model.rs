@@ -194,6 +194,8 @@ impl Model {
         let g = self.graph();
         let wanted: Vec<&str> = if opts.all_layers {
             vec![]
+        } else if g.output("logits").is_some() {
+            vec!["last_hidden_state", "logits"]
         } else {
             vec!["last_hidden_state"]
         };

@@ -199,6 +199,7 @@ def load(
     threads: Optional[int] = None,
     *,
     accept_guesses: bool = False,
+    logits: bool = False,
 ) -> Model:
     """Loads the model at ``path``.
 
@@ -207,9 +208,12 @@ def load(
     ``"f32"``, or ``"bf16"`` (products against weights in bfloat16, CPU only: an
     approximation). ``threads``: CPU threads (default: all cores). ``accept_guesses``: use a
     model whose config.json lacks settings attnopt would otherwise refuse to guess.
+    ``logits``: also output a decoder's ``logits`` (its language-model head: ``lm_head.weight``
+    or the tied token embedding).
     """
     if threads is not None and threads < 1:
         raise ValueError("threads must be at least 1")
     return Model(
-        _attnopt.load(_path(path), backend, precision, threads, bool(accept_guesses))
+        _attnopt.load(_path(path), backend, precision, threads, bool(accept_guesses),
+                      bool(logits))
     )

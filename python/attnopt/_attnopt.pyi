@@ -43,4 +43,5 @@ def load(
     precision: str,
     threads: Optional[int],
     accept_guesses: bool,
+    logits: bool = False,
 ) -> Model: ...

@@ -327,3 +327,12 @@ def test_distillation_on_a_text_file(tmp_path):
     assert report["sequences_fit"] == 9 and report["sequences_held_out"] == 3
     assert all(l["error_after"] < l["error_before"] for l in report["layers"])
     assert report["cosine_after"] > report["cosine_before"]
+
+
+
+def test_decoder_logits():
+    inputs, _ = golden("gpt2")
+    out = attnopt.load(FIXTURES / "gpt2", backend="interp", logits=True).run(inputs)
+    assert out["logits"].shape == (2, 7, 128)
+    with pytest.raises(attnopt.AttnoptError, match="no language-model head"):
+        attnopt.load(FIXTURES / "bert", logits=True)

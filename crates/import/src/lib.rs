@@ -15,6 +15,7 @@ pub mod config;
 pub mod detect;
 mod error;
 pub mod fingerprint;
+pub mod lm_head;
 pub mod optimized;
 mod sparse_spec;
 pub mod synthetic;
@@ -67,6 +68,8 @@ pub struct LoadOptions {
     /// Accept a model whose dimensions had to be guessed ([`Imported::unconfirmed`]); without
     /// it such a model is refused, since a wrong guess gives wrong numbers silently.
     pub accept_guesses: bool,
+    /// Add a decoder's language-model head as the output `logits` ([`lm_head`]).
+    pub logits: bool,
 }
 
 /// Imports the model at `path` (a folder, or a `.safetensors` file with config.json beside it).
@@ -83,7 +86,16 @@ pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Imported, ImportErro
         });
     }
     if path.join(optimized::MANIFEST).is_file() {
-        return optimized::load_optimized(path, opts);
+        let m = optimized::load_optimized(path, opts)?;
+        if opts.logits && m.graph.output("logits").is_none() {
+            return Err(ImportError::Config {
+                file: path.join(optimized::MANIFEST),
+                msg: "not supported yet: logits from an optimised folder (run the original \
+                      checkpoint with them)"
+                    .into(),
+            });
+        }
+        return Ok(m);
     }
     let dir = if path.is_file() {
         path.parent().unwrap_or(Path::new(".")).to_path_buf()
@@ -92,7 +104,10 @@ pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Imported, ImportErro
     };
     let checkpoint = Checkpoint::open(path)?;
     let cfg = config::Config::read(&dir)?;
-    let imported = import(dir, checkpoint, cfg)?;
+    let mut imported = import(dir, checkpoint, cfg)?;
+    if opts.logits {
+        lm_head::add(&mut imported)?;
+    }
     if !opts.accept_guesses && !imported.unconfirmed.is_empty() {
         return Err(ImportError::Guessed {
             dir: imported.dir,

@@ -28,10 +28,15 @@ fn err(e: impl std::fmt::Display) -> PyErr {
 }
 
 fn load_model(path: &Path, accept_guesses: bool) -> PyResult<attnopt::Model> {
+    load_model_with(path, accept_guesses, false)
+}
+
+fn load_model_with(path: &Path, accept_guesses: bool, logits: bool) -> PyResult<attnopt::Model> {
     attnopt::Model::load_with(
         path,
         &LoadOptions {
             accept_guesses,
+            logits,
             ..LoadOptions::default()
         },
     )
@@ -214,7 +219,7 @@ impl Model {
 
 /// Loads the model at `path` to run on `backend` (`"cpu"` or `"interp"`).
 #[pyfunction]
-#[pyo3(signature = (path, backend, precision, threads, accept_guesses))]
+#[pyo3(signature = (path, backend, precision, threads, accept_guesses, logits=false))]
 fn load(
     py: Python<'_>,
     path: PathBuf,
@@ -222,6 +227,7 @@ fn load(
     precision: &str,
     threads: Option<usize>,
     accept_guesses: bool,
+    logits: bool,
 ) -> PyResult<Model> {
     let precision = match precision {
         "f32" => Precision::F32,
@@ -250,7 +256,7 @@ fn load(
                 )))
             }
         };
-    let model = py.detach(|| load_model(&path, accept_guesses))?;
+    let model = py.detach(|| load_model_with(&path, accept_guesses, logits))?;
     Ok(Model {
         model,
         run: RunOptions {
