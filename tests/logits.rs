@@ -1,7 +1,7 @@
 //! `run --logits` (`LoadOptions::logits`): a decoder's language-model head. On the GPT-2
 //! fixture (tied embeddings) the logits are `last_hidden_state · wteᵀ`, with `wte` read here
 //! straight from the checkpoint by the safetensors crate; the CPU backend agrees with the
-//! interpreter; encoders and optimised folders say why they have none.
+//! interpreter; optimised folders give the same head; encoders say why they have none.
 
 use std::path::{Path, PathBuf};
 
@@ -96,16 +96,27 @@ fn llama_uses_its_lm_head_and_others_say_why_not() {
     // Without the option there is no head (the base model, as benchmarks measure it).
     let plain = Model::load(&fixture("gpt2")).unwrap();
     assert!(plain.graph().output("logits").is_none());
-    // An optimised folder keeps the base model's graph.
+    // Optimised folders keep the base model's graph and take the head on request: the tied
+    // embedding of a referring folder, and of a standalone one, gives the original's logits.
+    let dir = fixture("gpt2");
+    let original = Model::load_with(&dir, &logits_options()).unwrap();
+    let inputs = golden_inputs(&original, &dir);
+    let want = original.run(inputs.clone(), RunOptions::default()).unwrap()["logits"].clone();
     let tmp = tempfile::tempdir().unwrap();
     let opt = attnopt::optimize::optimize(&plain, &Default::default(), &mut |_| {}).unwrap();
-    attnopt::save::save(&plain, &opt, &tmp.path().join("o"), &Default::default()).unwrap();
-    let e = Model::load_with(&tmp.path().join("o"), &logits_options())
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("not supported yet: logits from an optimised folder"),
-        "{e}"
-    );
+    for standalone in [false, true] {
+        let out = tmp.path().join(format!("o{standalone}"));
+        let save = attnopt::save::SaveOptions {
+            standalone,
+            ..Default::default()
+        };
+        attnopt::save::save(&plain, &opt, &out, &save).unwrap();
+        let m = Model::load_with(&out, &logits_options()).unwrap();
+        let got = m.run(inputs.clone(), RunOptions::default()).unwrap()["logits"].clone();
+        let err = got.max_abs_diff(&want).unwrap();
+        assert!(
+            err <= 1e-4 * want.max_abs().max(1.0),
+            "standalone {standalone}: {err}"
+        );
+    }
 }

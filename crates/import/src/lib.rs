@@ -86,14 +86,9 @@ pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Imported, ImportErro
         });
     }
     if path.join(optimized::MANIFEST).is_file() {
-        let m = optimized::load_optimized(path, opts)?;
+        let mut m = optimized::load_optimized(path, opts)?;
         if opts.logits && m.graph.output("logits").is_none() {
-            return Err(ImportError::Config {
-                file: path.join(optimized::MANIFEST),
-                msg: "not supported yet: logits from an optimised folder (run the original \
-                      checkpoint with them)"
-                    .into(),
-            });
+            lm_head::add(&mut m)?;
         }
         return Ok(m);
     }

@@ -30,10 +30,23 @@ pub fn add(m: &mut Imported) -> Result<(), ImportError> {
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v.get("tie_word_embeddings").and_then(|b| b.as_bool()))
         .unwrap_or(tie_default);
-    let name = if m.checkpoint.contains("lm_head.weight") {
-        "lm_head.weight".to_string()
-    } else if tie {
-        format!("{}{embedding}", m.detection.prefix)
+    // The tied head is the table the token ids are gathered from (whatever its name).
+    let table = || {
+        let g = &m.graph;
+        g.topo_order().into_iter().find_map(|n| {
+            let ops = g.operands(n);
+            let ids = matches!(g.node(n).op, Op::Gather)
+                && matches!(&g.node(ops[1]).op, Op::Input { name, .. } if name == "input_ids");
+            (ids && matches!(g.node(ops[0]).op, Op::Weight(_))).then(|| ops[0])
+        })
+    };
+    let (name, head) = if m.checkpoint.contains("lm_head.weight") {
+        let w = m
+            .checkpoint
+            .weight("lm_head.weight", m.detection.arch.name())?;
+        ("lm_head.weight".to_string(), m.graph.weight(w))
+    } else if let (true, Some(t)) = (tie, table()) {
+        (format!("the token embedding ({embedding})"), t)
     } else {
         return Err(unsupported(
             "logits: the checkpoint has no lm_head.weight and config.json does not tie the \
@@ -41,12 +54,11 @@ pub fn add(m: &mut Imported) -> Result<(), ImportError> {
                 .into(),
         ));
     };
-    let w = m.checkpoint.weight(&name, m.detection.arch.name())?;
-    let (vocab, d) = match w.shape() {
-        &[v, d] => (v, d),
-        s => {
+    let (vocab, d) = match m.graph.node(head).ty.shape.dims() {
+        [v, d] => (v.fixed().unwrap_or(0), d.fixed().unwrap_or(0)),
+        _ => {
             return Err(unsupported(format!(
-                "logits: {name} has shape {s:?}, not [vocab, hidden]"
+                "logits: {name} is not a [vocab, hidden] matrix"
             )))
         }
     };
@@ -64,7 +76,6 @@ pub fn add(m: &mut Imported) -> Result<(), ImportError> {
         role: Role::Other,
     };
     let ge = |e: attnopt_ir::GraphError| unsupported(format!("logits: {e}"));
-    let head = g.weight(w);
     let t = g.add(Op::Permute(vec![1, 0]), &[head], meta).map_err(ge)?;
     let logits = g.add(Op::MatMul, &[y, t], meta).map_err(ge)?;
     g.set_output("logits", logits).map_err(ge)?;
