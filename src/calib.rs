@@ -10,6 +10,12 @@ use crate::{tensors, Error, Model};
 
 pub use attnopt_ir::rng::Rng;
 
+/// Whether calibration row (token) `r` is held out of a fit to measure it: every fourth. The
+/// one policy of the output-projection refit and the sparse fits.
+pub fn held_out(r: usize) -> bool {
+    r % 4 == 3
+}
+
 /// Batch and token count of generated calibration inputs.
 pub const CALIB_BATCH: usize = 2;
 

@@ -34,11 +34,6 @@ pub const SPARSE_FF: &str = "sparse-ff";
 /// The graph-pass families, in the order `--allow` lists them in help.
 pub const FAMILIES: [&str; 2] = [SPARSE_QKV, SPARSE_FF];
 
-/// Every fourth calibration row (token) is held out of the fits and measures them.
-fn held(r: usize) -> bool {
-    r % 4 == 3
-}
-
 /// The user's choices for the sparse conversions.
 #[derive(Debug, Clone, Copy)]
 pub struct SparseSettings {
@@ -322,7 +317,11 @@ fn split_rows(t: &Tensor) -> (Vec<f64>, Vec<f64>, usize) {
     let v = t.to_f32_vec();
     let (mut fit, mut held_out) = (Vec::new(), Vec::new());
     for (r, row) in v.chunks_exact(d).enumerate() {
-        let dst = if held(r) { &mut held_out } else { &mut fit };
+        let dst = if crate::calib::held_out(r) {
+            &mut held_out
+        } else {
+            &mut fit
+        };
         dst.extend(row.iter().map(|&x| f64::from(x)));
     }
     (fit, held_out, d)

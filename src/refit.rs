@@ -99,7 +99,7 @@ pub fn refit(
         if ys.len() != n * q || now.len() != n * q {
             continue;
         }
-        let held = |r: usize| r % 4 == 3;
+        let held = crate::calib::held_out;
         let with_bias = c.bias.is_some();
         let pa = p + with_bias as usize;
         let (mut a, mut yf) = (Vec::new(), Vec::new());

@@ -3,33 +3,16 @@
 //! straight from the checkpoint by the safetensors crate; the CPU backend agrees with the
 //! interpreter; optimised folders give the same head; encoders say why they have none.
 
-use std::path::{Path, PathBuf};
-
+#[path = "support/models.rs"]
+mod models;
 use attnopt::{Backend, CpuOptions, LoadOptions, Model, RunOptions};
-
-fn fixture(m: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(m)
-}
+use models::{fixture, golden_inputs};
 
 fn logits_options() -> LoadOptions {
     LoadOptions {
         logits: true,
         ..LoadOptions::default()
     }
-}
-
-fn golden_inputs(
-    model: &Model,
-    dir: &Path,
-) -> std::collections::BTreeMap<String, attnopt::ir::Tensor> {
-    let takes = model.input_names();
-    attnopt::tensors::read(&dir.join("golden.safetensors"))
-        .unwrap()
-        .into_iter()
-        .filter(|(k, _)| takes.contains(&k.as_str()))
-        .collect()
 }
 
 #[test]

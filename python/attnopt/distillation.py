@@ -160,8 +160,7 @@ def distill(converted, teacher, data, out, *, layers=None, steps=200, lr=1e-3, m
             vals = student.run_graph(feeds[part], start=(start, acts[part][start]), until=target)
             return student.output(target, vals)
 
-        with torch.no_grad():
-            before = _relative(layer_out("held"), acts["held"][target])
+        before = layer_error(l)
         for p in params.values():
             p.requires_grad_(True)
         opt = torch.optim.Adam(params.values(), lr=lr)
@@ -179,8 +178,7 @@ def distill(converted, teacher, data, out, *, layers=None, steps=200, lr=1e-3, m
                       file=sys.stderr, flush=True)
         for p in params.values():
             p.requires_grad_(False)
-        with torch.no_grad():
-            after = _relative(layer_out("held"), acts["held"][target])
+        after = layer_error(l)
         report["layers"].append({"layer": l, "parameters": sorted(params), "steps": done,
                                  "error_before": before, "error_stage1": after,
                                  "error_after": after, "error_stage2": None})

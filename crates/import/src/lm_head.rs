@@ -25,10 +25,8 @@ pub fn add(m: &mut Imported) -> Result<(), ImportError> {
             )))
         }
     };
-    let tie = std::fs::read_to_string(m.dir.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("tie_word_embeddings").and_then(|b| b.as_bool()))
+    let tie = crate::config::Config::read(&m.dir)
+        .map(|c| c.flag("tie_word_embeddings", tie_default))
         .unwrap_or(tie_default);
     // The tied head is the table the token ids are gathered from (whatever its name).
     let table = || {

@@ -44,8 +44,6 @@ fn recognise(l: &Lowering, root: NodeId) -> Option<(NodeId, NodeId, NodeId, Vec<
     let Op::Unsqueeze { axis } = *op(xu) else {
         return None;
     };
-    let rows: usize = sx[..sx.len().saturating_sub(1)].iter().product();
-    let _ = rows;
     let fits = !sx.is_empty()
         && axis + 1 == sx.len()
         && sg.len() == 2
