@@ -62,7 +62,8 @@ pub fn calibration_inputs(
             .map(|d| match d {
                 Dim::Fixed(n) => *n,
                 Dim::Sym(Sym::Batch) => CALIB_BATCH,
-                Dim::Sym(Sym::Seq) => seq,
+                Dim::Sym(Sym::Seq | Sym::Total) => seq,
+                Dim::Sym(Sym::Past) => 0,
             })
             .collect();
         let n: usize = dims.iter().product();

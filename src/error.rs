@@ -27,6 +27,8 @@ pub enum Error {
     Output { path: PathBuf, msg: String },
     #[error("not supported yet: {0}")]
     NotSupported(String),
+    #[error("decoding: {0}")]
+    Decode(#[from] attnopt_ir::incremental::IncrementalError),
     #[error("building a graph: {0}")]
     Graph(#[from] attnopt_ir::GraphError),
     #[error(transparent)]

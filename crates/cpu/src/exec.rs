@@ -118,7 +118,9 @@ pub struct CpuModel {
     /// Indexed by weight id.
     converted: Vec<OnceLock<Vec<f32>>>,
     prepared: PreparedWeights,
-    plans: HashMap<(usize, usize), Plan>,
+    /// By (batch, sequence) size; a decoding step's plan also by its past length, and only
+    /// the latest such plan is kept (a step is planned per position).
+    plans: HashMap<PlanKey, Plan>,
     /// RoPE kernels by (style, positions, features, θ bits).
     ropes: RopeKernels,
     /// `W1ᵀ` of sparse feed-forward kernels, by weight.
@@ -287,16 +289,33 @@ impl CpuModel {
 
     /// Where the preparation of `(batch, seq)` spent its time (after [`CpuModel::prepare`]).
     pub fn prepare_times(&self, batch: usize, seq: usize) -> Option<PrepareTimes> {
-        self.plans.get(&(batch, seq)).map(|p| p.times)
+        self.plans
+            .get(&PlanKey::new(batch, seq, None))
+            .map(|p| p.times)
     }
 
     /// Lowers and compiles for `(batch, seq)` if not done yet; returns the compile time spent.
     pub fn prepare(&mut self, batch: usize, seq: usize) -> Result<Duration, CpuError> {
-        if let Some(p) = self.plans.get(&(batch, seq)) {
+        self.prepare_key(PlanKey::new(batch, seq, None))
+    }
+
+    /// [`CpuModel::prepare`] for a decoding step's graph: `seq` new tokens after `past`.
+    pub fn prepare_step(
+        &mut self,
+        batch: usize,
+        seq: usize,
+        past: usize,
+    ) -> Result<Duration, CpuError> {
+        self.prepare_key(PlanKey::new(batch, seq, Some(past)))
+    }
+
+    fn prepare_key(&mut self, key: PlanKey) -> Result<Duration, CpuError> {
+        if let Some(p) = self.plans.get(&key) {
             return Ok(p.compile_time);
         }
+        let (batch, seq) = (key.batch, key.seq);
         let t0 = Instant::now();
-        let lowered = lower(&self.graph, &Bindings::new(batch, seq))?;
+        let lowered = lower(&self.graph, &key.bindings())?;
         let arena = lowered.memory.arena_bytes as u64;
         if let Some(budget) = self.memory_budget.filter(|&b| arena > b) {
             return Err(CpuError::OverBudget {
@@ -355,7 +374,10 @@ impl CpuModel {
             times,
         };
         let ct = plan.compile_time;
-        self.plans.insert((batch, seq), plan);
+        if key.past.is_some() {
+            self.plans.retain(|k, _| k.past.is_none());
+        }
+        self.plans.insert(key, plan);
         Ok(ct)
     }
 
@@ -367,18 +389,19 @@ impl CpuModel {
         wanted: &[&str],
         profile: bool,
     ) -> Result<(HashMap<String, Tensor>, Vec<KernelTime>), CpuError> {
-        let (batch, seq) = self.bind(inputs)?;
-        self.prepare(batch, seq)?;
-        let mut plan = self.plans.remove(&(batch, seq)).expect("prepared above");
+        let key = self.bind(inputs)?;
+        self.prepare_key(key)?;
+        let mut plan = self.plans.remove(&key).expect("prepared above");
         let result = self
             .pool
             .install(|| self.execute(&mut plan, inputs, wanted, profile));
-        self.plans.insert((batch, seq), plan);
+        self.plans.insert(key, plan);
         result
     }
 
-    /// Batch and sequence sizes from the inputs, checked against the graph's declared inputs.
-    fn bind(&self, inputs: &HashMap<String, Tensor>) -> Result<(usize, usize), CpuError> {
+    /// Batch and sequence sizes (and a decoding state's past length) from the inputs, checked
+    /// against the graph's declared inputs.
+    fn bind(&self, inputs: &HashMap<String, Tensor>) -> Result<PlanKey, CpuError> {
         let mut b = Bindings::default();
         for (name, id) in self.graph.inputs() {
             let Op::Input { shape, dtype, .. } = &self.graph.node(*id).op else {
@@ -418,7 +441,9 @@ impl CpuModel {
                 }
             }
         }
-        Ok((b.get(Sym::Batch).unwrap_or(1), b.get(Sym::Seq).unwrap_or(1)))
+        let past = b.get(Sym::Past);
+        let seq = b.get(Sym::Seq).unwrap_or(1);
+        Ok(PlanKey::new(b.get(Sym::Batch).unwrap_or(1), seq, past))
     }
 
     fn execute(
@@ -491,12 +516,36 @@ impl CpuModel {
     /// Peak activation memory of the plan for `(batch, seq)`, if prepared.
     pub fn arena_bytes(&self, batch: usize, seq: usize) -> Option<usize> {
         self.plans
-            .get(&(batch, seq))
+            .get(&PlanKey::new(batch, seq, None))
             .map(|p| p.lowered.memory.arena_bytes)
     }
 
     /// The lowered kernels for `(batch, seq)`, if prepared.
     pub fn lowered(&self, batch: usize, seq: usize) -> Option<&Lowered> {
-        self.plans.get(&(batch, seq)).map(|p| &p.lowered)
+        self.plans
+            .get(&PlanKey::new(batch, seq, None))
+            .map(|p| &p.lowered)
+    }
+}
+
+/// What a plan is for: its sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PlanKey {
+    batch: usize,
+    seq: usize,
+    /// A decoding step's tokens held in the state before it (`None`: a graph without state).
+    past: Option<usize>,
+}
+
+impl PlanKey {
+    fn new(batch: usize, seq: usize, past: Option<usize>) -> PlanKey {
+        PlanKey { batch, seq, past }
+    }
+
+    fn bindings(&self) -> Bindings {
+        match self.past {
+            Some(p) => Bindings::step(self.batch, self.seq, p),
+            None => Bindings::new(self.batch, self.seq),
+        }
     }
 }

@@ -228,12 +228,13 @@ pub fn cumsum(
     Ok(())
 }
 
-/// Rotary embedding on `[B, H, N, Dh]`: position of row `t` is `t` (see `Op::Rope`).
+/// Rotary embedding on `[B, H, N, Dh]`: position of row `t` is `offset + t` (see `Op::Rope`).
 pub fn rope(
     x: &[f32],
     shape: &[usize],
     theta: f64,
     style: attnopt_ir::RopeStyle,
+    offset: usize,
     out: &mut [f32],
 ) -> Result<(), String> {
     let (n, d) = (shape[2], shape[3]);
@@ -242,7 +243,7 @@ pub fn rope(
     let half = d / 2;
     // One table of (cos, sin) per position and pair, shared by every head.
     let mut table = Vec::with_capacity(n * half);
-    for t in 0..n {
+    for t in offset..offset + n {
         for i in 0..half {
             let (s, c) = (t as f64 * theta.powf(-(2.0 * i as f64) / d as f64)).sin_cos();
             table.push((c, s));

@@ -72,7 +72,7 @@ fn rope_and_repeat_heads_match_the_interpreter() {
         let x = Tensor::f32(shape.clone(), data(n, 3)).unwrap();
         for style in [RopeStyle::Half, RopeStyle::Interleaved] {
             let mut out = vec![0f32; n];
-            ops::rope(x.as_f32().unwrap(), &shape, 10000.0, style, &mut out).unwrap();
+            ops::rope(x.as_f32().unwrap(), &shape, 10000.0, style, 0, &mut out).unwrap();
             close(
                 &out,
                 &reference(

@@ -15,6 +15,7 @@ pub mod config;
 pub mod detect;
 mod error;
 pub mod fingerprint;
+pub mod generation;
 pub mod lm_head;
 pub mod optimized;
 mod sparse_spec;

@@ -3,7 +3,7 @@
 //! `Graph::add` calls [`infer`] for each new node, so a graph that exists is well-shaped.
 //! Errors say which operator and which operand shapes disagree.
 
-use crate::{DType, Dim, Op, Shape};
+use crate::{DType, Dim, Op, Shape, Sym};
 
 /// A value's static type: shape and compute dtype (`F32` or `I64`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -376,17 +376,28 @@ pub fn infer(op: &Op, ins: &[Typed]) -> Result<Typed, ShapeError> {
                 {
                     return Err(err(op, ins, "operands differ off the concat axis"));
                 }
-                match t.shape.0[*axis] {
-                    Dim::Fixed(n) => {
-                        total = total
-                            .checked_add(n)
-                            .ok_or_else(|| err(op, ins, "concatenated size overflows"))?
-                    }
-                    Dim::Sym(_) => return Err(err(op, ins, "cannot concat along a symbolic axis")),
-                }
             }
+            let along: Vec<Dim> = ins.iter().map(|t| t.shape.0[*axis]).collect();
+            let joined = if along == [Dim::Sym(Sym::Past), Dim::Sym(Sym::Seq)] {
+                // A decoding state's rows, then the new ones: every token so far.
+                Dim::Sym(Sym::Total)
+            } else {
+                for d in along {
+                    match d {
+                        Dim::Fixed(n) => {
+                            total = total
+                                .checked_add(n)
+                                .ok_or_else(|| err(op, ins, "concatenated size overflows"))?
+                        }
+                        Dim::Sym(_) => {
+                            return Err(err(op, ins, "cannot concat along a symbolic axis"))
+                        }
+                    }
+                }
+                Dim::Fixed(total)
+            };
             let mut s = x.0.clone();
-            s[*axis] = Dim::Fixed(total);
+            s[*axis] = joined;
             same(Shape(s))
         }
         Op::ConvWindows { length, width } => {

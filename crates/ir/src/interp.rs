@@ -468,7 +468,7 @@ fn eval(
             shape.push(d);
             out(shape, v)
         }
-        Op::Rope { theta, style } => rope(a[0], theta.get() as f64, *style),
+        Op::Rope { theta, style } => rope(a[0], theta.get() as f64, *style, b.offset()),
         Op::ConvWindows { length, width } => conv_windows(a[0], *length, *width),
         Op::BlockOneHot { block } => along(a[0], a[0].rank() - 1, |row| block_onehot(row, *block)),
         Op::Concat { axis } => concat(a, *axis),
@@ -672,14 +672,14 @@ fn along(x: &Tensor, axis: usize, f: impl Fn(&[f32]) -> Vec<f32>) -> R<Tensor> {
     out(s.to_vec(), v)
 }
 
-fn rope(x: &Tensor, theta: f64, style: RopeStyle) -> R<Tensor> {
+fn rope(x: &Tensor, theta: f64, style: RopeStyle, offset: usize) -> R<Tensor> {
     let s = x.shape();
     let (n, d) = (s[2], s[3]);
     let xv = f32s(x)?;
     let mut v = xv.to_vec();
     let half = d / 2;
     for (row_idx, row) in xv.chunks(d.max(1)).enumerate() {
-        let t = (row_idx % n) as f64;
+        let t = (offset + row_idx % n) as f64;
         let o = &mut v[row_idx * d..(row_idx + 1) * d];
         for i in 0..half {
             let angle = t * theta.powf(-(2.0 * i as f64) / d as f64);

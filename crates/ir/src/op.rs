@@ -210,8 +210,9 @@ pub enum Op {
     RmsNorm { eps: Scalar },
     /// `(table [V, D], ids [..])` → `[.., D]`: row lookup. An id outside `0..V` is an error.
     Gather,
-    /// Rotary position embedding on `[B, H, N, Dh]`, position of token `t` being `t`,
-    /// frequencies `theta^(−2i/Dh)`.
+    /// Rotary position embedding on `[B, H, N, Dh]`, position of token `t` being `P + t`
+    /// (`P`: the tokens held in a decoding state before this run, `Sym::Past`; 0 in a graph
+    /// without state), frequencies `theta^(−2i/Dh)`.
     Rope { theta: Scalar, style: RopeStyle },
     /// Inserts a size-1 axis at position `axis` (`0..=rank`).
     Unsqueeze { axis: usize },

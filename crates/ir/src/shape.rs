@@ -2,6 +2,9 @@
 //!
 //! A graph is built once for every batch size and sequence length: those two dimensions stay
 //! symbolic (`B`, `N`) until a run binds them. Every other dimension is fixed by the checkpoint.
+//! A decoding step's graph (`crate::incremental`) has two more: `P`, the tokens already held in
+//! its state (the past), and `T = P + N`, all tokens so far (a key-value cache after the new
+//! rows are appended).
 
 use std::fmt;
 
@@ -12,10 +15,14 @@ pub enum Sym {
     Batch,
     /// Sequence length (tokens).
     Seq,
+    /// Tokens before this run, held in a decoding state (0 in a graph without state).
+    Past,
+    /// `Past + Seq`: every token so far.
+    Total,
 }
 
 impl Sym {
-    pub const ALL: [Sym; 2] = [Sym::Batch, Sym::Seq];
+    pub const ALL: [Sym; 4] = [Sym::Batch, Sym::Seq, Sym::Past, Sym::Total];
 
     /// The symbol named `s` (`B` or `N`; the inverse of [`Sym::name`]).
     pub fn from_name(s: &str) -> Option<Sym> {
@@ -26,6 +33,8 @@ impl Sym {
         match self {
             Sym::Batch => "B",
             Sym::Seq => "N",
+            Sym::Past => "P",
+            Sym::Total => "T",
         }
     }
 }
@@ -39,6 +48,8 @@ pub enum Dim {
 
 pub const BATCH: Dim = Dim::Sym(Sym::Batch);
 pub const SEQ: Dim = Dim::Sym(Sym::Seq);
+pub const PAST: Dim = Dim::Sym(Sym::Past);
+pub const TOTAL: Dim = Dim::Sym(Sym::Total);
 
 impl Dim {
     pub fn fixed(self) -> Option<usize> {
@@ -122,11 +133,14 @@ impl fmt::Display for Shape {
     }
 }
 
-/// Values of the symbolic dimensions for one run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Values of the symbolic dimensions for one run. `Total` is `Past + Seq`: whichever two are
+/// bound give the third, and binding a third that disagrees is refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Bindings {
     pub batch: Option<usize>,
     pub seq: Option<usize>,
+    pub past: Option<usize>,
+    pub total: Option<usize>,
 }
 
 impl Bindings {
@@ -134,28 +148,45 @@ impl Bindings {
         Bindings {
             batch: Some(batch),
             seq: Some(seq),
+            past: None,
+            total: None,
+        }
+    }
+
+    /// A decoding step: `seq` new tokens after `past` held in the state.
+    pub fn step(batch: usize, seq: usize, past: usize) -> Bindings {
+        Bindings {
+            past: Some(past),
+            ..Bindings::new(batch, seq)
         }
     }
 
     pub fn get(&self, s: Sym) -> Option<usize> {
         match s {
             Sym::Batch => self.batch,
-            Sym::Seq => self.seq,
+            Sym::Seq => self.seq.or_else(|| self.total?.checked_sub(self.past?)),
+            Sym::Past => self.past.or_else(|| self.total?.checked_sub(self.seq?)),
+            Sym::Total => self.total.or_else(|| self.past?.checked_add(self.seq?)),
         }
     }
 
-    /// Binds `s` to `n`; `Err(old)` if it was already bound to a different value.
+    /// The tokens before this run: `Past`, 0 when the graph has no state.
+    pub fn offset(&self) -> usize {
+        self.get(Sym::Past).unwrap_or(0)
+    }
+
+    /// Binds `s` to `n`; `Err(old)` if it already has (or the others give it) another value.
     pub fn bind(&mut self, s: Sym, n: usize) -> Result<(), usize> {
+        if let Some(old) = self.get(s) {
+            return if old == n { Ok(()) } else { Err(old) };
+        }
         let slot = match s {
             Sym::Batch => &mut self.batch,
             Sym::Seq => &mut self.seq,
+            Sym::Past => &mut self.past,
+            Sym::Total => &mut self.total,
         };
-        match *slot {
-            Some(old) if old != n => Err(old),
-            _ => {
-                *slot = Some(n);
-                Ok(())
-            }
-        }
+        *slot = Some(n);
+        Ok(())
     }
 }

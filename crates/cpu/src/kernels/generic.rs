@@ -89,7 +89,8 @@ fn generic(f: &Frame, k: &Kernel, op: &Op) -> Result<(), String> {
         Op::Rope { theta, style } => {
             let x = f32_of(f.src(k.inputs[0])?)?;
             let out = f.dst_f32(k.output)?;
-            return ops::rope(x, &in_shape, theta.get() as f64, *style, out);
+            let offset = f.l.bindings.offset();
+            return ops::rope(x, &in_shape, theta.get() as f64, *style, offset, out);
         }
         Op::ConvWindows { length, width } => {
             let x = f32_of(f.src(k.inputs[0])?)?;

@@ -21,6 +21,11 @@ pub(super) fn prepare(
     let Op::Rope { theta, style } = op else {
         return Ok(None);
     };
+    if l.bindings.offset() != 0 {
+        // A decoding step (positions after a past): its few rows go to the generic kernel
+        // rather than a table compiled per position.
+        return Ok(None);
+    }
     let s = &l.values[k.inputs[0]].shape;
     let (n, d) = (s[s.len() - 2], s[s.len() - 1]);
     let theta = theta.get();

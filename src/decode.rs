@@ -1,0 +1,258 @@
+//! Decoding: a [`Session`] runs a causal model's step graph (`ir::incremental`: derived from
+//! the model's own graph, original or optimised) over a prompt (prefill) and then one token at
+//! a time, carrying the per-layer state between runs — key/value caches for softmax layers
+//! (`kv_heads` wide), constant-size running sums for causal linear and Hydra layers.
+//! [`generate`] is the loop `attnopt generate` runs.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use attnopt_cpu::CpuModel;
+use attnopt_ir::incremental::{self, Incremental, StateKind, POSITION_IDS};
+use attnopt_ir::{interp, Dim, Op, Sym, Tensor};
+
+use crate::sample::Sampler;
+use crate::{Backend, Error, Model};
+
+/// The output a session reads: the language-model head's.
+const LOGITS: &str = "logits";
+
+/// A decoding session: the step graph on a backend, and the state after the tokens fed so far.
+pub struct Session {
+    step: Incremental,
+    exec: Exec,
+    /// One per `step.states`, holding `past` tokens.
+    states: Vec<Tensor>,
+    past: usize,
+    /// The most tokens the model can hold (its position table or configured maximum).
+    max_positions: Option<usize>,
+    vocab: usize,
+}
+
+enum Exec {
+    Interp,
+    Cpu(Box<CpuModel>),
+}
+
+impl Session {
+    /// A session on `model`, which must have been loaded with its language-model head
+    /// ([`attnopt_import::LoadOptions::logits`]).
+    pub fn new(model: &Model, backend: &Backend) -> Result<Session, Error> {
+        let g = model.graph();
+        let Some(logits) = g.output(LOGITS) else {
+            return Err(Error::NotSupported(
+                "decoding without the language-model head: load the model with its logits".into(),
+            ));
+        };
+        let vocab = g.node(logits).ty.shape.last().fixed().unwrap_or(0);
+        let step = incremental::incremental(g)?;
+        let exec = match backend {
+            Backend::Interp => Exec::Interp,
+            Backend::Cpu(opts) => {
+                let opts = attnopt_cpu::CpuOptions {
+                    threads: crate::limits::threads(opts.threads).0,
+                    ..opts.clone()
+                };
+                Exec::Cpu(Box::new(CpuModel::with_options(step.graph.clone(), &opts)?))
+            }
+        };
+        let mut s = Session {
+            states: vec![],
+            step,
+            exec,
+            past: 0,
+            max_positions: model.imported().dims.max_positions,
+            vocab,
+        };
+        s.reset();
+        Ok(s)
+    }
+
+    /// Forgets every token fed: empty caches, zero sums.
+    pub fn reset(&mut self) {
+        self.past = 0;
+        self.states = (self.step.states.iter())
+            .map(|s| Tensor::zeros(s.dims(1, 0)))
+            .collect();
+    }
+
+    /// Tokens fed so far (the position of the next one).
+    pub fn position(&self) -> usize {
+        self.past
+    }
+
+    /// The most tokens the model holds, if it has a limit.
+    pub fn max_positions(&self) -> Option<usize> {
+        self.max_positions
+    }
+
+    pub fn step_graph(&self) -> &Incremental {
+        &self.step
+    }
+
+    /// Bytes of state held now (f32 caches and sums).
+    pub fn state_bytes(&self) -> u64 {
+        self.states.iter().map(|t| t.numel() as u64 * 4).sum()
+    }
+
+    /// Bytes of state per cached token (0 for a model whose state does not grow).
+    pub fn state_bytes_per_token(&self) -> u64 {
+        (self.step.states.iter())
+            .filter(|s| matches!(s.kind, StateKind::Cache { .. }))
+            .map(|s| s.dims(1, 1).iter().product::<usize>() as u64 * 4)
+            .sum()
+    }
+
+    /// Feeds `ids` (a prompt, or one generated token) after the tokens fed so far; returns the
+    /// logits of the last of them.
+    pub fn feed(&mut self, ids: &[i64]) -> Result<Vec<f32>, Error> {
+        if ids.is_empty() {
+            return Err(Error::NotSupported(
+                "an empty prompt: decoding starts from at least one token".into(),
+            ));
+        }
+        let (past, n) = (self.past, ids.len());
+        let total = past + n;
+        if let Some(max) = self.max_positions.filter(|&m| total > m) {
+            return Err(Error::TooLarge(format!(
+                "{total} tokens (the prompt and what is generated) exceed the model's {max} positions"
+            )));
+        }
+        let feed = self.feed_for(ids)?;
+        let mut wanted = vec![LOGITS];
+        wanted.extend(self.step.states.iter().map(|s| s.output.as_str()));
+        let mut out = match &mut self.exec {
+            Exec::Interp => interp::run(&self.step.graph, &feed, &wanted)?,
+            Exec::Cpu(cpu) => cpu.run(&feed, &wanted, false)?.0,
+        };
+        for (slot, s) in self.states.iter_mut().zip(&self.step.states) {
+            *slot = out
+                .remove(&s.output)
+                .ok_or_else(|| Error::NotSupported(format!("the step gave no `{}`", s.output)))?;
+        }
+        self.past = total;
+        let logits = out
+            .remove(LOGITS)
+            .and_then(|t| t.as_f32().map(|v| v.to_vec()))
+            .ok_or_else(|| Error::NotSupported("the step gave no float logits".into()))?;
+        let v = self.vocab.max(1);
+        if logits.len() != n * v {
+            return Err(Error::NotSupported(format!(
+                "logits of {} values for {n} tokens of a {v}-token vocabulary",
+                logits.len()
+            )));
+        }
+        Ok(logits[(n - 1) * v..].to_vec())
+    }
+
+    /// The step graph's inputs for `ids` after `self.past` tokens.
+    fn feed_for(&self, ids: &[i64]) -> Result<HashMap<String, Tensor>, Error> {
+        let (past, n) = (self.past, ids.len());
+        let g = &self.step.graph;
+        let mut feed = HashMap::new();
+        for (name, id) in g.inputs() {
+            let Op::Input { shape, .. } = &g.node(*id).op else {
+                continue;
+            };
+            let len = |d: &Dim| match d {
+                Dim::Sym(Sym::Total) => past + n,
+                _ => n,
+            };
+            let t = match name.as_str() {
+                "input_ids" => Tensor::i64(vec![1, n], ids.to_vec()),
+                POSITION_IDS => Tensor::i64(vec![n], (past as i64..(past + n) as i64).collect()),
+                "attention_mask" => {
+                    let k = len(&shape.0[1]);
+                    Tensor::i64(vec![1, k], vec![1; k])
+                }
+                "token_type_ids" => Tensor::i64(vec![1, n], vec![0; n]),
+                other => match self.step.states.iter().position(|s| s.input == other) {
+                    Some(i) => Ok(self.states[i].clone()),
+                    None => {
+                        return Err(Error::NotSupported(format!(
+                            "decoding a model that takes `{other}`"
+                        )))
+                    }
+                },
+            }
+            .expect("lengths match the shapes");
+            feed.insert(name.clone(), t);
+        }
+        Ok(feed)
+    }
+}
+
+/// What [`generate`] does.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: crate::sample::Sampling,
+    /// Ids that end generation (the config's `eos_token_id`); not checked with `ignore_eos`.
+    pub eos: Vec<i64>,
+    pub ignore_eos: bool,
+}
+
+/// What [`generate`] did (`generate --json` prints it).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generated {
+    pub prompt_ids: Vec<i64>,
+    pub generated_ids: Vec<i64>,
+    /// The prompt's run, which also gives the first new token.
+    pub prefill_ms: f64,
+    /// Each one-token step after it (one fewer than the tokens generated).
+    pub per_token_ms: Vec<f64>,
+    /// State held at the end.
+    pub state_bytes: u64,
+}
+
+/// Feeds `prompt`, then picks and feeds tokens until `max_new_tokens` or an end-of-sequence
+/// id; `on_token` sees each new token as it is picked.
+pub fn generate(
+    session: &mut Session,
+    prompt: &[i64],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(i64) -> Result<(), Error>,
+) -> Result<Generated, Error> {
+    let mut sampler = Sampler::new(opts.sampling)?;
+    if let Some(max) = session.max_positions() {
+        // Refused before the prompt runs: the last new token is picked, never fed.
+        let need = session.position() + prompt.len() + opts.max_new_tokens.saturating_sub(1);
+        if need > max {
+            return Err(Error::TooLarge(format!(
+                "a prompt of {} tokens and {} new ones need {need} positions; the model has {max}",
+                prompt.len(),
+                opts.max_new_tokens
+            )));
+        }
+    }
+    let mut done = Generated {
+        prompt_ids: prompt.to_vec(),
+        generated_ids: vec![],
+        prefill_ms: 0.0,
+        per_token_ms: vec![],
+        state_bytes: 0,
+    };
+    if opts.max_new_tokens > 0 {
+        let t0 = Instant::now();
+        let mut logits = session.feed(prompt)?;
+        done.prefill_ms = ms(t0);
+        loop {
+            let id = sampler.pick(&logits) as i64;
+            done.generated_ids.push(id);
+            on_token(id)?;
+            let end = !opts.ignore_eos && opts.eos.contains(&id);
+            if end || done.generated_ids.len() >= opts.max_new_tokens {
+                break;
+            }
+            let t = Instant::now();
+            logits = session.feed(&[id])?;
+            done.per_token_ms.push(ms(t));
+        }
+    }
+    done.state_bytes = session.state_bytes();
+    Ok(done)
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
