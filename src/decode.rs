@@ -111,6 +111,15 @@ impl Session {
                 "an empty prompt: decoding starts from at least one token".into(),
             ));
         }
+        if let Some(&bad) = ids
+            .iter()
+            .find(|&&i| i < 0 || i as u64 >= self.vocab as u64)
+        {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the model's vocabulary (0..{})",
+                self.vocab
+            )));
+        }
         let (past, n) = (self.past, ids.len());
         let total = past + n;
         if let Some(max) = self.max_positions.filter(|&m| total > m) {

@@ -49,4 +49,7 @@ pub enum Error {
     /// A size from the user beyond the model's limits or the memory available.
     #[error("{0}")]
     TooLarge(String),
+    /// A setting outside what it may be (a temperature of 0, a token id past the vocabulary).
+    #[error("{0}")]
+    Invalid(String),
 }

@@ -326,6 +326,70 @@ Needs a Python with attnopt (pip install .) and PyTorch (pip install torch trans
         #[arg(long)]
         python: Option<PathBuf>,
     },
+    /// Generate text with a decoder (GPT-2, LLaMA-style, and their optimised folders): the
+    /// prompt runs once (prefill), then one token at a time with per-layer state — a key/value
+    /// cache for softmax attention, a constant-size running sum for causal linear and Hydra
+    /// attention — derived from the model's own graph. Stops at the config's eos_token_id.
+    ///
+    /// Prints the text as it is generated (--prompt), or the new ids (--prompt-ids); timings
+    /// go to standard error. Greedy unless a sampling option is given.
+    #[command(after_help = "Examples:
+  attnopt generate fixtures/gpt2 --prompt-ids 5,17,99 --max-new-tokens 16
+  attnopt generate fixtures/llama --prompt 'the quick brown' --max-new-tokens 20
+  attnopt generate fixtures/llama --prompt-ids 1,42 --temperature 0.8 --top-p 0.9 --seed 3 --json")]
+    Generate {
+        /// Model folder (a decoder; optimised folders too).
+        model: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// The prompt as token ids, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "prompt",
+            conflicts_with = "prompt"
+        )]
+        prompt_ids: Option<Vec<i64>>,
+        /// The prompt as text, tokenised with the model folder's tokenizer.json.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// The most tokens to generate.
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        /// Pick the most likely token every time (the default).
+        #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
+        greedy: bool,
+        /// Sample: logits divided by T (> 0) before the softmax.
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Sample among the K most likely tokens only.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Sample among the most likely tokens whose probabilities first reach P (0 < P <= 1).
+        #[arg(long)]
+        top_p: Option<f32>,
+        /// Seed of the sampler (the same seed gives the same text).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep going after an end-of-sequence token.
+        #[arg(long)]
+        ignore_eos: bool,
+        /// Execution backend.
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        backend: Backend,
+        /// Threads for the CPU backend (0: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Precision of the CPU backend's products against weights (bf16: approximate).
+        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+        precision: PrecisionArg,
+        #[command(flatten)]
+        matmul: MatMulArgs,
+        /// Print one JSON object at the end: prompt_ids, generated_ids, prefill_ms,
+        /// per_token_ms (each one-token step), state_bytes (and text with --prompt).
+        #[arg(long)]
+        json: bool,
+    },
     /// Emit GPU kernels (not supported yet).
     Emit {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
@@ -506,6 +570,30 @@ fn printable(s: &str) -> String {
 }
 
 /// `--threads N`, clamped to the machine's cores with a warning.
+/// The backend `run` and `generate` use, from their flags.
+fn backend_of(
+    backend: Backend,
+    precision: PrecisionArg,
+    matmul: MatMulArgs,
+    threads: usize,
+) -> Result<attnopt::Backend> {
+    Ok(match backend {
+        Backend::Interp if precision != PrecisionArg::F32 => {
+            bail!("the interpreter runs in f32 only; --precision bf16 needs --backend cpu")
+        }
+        Backend::Interp if matmul.matmul.is_some() => {
+            bail!("--matmul chooses the CPU backend's library; it needs --backend cpu")
+        }
+        Backend::Interp => attnopt::Backend::Interp,
+        Backend::Cpu => {
+            attnopt::Backend::Cpu(cpu_options(matmul, clamp_threads(threads), precision)?)
+        }
+        Backend::Cuda => {
+            bail!("not supported yet: --backend cuda (the GPU backend); use --backend cpu")
+        }
+    })
+}
+
 fn clamp_threads(n: usize) -> usize {
     let (threads, warning) = attnopt::limits::threads(n);
     if let Some(w) = warning {
@@ -598,21 +686,7 @@ fn run(cli: Cli) -> Result<()> {
             matmul,
             verify,
         } => {
-            let backend = match backend {
-                Backend::Interp if precision != PrecisionArg::F32 => {
-                    bail!("the interpreter runs in f32 only; --precision bf16 needs --backend cpu")
-                }
-                Backend::Interp if matmul.matmul.is_some() => {
-                    bail!("--matmul chooses the CPU backend's library; it needs --backend cpu")
-                }
-                Backend::Interp => attnopt::Backend::Interp,
-                Backend::Cpu => {
-                    attnopt::Backend::Cpu(cpu_options(matmul, clamp_threads(threads), precision)?)
-                }
-                Backend::Cuda => {
-                    bail!("not supported yet: --backend cuda (the GPU backend); use --backend cpu")
-                }
-            };
+            let backend = backend_of(backend, precision, matmul, threads)?;
             if output.is_none() && compare.is_none() && text.is_empty() {
                 bail!("nothing to do: give --output FILE and/or --compare FILE");
             }
@@ -930,6 +1004,111 @@ fn run(cli: Cli) -> Result<()> {
             let status = cmd.status()?;
             if !status.success() {
                 std::process::exit(status.code().unwrap_or(1));
+            }
+        }
+        Command::Generate {
+            model,
+            load,
+            prompt_ids,
+            prompt,
+            max_new_tokens,
+            greedy: _,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            ignore_eos,
+            backend,
+            threads,
+            precision,
+            matmul,
+            json,
+        } => {
+            let backend = backend_of(backend, precision, matmul, threads)?;
+            let sampling = if temperature.is_some() || top_k.is_some() || top_p.is_some() {
+                attnopt::sample::Sampling::Random {
+                    temperature: temperature.unwrap_or(1.0),
+                    top_k,
+                    top_p,
+                    seed,
+                }
+            } else {
+                attnopt::sample::Sampling::Greedy
+            };
+            sampling.check()?;
+            let m = load.load_logits(&model, true)?;
+            let codec = match (&prompt, attnopt::text::Codec::of(&m)) {
+                (_, Ok(c)) => Some(c),
+                (Some(_), Err(e)) => {
+                    bail!("--prompt needs the model's tokenizer: {e}; give --prompt-ids instead")
+                }
+                (None, Err(_)) => None,
+            };
+            let prompt_ids = match (prompt_ids, &prompt, &codec) {
+                (Some(ids), _, _) => ids,
+                (None, Some(text), Some(c)) => c.encode(text)?,
+                _ => unreachable!("clap requires one of --prompt and --prompt-ids"),
+            };
+            let mut session = attnopt::decode::Session::new(&m, &backend)?;
+            let opts = attnopt::decode::GenerateOptions {
+                max_new_tokens,
+                sampling,
+                eos: attnopt::import::generation::eos_token_ids(&m.imported().dir)?,
+                ignore_eos,
+            };
+            let text_out = prompt.is_some() && !json;
+            let mut stream = codec.as_ref().map(attnopt::text::Stream::new);
+            let mut first = true;
+            let done = attnopt::decode::generate(&mut session, &prompt_ids, &opts, |id| {
+                if json {
+                    return Ok(());
+                }
+                let piece = match (&mut stream, text_out) {
+                    (Some(s), true) => s.push(id)?,
+                    _ => format!("{}{id}", if first { "" } else { "," }),
+                };
+                first = false;
+                // Written as it comes; a closed pipe ends generation quietly (see `main`).
+                let mut stdout = std::io::stdout().lock();
+                std::io::Write::write_all(&mut stdout, piece.as_bytes())
+                    .and_then(|()| std::io::Write::flush(&mut stdout))
+                    .map_err(|e| attnopt::Error::Io {
+                        path: "standard output".into(),
+                        source: e,
+                    })
+            });
+            let done = done?;
+            if json {
+                #[derive(serde::Serialize)]
+                struct WithText<'a> {
+                    #[serde(flatten)]
+                    done: &'a attnopt::decode::Generated,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    text: Option<String>,
+                }
+                let text = match (&codec, &prompt) {
+                    (Some(c), Some(_)) => Some(c.decode(&done.generated_ids)?),
+                    _ => None,
+                };
+                let v = WithText { done: &done, text };
+                outln!("{}", serde_json::to_string(&v)?);
+            } else {
+                outln!();
+                let steps = done.per_token_ms.len();
+                let per_token = match steps {
+                    0 => String::new(),
+                    n => format!(
+                        ", {:.2} ms per token",
+                        done.per_token_ms.iter().sum::<f64>() / n as f64
+                    ),
+                };
+                eprintln!(
+                    "{} new tokens after a prompt of {}: prefill {:.1} ms{per_token}, state {} B",
+                    done.generated_ids.len(),
+                    done.prompt_ids.len(),
+                    done.prefill_ms,
+                    done.state_bytes
+                );
             }
         }
         Command::Emit { .. } => bail!("not supported yet: emit (needs the GPU backend)"),

@@ -35,8 +35,8 @@ impl Sampling {
         } = *self
         {
             if !(temperature.is_finite() && temperature > 0.0) {
-                return Err(Error::NotSupported(format!(
-                    "temperature {temperature}: it must be a number above 0 (use greedy decoding for the limit 0)"
+                return Err(Error::Invalid(format!(
+                    "temperature {temperature}: it must be a number above 0 (greedy decoding is the limit 0)"
                 )));
             }
             if top_k == Some(0) {
@@ -46,9 +46,7 @@ impl Sampling {
             }
             if let Some(p) = top_p {
                 if !(p > 0.0 && p <= 1.0) {
-                    return Err(Error::NotSupported(format!(
-                        "top-p {p}: it must lie in (0, 1]"
-                    )));
+                    return Err(Error::Invalid(format!("top-p {p}: it must lie in (0, 1]")));
                 }
             }
         }

@@ -142,3 +142,73 @@ pub fn pool(hidden: &Tensor, mask: Option<&Tensor>, how: Pool) -> Result<Tensor,
     }
     Tensor::f32(vec![b, d], out).map_err(|e| Error::NotSupported(e.to_string()))
 }
+
+/// A model's tokenizer for generation: a prompt in, generated ids out as text.
+pub struct Codec {
+    tok: Tokenizer,
+    path: PathBuf,
+}
+
+impl Codec {
+    /// The model folder's tokenizer.json (an error naming the folder when it has none).
+    pub fn of(model: &Model) -> Result<Codec, Error> {
+        let (tok, path) = tokenizer_of(model)?;
+        Ok(Codec { tok, path })
+    }
+
+    /// `text`'s ids, special tokens added as the tokenizer's post-processor says (as
+    /// transformers' `tokenizer(text)` does).
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>, Error> {
+        let e = self.tok.encode(text, true).map_err(|e| Error::Usage {
+            path: self.path.clone(),
+            msg: format!("tokenising the prompt: {e}"),
+        })?;
+        Ok(e.get_ids().iter().map(|&i| i64::from(i)).collect())
+    }
+
+    /// The text of `ids` (special tokens kept; an id the vocabulary lacks is an error).
+    pub fn decode(&self, ids: &[i64]) -> Result<String, Error> {
+        let ids: Vec<u32> = (ids.iter())
+            .map(|&i| u32::try_from(i).unwrap_or(u32::MAX))
+            .collect();
+        self.tok.decode(&ids, false).map_err(|e| Error::Usage {
+            path: self.path.clone(),
+            msg: format!("decoding generated ids: {e}"),
+        })
+    }
+}
+
+/// Text as it is generated: each call gives what the ids so far add to the text printed
+/// before, holding back a piece that ends in an unfinished character (a byte-level token
+/// that splits a UTF-8 sequence decodes to U+FFFD until the rest arrives).
+pub struct Stream<'c> {
+    codec: &'c Codec,
+    ids: Vec<i64>,
+    shown: String,
+}
+
+impl<'c> Stream<'c> {
+    pub fn new(codec: &'c Codec) -> Stream<'c> {
+        Stream {
+            codec,
+            ids: vec![],
+            shown: String::new(),
+        }
+    }
+
+    /// Adds `id`; returns the new text to print (possibly empty).
+    pub fn push(&mut self, id: i64) -> Result<String, Error> {
+        self.ids.push(id);
+        let text = self.codec.decode(&self.ids)?;
+        if text.ends_with('\u{FFFD}') {
+            return Ok(String::new());
+        }
+        let new = match text.strip_prefix(self.shown.as_str()) {
+            Some(rest) => rest.to_string(),
+            // A later token changed earlier text (a decoder that merges): print the rest only.
+            None => text.chars().skip(self.shown.chars().count()).collect(),
+        };
+        self.shown = text;
+        Ok(new)
+    }
+}
