@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! cargo run --release --example sparse_checkpoint -- llama70b DIR        # 80 layers, bf16, 28 shards
+//! cargo run --release --example sparse_checkpoint -- llama7b DIR         # 32 layers, bf16, 13.5 GB
+//! cargo run --release --example sparse_checkpoint -- llama1b DIR         # 16 layers, bf16, 2.5 GB
 //! cargo run --release --example sparse_checkpoint -- bert-base 48 DIR    # f32, one file
 //! /usr/bin/time -v attnopt optimize DIR -o OUT                          # time and peak RSS
 //! ```
@@ -13,10 +15,16 @@ use attnopt_import::synthetic;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: sparse_checkpoint (llama70b [LAYERS] | bert-base LAYERS) DIR";
+    let usage =
+        "usage: sparse_checkpoint (llama70b [LAYERS] | llama7b | llama1b | bert-base LAYERS) DIR";
     let (spec, dir) = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["llama70b", dir] => (synthetic::llama70b_spec(80), dir),
         ["llama70b", layers, dir] => (synthetic::llama70b_spec(layers.parse().expect(usage)), dir),
+        ["llama7b", dir] => (synthetic::llama_spec(&synthetic::LlamaShape::LLAMA_7B), dir),
+        ["llama1b", dir] => (
+            synthetic::llama_spec(&synthetic::LlamaShape::LLAMA3_1B),
+            dir,
+        ),
         ["bert-base", layers, dir] => (
             synthetic::bert_spec(layers.parse().expect(usage), 768, 12, 3072),
             dir,

@@ -17,6 +17,9 @@ use crate::{Backend, Error, Model};
 /// The output a session reads: the language-model head's.
 const LOGITS: &str = "logits";
 
+/// The most tokens one run of the step graph takes; longer prompts run in chunks.
+pub const PREFILL_CHUNK: usize = 512;
+
 /// A decoding session: the step graph on a backend, and the state after the tokens fed so far.
 pub struct Session {
     step: Incremental,
@@ -38,7 +41,16 @@ impl Session {
     /// A session on `model`, which must have been loaded with its language-model head
     /// ([`attnopt_import::LoadOptions::logits`]).
     pub fn new(model: &Model, backend: &Backend) -> Result<Session, Error> {
-        let g = model.graph();
+        Session::from_graph(model.graph(), model.imported().dims.max_positions, backend)
+    }
+
+    /// A session on a graph with a `logits` output (e.g. a model's graph optimised in memory);
+    /// `max_positions` is the most tokens it may hold.
+    pub fn from_graph(
+        g: &attnopt_ir::Graph,
+        max_positions: Option<usize>,
+        backend: &Backend,
+    ) -> Result<Session, Error> {
         let Some(logits) = g.output(LOGITS) else {
             return Err(Error::NotSupported(
                 "decoding without the language-model head: load the model with its logits".into(),
@@ -61,7 +73,7 @@ impl Session {
             step,
             exec,
             past: 0,
-            max_positions: model.imported().dims.max_positions,
+            max_positions,
             vocab,
         };
         s.reset();
@@ -90,6 +102,14 @@ impl Session {
         &self.step
     }
 
+    /// The CPU backend running the steps, if that is the backend.
+    pub fn cpu(&self) -> Option<&CpuModel> {
+        match &self.exec {
+            Exec::Cpu(c) => Some(c),
+            Exec::Interp => None,
+        }
+    }
+
     /// Bytes of state held now (f32 caches and sums).
     pub fn state_bytes(&self) -> u64 {
         self.states.iter().map(|t| t.numel() as u64 * 4).sum()
@@ -104,8 +124,11 @@ impl Session {
     }
 
     /// Feeds `ids` (a prompt, or one generated token) after the tokens fed so far; returns the
-    /// logits of the last of them.
+    /// logits of the last of them. A long prompt runs in chunks of [`PREFILL_CHUNK`] tokens
+    /// (each a step of many tokens), so no run holds scores for all its tokens at once.
     pub fn feed(&mut self, ids: &[i64]) -> Result<Vec<f32>, Error> {
+        // Everything that can be checked is checked before anything runs: a refused feed
+        // changes nothing. (A run that fails midway leaves the state undefined: `reset`.)
         if ids.is_empty() {
             return Err(Error::NotSupported(
                 "an empty prompt: decoding starts from at least one token".into(),
@@ -120,13 +143,23 @@ impl Session {
                 self.vocab
             )));
         }
-        let (past, n) = (self.past, ids.len());
-        let total = past + n;
+        let total = self.past + ids.len();
         if let Some(max) = self.max_positions.filter(|&m| total > m) {
             return Err(Error::TooLarge(format!(
                 "{total} tokens (the prompt and what is generated) exceed the model's {max} positions"
             )));
         }
+        let mut logits = vec![];
+        for chunk in ids.chunks(PREFILL_CHUNK) {
+            logits = self.run(chunk)?;
+        }
+        Ok(logits)
+    }
+
+    /// One run of the step graph over `ids` (at most [`PREFILL_CHUNK`]).
+    fn run(&mut self, ids: &[i64]) -> Result<Vec<f32>, Error> {
+        let (past, n) = (self.past, ids.len());
+        let total = past + n;
         let feed = self.feed_for(ids)?;
         let mut wanted = vec![LOGITS];
         wanted.extend(self.step.states.iter().map(|s| s.output.as_str()));

@@ -40,6 +40,7 @@
 
 pub mod ab;
 pub mod bench;
+pub mod bench_decode;
 pub mod calib;
 pub mod convert;
 pub mod decode;

@@ -274,6 +274,15 @@ enum Command {
         /// 95% interval: what to trust on a noisy machine.
         #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "21")]
         ab: Option<usize>,
+        /// Measure decoding instead (a decoder): per-token latency of one-token steps after a
+        /// prompt of each --positions length (--reps steps each), prefill time, state held,
+        /// and the bandwidth floor (weight bytes per token ÷ read bandwidth measured here).
+        #[arg(long, conflicts_with_all = ["seq", "batch", "ab"])]
+        decode: bool,
+        /// With --decode: the positions (tokens held) to time steps at. Default: 128, 1024 and
+        /// 8192, where the model holds them.
+        #[arg(long, value_delimiter = ',', requires = "decode")]
+        positions: Option<Vec<usize>>,
         /// Print one JSON object (schema in docs/CLI.md).
         #[arg(long)]
         json: bool,
@@ -903,8 +912,73 @@ fn run(cli: Cli) -> Result<()> {
             precision,
             matmul,
             ab,
+            decode,
+            positions,
             json,
         } => {
+            if decode {
+                if reps == 0 || reps > 100_000 {
+                    bail!("--reps takes 1 to 100000");
+                }
+                let m = load.load_logits(&model, true)?;
+                let opts = attnopt::bench_decode::DecodeOptions {
+                    positions,
+                    reps,
+                    optimised: !no_optimise,
+                    cpu: cpu_options(matmul, clamp_threads(threads), precision)?,
+                };
+                let mut reporter = attnopt::progress::Reporter::new("bench");
+                let r = attnopt::bench_decode::bench_decode(&m, &opts, &mut |s| reporter.step(s))?;
+                drop(reporter);
+                let threads = attnopt::limits::threads(opts.cpu.threads).0;
+                let precision = match opts.cpu.precision {
+                    attnopt::Precision::Bf16 => "bf16",
+                    attnopt::Precision::F32 => "f32",
+                };
+                if json {
+                    let v = serde_json::json!({
+                        "model": model.display().to_string(),
+                        "threads": threads,
+                        "precision": precision,
+                        "weight_bytes_per_token": r.weight_bytes_per_token,
+                        "read_gbps": r.read_gbps,
+                        "floor_ms": r.floor_ms,
+                        "decode": r.points,
+                    });
+                    outln!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    outln!(
+                        "{}: decoding, {threads} threads, {precision}; {} weight bytes per token, read bandwidth {:.1} GB/s: floor {:.3} ms per token",
+                        model.display(),
+                        r.weight_bytes_per_token,
+                        r.read_gbps,
+                        r.floor_ms
+                    );
+                    outln!(
+                        "{:<17} {:>8} {:>12} {:>9} {:>10} {:>12} {:>12}",
+                        "graph",
+                        "position",
+                        "ms/token",
+                        "× floor",
+                        "tokens/s",
+                        "prefill ms",
+                        "state B"
+                    );
+                    for p in &r.points {
+                        outln!(
+                            "{:<17} {:>8} {:>12.3} {:>9.2} {:>10.1} {:>12.1} {:>12}",
+                            p.graph,
+                            p.position,
+                            p.per_token_ms,
+                            p.vs_floor,
+                            p.tokens_per_s,
+                            p.prefill_ms,
+                            p.state_bytes
+                        );
+                    }
+                }
+                return Ok(());
+            }
             if seq.as_ref().is_some_and(|s| s.is_empty() || s.contains(&0))
                 || batch == 0
                 || reps == 0

@@ -81,10 +81,77 @@ pub fn bert_spec(layers: usize, hidden: usize, heads: usize, inner: usize) -> Sp
     }
 }
 
-/// A LLaMA-3-70B-shaped decoder in bf16: 80 layers, hidden 8192, 64 heads (8 KV heads), FF
-/// 28672, vocabulary 128256, an untied LM head. `layers` may be fewer for quick runs.
+/// The dimensions of a LLaMA-style decoder (bf16, untied LM head, RoPE).
+#[derive(Debug, Clone, Copy)]
+pub struct LlamaShape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub ff: usize,
+    pub vocab: usize,
+    pub positions: usize,
+    pub rope_theta: f64,
+}
+
+impl LlamaShape {
+    /// LLaMA-3-70B: 80 layers, hidden 8192, 64 heads (8 KV heads), FF 28672, vocabulary 128256.
+    pub const LLAMA3_70B: LlamaShape = LlamaShape {
+        layers: 80,
+        hidden: 8192,
+        heads: 64,
+        kv_heads: 8,
+        ff: 28672,
+        vocab: 128256,
+        positions: 8192,
+        rope_theta: 500000.0,
+    };
+    /// LLaMA-7B (LLaMA 1/2): 32 layers, hidden 4096, 32 heads, FF 11008, vocabulary 32000.
+    pub const LLAMA_7B: LlamaShape = LlamaShape {
+        layers: 32,
+        hidden: 4096,
+        heads: 32,
+        kv_heads: 32,
+        ff: 11008,
+        vocab: 32000,
+        positions: 4096,
+        rope_theta: 10000.0,
+    };
+    /// A 1B LLaMA shape (Llama-3.2-1B's): 16 layers, hidden 2048, 32 heads (8 KV heads), FF
+    /// 8192, vocabulary 128256.
+    pub const LLAMA3_1B: LlamaShape = LlamaShape {
+        layers: 16,
+        hidden: 2048,
+        heads: 32,
+        kv_heads: 8,
+        ff: 8192,
+        vocab: 128256,
+        positions: 131072,
+        rope_theta: 500000.0,
+    };
+}
+
+/// A LLaMA-3-70B-shaped decoder in bf16 ([`LlamaShape::LLAMA3_70B`]); `layers` may be fewer
+/// for quick runs.
 pub fn llama70b_spec(layers: usize) -> Spec {
-    let (d, heads, kv, ff, vocab) = (8192, 64, 8, 28672, 128256);
+    let mut spec = llama_spec(&LlamaShape {
+        layers,
+        ..LlamaShape::LLAMA3_70B
+    });
+    spec.name = "synthetic-llama70b".into();
+    spec
+}
+
+/// A LLaMA-style decoder of `shape` in bf16, with an untied LM head.
+pub fn llama_spec(shape: &LlamaShape) -> Spec {
+    let (d, heads, kv, ff, vocab) = (
+        shape.hidden,
+        shape.heads,
+        shape.kv_heads,
+        shape.ff,
+        shape.vocab,
+    );
+    let layers = shape.layers;
     let dh = d / heads;
     let mut t: Vec<(String, Vec<usize>)> =
         vec![("model.embed_tokens.weight".into(), vec![vocab, d])];
@@ -107,7 +174,7 @@ pub fn llama70b_spec(layers: usize) -> Spec {
     t.push(("model.norm.weight".into(), vec![d]));
     t.push(("lm_head.weight".into(), vec![vocab, d]));
     Spec {
-        name: "synthetic-llama70b".into(),
+        name: "synthetic-llama".into(),
         dtype: DType::BF16,
         tensors: t,
         config: serde_json::json!({
@@ -119,12 +186,14 @@ pub fn llama70b_spec(layers: usize) -> Spec {
             "num_key_value_heads": kv,
             "intermediate_size": ff,
             "vocab_size": vocab,
-            "max_position_embeddings": 8192,
+            "max_position_embeddings": shape.positions,
             "rms_norm_eps": 1e-5,
-            "rope_theta": 500000.0,
+            "rope_theta": shape.rope_theta,
             "hidden_act": "silu",
             "tie_word_embeddings": false,
             "torch_dtype": "bfloat16",
+            "bos_token_id": 1,
+            "eos_token_id": 2,
         }),
     }
 }
