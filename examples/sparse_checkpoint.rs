@@ -16,13 +16,20 @@ use attnopt_import::synthetic;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage =
-        "usage: sparse_checkpoint (llama70b [LAYERS] | llama7b | llama1b | bert-base LAYERS) DIR";
+        "usage: sparse_checkpoint (llama70b [LAYERS] | llama7b | llama1b [LAYERS] | bert-base LAYERS) DIR";
     let (spec, dir) = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["llama70b", dir] => (synthetic::llama70b_spec(80), dir),
         ["llama70b", layers, dir] => (synthetic::llama70b_spec(layers.parse().expect(usage)), dir),
         ["llama7b", dir] => (synthetic::llama_spec(&synthetic::LlamaShape::LLAMA_7B), dir),
         ["llama1b", dir] => (
             synthetic::llama_spec(&synthetic::LlamaShape::LLAMA3_1B),
+            dir,
+        ),
+        ["llama1b", layers, dir] => (
+            synthetic::llama_spec(&synthetic::LlamaShape {
+                layers: layers.parse().expect(usage),
+                ..synthetic::LlamaShape::LLAMA3_1B
+            }),
             dir,
         ),
         ["bert-base", layers, dir] => (

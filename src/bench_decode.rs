@@ -2,9 +2,10 @@
 //! model holds), for the original graph and the exactly optimised one, on the CPU backend —
 //! per-token latency (median of one-token steps after a prefill to that position), the
 //! prefill's time, the state held, tokens per second — beside the **bandwidth floor**: the
-//! weight bytes one token reads (`lower::weight_bytes_by_layer` at one token, at the
-//! precision's element size) ÷ the read bandwidth measured in the same run (half the
-//! bytes-read-plus-written rate of copying a 1 GiB buffer on the same threads).
+//! weight bytes one token reads (`lower::weight_bytes_by_layer` at one token, each weight at
+//! the narrower of its stored and the precision's size) ÷ the read bandwidth measured in the
+//! same run (half the bytes-read-plus-written rate of copying a 1 GiB buffer on the same
+//! threads).
 
 use std::time::Instant;
 
@@ -171,8 +172,8 @@ pub fn bench_decode(
     })
 }
 
-/// Weight bytes one token reads: the graph lowered at one token, each weight at the
-/// precision's element size (bf16: 2 bytes, f32: 4; an f32 backend widens bf16 weights).
+/// Weight bytes one token reads: the graph lowered at one token, each weight at the narrower
+/// of its stored size and the precision's (bf16: 2 bytes, f32: 4).
 fn weight_bytes_per_token(g: &Graph, precision: Precision) -> Result<u64, Error> {
     let l = attnopt_lower::lower(g, &Bindings::new(1, 1))
         .map_err(|e| Error::NotSupported(format!("lowering for the weight count: {e}")))?;
@@ -181,11 +182,13 @@ fn weight_bytes_per_token(g: &Graph, precision: Precision) -> Result<u64, Error>
     let big = (g.weights().iter())
         .max_by_key(|w| w.bytes().len())
         .map_or(4, |w| w.dtype().size()) as u64;
+    // A product at one row reads a weight as stored (bf16 is exact in f32 arithmetic), or a
+    // bf16 copy in bf16 precision: the narrower of the two sizes.
     let want = match precision {
         Precision::Bf16 => 2,
         Precision::F32 => 4,
     };
-    Ok(stored / big * want)
+    Ok(stored / big * want.min(big))
 }
 
 /// Read bandwidth in GB/s: half the read-plus-written rate of copying 1 GiB on `threads`

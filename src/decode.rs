@@ -30,6 +30,9 @@ pub struct Session {
     /// The most tokens the model can hold (its position table or configured maximum).
     max_positions: Option<usize>,
     vocab: usize,
+    /// Time every kernel of the CPU backend's runs (see [`Session::profile`]).
+    profile: bool,
+    last_profile: Vec<attnopt_cpu::KernelTime>,
 }
 
 enum Exec {
@@ -75,6 +78,8 @@ impl Session {
             past: 0,
             max_positions,
             vocab,
+            profile: false,
+            last_profile: vec![],
         };
         s.reset();
         Ok(s)
@@ -100,6 +105,16 @@ impl Session {
 
     pub fn step_graph(&self) -> &Incremental {
         &self.step
+    }
+
+    /// With `on`, the CPU backend times every kernel of each run; [`Session::profile`] gives
+    /// the last run's.
+    pub fn set_profile(&mut self, on: bool) {
+        self.profile = on;
+    }
+
+    pub fn profile(&self) -> &[attnopt_cpu::KernelTime] {
+        &self.last_profile
     }
 
     /// The CPU backend running the steps, if that is the backend.
@@ -165,7 +180,11 @@ impl Session {
         wanted.extend(self.step.states.iter().map(|s| s.output.as_str()));
         let mut out = match &mut self.exec {
             Exec::Interp => interp::run(&self.step.graph, &feed, &wanted)?,
-            Exec::Cpu(cpu) => cpu.run(&feed, &wanted, false)?.0,
+            Exec::Cpu(cpu) => {
+                let (out, times) = cpu.run(&feed, &wanted, self.profile)?;
+                self.last_profile = times;
+                out
+            }
         };
         for (slot, s) in self.states.iter_mut().zip(&self.step.states) {
             *slot = out

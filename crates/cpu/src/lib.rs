@@ -16,6 +16,7 @@
 
 pub mod exec;
 mod frame;
+mod gemv;
 pub mod hydra;
 pub mod jit;
 mod kernels;

@@ -22,10 +22,12 @@ use attnopt_lower::{Epilogue, Kernel, Lowered, ProductViews, Structured, ValueId
 
 use super::{Compiled, Compiler};
 use crate::frame::{leading, Frame};
+use crate::gemv::{gemv, Rows};
 use crate::jit::{Arg, RowKernel, Valid};
 use crate::matmul::{
     Activation, Batch, EpilogueKind, MatMul, MatMulError, MatMut, MatRef, PreparedWeight,
 };
+use crate::vecops::VecOps;
 use crate::views::strided_product;
 
 /// The product's sizes: `[.., m, k] × [.., k, n]`, `b` read transposed when `b_transposed`.
@@ -39,6 +41,7 @@ pub(super) struct Shape {
 
 /// A prepared product.
 struct Product {
+    ops: VecOps,
     shape: Shape,
     how: How,
     /// The right operand prepared for the library, when it is a weight.
@@ -55,6 +58,9 @@ enum How {
     Strided(Box<ProductViews>),
     /// With a prepared weight and its epilogue run inside it by the library.
     Fused(Fused),
+    /// One row against a rank-2 weight (batch-1 decoding): [`gemv`], reading the weight as
+    /// stored, or as the bf16 copy made for bf16 precision.
+    Gemv(Option<Arc<Vec<u16>>>),
 }
 
 /// An epilogue the matrix-product library runs: the values of its bias and residual.
@@ -89,9 +95,14 @@ pub(super) fn prepare(
 ) -> Result<Box<dyn Compiled>, String> {
     let mut fused = None;
     let mut pass = None;
+    let b = &l.values[k.inputs[1]];
+    let one_row = views.is_none()
+        && b.shape.len() == 2
+        && leading(&l.values[k.output].shape) == 1
+        && matches!(b.kind, ValueKind::Weight(_));
     if let Some(e) = epilogue {
         // Library-fused epilogues take dense operands only.
-        if views.is_none() {
+        if views.is_none() && !one_row {
             fused = fused_epilogue(cx, l, k, shape.k, e);
         }
         if fused.is_none() {
@@ -100,6 +111,20 @@ pub(super) fn prepare(
         }
     }
     let tw = Instant::now();
+    if let (true, &ValueKind::Weight(w)) = (one_row, &l.values[k.inputs[1]].kind) {
+        // bf16 precision over a weight not stored as bf16: a bf16 copy, made once.
+        let copy = (cx.matmul.precision() == crate::matmul::Precision::Bf16
+            && cx.weights.bf16(w).is_none())
+        .then(|| super::sparse_ff::bf16_copy(cx, w));
+        cx.weight_time += tw.elapsed();
+        return Ok(Box::new(Product {
+            ops: VecOps::detect(),
+            shape,
+            how: How::Gemv(copy),
+            weight: None,
+            epilogue: pass,
+        }));
+    }
     let mut weight = None;
     if let ValueKind::Weight(w) = l.values[k.inputs[1]].kind {
         let key = (w, shape.b_transposed);
@@ -124,6 +149,7 @@ pub(super) fn prepare(
         (None, None) => How::Dense,
     };
     Ok(Box::new(Product {
+        ops: VecOps::detect(),
         shape,
         how,
         weight,
@@ -201,6 +227,20 @@ impl Compiled for Product {
             }
             How::Fused(fused) => self.fused(f, k, fused)?,
             How::Dense => self.dense(f, k)?,
+            How::Gemv(copy) => {
+                let ValueKind::Weight(w) = f.l.values[k.inputs[1]].kind else {
+                    return Err("a row product needs a weight operand".into());
+                };
+                let x = f.f32(k.inputs[0])?;
+                let stored = f.weights.bf16(w);
+                let rows = match (copy, &stored) {
+                    (Some(c), _) => Rows::Bf16(c),
+                    (None, Some(bits)) => Rows::Bf16(bits),
+                    (None, None) => Rows::F32(f.weights.f32(w)),
+                };
+                let y = f.dst_f32(k.output)?;
+                gemv(&self.ops, x, rows, kk, n, self.shape.b_transposed, y)?;
+            }
         }
         let t1 = profile.then(Instant::now);
         let Some((kernel, at)) = &self.epilogue else {
