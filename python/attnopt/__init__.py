@@ -173,9 +173,43 @@ class Model:
         m = feed.get("attention_mask", np.ones(h.shape[:2], dtype=np.int64)).astype(np.float32)
         return (h * m[..., None]).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)[:, None]
 
-    def generate(self, *args, **kwargs):
-        """Not supported yet: text generation needs attnopt's decoding (not built yet)."""
-        raise AttnoptError("not supported yet: generate (decoding is not built yet)")
+    def generate(
+        self,
+        prompt: Optional[str] = None,
+        *,
+        prompt_ids: Optional[Sequence[int]] = None,
+        max_new_tokens: int = 32,
+        temperature: Optional[float] = None,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        seed: int = 0,
+        ignore_eos: bool = False,
+    ) -> dict:
+        """Generates with a decoder after ``prompt`` (text, tokenised with the folder's
+        tokenizer.json) or ``prompt_ids``; as ``attnopt generate --json``.
+
+        Greedy unless ``temperature``, ``top_k`` or ``top_p`` is given (then seeded sampling:
+        the same ``seed`` gives the same tokens). Stops at the config's ``eos_token_id``
+        unless ``ignore_eos``. Returns ``{"prompt_ids", "generated_ids", "prefill_ms",
+        "per_token_ms", "state_bytes"}`` (and ``"text"`` for a text prompt). The language-model
+        head is loaded for it if the model was loaded without ``logits``.
+        """
+        if (prompt is None) == (prompt_ids is None):
+            raise ValueError("give exactly one of prompt and prompt_ids")
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be at least 0")
+        ids = None if prompt_ids is None else [int(i) for i in prompt_ids]
+        text = self._native.generate(
+            ids,
+            None if prompt is None else str(prompt),
+            int(max_new_tokens),
+            None if temperature is None else float(temperature),
+            None if top_k is None else int(top_k),
+            None if top_p is None else float(top_p),
+            int(seed),
+            bool(ignore_eos),
+        )
+        return json.loads(text)
 
     def __repr__(self) -> str:
         return repr(self._native)

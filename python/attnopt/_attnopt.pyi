@@ -17,6 +17,17 @@ class Model:
         self, inputs: Dict[str, np.ndarray], all_layers: bool = False
     ) -> Dict[str, np.ndarray]: ...
     def encode(self, texts: List[str]) -> Dict[str, np.ndarray]: ...
+    def generate(
+        self,
+        prompt_ids: Optional[List[int]],
+        prompt: Optional[str],
+        max_new_tokens: int,
+        temperature: Optional[float],
+        top_k: Optional[int],
+        top_p: Optional[float],
+        seed: int,
+        ignore_eos: bool,
+    ) -> str: ...
 
 def inspect(path: str, seq: Optional[int] = None) -> str: ...
 def optimize(

@@ -165,7 +165,9 @@ def test_bad_arguments_are_value_errors(tmp_path):
     m = attnopt.load(FIXTURES / "bert", backend="interp")
     with pytest.raises(ValueError):
         m.run({"input_ids": np.array(["a", "b"])})
-    with pytest.raises(attnopt.AttnoptError, match="not supported yet"):
+    with pytest.raises(attnopt.AttnoptError, match="language-model head"):
+        m.generate(prompt_ids=[1, 2])
+    with pytest.raises(ValueError, match="exactly one"):
         m.generate()
     # A misspelled input is an error, not silently dropped; float ids are refused.
     with pytest.raises(ValueError, match="attention_masks"):
@@ -336,3 +338,30 @@ def test_decoder_logits():
     assert out["logits"].shape == (2, 7, 128)
     with pytest.raises(attnopt.AttnoptError, match="no language-model head"):
         attnopt.load(FIXTURES / "bert", logits=True)
+
+
+def _golden(name):
+    return json.loads((FIXTURES / name / "generate_golden.json").read_text())
+
+
+def test_generate_greedy_equals_transformers_and_sampling_repeats():
+    # Goldens: transformers' generate(do_sample=False), 32 new tokens, EOS ignored
+    # (fixtures/gen/generate_decode.py).
+    for name in ["gpt2", "llama"]:
+        case = _golden(name)["cases"][0]
+        for backend in ["cpu", "interp"]:
+            m = attnopt.load(FIXTURES / name, backend=backend)  # no logits: loaded on demand
+            out = m.generate(prompt_ids=case["prompt_ids"], max_new_tokens=32, ignore_eos=True)
+            assert out["generated_ids"] == case["generated_ids"], (name, backend)
+            assert len(out["per_token_ms"]) == 31 and out["state_bytes"] > 0
+    text = _golden("llama")["text_case"]
+    m = attnopt.load(FIXTURES / "llama", logits=True)
+    out = m.generate(text["prompt"], max_new_tokens=32, ignore_eos=True)
+    assert out["prompt_ids"] == text["prompt_ids"] and out["text"] == text["text"]
+    a = m.generate(prompt_ids=[1, 5], temperature=1.3, top_p=0.9, seed=4, ignore_eos=True)
+    assert a["generated_ids"] == m.generate(prompt_ids=[1, 5], temperature=1.3, top_p=0.9,
+                                            seed=4, ignore_eos=True)["generated_ids"]
+    with pytest.raises(ValueError, match="above 0"):
+        m.generate(prompt_ids=[1], temperature=0.0)
+    with pytest.raises(attnopt.AttnoptError, match="vocabulary"):
+        m.generate(prompt_ids=[100000])

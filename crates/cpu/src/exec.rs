@@ -366,17 +366,31 @@ impl CpuModel {
         times.weights = cx.weight_time;
         times.jit = tc.elapsed().saturating_sub(times.weights);
         let words = lowered.memory.arena_bytes.div_ceil(8);
+        // A decoding step replaces the previous step's plan and takes over its arena (grown
+        // as needed), so steps do not fault in fresh pages every time.
+        let mut arena = Vec::new();
+        if key.past.is_some() {
+            let old: Vec<PlanKey> = self
+                .plans
+                .keys()
+                .filter(|k| k.past.is_some())
+                .copied()
+                .collect();
+            for k in old {
+                if let Some(p) = self.plans.remove(&k) {
+                    arena = p.arena;
+                }
+            }
+        }
+        arena.resize(words, 0);
         let plan = Plan {
             lowered,
             kernels: compiled,
-            arena: vec![0u64; words],
+            arena,
             compile_time: t0.elapsed(),
             times,
         };
         let ct = plan.compile_time;
-        if key.past.is_some() {
-            self.plans.retain(|k, _| k.past.is_none());
-        }
         self.plans.insert(key, plan);
         Ok(ct)
     }

@@ -137,9 +137,9 @@ fn run_case(c: &Case, threads: usize, rng: &mut Rng) {
             "{c:?}: {names:?}"
         );
     } else {
-        // Grouped-query K and V keep `repeat_heads` (and so their split); Q and the output
-        // are still views.
-        assert!(names.contains(&"op:repeat_heads"), "{names:?}");
+        // Grouped-query K and V: `repeat_heads` read in place (each kv head by its query
+        // heads); their split stays a copy. Q and the output are still views.
+        assert!(!names.contains(&"op:repeat_heads"), "{names:?}");
         assert_eq!(viewed, 2, "{c:?}: {names:?}");
     }
 }

@@ -1,6 +1,7 @@
 //! Recognises matrix products and emits each as one [`KernelKind::MatMul`] kernel, folding in
 //! what the product can do itself: a transposing `permute` of its right operand (read
-//! transposed), split-head operands and a merged-heads output (strided views found by
+//! transposed), a `repeat_heads` of it (grouped-query attention: each kv head read in place by
+//! its query heads), split-head operands and a merged-heads output (strided views found by
 //! `views.rs`), and an elementwise chain after it (the epilogue, found by `row_kernel.rs`).
 //!
 //! A node is folded only when [`Lowering::private`] allows it: a `permute` that another kernel
@@ -80,27 +81,46 @@ fn emit(
             b_transposed = true;
         }
     }
+    let out_shape = l.shape(mm).to_vec();
+    let batch = out_shape[..out_shape.len() - 2].to_vec();
+    // Grouped-query attention: `repeat_heads(x)` (under the folded permute, if any) read from
+    // `x` in place, the head axis split into (kv head, repeat) with the repeat's stride 0 in
+    // `x`, instead of a copy of `x` per query head.
+    let mut repeat = None;
+    if let Op::RepeatHeads { times } = l.g.node(b).op {
+        let x = l.g.operands(b)[0];
+        let sx = l.shape(x);
+        if batch.len() == 2
+            && sx.len() == 4
+            && sx[0] == batch[0]
+            && sx[1] * times == batch[1]
+            && (!b_transposed || permute_folded)
+            && l.private(b)
+        {
+            repeat = Some((times, b));
+            b = x;
+        }
+    }
     let sa = l.shape(a).to_vec();
     let sb = l.shape(b).to_vec();
-    let out_shape = l.shape(mm).to_vec();
     let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
     let n = out_shape[out_shape.len() - 1];
     // Heads read in place: only over the `[B, H]` batch axes of attention, and for `b` only
     // when its transpose (if any) is folded here too (else the permute's kernel needs it).
-    let batch = out_shape[..out_shape.len() - 2].to_vec();
     let heads_axes = |s: &[usize]| batch.len() == 2 && s.len() == 4 && s[..2] == batch[..];
     let a_view = if heads_axes(&sa) {
         heads_view(l, a, false)
     } else {
         None
     };
-    let b_view = if heads_axes(&sb) && (!b_transposed || permute_folded) {
+    let b_view = if repeat.is_none() && heads_axes(&sb) && (!b_transposed || permute_folded) {
         heads_view(l, b, b_transposed)
     } else {
         None
     };
     let (mut layout_flops, mut layout_bytes) = (0, 0);
-    for x in a_view.iter().chain(&b_view).flat_map(|v| &v.nodes) {
+    let repeated = repeat.map(|(_, node)| node);
+    for x in (a_view.iter().chain(&b_view).flat_map(|v| &v.nodes)).chain(&repeated) {
         if !nodes.contains(x) {
             let c = l.cost(*x);
             layout_flops += c.flops;
@@ -108,22 +128,38 @@ fn emit(
             nodes.push(*x);
         }
     }
-    let views = (a_view.is_some() || b_view.is_some() || merged.is_some()).then(|| {
-        Box::new(ProductViews {
-            a: a_view
-                .as_ref()
-                .map_or_else(|| Strided::dense(&sa, &batch, false), |v| v.view.clone()),
-            b: b_view.as_ref().map_or_else(
-                || Strided::dense(&sb, &batch, b_transposed),
-                |v| v.view.clone(),
-            ),
-            c: merged.as_ref().map_or_else(
-                || Strided::dense(&out_shape, &batch, false),
-                |(_, c)| c.clone(),
-            ),
-            batch: batch.clone(),
-        })
-    });
+    let views = (a_view.is_some() || b_view.is_some() || merged.is_some() || repeat.is_some())
+        .then(|| {
+            let mut v = ProductViews {
+                a: a_view
+                    .as_ref()
+                    .map_or_else(|| Strided::dense(&sa, &batch, false), |v| v.view.clone()),
+                b: b_view.as_ref().map_or_else(
+                    || match repeat {
+                        Some(_) => Strided::dense(&sb, &sb[..2], b_transposed),
+                        None => Strided::dense(&sb, &batch, b_transposed),
+                    },
+                    |v| v.view.clone(),
+                ),
+                c: merged.as_ref().map_or_else(
+                    || Strided::dense(&out_shape, &batch, false),
+                    |(_, c)| c.clone(),
+                ),
+                batch: batch.clone(),
+            };
+            if let Some((times, _)) = repeat {
+                // [B, H] → [B, H / times, times]: query head h = g·times + r reads kv head g.
+                let split = |s: &mut Strided| {
+                    let h = s.batch_strides[1];
+                    s.batch_strides = vec![s.batch_strides[0], h * times, h];
+                };
+                split(&mut v.a);
+                split(&mut v.c);
+                v.b.batch_strides.push(0);
+                v.batch = vec![batch[0], batch[1] / times, times];
+            }
+            Box::new(v)
+        });
     let av = match &a_view {
         Some(v) => v.value,
         None => l.value(a),

@@ -127,6 +127,7 @@ struct Model {
     model: attnopt::Model,
     run: RunOptions,
     path: PathBuf,
+    accept_guesses: bool,
 }
 
 /// One input array as a tensor: integer arrays as i64 (token ids, masks), float arrays as f32.
@@ -205,6 +206,76 @@ impl Model {
         Ok(dict)
     }
 
+    /// Generates after a prompt (ids, or text through tokenizer.json); returns the
+    /// `generate --json` object as JSON text.
+    #[pyo3(signature = (prompt_ids, prompt, max_new_tokens, temperature, top_k, top_p, seed, ignore_eos))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompt_ids: Option<Vec<i64>>,
+        prompt: Option<String>,
+        max_new_tokens: usize,
+        temperature: Option<f32>,
+        top_k: Option<usize>,
+        top_p: Option<f32>,
+        seed: u64,
+        ignore_eos: bool,
+    ) -> PyResult<String> {
+        use attnopt::sample::Sampling;
+        let sampling = if temperature.is_some() || top_k.is_some() || top_p.is_some() {
+            Sampling::Random {
+                temperature: temperature.unwrap_or(1.0),
+                top_k,
+                top_p,
+                seed,
+            }
+        } else {
+            Sampling::Greedy
+        };
+        sampling
+            .check()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        py.detach(|| {
+            // The language-model head is added on request: load it when this model lacks it.
+            let with_head;
+            let m = if self.model.graph().output("logits").is_some() {
+                &self.model
+            } else {
+                with_head = load_model_with(&self.path, self.accept_guesses, true)?;
+                &with_head
+            };
+            let codec = attnopt::text::Codec::of(m);
+            let ids = match (prompt_ids, &prompt) {
+                (Some(ids), None) => ids,
+                (None, Some(text)) => codec
+                    .as_ref()
+                    .map_err(|e| err(e.to_string()))?
+                    .encode(text)
+                    .map_err(err)?,
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "give exactly one of prompt and prompt_ids",
+                    ))
+                }
+            };
+            let mut session = attnopt::decode::Session::new(m, &self.run.backend).map_err(err)?;
+            let opts = attnopt::decode::GenerateOptions {
+                max_new_tokens,
+                sampling,
+                eos: attnopt::import::generation::eos_token_ids(&m.imported().dir).map_err(err)?,
+                ignore_eos,
+            };
+            let done =
+                attnopt::decode::generate(&mut session, &ids, &opts, |_| Ok(())).map_err(err)?;
+            let mut v = serde_json::to_value(&done).map_err(err)?;
+            if let (Some(_), Ok(c)) = (&prompt, &codec) {
+                v["text"] = c.decode(&done.generated_ids).map_err(err)?.into();
+            }
+            Ok(v.to_string())
+        })
+    }
+
     fn __repr__(&self) -> String {
         let backend = match &self.run.backend {
             Backend::Interp => "interp".to_string(),
@@ -264,6 +335,7 @@ fn load(
             backend,
         },
         path,
+        accept_guesses,
     })
 }
 
