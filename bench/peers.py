@@ -35,6 +35,11 @@ For each model it
 
 Everything measured also goes to OUT/results-<time>.json.
 
+With --decode MODEL_DIR it instead times decoding (a causal LM folder, e.g. one written by
+`cargo run --release --example sparse_checkpoint -- llama1b DIR`): transformers' per-token
+step (eager, dynamic and static KV cache) against `attnopt bench --decode` at --positions, same
+threads and --dtype; prints ms per token and attnopt ÷ transformers.
+
 With --attention it instead times attention alone: PyTorch's fused SDPA
 (`torch.nn.functional.scaled_dot_product_attention`, f32, no mask, [1, heads, N, head_dim])
 at each N of --attention-seq, --threads threads, median of a few calls (fewer at large N).
@@ -572,6 +577,10 @@ def main() -> None:
     ap.add_argument("--attention-seq", default="1024,4096,16384")
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--decode", metavar="MODEL_DIR", default=None,
+                    help="time decoding of this causal-LM folder instead (see below) and exit")
+    ap.add_argument("--positions", default="128,1024")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "f32"])
     # worker mode (internal)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -588,6 +597,9 @@ def main() -> None:
         return
     if args.attention:
         attention_only(args)
+        return
+    if args.decode:
+        decode_only(args)
         return
 
     names = list(MODELS) if args.models == "all" else args.models.split(",")
@@ -629,6 +641,63 @@ def main() -> None:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()))
     print_report(results, args)
     print(f"\nall numbers: {jpath}")
+
+
+def decode_only(args) -> None:
+    """Per-token decoding time of transformers (eager attention, its dynamic KV cache, and
+    the static cache where it runs) against `attnopt bench --decode` on the same folder,
+    threads, precision and positions: a prompt of P random tokens, then --reps one-token
+    steps (median)."""
+    import torch
+    from transformers import AutoModelForCausalLM, StaticCache
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    positions = [int(p) for p in args.positions.split(",")]
+    model = AutoModelForCausalLM.from_pretrained(args.decode, dtype=dtype,
+                                                 attn_implementation="eager").eval()
+    vocab = model.config.vocab_size
+    rows = {}
+    for cache_kind in ["dynamic", "static"]:
+        for p in positions:
+            ids = torch.randint(0, vocab, (1, p))
+            try:
+                with torch.inference_mode():
+                    cache = None
+                    if cache_kind == "static":
+                        cache = StaticCache(config=model.config, max_cache_len=p + args.reps + 2)
+                    out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+                    cache = out.past_key_values
+                    tok = out.logits[:, -1:].argmax(-1)
+                    times = []
+                    for i in range(args.reps):
+                        pos = torch.tensor([p + i])
+                        t = time.perf_counter()
+                        out = model(input_ids=tok, past_key_values=cache, use_cache=True,
+                                    cache_position=pos)
+                        cache = out.past_key_values
+                        tok = out.logits[:, -1:].argmax(-1)
+                        times.append((time.perf_counter() - t) * 1e3)
+                rows[(f"transformers-{cache_kind}", p)] = statistics.median(times)
+            except Exception as e:  # a cache kind this model or version does not run
+                log(f"{cache_kind} cache at {p}: {type(e).__name__}: {e}")
+            log(f"transformers {cache_kind} cache, position {p}: "
+                f"{rows.get((f'transformers-{cache_kind}', p), float('nan')):.2f} ms/token")
+    cmd = [attnopt_bin(args), "bench", args.decode, "--decode", "--positions", args.positions,
+           "--threads", str(args.threads), "--reps", str(args.reps), "--precision", args.dtype,
+           "--json"]
+    log(" ".join(cmd))
+    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    for pt in r["decode"]:
+        rows[(f"attnopt-{pt['graph']}", pt["position"])] = pt["per_token_ms"]
+    print(f"machine: {machine()['cpu']}; {args.threads} threads, {args.dtype}; attnopt floor "
+          f"{r['floor_ms']:.2f} ms ({r['weight_bytes_per_token']} B at {r['read_gbps']:.1f} GB/s)")
+    print(f"{'peer':<24} {'position':>8} {'ms/token':>10} {'attnopt original / peer':>24}")
+    for (peer, p), ms in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        ours = rows.get(("attnopt-original", p))
+        ratio = f"{ours / ms:.2f}" if ours and not peer.startswith("attnopt") else ""
+        print(f"{peer:<24} {p:>8} {ms:>10.2f} {ratio:>24}")
 
 
 def attention_only(args) -> None:

@@ -91,19 +91,8 @@ enum Command {
         /// and print the max-abs error of each.
         #[arg(long)]
         compare: Option<PathBuf>,
-        /// Execution backend.
-        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-        backend: Backend,
-        /// Threads for the CPU backend (0: all cores).
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
-        /// Precision of the CPU backend's products against weights: `f32` (exact within float
-        /// rounding) or `bf16` (bf16 weights and product inputs, f32 accumulation and f32
-        /// elsewhere; approximate — add --verify to measure its error).
-        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
-        precision: PrecisionArg,
         #[command(flatten)]
-        matmul: MatMulArgs,
+        exec: ExecArgs,
         /// Also run the f32 reference interpreter on the same inputs and print each output's
         /// error against it (slow on large models: the interpreter is plain loops).
         #[arg(long)]
@@ -383,17 +372,8 @@ Needs a Python with attnopt (pip install .) and PyTorch (pip install torch trans
         /// Keep going after an end-of-sequence token.
         #[arg(long)]
         ignore_eos: bool,
-        /// Execution backend.
-        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-        backend: Backend,
-        /// Threads for the CPU backend (0: all cores).
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
-        /// Precision of the CPU backend's products against weights (bf16: approximate).
-        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
-        precision: PrecisionArg,
         #[command(flatten)]
-        matmul: MatMulArgs,
+        exec: ExecArgs,
         /// Print one JSON object at the end: prompt_ids, generated_ids, prefill_ms,
         /// per_token_ms (each one-token step), state_bytes (and text with --prompt).
         #[arg(long)]
@@ -419,6 +399,24 @@ struct LoadArgs {
     /// blocks are checked, which costs the same at 1 MB and 100 GB).
     #[arg(long)]
     verify_source: bool,
+}
+
+/// Where `run` and `generate` execute.
+#[derive(Args)]
+struct ExecArgs {
+    /// Execution backend.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    backend: Backend,
+    /// Threads for the CPU backend (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Precision of the CPU backend's products against weights: `f32` (exact within float
+    /// rounding) or `bf16` (bf16 weights and product inputs, f32 accumulation and f32
+    /// elsewhere; approximate — `run --verify` measures its error).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
+    #[command(flatten)]
+    matmul: MatMulArgs,
 }
 
 impl LoadArgs {
@@ -580,12 +578,13 @@ fn printable(s: &str) -> String {
 
 /// `--threads N`, clamped to the machine's cores with a warning.
 /// The backend `run` and `generate` use, from their flags.
-fn backend_of(
-    backend: Backend,
-    precision: PrecisionArg,
-    matmul: MatMulArgs,
-    threads: usize,
-) -> Result<attnopt::Backend> {
+fn backend_of(exec: ExecArgs) -> Result<attnopt::Backend> {
+    let ExecArgs {
+        backend,
+        threads,
+        precision,
+        matmul,
+    } = exec;
     Ok(match backend {
         Backend::Interp if precision != PrecisionArg::F32 => {
             bail!("the interpreter runs in f32 only; --precision bf16 needs --backend cpu")
@@ -689,13 +688,10 @@ fn run(cli: Cli) -> Result<()> {
             output,
             all_layers,
             compare,
-            backend,
-            threads,
-            precision,
-            matmul,
+            exec,
             verify,
         } => {
-            let backend = backend_of(backend, precision, matmul, threads)?;
+            let backend = backend_of(exec)?;
             if output.is_none() && compare.is_none() && text.is_empty() {
                 bail!("nothing to do: give --output FILE and/or --compare FILE");
             }
@@ -1092,13 +1088,10 @@ fn run(cli: Cli) -> Result<()> {
             top_p,
             seed,
             ignore_eos,
-            backend,
-            threads,
-            precision,
-            matmul,
+            exec,
             json,
         } => {
-            let backend = backend_of(backend, precision, matmul, threads)?;
+            let backend = backend_of(exec)?;
             let sampling = if temperature.is_some() || top_k.is_some() || top_p.is_some() {
                 attnopt::sample::Sampling::Random {
                     temperature: temperature.unwrap_or(1.0),

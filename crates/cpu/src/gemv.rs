@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 use crate::vecops::VecOps;
 
-/// A weight's elements as stored (or rounded to bf16 once, in bf16 precision).
+/// A weight's elements as stored (or rounded to bf16 once, in bf16 precision): what the row
+/// product and the sparse feed-forward kernel read.
 #[derive(Clone, Copy)]
 pub(crate) enum Rows<'a> {
     F32(&'a [f32]),
@@ -20,21 +21,23 @@ pub(crate) enum Rows<'a> {
 }
 
 impl Rows<'_> {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Rows::F32(x) => x.len(),
             Rows::Bf16(x) => x.len(),
         }
     }
 
-    fn dot(&self, ops: &VecOps, x: &[f32], range: std::ops::Range<usize>) -> f32 {
+    /// `x · self[range]`.
+    pub(crate) fn dot(&self, ops: &VecOps, x: &[f32], range: std::ops::Range<usize>) -> f32 {
         match self {
             Rows::F32(w) => (ops.dot)(x, &w[range]),
             Rows::Bf16(w) => (ops.dot_bf16)(x, &w[range]),
         }
     }
 
-    fn axpy(&self, ops: &VecOps, a: f32, range: std::ops::Range<usize>, o: &mut [f32]) {
+    /// `o += a · self[range]`.
+    pub(crate) fn axpy(&self, ops: &VecOps, a: f32, range: std::ops::Range<usize>, o: &mut [f32]) {
         match self {
             Rows::F32(w) => (ops.axpy)(a, &w[range], o),
             Rows::Bf16(w) => (ops.axpy_bf16)(a, &w[range], o),

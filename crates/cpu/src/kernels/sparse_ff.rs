@@ -33,42 +33,14 @@ struct SparseFfKernel {
     ops: VecOps,
 }
 
-/// A matrix a kernel reads: f32, or bfloat16 bit patterns.
-#[derive(Clone, Copy)]
-enum Mat<'a> {
-    F32(&'a [f32]),
-    Bf16(&'a [u16]),
-}
+/// A matrix a kernel reads: f32, or bfloat16 bit patterns (the row product's).
+type Mat<'a> = crate::gemv::Rows<'a>;
 
-impl Mat<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Mat::F32(x) => x.len(),
-            Mat::Bf16(x) => x.len(),
-        }
-    }
-
-    /// `h · self[range]`.
-    fn dot(&self, ops: &VecOps, h: &[f32], range: std::ops::Range<usize>) -> f32 {
-        match self {
-            Mat::F32(x) => (ops.dot)(h, &x[range]),
-            Mat::Bf16(x) => (ops.dot_bf16)(h, &x[range]),
-        }
-    }
-
-    /// `o += a · self[range]`.
-    fn axpy(&self, ops: &VecOps, a: f32, range: std::ops::Range<usize>, o: &mut [f32]) {
-        match self {
-            Mat::F32(x) => (ops.axpy)(a, &x[range], o),
-            Mat::Bf16(x) => (ops.axpy_bf16)(a, &x[range], o),
-        }
-    }
-
-    fn prefetch(&self, range: std::ops::Range<usize>) {
-        match self {
-            Mat::F32(x) => prefetch(&x[range]),
-            Mat::Bf16(x) => prefetch(&x[range]),
-        }
+/// Asks the cache for `m[range]`.
+fn prefetch_rows(m: &Mat, range: std::ops::Range<usize>) {
+    match m {
+        Mat::F32(x) => prefetch(&x[range]),
+        Mat::Bf16(x) => prefetch(&x[range]),
     }
 }
 
@@ -297,8 +269,8 @@ impl Compiled for SparseFfKernel {
                 .collect();
             for (i, &u) in chosen.iter().enumerate() {
                 if let Some(&next) = chosen.get(i + AHEAD) {
-                    units.w1.prefetch(units.w1(s, next));
-                    units.w2.prefetch(units.w2(s, next));
+                    prefetch_rows(&units.w1, units.w1(s, next));
+                    prefetch_rows(&units.w2, units.w2(s, next));
                 }
                 apply(hr, u, o);
             }
