@@ -194,3 +194,41 @@ fn positions_past_the_table_are_refused_before_running() {
     assert_eq!(s.position(), 60, "a refused feed changes nothing");
     assert!(s.feed(&[]).is_err());
 }
+
+#[test]
+fn hydra_converted_decoders_carry_constant_state_and_equal_their_full_forward() {
+    // GPT-2 with every layer converted to causal Hydra attention (an approximation of the
+    // original, so the reference is the converted model's own full forward).
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("gpt2-hydra");
+    let o = cli::attnopt(&[
+        "optimize",
+        fixture("gpt2").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--allow",
+        "hydra",
+        "--budget",
+        "inf",
+    ]);
+    assert!(o.status.success(), "{}", cli::stderr(&o));
+    let report = std::fs::read_to_string(out.join("report.json")).unwrap();
+    assert!(report.contains("hydra"), "{report}");
+    let m = load(&out);
+    let s = Session::new(&m, &Backend::Interp).unwrap();
+    let kinds: Vec<StateKind> = s.step_graph().states.iter().map(|st| st.kind).collect();
+    assert!(
+        kinds.iter().any(|k| matches!(k, StateKind::Sum { .. })),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().all(|k| matches!(k, StateKind::Sum { .. })),
+        "every layer converted: no cache left, {kinds:?}"
+    );
+    check_steps(&m, &Backend::Interp, 77, 20, 1e-5);
+    let cpu = Backend::Cpu(CpuOptions {
+        threads: 2,
+        ..CpuOptions::default()
+    });
+    check_steps(&m, &cpu, 78, 12, 1e-4);
+}
