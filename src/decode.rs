@@ -143,7 +143,7 @@ impl Session {
     /// (each a step of many tokens), so no run holds scores for all its tokens at once.
     pub fn feed(&mut self, ids: &[i64]) -> Result<Vec<f32>, Error> {
         // Everything that can be checked is checked before anything runs: a refused feed
-        // changes nothing. (A run that fails midway leaves the state undefined: `reset`.)
+        // changes nothing. (A run that fails anyway resets the session.)
         if ids.is_empty() {
             return Err(Error::NotSupported(
                 "an empty prompt: decoding starts from at least one token".into(),
@@ -175,15 +175,30 @@ impl Session {
     fn run(&mut self, ids: &[i64]) -> Result<Vec<f32>, Error> {
         let (past, n) = (self.past, ids.len());
         let total = past + n;
-        let feed = self.feed_for(ids)?;
+        let feed = match self.feed_for(ids) {
+            Ok(f) => f,
+            Err(e) => {
+                self.reset();
+                return Err(e);
+            }
+        };
         let mut wanted = vec![LOGITS];
         wanted.extend(self.step.states.iter().map(|s| s.output.as_str()));
-        let mut out = match &mut self.exec {
-            Exec::Interp => interp::run(&self.step.graph, &feed, &wanted)?,
-            Exec::Cpu(cpu) => {
-                let (out, times) = cpu.run(&feed, &wanted, self.profile)?;
-                self.last_profile = times;
-                out
+        let out = match &mut self.exec {
+            Exec::Interp => interp::run(&self.step.graph, &feed, &wanted).map_err(Error::from),
+            Exec::Cpu(cpu) => cpu
+                .run(&feed, &wanted, self.profile)
+                .map(|(out, times)| {
+                    self.last_profile = times;
+                    out
+                })
+                .map_err(Error::from),
+        };
+        let mut out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                self.reset();
+                return Err(e);
             }
         };
         for (slot, s) in self.states.iter_mut().zip(&self.step.states) {
@@ -207,7 +222,9 @@ impl Session {
     }
 
     /// The step graph's inputs for `ids` after `self.past` tokens.
-    fn feed_for(&self, ids: &[i64]) -> Result<HashMap<String, Tensor>, Error> {
+    /// The state moves into the feed (no copy of a cache per step); [`Session::run`] puts the
+    /// new state back, or resets the session when the run fails.
+    fn feed_for(&mut self, ids: &[i64]) -> Result<HashMap<String, Tensor>, Error> {
         let (past, n) = (self.past, ids.len());
         let g = &self.step.graph;
         let mut feed = HashMap::new();
@@ -228,7 +245,10 @@ impl Session {
                 }
                 "token_type_ids" => Tensor::i64(vec![1, n], vec![0; n]),
                 other => match self.step.states.iter().position(|s| s.input == other) {
-                    Some(i) => Ok(self.states[i].clone()),
+                    Some(i) => Ok(std::mem::replace(
+                        &mut self.states[i],
+                        Tensor::zeros(vec![0]),
+                    )),
                     None => {
                         return Err(Error::NotSupported(format!(
                             "decoding a model that takes `{other}`"
