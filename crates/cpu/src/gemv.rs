@@ -1,7 +1,8 @@
 //! One row times a weight, `y = x · W`: what every product against a weight is at batch-1
 //! decoding, where the time is reading `W` once. Matrix-product libraries tune for many rows;
 //! here the weight streams through the widest vector dot products or row updates
-//! ([`VecOps`]), split between the pool's threads by output columns, read as stored (a bf16
+//! ([`VecOps`]), split between the pool's threads (by output columns for dot products, by
+//! blocks of rows with partial sums for row updates: [`split_sum`]), read as stored (a bf16
 //! checkpoint as bf16: exact in f32 arithmetic, half the bytes).
 //!
 //! `W` is either stored `[n, k]` and used transposed (LLaMA's `x · Wᵀ`: each output is a dot
@@ -45,6 +46,39 @@ impl Rows<'_> {
     }
 }
 
+/// `0..n` cut into one share per thread; `part(share, acc)` adds each share's contribution into
+/// its own zeroed `len`-vector, the shares run in parallel, and their vectors are added in
+/// order (the same sum whatever the scheduling). For the vector-matrix work of one row.
+pub(crate) fn split_sum(
+    ops: &crate::vecops::VecOps,
+    n: usize,
+    len: usize,
+    part: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads().max(1);
+    let share = n.div_ceil(threads).max(1);
+    if threads == 1 {
+        // One thread: on the caller, without a hand-off to the pool.
+        let mut acc = vec![0f32; len];
+        part(0..n, &mut acc);
+        return acc;
+    }
+    let parts: Vec<Vec<f32>> = (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            let mut acc = vec![0f32; len];
+            part((t * share).min(n)..((t + 1) * share).min(n), &mut acc);
+            acc
+        })
+        .collect();
+    let mut sum = vec![0f32; len];
+    for p in &parts {
+        (ops.axpy)(1.0, p, &mut sum);
+    }
+    sum
+}
+
 /// Fewest outputs per thread's share (smaller shares cost more in wake-ups than they save).
 const MIN_SHARE: usize = 64;
 
@@ -69,21 +103,25 @@ pub(crate) fn gemv(
     if n == 0 {
         return Ok(());
     }
+    if !transposed {
+        // Each thread streams a contiguous block of rows into its own partial sum (one long
+        // sequential read; splitting the columns instead breaks every row into pieces that
+        // the hardware prefetcher restarts on, measured 1.6× slower per byte).
+        let sum = split_sum(ops, k, n, |rows, acc| {
+            for i in rows {
+                w.axpy(ops, x[i], i * n..(i + 1) * n, acc);
+            }
+        });
+        y.copy_from_slice(&sum);
+        return Ok(());
+    }
     let threads = rayon::current_num_threads().max(1);
     let share = n.div_ceil(threads).max(MIN_SHARE);
     y.par_chunks_mut(share).enumerate().for_each(|(t, out)| {
         let c0 = t * share;
-        if transposed {
-            for (j, o) in out.iter_mut().enumerate() {
-                let r = (c0 + j) * k;
-                *o = w.dot(ops, x, r..r + k);
-            }
-        } else {
-            out.fill(0.0);
-            for (i, &xi) in x.iter().enumerate() {
-                let r = i * n + c0;
-                w.axpy(ops, xi, r..r + out.len(), out);
-            }
+        for (j, o) in out.iter_mut().enumerate() {
+            let r = (c0 + j) * k;
+            *o = w.dot(ops, x, r..r + k);
         }
     });
     Ok(())

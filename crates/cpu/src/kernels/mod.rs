@@ -78,38 +78,7 @@ pub(crate) struct Compiler<'a> {
     pub(crate) weight_time: Duration,
 }
 
-/// `0..n` cut into one share per thread; `part(share, acc)` adds each share's contribution into
-/// its own zeroed `len`-vector, the shares run in parallel, and their vectors are added in
-/// order (the same sum whatever the scheduling). For the vector-matrix work of one row.
-pub(crate) fn split_sum(
-    ops: &crate::vecops::VecOps,
-    n: usize,
-    len: usize,
-    part: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
-) -> Vec<f32> {
-    use rayon::prelude::*;
-    let threads = rayon::current_num_threads().max(1);
-    let share = n.div_ceil(threads).max(1);
-    if threads == 1 {
-        // One thread: on the caller, without a hand-off to the pool.
-        let mut acc = vec![0f32; len];
-        part(0..n, &mut acc);
-        return acc;
-    }
-    let parts: Vec<Vec<f32>> = (0..threads)
-        .into_par_iter()
-        .map(|t| {
-            let mut acc = vec![0f32; len];
-            part((t * share).min(n)..((t + 1) * share).min(n), &mut acc);
-            acc
-        })
-        .collect();
-    let mut sum = vec![0f32; len];
-    for p in &parts {
-        (ops.axpy)(1.0, p, &mut sum);
-    }
-    sum
-}
+pub(crate) use crate::gemv::split_sum;
 
 /// `[rows, cols]` → `[cols, rows]` (a weight read by columns).
 pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>, String> {
