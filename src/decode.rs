@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use attnopt_cpu::CpuModel;
-use attnopt_ir::incremental::{self, Incremental, StateKind, POSITION_IDS};
+use attnopt_ir::incremental::{self, Incremental, StateKind, PAST_LENGTH, POSITION_IDS};
 use attnopt_ir::{interp, Dim, Op, Sym, Tensor};
 
 use crate::sample::Sampler;
@@ -239,6 +239,7 @@ impl Session {
             let t = match name.as_str() {
                 "input_ids" => Tensor::i64(vec![1, n], ids.to_vec()),
                 POSITION_IDS => Tensor::i64(vec![n], (past as i64..(past + n) as i64).collect()),
+                PAST_LENGTH => Tensor::i64(vec![past, 0], vec![]),
                 "attention_mask" => {
                     let k = len(&shape.0[1]);
                     Tensor::i64(vec![1, k], vec![1; k])

@@ -232,3 +232,82 @@ fn hydra_converted_decoders_carry_constant_state_and_equal_their_full_forward() 
     });
     check_steps(&m, &cpu, 78, 12, 1e-4);
 }
+
+/// A tiny LLaMA-shaped checkpoint with seeded random f32 weights and `config_extra` merged into
+/// its config.json (names and shapes from `import::synthetic::llama_spec`).
+fn random_llama(dir: &Path, config_extra: serde_json::Value) {
+    use attnopt::import::synthetic::{llama_spec, LlamaShape};
+    let spec = llama_spec(&LlamaShape {
+        layers: 2,
+        hidden: 32,
+        heads: 4,
+        kv_heads: 2,
+        ff: 64,
+        vocab: 64,
+        positions: 96,
+        rope_theta: 10000.0,
+    });
+    let mut rng = Rng::new(21);
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = (spec.tensors.iter())
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            // Norm gains 1, everything else N(0, 0.3²).
+            let norm = name.contains("norm");
+            let bytes = (0..n)
+                .flat_map(|_| (if norm { 1.0 } else { 0.3 * rng.normal() }).to_le_bytes())
+                .collect();
+            (name.clone(), shape.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = (data.iter())
+        .map(|(name, shape, bytes)| {
+            let v =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .unwrap();
+            (name.clone(), v)
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let mut config = spec.config.clone();
+    config["torch_dtype"] = "float32".into();
+    for (k, v) in config_extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+#[test]
+fn llama_with_causal_linear_attention_and_rope_decodes_with_running_sums_once_optimised() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("llama-linear");
+    random_llama(&dir, serde_json::json!({"attnopt_attention": "linear_elu"}));
+    let m = load(&dir);
+    assert!(
+        !m.input_names().contains(&"attention_mask"),
+        "linear attention takes no mask"
+    );
+    // The original (quadratic, `tril`) form: a cache; every step equals the full forward.
+    check_steps(&m, &Backend::Interp, 5, 20, 1e-5);
+    let opt = tmp.path().join("llama-linear-opt");
+    let o = cli::attnopt(&[
+        "optimize",
+        dir.to_str().unwrap(),
+        "-o",
+        opt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", cli::stderr(&o));
+    let m = load(&opt);
+    let s = Session::new(&m, &Backend::Interp).unwrap();
+    assert!(
+        (s.step_graph().states.iter()).all(|st| matches!(st.kind, StateKind::Sum { .. })),
+        "{:?}",
+        s.step_graph().states
+    );
+    check_steps(&m, &Backend::Interp, 6, 20, 1e-5);
+    let cpu = Backend::Cpu(CpuOptions {
+        threads: 2,
+        ..CpuOptions::default()
+    });
+    check_steps(&m, &cpu, 7, 12, 1e-4);
+}

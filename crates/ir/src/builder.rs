@@ -252,9 +252,7 @@ impl Builder {
         a: &Attention,
         eps: f32,
     ) -> Result<NodeId, GraphError> {
-        let q = self.op(Op::SplitHeads { heads: a.heads }, &[q], Role::QProj)?;
-        let k = self.op(Op::SplitHeads { heads: a.kv_heads }, &[k], Role::KProj)?;
-        let v = self.op(Op::SplitHeads { heads: a.kv_heads }, &[v], Role::VProj)?;
+        let (q, k, v) = self.heads(q, k, v, a)?;
         let phi = |b: &mut Self, x: NodeId, role: Role| -> Result<NodeId, GraphError> {
             let e = b.op(Op::Unary(Unary::Elu), &[x], role)?;
             b.op(Op::AddScalar(Scalar::new(1.0)), &[e], role)
@@ -281,14 +279,15 @@ impl Builder {
         self.op(Op::MergeHeads, &[c], Role::AttnContext)
     }
 
-    /// Softmax attention; see [`AttentionKind::Softmax`].
-    fn softmax_attention(
+    /// Q, K, V `[B, N, H·d]` split into heads, RoPE on Q and K where the model has it, and K
+    /// and V repeated to the query heads (grouped-query attention).
+    fn heads(
         &mut self,
         q: NodeId,
         k: NodeId,
         v: NodeId,
         a: &Attention,
-    ) -> Result<NodeId, GraphError> {
+    ) -> Result<(NodeId, NodeId, NodeId), GraphError> {
         let mut q = self.op(Op::SplitHeads { heads: a.heads }, &[q], Role::QProj)?;
         let mut k = self.op(Op::SplitHeads { heads: a.kv_heads }, &[k], Role::KProj)?;
         let mut v = self.op(Op::SplitHeads { heads: a.kv_heads }, &[v], Role::VProj)?;
@@ -305,6 +304,18 @@ impl Builder {
             k = self.op(Op::RepeatHeads { times }, &[k], Role::KProj)?;
             v = self.op(Op::RepeatHeads { times }, &[v], Role::VProj)?;
         }
+        Ok((q, k, v))
+    }
+
+    /// Softmax attention; see [`AttentionKind::Softmax`].
+    fn softmax_attention(
+        &mut self,
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        a: &Attention,
+    ) -> Result<NodeId, GraphError> {
+        let (q, k, v) = self.heads(q, k, v, a)?;
         let kt = self.op(Op::Permute(vec![0, 1, 3, 2]), &[k], Role::AttnScores)?;
         let s = self.op(Op::MatMul, &[q, kt], Role::AttnScores)?;
         let mut s = self.op(Op::Scale(Scalar::new(a.scale)), &[s], Role::AttnScores)?;

@@ -31,8 +31,8 @@ use crate::{DType, Dim, Graph, GraphError, NodeId, NodeMeta, Op, Reduce, Role, S
 #[derive(Debug, Clone)]
 pub struct Incremental {
     /// Inputs: the original's (those read over all keys now `[B, T]`), `position_ids` where a
-    /// position table is read, and one `past.{i}` per state; outputs: the original's for the
-    /// new tokens, then one `present.{i}` per state.
+    /// position table is read, one `past.{i}` per state and `past_length` (`[P, 0]`); outputs:
+    /// the original's for the new tokens, then one `present.{i}` per state.
     pub graph: Graph,
     pub states: Vec<State>,
 }
@@ -110,7 +110,14 @@ pub fn incremental(g: &Graph) -> R<Incremental> {
         out.set_output(&state.output, *id)?;
     }
     // Drop what the step does not need (e.g. a key's new rows seen through a permute).
-    let graph = out.rebuild(|_| None, |_, _, _| unreachable!("nothing is replaced"))?;
+    let mut graph = out.rebuild(|_| None, |_, _, _| unreachable!("nothing is replaced"))?;
+    // `P` must be bound even where no state has a token axis (running sums only): RoPE reads
+    // it. An input of shape `[P, 0]` carries it without data.
+    graph.input(
+        PAST_LENGTH,
+        DType::I64,
+        Shape(vec![Dim::Sym(Sym::Past), Dim::Fixed(0)]),
+    )?;
     Ok(Incremental {
         graph,
         states: d.states,
@@ -423,6 +430,10 @@ impl Deriver<'_> {
         Ok(self.out.add(Op::Gather, &[t, ids], meta)?)
     }
 }
+
+/// The step graph's input that says how many tokens the state holds: shape `[P, 0]` (no
+/// elements), so every run binds `P` (see `Op::Rope`).
+pub const PAST_LENGTH: &str = "past_length";
 
 /// The step graph's input of absolute positions (`P..P+N`) where the model reads a position
 /// table (Hugging Face's `position_ids`, here one row shared by the batch).

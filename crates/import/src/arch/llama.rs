@@ -1,7 +1,7 @@
 //! LLaMA-style decoder: RMSNorm, rotary positions (`rotate_half`), SwiGLU MLP,
 //! grouped-query attention (`LlamaForCausalLM` names with `model.` prefix, or bare).
 
-use attnopt_ir::builder::{Attention, WeightLayout::OutIn};
+use attnopt_ir::builder::{Attention, AttentionKind, WeightLayout::OutIn};
 use attnopt_ir::{AttentionFormula, DType, Op, Role, RopeStyle, Shape, BATCH, SEQ};
 
 use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
@@ -89,7 +89,10 @@ pub fn build(
     let theta = rope_theta(cfg)?;
     let act_name = cfg.string("hidden_act", "silu");
     let act = activation(cfg, &act_name)?;
-    let kind = attention_kind(cfg, &[AttentionFormula::Softmax])?;
+    let kind = attention_kind(
+        cfg,
+        &[AttentionFormula::Softmax, AttentionFormula::LinearElu],
+    )?;
     let attn_bias = cfg.flag("attention_bias", false);
     let mlp_bias = cfg.flag("mlp_bias", false);
     if dh % 2 != 0 {
@@ -103,10 +106,16 @@ pub fn build(
         l.b.graph
             .input("input_ids", DType::I64, Shape(vec![BATCH, SEQ]))
             .map_err(&ge)?;
-    let mask =
-        l.b.graph
-            .input("attention_mask", DType::I64, Shape(vec![BATCH, SEQ]))
-            .map_err(&ge)?;
+    // Linear attention has no padding mask yet: such a model takes no attention_mask, and
+    // `Model::run` refuses a mask that would pad.
+    let mask = match kind {
+        AttentionKind::Softmax => Some(
+            l.b.graph
+                .input("attention_mask", DType::I64, Shape(vec![BATCH, SEQ]))
+                .map_err(&ge)?,
+        ),
+        _ => None,
+    };
     let emb = l.w("embed_tokens.weight", &[vocab, d])?;
     let mut x =
         l.b.op(Op::Gather, &[emb, ids], Role::Embedding)
@@ -150,7 +159,7 @@ pub fn build(
             kv_heads,
             head_dim: dh,
             causal: true,
-            padding_mask: Some(mask),
+            padding_mask: mask,
             rope: Some((theta, RopeStyle::Half)),
             scale: 1.0 / (dh as f32).sqrt(),
         };
