@@ -171,34 +171,28 @@ impl Session {
         Ok(logits)
     }
 
-    /// One run of the step graph over `ids` (at most [`PREFILL_CHUNK`]).
+    /// One run of the step graph over `ids` (at most [`PREFILL_CHUNK`]). The state has moved
+    /// into the run, so a run that fails resets the session.
     fn run(&mut self, ids: &[i64]) -> Result<Vec<f32>, Error> {
+        let r = self.run_once(ids);
+        if r.is_err() {
+            self.reset();
+        }
+        r
+    }
+
+    fn run_once(&mut self, ids: &[i64]) -> Result<Vec<f32>, Error> {
         let (past, n) = (self.past, ids.len());
         let total = past + n;
-        let feed = match self.feed_for(ids) {
-            Ok(f) => f,
-            Err(e) => {
-                self.reset();
-                return Err(e);
-            }
-        };
+        let feed = self.feed_for(ids)?;
         let mut wanted = vec![LOGITS];
         wanted.extend(self.step.states.iter().map(|s| s.output.as_str()));
-        let out = match &mut self.exec {
-            Exec::Interp => interp::run(&self.step.graph, &feed, &wanted).map_err(Error::from),
-            Exec::Cpu(cpu) => cpu
-                .run(&feed, &wanted, self.profile)
-                .map(|(out, times)| {
-                    self.last_profile = times;
-                    out
-                })
-                .map_err(Error::from),
-        };
-        let mut out = match out {
-            Ok(out) => out,
-            Err(e) => {
-                self.reset();
-                return Err(e);
+        let mut out = match &mut self.exec {
+            Exec::Interp => interp::run(&self.step.graph, &feed, &wanted)?,
+            Exec::Cpu(cpu) => {
+                let (out, times) = cpu.run(&feed, &wanted, self.profile)?;
+                self.last_profile = times;
+                out
             }
         };
         for (slot, s) in self.states.iter_mut().zip(&self.step.states) {

@@ -3,7 +3,7 @@
 
 use attnopt_ir::builder::{AttentionKind, Builder};
 use attnopt_ir::AttentionFormula;
-use attnopt_ir::{NodeId, Unary};
+use attnopt_ir::{DType, Graph, GraphError, NodeId, Shape, Unary, BATCH, SEQ};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
@@ -99,6 +99,21 @@ pub fn graph_err(cfg: &Config) -> impl Fn(attnopt_ir::GraphError) -> ImportError
     move |source| ImportError::Graph {
         dir: dir.clone(),
         source,
+    }
+}
+
+/// The `attention_mask` input `[B, N]` of a model whose attention `kind` takes a padding mask
+/// (softmax); `None` for linear attention, which has none yet: such a model takes no
+/// attention_mask, and `Model::run` refuses a mask that would pad.
+pub fn attention_mask_input(
+    g: &mut Graph,
+    kind: AttentionKind,
+) -> Result<Option<NodeId>, GraphError> {
+    match kind {
+        AttentionKind::Softmax => g
+            .input("attention_mask", DType::I64, Shape(vec![BATCH, SEQ]))
+            .map(Some),
+        _ => Ok(None),
     }
 }
 

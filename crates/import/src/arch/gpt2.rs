@@ -8,7 +8,7 @@ use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, MAX_DIM, MAX_LAYERS, MAX_TABLE};
 use crate::sparse_spec::{SparseFfSpec, SparseQkv};
-use crate::template::{activation, attention_kind, graph_err, Dims, Loader};
+use crate::template::{activation, attention_kind, attention_mask_input, graph_err, Dims, Loader};
 use crate::ImportError;
 
 pub fn build(
@@ -72,16 +72,7 @@ pub fn build(
         l.b.graph
             .input("input_ids", DType::I64, Shape(vec![BATCH, SEQ]))
             .map_err(&ge)?;
-    // Linear attention has no padding mask yet: such a model takes no attention_mask, and
-    // `Model::run` refuses a mask that would pad.
-    let mask = match kind {
-        AttentionKind::Softmax => Some(
-            l.b.graph
-                .input("attention_mask", DType::I64, Shape(vec![BATCH, SEQ]))
-                .map_err(&ge)?,
-        ),
-        _ => None,
-    };
+    let mask = attention_mask_input(&mut l.b.graph, kind).map_err(&ge)?;
     let wte = l.w("wte.weight", &[vocab, d])?;
     let wpe = l.w("wpe.weight", &[positions, d])?;
     let b = &mut l.b;

@@ -1,13 +1,13 @@
 //! LLaMA-style decoder: RMSNorm, rotary positions (`rotate_half`), SwiGLU MLP,
 //! grouped-query attention (`LlamaForCausalLM` names with `model.` prefix, or bare).
 
-use attnopt_ir::builder::{Attention, AttentionKind, WeightLayout::OutIn};
+use attnopt_ir::builder::{Attention, WeightLayout::OutIn};
 use attnopt_ir::{AttentionFormula, DType, Op, Role, RopeStyle, Shape, BATCH, SEQ};
 
 use super::{guess_heads, layers_in_checkpoint, tensor_dim, Built};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, MAX_DIM, MAX_LAYERS, MAX_TABLE};
-use crate::template::{activation, attention_kind, graph_err, Dims, Loader};
+use crate::template::{activation, attention_kind, attention_mask_input, graph_err, Dims, Loader};
 use crate::ImportError;
 
 /// `rope_theta` from the top level (transformers 4) or `rope_parameters` (transformers 5);
@@ -106,16 +106,7 @@ pub fn build(
         l.b.graph
             .input("input_ids", DType::I64, Shape(vec![BATCH, SEQ]))
             .map_err(&ge)?;
-    // Linear attention has no padding mask yet: such a model takes no attention_mask, and
-    // `Model::run` refuses a mask that would pad.
-    let mask = match kind {
-        AttentionKind::Softmax => Some(
-            l.b.graph
-                .input("attention_mask", DType::I64, Shape(vec![BATCH, SEQ]))
-                .map_err(&ge)?,
-        ),
-        _ => None,
-    };
+    let mask = attention_mask_input(&mut l.b.graph, kind).map_err(&ge)?;
     let emb = l.w("embed_tokens.weight", &[vocab, d])?;
     let mut x =
         l.b.op(Op::Gather, &[emb, ids], Role::Embedding)
