@@ -1,0 +1,85 @@
+//! Matrix products: a library call ([`Gemm`], cuBLASLt on a GPU, a CPU product in the
+//! simulator) over the strided views `lower` found (or dense operands), then the epilogue, if
+//! any, as a row kernel run in place over the product's output.
+//!
+//! Never: fold an epilogue into the product with a different meaning from its row program.
+
+use attnopt_lower::{Epilogue, Kernel, ProductViews, Strided};
+
+use super::row::{row_kernel, Valid};
+use super::Gen;
+use crate::error::{GpuError, Result};
+use crate::program::{Gemm, Step};
+
+/// A product's sizes.
+pub struct Shape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub b_transposed: bool,
+}
+
+/// The product of kernel `k` (inputs `a`, `b`, then the epilogue's other inputs).
+pub fn product(
+    cx: &mut Gen,
+    k: &Kernel,
+    s: Shape,
+    epilogue: Option<&Epilogue>,
+    views: Option<&ProductViews>,
+) -> Result<()> {
+    let (a, b) = match k.inputs.as_slice() {
+        [a, b, ..] => (*a, *b),
+        _ => {
+            return Err(GpuError::Lower(format!(
+                "{}: a product needs two operands",
+                k.name
+            )))
+        }
+    };
+    let views = match views {
+        Some(v) => v.clone(),
+        None => {
+            let out = cx.shape(k.output).to_vec();
+            let batch = out[..out.len().saturating_sub(2)].to_vec();
+            ProductViews {
+                a: Strided::dense(cx.shape(a), &batch, false),
+                b: Strided::dense(cx.shape(b), &batch, s.b_transposed),
+                c: Strided::dense(&out, &batch, false),
+                batch,
+            }
+        }
+    };
+    let gemm = Gemm {
+        m: s.m,
+        n: s.n,
+        k: s.k,
+        views,
+        a: cx.slice(a)?,
+        b: cx.slice(b)?,
+        c: cx.slice(k.output)?,
+        doc: cx.doc(k).join("; "),
+    };
+    cx.p.steps.push(Step::Gemm(gemm));
+    let Some(e) = epilogue else {
+        return Ok(());
+    };
+    // The epilogue's input `at` is the product: the output itself, read and written in place.
+    let out = cx.slice(k.output)?;
+    let rows = out.len / s.n.max(1);
+    let name = format!("{}_epilogue", Gen::base_name(k));
+    let kern = row_kernel(&name, cx.doc(k), &e.program, rows, s.n, Valid::Full)?;
+    let mut args = Vec::with_capacity(e.program.inputs.len() + 1);
+    for (j, &v) in k.inputs[2..].iter().enumerate() {
+        args.push(if j == e.at { out.clone() } else { cx.slice(v)? });
+    }
+    if args.len() != e.program.inputs.len() {
+        return Err(GpuError::Lower(format!(
+            "{}: the epilogue takes {} inputs, the kernel has {}",
+            k.name,
+            e.program.inputs.len(),
+            args.len()
+        )));
+    }
+    args.push(out);
+    cx.launch(kern, args)
+}
