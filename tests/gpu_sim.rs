@@ -17,7 +17,9 @@ fn inputs_of(dir: &Path, g: &Graph) -> HashMap<String, Tensor> {
 }
 
 fn check(model: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(model);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(model);
     let m = attnopt_import::load(&dir).unwrap();
     let rules = RuleSet::embedded().unwrap();
     let opt = optimize(&m.graph, &Options::exact(&rules, 128)).unwrap();
@@ -25,13 +27,21 @@ fn check(model: &str) {
     for (label, g) in [("original", m.graph.clone()), ("optimised", opt.graph)] {
         let want = interp::run(&g, &inputs, &[]).unwrap();
         let sim = SimModel::new(&g).unwrap();
-        let got = sim.run(&inputs).unwrap_or_else(|e| panic!("{model} {label}: {e}"));
+        let got = sim
+            .run(&inputs)
+            .unwrap_or_else(|e| panic!("{model} {label}: {e}"));
         for (name, w) in &want {
             let gt = &got[name];
             let err = gt.max_abs_diff(w).expect("same shape") as f64;
             let scale = (w.max_abs() as f64).max(1e-6);
-            println!("{model} {label} {name}: simulated GPU vs interpreter {:.2e} relative", err / scale);
-            assert!(err <= 1e-5 * scale, "{model} {label} {name}: {err} (scale {scale})");
+            println!(
+                "{model} {label} {name}: simulated GPU vs interpreter {:.2e} relative",
+                err / scale
+            );
+            assert!(
+                err <= 1e-5 * scale,
+                "{model} {label} {name}: {err} (scale {scale})"
+            );
         }
     }
 }
@@ -74,4 +84,146 @@ fn vit_on_the_simulated_gpu() {
 #[test]
 fn vit_hydra_on_the_simulated_gpu() {
     check("vit-hydra");
+}
+
+/// `model` with every layer converted to Hydra attention (no budget): non-causal (BERT) and
+/// causal (GPT-2), both with the padding mask the rules keep.
+fn check_hydra(model: &str, seq: usize) {
+    use attnopt::optimize::{optimize, OptimizeOptions};
+    use attnopt::Model;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(model);
+    let m = Model::load(&dir).unwrap();
+    let opts = OptimizeOptions {
+        allow: vec!["hydra".into()],
+        budget: Some(1e9),
+        calib: Some(dir.join("golden.safetensors")),
+        // Costs at long sequences, where the linear form wins (and the lowering finds it).
+        seqs: vec![4096],
+        ..OptimizeOptions::default()
+    };
+    let opt = optimize(&m, &opts, &mut |_| {}).unwrap();
+    let g = opt.graph;
+    let inputs: HashMap<String, Tensor> = attnopt::calib::calibration_inputs(&m, None, seq, 5)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let sim = SimModel::new(&g).unwrap();
+    let b = interp::bindings(sim.graph(), &inputs).unwrap();
+    let p = sim.program(&b).unwrap();
+    let hydra: Vec<&str> = p
+        .kernels
+        .iter()
+        .map(|k| k.name.as_str())
+        .filter(|n| n.contains("hydra"))
+        .collect();
+    // With an attention mask the converted layer keeps a masking product, which the fused
+    // Hydra kernel does not take (the kernel itself is tested below on its own graphs).
+    println!("{model}: Hydra kernels {hydra:?}");
+    let want = interp::run(&g, &inputs, &[]).unwrap();
+    let got = sim.execute(&p, &inputs).unwrap();
+    for (name, w) in &want {
+        let err = got[name].max_abs_diff(w).expect("same shape") as f64;
+        let scale = (w.max_abs() as f64).max(1e-6);
+        println!("{model} hydra {name}: {:.2e} relative", err / scale);
+        assert!(
+            err <= 1e-5 * scale,
+            "{model} hydra {name}: {err} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn hydra_bert_on_the_simulated_gpu() {
+    check_hydra("bert", 64);
+}
+
+#[test]
+fn causal_hydra_gpt2_on_the_simulated_gpu() {
+    check_hydra("gpt2", 64);
+}
+
+/// The Hydra graph over `[B, N, D]`: from one `[B, N, 3D]` input sliced V | Q | K (read in
+/// place by the kernel), or from three inputs.
+fn hydra_graph(d: usize, causal: bool, fused: bool) -> Graph {
+    use attnopt_ir::builder::Builder;
+    use attnopt_ir::{DType, Dim, Op, Role, Shape, BATCH, SEQ};
+    let mut b = Builder::new();
+    let (q, k, v) = if fused {
+        let x = b
+            .graph
+            .input(
+                "qkv",
+                DType::F32,
+                Shape(vec![BATCH, SEQ, Dim::Fixed(3 * d)]),
+            )
+            .unwrap();
+        let mut slice = |start: usize| {
+            b.op(
+                Op::Slice {
+                    axis: 2,
+                    start,
+                    end: Dim::Fixed(start + d),
+                },
+                &[x],
+                Role::QProj,
+            )
+            .unwrap()
+        };
+        let (v, q, k) = (slice(0), slice(d), slice(2 * d));
+        (q, k, v)
+    } else {
+        let s = Shape(vec![BATCH, SEQ, Dim::Fixed(d)]);
+        let mut input = |n: &str| b.graph.input(n, DType::F32, s.clone()).unwrap();
+        (input("q"), input("k"), input("v"))
+    };
+    let out = b.hydra_linear(q, k, v, causal, 1e-12).unwrap();
+    b.graph.set_output("out", out).unwrap();
+    b.finish()
+}
+
+/// The Hydra kernels (sums per chunk, then outputs or the causal scan) against the interpreter
+/// on random shapes: odd widths, several batches, one token, several chunks, rows of zeros
+/// (the `eps` path), Q/K/V in place in a fused buffer or separate.
+#[test]
+fn hydra_kernels_on_random_shapes() {
+    let mut rng = attnopt_ir::rng::Rng::new(7);
+    for case in 0..24 {
+        let d = [1, 5, 32, 33, 70, 130][case % 6];
+        let (causal, fused) = (case % 2 == 0, case % 3 != 0);
+        let batch = 1 + rng.below(3);
+        let tokens = [1, 7, 64, 100][rng.below(4)];
+        let g = hydra_graph(d, causal, fused);
+        let mut inputs = HashMap::new();
+        for (name, _) in g.inputs() {
+            let w = if fused { 3 * d } else { d };
+            let mut x = rng.values(batch * tokens * w, -1.0, 1.0);
+            // Every fifth token all zeros.
+            for (r, row) in x.chunks_mut(w).enumerate() {
+                if r % 5 == 4 {
+                    row.fill(0.0);
+                }
+            }
+            inputs.insert(
+                name.clone(),
+                Tensor::f32(vec![batch, tokens, w], x).unwrap(),
+            );
+        }
+        let sim = SimModel::new(&g).unwrap();
+        let b = interp::bindings(sim.graph(), &inputs).unwrap();
+        let p = sim.program(&b).unwrap();
+        assert!(
+            p.kernels.iter().any(|k| k.name.starts_with("k_hydra")),
+            "d={d} causal={causal} fused={fused}: no Hydra kernel"
+        );
+        let want = interp::run(&g, &inputs, &[]).unwrap();
+        let got = sim.execute(&p, &inputs).unwrap();
+        let err = got["out"].max_abs_diff(&want["out"]).unwrap() as f64;
+        let scale = (want["out"].max_abs() as f64).max(1e-6);
+        assert!(
+            err <= 1e-5 * scale,
+            "d={d} causal={causal} fused={fused} batch={batch} tokens={tokens}: {err} (scale {scale})"
+        );
+    }
 }

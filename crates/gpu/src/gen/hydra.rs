@@ -19,8 +19,11 @@ use crate::error::{GpuError, Result};
 use crate::kbuild::{threads_for, Combine, KernelBuilder};
 use crate::kir::{Expr, Scalar, Special, Var};
 
-/// Tokens per chunk.
-pub const CHUNK: usize = 64;
+/// Tokens per chunk: at most 64 (one block's sequential work), and small enough that even
+/// short sequences are cut into about 8 chunks (blocks to run side by side).
+pub fn chunk(tokens: usize) -> usize {
+    tokens.div_ceil(8).clamp(1, 64)
+}
 
 /// Element `c` of row `row` through `view`.
 fn at(param: usize, view: RowView, row: Expr, c: Expr) -> Expr {
@@ -74,7 +77,8 @@ pub fn hydra(cx: &mut Gen, k: &Kernel, h: &Hydra) -> Result<()> {
     if k.inputs.len() != 3 {
         return Err(GpuError::Lower(format!("{}: Hydra takes Q, K, V", k.name)));
     }
-    let chunks = h.tokens.div_ceil(CHUNK).max(1);
+    let chunk = chunk(h.tokens);
+    let chunks = h.tokens.div_ceil(chunk).max(1);
     let threads = threads_for(h.d, 1024);
     let base = Gen::base_name(k);
     let doc = cx.doc(k);
@@ -95,13 +99,13 @@ pub fn hydra(cx: &mut Gen, k: &Kernel, h: &Hydra) -> Result<()> {
     let range = |b: &mut KernelBuilder| {
         let start = b.let_(
             Scalar::I64,
-            Expr::Special(Special::BlockX).mul(Expr::I64(CHUNK as i64)),
+            Expr::Special(Special::BlockX).mul(Expr::I64(chunk as i64)),
         );
         let end = b.let_(
             Scalar::I64,
             Expr::bin(
                 crate::kir::BinOp::Min,
-                Expr::Var(start).add(Expr::I64(CHUNK as i64)),
+                Expr::Var(start).add(Expr::I64(chunk as i64)),
                 Expr::I64(tokens),
             ),
         );

@@ -318,12 +318,32 @@ pub fn op(cx: &mut Gen, k: &Kernel, op: &Op) -> Result<()> {
         Op::Rope { theta, style } => rope(cx, k, theta.get() as f64, *style, &in_shape),
         Op::Reduce { kind, axis, .. } => lines(cx, k, &in_shape, *axis, Line::Reduce(*kind)),
         Op::CumSum { axis } => lines(cx, k, &in_shape, *axis, Line::CumSum),
+        Op::Softmax { axis } => lines(cx, k, &in_shape, *axis, Line::Softmax),
+        Op::L2Normalize { axis, eps } => lines(cx, k, &in_shape, *axis, Line::L2(eps.get())),
+        Op::LayerNorm { eps } => lines(
+            cx,
+            k,
+            &in_shape,
+            last_axis(&in_shape),
+            Line::LayerNorm(eps.get()),
+        ),
+        Op::RmsNorm { eps } => lines(
+            cx,
+            k,
+            &in_shape,
+            last_axis(&in_shape),
+            Line::RmsNorm(eps.get()),
+        ),
         Op::BlockOneHot { block } => block_onehot(cx, k, &in_shape, *block),
         other => Err(GpuError::NotSupported(format!(
             "the operator {}",
             other.name()
         ))),
     }
+}
+
+fn last_axis(shape: &[usize]) -> usize {
+    shape.len().saturating_sub(1)
 }
 
 /// `in0` read through `strides` plus a constant offset (a slice).
@@ -419,15 +439,29 @@ fn rope(cx: &mut Gen, k: &Kernel, theta: f64, style: RopeStyle, shape: &[usize])
 enum Line {
     Reduce(Reduce),
     CumSum,
+    Softmax,
+    L2(f32),
+    /// LayerNorm (inputs `x, γ, β`) and RMSNorm (`x, γ`) along the last axis.
+    LayerNorm(f32),
+    RmsNorm(f32),
 }
 
-/// Reductions and prefix sums along `axis`: one thread per (outer, inner) line.
+/// Operators along one axis — reductions, prefix sums, softmax and normalisations — one thread
+/// per (outer, inner) line, in passes over the line like the interpreter's.
 fn lines(cx: &mut Gen, k: &Kernel, shape: &[usize], axis: usize, what: Line) -> Result<()> {
     let outer: usize = shape[..axis].iter().product();
     let len = shape[axis] as i64;
     let inner: usize = shape[axis + 1..].iter().product();
     let b = per_element(&Gen::base_name(k), cx.doc(k), outer * inner, |b, e| {
         let px = b.param("x", Scalar::F32, false);
+        let pg = match what {
+            Line::LayerNorm(_) | Line::RmsNorm(_) => Some(b.param("gamma", Scalar::F32, false)),
+            _ => None,
+        };
+        let pb = match what {
+            Line::LayerNorm(_) => Some(b.param("beta", Scalar::F32, false)),
+            _ => None,
+        };
         let po = b.param("out", Scalar::F32, true);
         let o = b.let_(Scalar::I64, Expr::Var(e).div(Expr::I64(inner as i64)));
         let i = b.let_(Scalar::I64, Expr::Var(e).rem(Expr::I64(inner as i64)));
@@ -438,34 +472,104 @@ fn lines(cx: &mut Gen, k: &Kernel, shape: &[usize], axis: usize, what: Line) -> 
                 .mul(Expr::I64(inner as i64))
                 .add(Expr::Var(i))
         };
-        let init = match what {
-            Line::Reduce(Reduce::Max) => Expr::F32(f32::NEG_INFINITY),
-            _ => Expr::F32(0.0),
+        let x = |l: Var| Expr::load(px, at(Expr::Var(l)));
+        // A pass: `acc = f(acc, l)` over the line.
+        let pass = |b: &mut KernelBuilder, init: Expr, f: &dyn Fn(Expr, Var) -> Expr| {
+            let acc = b.let_(Scalar::F32, init);
+            b.for_(Expr::I64(0), Expr::I64(len), Expr::I64(1), |b, l| {
+                b.assign(acc, f(Expr::Var(acc), l));
+                Ok(())
+            })?;
+            Ok::<Var, GpuError>(acc)
         };
-        let acc = b.let_(Scalar::F32, init);
-        b.for_(Expr::I64(0), Expr::I64(len), Expr::I64(1), |b, l| {
-            let x = Expr::load(px, at(Expr::Var(l)));
-            match what {
-                Line::Reduce(Reduce::Max) => {
-                    b.assign(acc, Expr::bin(BinOp::Max, Expr::Var(acc), x))
-                }
-                _ => b.assign(acc, Expr::Var(acc).add(x)),
-            }
-            if let Line::CumSum = what {
-                b.store(po, at(Expr::Var(l)), Expr::Var(acc));
-            }
-            Ok(())
-        })?;
+        let write = |b: &mut KernelBuilder, f: &dyn Fn(Var) -> Expr| {
+            b.for_(Expr::I64(0), Expr::I64(len), Expr::I64(1), |b, l| {
+                b.store(po, at(Expr::Var(l)), f(l));
+                Ok(())
+            })
+        };
+        let n = Expr::F32(len as f32);
         match what {
-            Line::Reduce(Reduce::Mean) => {
-                b.store(po, Expr::Var(e), Expr::Var(acc).div(Expr::F32(len as f32)))
+            Line::Reduce(kind) => {
+                let acc = match kind {
+                    Reduce::Max => pass(b, Expr::F32(f32::NEG_INFINITY), &|a, l| {
+                        Expr::bin(BinOp::Max, a, x(l))
+                    })?,
+                    _ => pass(b, Expr::F32(0.0), &|a, l| a.add(x(l)))?,
+                };
+                let v = match kind {
+                    Reduce::Mean => Expr::Var(acc).div(n),
+                    _ => Expr::Var(acc),
+                };
+                b.store(po, Expr::Var(e), v);
             }
-            Line::Reduce(_) => b.store(po, Expr::Var(e), Expr::Var(acc)),
-            Line::CumSum => {}
+            Line::CumSum => {
+                let acc = b.let_(Scalar::F32, Expr::F32(0.0));
+                b.for_(Expr::I64(0), Expr::I64(len), Expr::I64(1), |b, l| {
+                    b.assign(acc, Expr::Var(acc).add(x(l)));
+                    b.store(po, at(Expr::Var(l)), Expr::Var(acc));
+                    Ok(())
+                })?;
+            }
+            Line::Softmax => {
+                let m = pass(b, Expr::F32(f32::NEG_INFINITY), &|a, l| {
+                    Expr::bin(BinOp::Max, a, x(l))
+                })?;
+                let shifted = |l: Var| Expr::un(UnOp::Exp, x(l).sub(Expr::Var(m)));
+                let s = pass(b, Expr::F32(0.0), &|a, l| a.add(shifted(l)))?;
+                let dead = Expr::bin(BinOp::Eq, Expr::Var(m), Expr::F32(f32::NEG_INFINITY));
+                write(b, &|l| {
+                    Expr::select(dead.clone(), Expr::F32(0.0), shifted(l).div(Expr::Var(s)))
+                })?;
+            }
+            Line::L2(eps) => {
+                let ss = pass(b, Expr::F32(0.0), &|a, l| a.add(x(l).mul(x(l))))?;
+                let norm = b.let_(
+                    Scalar::F32,
+                    Expr::bin(
+                        BinOp::Max,
+                        Expr::un(UnOp::Sqrt, Expr::Var(ss)),
+                        Expr::F32(eps),
+                    ),
+                );
+                write(b, &|l| x(l).div(Expr::Var(norm)))?;
+            }
+            Line::LayerNorm(eps) | Line::RmsNorm(eps) => {
+                let layer = matches!(what, Line::LayerNorm(_));
+                let mean = if layer {
+                    let s = pass(b, Expr::F32(0.0), &|a, l| a.add(x(l)))?;
+                    b.let_(Scalar::F32, Expr::Var(s).div(n.clone()))
+                } else {
+                    b.let_(Scalar::F32, Expr::F32(0.0))
+                };
+                let centred = |l: Var| x(l).sub(Expr::Var(mean));
+                let sq = pass(b, Expr::F32(0.0), &|a, l| a.add(centred(l).mul(centred(l))))?;
+                let inv = b.let_(
+                    Scalar::F32,
+                    Expr::F32(1.0).div(Expr::un(
+                        UnOp::Sqrt,
+                        Expr::Var(sq).div(n).add(Expr::F32(eps)),
+                    )),
+                );
+                write(b, &|l| {
+                    let y = centred(l)
+                        .mul(Expr::Var(inv))
+                        .mul(Expr::load(pg.unwrap_or(px), Expr::Var(l)));
+                    match pb {
+                        Some(p) => y.add(Expr::load(p, Expr::Var(l))),
+                        None => y,
+                    }
+                })?;
+            }
         }
         Ok(())
     })?;
-    let args = vec![cx.slice(input(k, 0)?)?, cx.slice(k.output)?];
+    let mut args = k
+        .inputs
+        .iter()
+        .map(|&v| cx.slice(v))
+        .collect::<Result<Vec<_>>>()?;
+    args.push(cx.slice(k.output)?);
     cx.launch(b.finish(), args)
 }
 
