@@ -38,6 +38,8 @@ pub struct Session {
 enum Exec {
     Interp,
     Cpu(Box<CpuModel>),
+    /// The GPU backend's kernels on its simulator.
+    Sim(Box<attnopt_gpu::simrun::SimModel>),
 }
 
 impl Session {
@@ -63,6 +65,9 @@ impl Session {
         let step = incremental::incremental(g)?;
         let exec = match backend {
             Backend::Interp => Exec::Interp,
+            Backend::CudaSim => {
+                Exec::Sim(Box::new(attnopt_gpu::simrun::SimModel::new(&step.graph)?))
+            }
             Backend::Cpu(opts) => {
                 let opts = attnopt_cpu::CpuOptions {
                     threads: crate::limits::threads(opts.threads).0,
@@ -121,7 +126,7 @@ impl Session {
     pub fn cpu(&self) -> Option<&CpuModel> {
         match &self.exec {
             Exec::Cpu(c) => Some(c),
-            Exec::Interp => None,
+            Exec::Interp | Exec::Sim(_) => None,
         }
     }
 
@@ -189,6 +194,7 @@ impl Session {
         wanted.extend(self.step.states.iter().map(|s| s.output.as_str()));
         let mut out = match &mut self.exec {
             Exec::Interp => interp::run(&self.step.graph, &feed, &wanted)?,
+            Exec::Sim(sim) => sim.run(&feed)?,
             Exec::Cpu(cpu) => {
                 let (out, times) = cpu.run(&feed, &wanted, self.profile)?;
                 self.last_profile = times;

@@ -23,6 +23,8 @@ pub enum Error {
     Run(#[from] attnopt_ir::interp::InterpError),
     #[error("running the model on the CPU backend: {0}")]
     Cpu(#[from] attnopt_cpu::CpuError),
+    #[error("{0}")]
+    Gpu(#[from] attnopt_gpu::GpuError),
     #[error("{}: writing safetensors: {msg}", path.display())]
     Output { path: PathBuf, msg: String },
     #[error("not supported yet: {0}")]

@@ -44,6 +44,7 @@ pub mod bench_decode;
 pub mod calib;
 pub mod convert;
 pub mod decode;
+pub mod emit;
 mod error;
 pub mod fit_factored;
 pub mod fit_sparse_ff;

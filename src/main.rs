@@ -379,10 +379,39 @@ Needs a Python with attnopt (pip install .) and PyTorch (pip install torch trans
         #[arg(long)]
         json: bool,
     },
-    /// Emit GPU kernels (not supported yet).
+    /// Write the GPU backend's program for one batch and sequence size as a folder that runs
+    /// without attnopt: one CUDA C file per kernel (each compiles with only the folder on its
+    /// include path), launch.json (every kernel launch and matrix product in order, over one
+    /// memory arena; docs/GPU.md), the weights as f32 and constant tables. Running it on a GPU
+    /// from attnopt (`--backend cuda`) is not supported yet; `run --backend cuda-sim` runs the
+    /// same kernels on the CPU simulator.
+    #[command(after_help = "Examples:
+  attnopt emit fixtures/bert --target cuda -o bert-cuda --seq 16
+  attnopt emit OPTIMISED_DIR -o opt-cuda --batch 2 --seq 128 --force")]
     Emit {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
+        /// Model folder (original or optimised).
+        model: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// What to generate code for.
+        #[arg(long, value_enum, default_value = "cuda")]
+        target: TargetArg,
+        /// Output folder (written atomically; must not exist unless --force, which replaces
+        /// only a folder `emit` wrote).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Batch size the program is made for.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Tokens per sequence (default: the model's default length; fixed for image models).
+        #[arg(long)]
+        seq: Option<usize>,
+        /// Replace an existing folder that `emit` wrote.
+        #[arg(long)]
+        force: bool,
+        /// Print what was written as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -540,7 +569,17 @@ enum Backend {
     Interp,
     /// JIT-compiled CPU kernels with oneDNN or gemm matrix products.
     Cpu,
-    /// CUDA (not supported yet).
+    /// CUDA on an NVIDIA GPU (not supported yet: use `emit` for the kernels, or cuda-sim).
+    Cuda,
+    /// The GPU backend's generated kernels executed by its CPU simulator (every block and
+    /// thread, with bounds, races and barriers checked): for checking generated code without a
+    /// GPU. Slow.
+    CudaSim,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TargetArg {
+    /// CUDA C for NVIDIA GPUs (sm_90 checked).
     Cuda,
 }
 
@@ -597,8 +636,18 @@ fn backend_of(exec: ExecArgs) -> Result<attnopt::Backend> {
             attnopt::Backend::Cpu(cpu_options(matmul, clamp_threads(threads), precision)?)
         }
         Backend::Cuda => {
-            bail!("not supported yet: --backend cuda (the GPU backend); use --backend cpu")
+            bail!(
+                "not supported yet: --backend cuda (running on a GPU); `attnopt emit` writes the \
+                 CUDA kernels, and --backend cuda-sim runs them on the CPU simulator"
+            )
         }
+        Backend::CudaSim if precision != PrecisionArg::F32 => {
+            bail!("--backend cuda-sim runs in f32 only")
+        }
+        Backend::CudaSim if matmul.matmul.is_some() => {
+            bail!("--matmul chooses the CPU backend's library; it needs --backend cpu")
+        }
+        Backend::CudaSim => attnopt::Backend::CudaSim,
     })
 }
 
@@ -670,7 +719,9 @@ fn run(cli: Cli) -> Result<()> {
                     let options = cpu_options(matmul, clamp_threads(threads), PrecisionArg::F32)?;
                     report.cpu = Some(inspect::cpu_plan(&m, report.seq, &options)?)
                 }
-                Some(Backend::Cuda) => bail!("not supported yet: --backend cuda (the GPU backend)"),
+                Some(Backend::Cuda | Backend::CudaSim) => {
+                    bail!("not supported yet: inspect --backend cuda/cuda-sim (use `attnopt emit`)")
+                }
             }
             if json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
@@ -1178,7 +1229,34 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Emit { .. } => bail!("not supported yet: emit (needs the GPU backend)"),
+        Command::Emit {
+            model,
+            load,
+            target: TargetArg::Cuda,
+            output,
+            batch,
+            seq,
+            force,
+            json,
+        } => {
+            let m = load.load(&model)?;
+            let seq = seq.unwrap_or_else(|| attnopt::limits::default_seq(&m));
+            let done = attnopt::emit::emit(&m, &output, batch, seq, force)?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&done)?);
+            } else {
+                outln!(
+                    "wrote {}: {} CUDA kernels, {} launches and {} matrix products per run \
+                     (batch {batch}, {seq} tokens), arena {} bytes, {} weights",
+                    output.display(),
+                    done.kernels,
+                    done.launches,
+                    done.products,
+                    done.arena_bytes,
+                    done.weights
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -40,6 +40,10 @@ pub enum Backend {
     /// cores), the precision of products against weights (bf16 is an approximation: measure
     /// it), the matrix-product library.
     Cpu(CpuOptions),
+    /// The GPU backend's kernels run by its CPU simulator (`attnopt_gpu::simrun`): every
+    /// generated kernel executed thread by thread with bounds, races and barriers checked.
+    /// For testing generated code without a GPU; slower than the interpreter.
+    CudaSim,
 }
 
 impl Model {
@@ -203,6 +207,16 @@ impl Model {
             Backend::Interp => {
                 crate::limits::check_interpreter_memory(g, &b, "the input", budget)?;
                 interp::run(g, &feed, &wanted)?
+            }
+            Backend::CudaSim => {
+                crate::limits::check_interpreter_memory(g, &b, "the input", budget)?;
+                let sim = attnopt_gpu::simrun::SimModel::new(g)?;
+                let mut all = sim.run(&feed)?;
+                if wanted.is_empty() {
+                    all
+                } else {
+                    wanted.iter().filter_map(|&w| all.remove_entry(w)).collect()
+                }
             }
             Backend::Cpu(options) => {
                 let options = CpuOptions {

@@ -100,6 +100,7 @@ pub fn run(
         match req.opts.backend {
             Backend::Interp => "the reference interpreter",
             Backend::Cpu(_) => "the CPU backend",
+            Backend::CudaSim => "the GPU backend's kernels on its CPU simulator",
         }
     ));
     let start = Instant::now();

@@ -37,7 +37,8 @@ pub fn prelude() -> &'static str {
 /// in to more through dynamic shared memory).
 pub const MAX_STATIC_SHARED_BYTES: usize = 48 * 1024;
 
-const PRELUDE: &str = r#"// attnopt_prelude.cuh: the built-ins attnopt's printed CUDA kernels call (attnopt-gpu, cuda.rs).
+const PRELUDE: &str = r#"// attnopt_prelude.cuh: the built-ins attnopt's printed CUDA kernels call
+// (attnopt-gpu, crates/gpu/src/cuda.rs).
 //
 // Read by NVRTC and nvcc (CUDA declares everything), by clang with the CUDA headers (likewise),
 // and by clang with -nocudainc -nocudalib (nothing is declared: this file defines CUDA's keywords
@@ -67,7 +68,9 @@ static __device__ __forceinline__ float ao_fabs(float x) { return fabsf(x); }
 static __device__ __forceinline__ float ao_fmaxf(float a, float b) { return fmaxf(a, b); }
 static __device__ __forceinline__ float ao_fminf(float a, float b) { return fminf(a, b); }
 static __device__ __forceinline__ float ao_fmul(float a, float b) { return __fmul_rn(a, b); }
-static __device__ __forceinline__ float ao_f32_bits(unsigned int b) { return __int_as_float((int)b); }
+static __device__ __forceinline__ float ao_f32_bits(unsigned int b) {
+    return __int_as_float((int)b);
+}
 
 static __device__ __forceinline__ float ao_shfl_xor(float x, int m) {
     return __shfl_xor_sync(0xffffffffu, x, m);
@@ -92,12 +95,24 @@ extern "C" __device__ float __nv_fabsf(float);
 extern "C" __device__ float __nv_fmaxf(float, float);
 extern "C" __device__ float __nv_fminf(float, float);
 
-static __device__ __forceinline__ unsigned int ao_tid(void) { return __nvvm_read_ptx_sreg_tid_x(); }
-static __device__ __forceinline__ unsigned int ao_bid_x(void) { return __nvvm_read_ptx_sreg_ctaid_x(); }
-static __device__ __forceinline__ unsigned int ao_bid_y(void) { return __nvvm_read_ptx_sreg_ctaid_y(); }
-static __device__ __forceinline__ unsigned int ao_bdim(void) { return __nvvm_read_ptx_sreg_ntid_x(); }
-static __device__ __forceinline__ unsigned int ao_grid_x(void) { return __nvvm_read_ptx_sreg_nctaid_x(); }
-static __device__ __forceinline__ unsigned int ao_grid_y(void) { return __nvvm_read_ptx_sreg_nctaid_y(); }
+static __device__ __forceinline__ unsigned int ao_tid(void) {
+    return (unsigned int)__nvvm_read_ptx_sreg_tid_x();
+}
+static __device__ __forceinline__ unsigned int ao_bid_x(void) {
+    return (unsigned int)__nvvm_read_ptx_sreg_ctaid_x();
+}
+static __device__ __forceinline__ unsigned int ao_bid_y(void) {
+    return (unsigned int)__nvvm_read_ptx_sreg_ctaid_y();
+}
+static __device__ __forceinline__ unsigned int ao_bdim(void) {
+    return (unsigned int)__nvvm_read_ptx_sreg_ntid_x();
+}
+static __device__ __forceinline__ unsigned int ao_grid_x(void) {
+    return (unsigned int)__nvvm_read_ptx_sreg_nctaid_x();
+}
+static __device__ __forceinline__ unsigned int ao_grid_y(void) {
+    return (unsigned int)__nvvm_read_ptx_sreg_nctaid_y();
+}
 
 static __device__ __forceinline__ float ao_exp(float x) { return __nv_expf(x); }
 static __device__ __forceinline__ float ao_sqrt(float x) { return __nv_sqrtf(x); }
@@ -108,10 +123,12 @@ static __device__ __forceinline__ float ao_fmaxf(float a, float b) { return __nv
 static __device__ __forceinline__ float ao_fminf(float a, float b) { return __nv_fminf(a, b); }
 // mul.rn.f32: an explicit rounding mode, which ptxas never fuses with an addition.
 static __device__ __forceinline__ float ao_fmul(float a, float b) { return __nvvm_mul_rn_f(a, b); }
-static __device__ __forceinline__ float ao_f32_bits(unsigned int b) { return __builtin_bit_cast(float, b); }
+static __device__ __forceinline__ float ao_f32_bits(unsigned int b) {
+    return __builtin_bit_cast(float, b);
+}
 
-// clang's __nvvm_shfl_sync_* builtins need a PTX version that it only assumes when it finds a CUDA
-// installation, so the shuffle is the PTX instruction itself (inline assembly is convergent).
+// clang's __nvvm_shfl_sync_* builtins need a PTX version that it only assumes when it finds a
+// CUDA installation, so the shuffle is the PTX instruction itself (inline assembly is convergent).
 static __device__ __forceinline__ unsigned int ao_shfl_xor_u32(unsigned int x, int m) {
     unsigned int r;
     asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=r"(r) : "r"(x), "r"(m));
@@ -158,9 +175,15 @@ static __device__ __forceinline__ long long ao_lldiv(long long a, long long b) {
 static __device__ __forceinline__ long long ao_llrem(long long a, long long b) {
     return b == -1 ? 0 : a % b;
 }
-static __device__ __forceinline__ long long ao_llabs(long long a) { return a < 0 ? ao_llneg(a) : a; }
-static __device__ __forceinline__ long long ao_llmax(long long a, long long b) { return a < b ? b : a; }
-static __device__ __forceinline__ long long ao_llmin(long long a, long long b) { return b < a ? b : a; }
+static __device__ __forceinline__ long long ao_llabs(long long a) {
+    return a < 0 ? ao_llneg(a) : a;
+}
+static __device__ __forceinline__ long long ao_llmax(long long a, long long b) {
+    return a < b ? b : a;
+}
+static __device__ __forceinline__ long long ao_llmin(long long a, long long b) {
+    return b < a ? b : a;
+}
 // Truncation toward zero, saturating, NaN giving 0 (Rust's `as`).
 static __device__ __forceinline__ long long ao_f2ll(float x) {
     return x != x ? 0
@@ -185,6 +208,7 @@ pub fn print(k: &GpuKernel) -> Result<String, Malformed> {
     let mut p = Printer {
         k,
         out: String::new(),
+        loops: 0,
     };
     p.header(shared_bytes);
     p.body()?;
@@ -242,108 +266,28 @@ fn shared_bytes(k: &GpuKernel) -> Result<usize, Malformed> {
 
 /// C++ keywords and alternative tokens, and names the compilers predefine as macros (`linux`
 /// and `unix` in clang's GNU modes) or treat specially.
+#[rustfmt::skip]
 const RESERVED: &[&str] = &[
-    "alignas",
-    "alignof",
-    "and",
-    "and_eq",
-    "asm",
-    "auto",
-    "bitand",
-    "bitor",
-    "bool",
-    "break",
-    "case",
-    "catch",
-    "char",
-    "char8_t",
-    "char16_t",
-    "char32_t",
-    "class",
-    "compl",
-    "concept",
-    "const",
-    "consteval",
-    "constexpr",
-    "constinit",
-    "const_cast",
-    "continue",
-    "co_await",
-    "co_return",
-    "co_yield",
-    "decltype",
-    "default",
-    "delete",
-    "do",
-    "double",
-    "dynamic_cast",
-    "else",
-    "enum",
-    "explicit",
-    "export",
-    "extern",
-    "false",
-    "float",
-    "for",
-    "friend",
-    "goto",
-    "if",
-    "inline",
-    "int",
-    "long",
-    "mutable",
-    "namespace",
-    "new",
-    "noexcept",
-    "not",
-    "not_eq",
-    "nullptr",
-    "operator",
-    "or",
-    "or_eq",
-    "private",
-    "protected",
-    "public",
-    "register",
-    "reinterpret_cast",
-    "requires",
-    "restrict",
-    "return",
-    "short",
-    "signed",
-    "sizeof",
-    "static",
-    "static_assert",
-    "static_cast",
-    "struct",
-    "switch",
-    "template",
-    "this",
-    "thread_local",
-    "throw",
-    "true",
-    "try",
-    "typedef",
-    "typeid",
-    "typename",
-    "union",
-    "unsigned",
-    "using",
-    "virtual",
-    "void",
-    "volatile",
-    "wchar_t",
-    "while",
-    "xor",
-    "xor_eq",
-    "linux",
-    "unix",
-    "NULL",
-    "main",
+    "alignas", "alignof", "and", "and_eq", "asm", "auto", "bitand", "bitor", "bool", "break",
+    "case", "catch", "char", "char8_t", "char16_t", "char32_t", "class", "compl", "concept",
+    "const", "consteval", "constexpr", "constinit", "const_cast", "continue", "co_await",
+    "co_return", "co_yield", "decltype", "default", "delete", "do", "double", "dynamic_cast",
+    "else", "enum", "explicit", "export", "extern", "false", "float", "for", "friend", "goto", "if",
+    "inline", "int", "long", "mutable", "namespace", "new", "noexcept", "not", "not_eq", "nullptr",
+    "operator", "or", "or_eq", "private", "protected", "public", "register", "reinterpret_cast",
+    "requires", "restrict", "return", "short", "signed", "sizeof", "static", "static_assert",
+    "static_cast", "struct", "switch", "template", "this", "thread_local", "throw", "true", "try",
+    "typedef", "typeid", "typename", "union", "unsigned", "using", "virtual", "void", "volatile",
+    "wchar_t", "while", "xor", "xor_eq", "linux", "unix", "NULL", "main",
 ];
 
-/// Functions the prelude calls under NVRTC: a kernel of that name would clash with them.
-const PRELUDE_CALLS: &[&str] = &["expf", "sqrtf", "tanhf", "erff", "fabsf", "fmaxf", "fminf"];
+/// What the prelude uses under NVRTC (CUDA's functions and built-in variables): a kernel or
+/// parameter of that name would clash with or shadow them.
+#[rustfmt::skip]
+const CUDA_NAMES: &[&str] = &[
+    "expf", "sqrtf", "tanhf", "erff", "fabsf", "fmaxf", "fminf",
+    "threadIdx", "blockIdx", "blockDim", "gridDim", "warpSize",
+];
 
 /// Whether `name` is one the printed C can use for a kernel or parameter.
 fn usable_name(name: &str) -> Result<(), String> {
@@ -354,7 +298,7 @@ fn usable_name(name: &str) -> Result<(), String> {
     let reserved_prefix = name.starts_with("__")
         || (name.starts_with('_') && name[1..].starts_with(|c: char| c.is_ascii_uppercase()))
         || name.starts_with("ao_");
-    if RESERVED.contains(&name) || PRELUDE_CALLS.contains(&name) {
+    if RESERVED.contains(&name) || CUDA_NAMES.contains(&name) {
         Err(format!("`{name}` is a C++ keyword or a predefined name"))
     } else if reserved_prefix || numbered('v') || numbered('s') {
         Err(format!(
@@ -470,6 +414,8 @@ fn comment_text(line: &str) -> String {
 struct Printer<'k> {
     k: &'k GpuKernel,
     out: String,
+    /// `For` loops printed so far (numbering their `ao_end<N>`, `ao_step<N>`).
+    loops: usize,
 }
 
 impl Printer<'_> {
@@ -499,8 +445,9 @@ impl Printer<'_> {
         self.line(
             0,
             &format!(
-                "// Launch: grid {} x {} blocks of {} threads; {} bytes of static shared memory per block.",
-                k.grid[0], k.grid[1], k.block, shared_bytes
+                "// Launch: grid {} x {} blocks of {} threads; {shared_bytes} bytes of static shared \
+                 memory per block.",
+                k.grid[0], k.grid[1], k.block
             ),
         );
         self.line(
@@ -541,18 +488,19 @@ impl Printer<'_> {
                 &format!("__shared__ {} s{i}[{}];", c_type(a.elem), a.len.max(1)),
             );
         }
-        if !(k.vars.is_empty() && k.shared.is_empty()) && !k.body.is_empty() {
+        let declared = !k.vars.is_empty() || !k.shared.is_empty();
+        if declared && !k.body.is_empty() {
             self.line(0, "");
         }
-        self.block(&k.body, 1, 0)?;
+        self.block(&k.body, 1)?;
         self.line(0, "}");
         Ok(())
     }
 
-    /// Statements at indentation `depth`, inside `loops` enclosing `For`s.
-    fn block(&mut self, body: &[Stmt], depth: usize, loops: usize) -> Result<(), Malformed> {
+    /// Statements at indentation `depth`.
+    fn block(&mut self, body: &[Stmt], depth: usize) -> Result<(), Malformed> {
         for s in body {
-            self.stmt(s, depth, loops)?;
+            self.stmt(s, depth)?;
         }
         Ok(())
     }
@@ -563,7 +511,7 @@ impl Printer<'_> {
             .ok_or_else(|| self.bad(format!("no parameter {param}")))
     }
 
-    fn stmt(&mut self, s: &Stmt, depth: usize, loops: usize) -> Result<(), Malformed> {
+    fn stmt(&mut self, s: &Stmt, depth: usize) -> Result<(), Malformed> {
         match s {
             Stmt::Assign { var, value } => {
                 let v = self.expr(value)?.0;
@@ -589,10 +537,10 @@ impl Printer<'_> {
             Stmt::If { cond, then, els } => {
                 let c = self.cond(cond)?;
                 self.line(depth, &format!("if {c} {{"));
-                self.block(then, depth + 1, loops)?;
+                self.block(then, depth + 1)?;
                 if !els.is_empty() {
                     self.line(depth, "} else {");
-                    self.block(els, depth + 1, loops)?;
+                    self.block(els, depth + 1)?;
                 }
                 self.line(depth, "}");
             }
@@ -603,19 +551,20 @@ impl Printer<'_> {
                 step,
                 body,
             } => {
-                // `end` and `step` evaluated once, before `start` is assigned (no IR expression
-                // has side effects, so the order among the three is not observable).
+                // `end` and `step` evaluated once, into variables numbered in print order (unique
+                // in the kernel), then `start` assigned: no IR expression has side effects, so the
+                // order among the three is not observable.
                 let (b, e, st) = (self.expr(start)?.0, self.expr(end)?.0, self.expr(step)?.0);
-                let (ev, sv, v) = (format!("ao_e{loops}"), format!("ao_s{loops}"), var.0);
-                self.line(depth, "{");
-                self.line(depth + 1, &format!("long long {ev} = {e};"));
-                self.line(depth + 1, &format!("long long {sv} = {st};"));
+                let n = self.loops;
+                self.loops += 1;
+                let (ev, sv, v) = (format!("ao_end{n}"), format!("ao_step{n}"), var.0);
+                self.line(depth, &format!("long long {ev} = {e};"));
+                self.line(depth, &format!("long long {sv} = {st};"));
                 self.line(
-                    depth + 1,
+                    depth,
                     &format!("for (v{v} = {b}; v{v} < {ev}; v{v} = ao_llsatadd(v{v}, {sv})) {{"),
                 );
-                self.block(body, depth + 2, loops + 1)?;
-                self.line(depth + 1, "}");
+                self.block(body, depth + 1)?;
                 self.line(depth, "}");
             }
             Stmt::SyncThreads => self.line(depth, "__syncthreads();"),
@@ -633,8 +582,10 @@ impl Printer<'_> {
         Ok(())
     }
 
-    /// The C condition "`e` is not zero", parenthesized: a comparison (or `And`/`Or`) as itself
-    /// (`(v0 < 100LL)`, `(v1 != 0 && v2 != 0)`), any other `I64` as `(x != 0)`.
+    /// The C condition "`e` is not zero", parenthesized: a comparison as itself (`(v0 < 100LL)`),
+    /// `And`/`Or` of its operands' conditions (`((v1 != 0) && (v2 < v3))`: C's `&&` and `||`
+    /// skip the right operand where the left decides, which for side-effect-free expressions the
+    /// simulator cannot tell from evaluating both), any other `I64` as `(x != 0)`.
     fn cond(&self, e: &Expr) -> Result<String, Malformed> {
         let Expr::Binary(op, a, b) = e else {
             return Ok(format!("({} != 0)", self.int(e)?));
@@ -648,15 +599,14 @@ impl Printer<'_> {
             BinOp::Or => "||",
             _ => return Ok(format!("({} != 0)", self.int(e)?)),
         };
+        if matches!(op, BinOp::And | BinOp::Or) {
+            return Ok(format!("({} {o} {})", self.cond(a)?, self.cond(b)?));
+        }
         let ((a, ta), (b, tb)) = (self.expr(a)?, self.expr(b)?);
         if ta != tb {
             return Err(self.bad(format!("{op:?} of {ta:?} and {tb:?}")));
         }
-        Ok(match op {
-            BinOp::And | BinOp::Or if ta == Scalar::I64 => format!("({a} != 0 {o} {b} != 0)"),
-            BinOp::And | BinOp::Or => return Err(self.bad(format!("{op:?} of {ta:?}"))),
-            _ => format!("({a} {o} {b})"),
-        })
+        Ok(format!("({a} {o} {b})"))
     }
 
     /// `e`, which must be an `I64`, as a C primary expression.
@@ -752,10 +702,9 @@ impl Printer<'_> {
                     (BinOp::Max, I64) => (call("ao_llmax"), I64),
                     (BinOp::Min, I64) => (call("ao_llmin"), I64),
                     (BinOp::Rem, F32) => return Err(self.bad(format!("{op:?} of F32"))),
-                    (
-                        BinOp::Lt | BinOp::Le | BinOp::Eq | BinOp::Ne | BinOp::And | BinOp::Or,
-                        _,
-                    ) => return Err(self.bad(format!("internal: comparison {op:?}"))),
+                    (BinOp::Lt | BinOp::Le | BinOp::Eq | BinOp::Ne | BinOp::And | BinOp::Or, _) => {
+                        return Err(self.bad(format!("internal: comparison {op:?}")))
+                    }
                 }
             }
             Expr::Select { cond, then, els } => {
@@ -767,5 +716,206 @@ impl Printer<'_> {
                 (format!("({c} ? {a} : {b})"), ta)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kir::{Param, Shared, Var};
+
+    #[test]
+    fn a_small_kernel_prints_as_expected() {
+        let tid = || Expr::Special(Special::Thread);
+        let k = GpuKernel {
+            name: "scale_rows".into(),
+            doc: vec![
+                "layer 0: y = 1.5 * x".into(),
+                String::new(),
+                "split\nline \\".into(),
+            ],
+            params: vec![
+                Param {
+                    name: "x".into(),
+                    elem: Scalar::F32,
+                    writes: false,
+                },
+                Param {
+                    name: "y".into(),
+                    elem: Scalar::F32,
+                    writes: true,
+                },
+                Param {
+                    name: "idx".into(),
+                    elem: Scalar::I64,
+                    writes: false,
+                },
+            ],
+            vars: vec![Scalar::I64, Scalar::F32],
+            shared: vec![Shared {
+                elem: Scalar::F32,
+                len: 32,
+            }],
+            grid: [4, 1],
+            block: 32,
+            body: vec![
+                Stmt::Assign {
+                    var: Var(0),
+                    value: Expr::Special(Special::BlockX)
+                        .mul(Expr::Special(Special::BlockDim))
+                        .add(tid()),
+                },
+                Stmt::If {
+                    cond: Expr::var(Var(0)).lt(Expr::I64(100)),
+                    then: vec![Stmt::Assign {
+                        var: Var(1),
+                        value: Expr::load(0, Expr::var(Var(0))).mul(Expr::F32(1.5)),
+                    }],
+                    els: vec![Stmt::Assign {
+                        var: Var(1),
+                        value: Expr::F32(-0.0),
+                    }],
+                },
+                Stmt::StoreShared {
+                    array: 0,
+                    index: tid(),
+                    value: Expr::var(Var(1)),
+                },
+                Stmt::SyncThreads,
+                Stmt::For {
+                    var: Var(0),
+                    start: Expr::I64(0),
+                    end: Expr::load(2, Expr::I64(0)),
+                    step: Expr::I64(2),
+                    body: vec![Stmt::ShflXor {
+                        dst: Var(1),
+                        src: Var(1),
+                        lane_mask: 1,
+                    }],
+                },
+                Stmt::Store {
+                    param: 1,
+                    index: tid(),
+                    value: Expr::select(
+                        Expr::bin(BinOp::Ne, Expr::var(Var(0)), Expr::I64(0)),
+                        Expr::bin(
+                            BinOp::Max,
+                            Expr::load_shared(0, Expr::I64(31).sub(tid())),
+                            Expr::un(UnOp::ToF32, Expr::var(Var(0))),
+                        ),
+                        Expr::F32(f32::NAN),
+                    ),
+                },
+            ],
+        };
+        let expected = r#"// attnopt GPU kernel `scale_rows`.
+// layer 0: y = 1.5 * x
+//
+// split line \ //
+// Launch: grid 4 x 1 blocks of 32 threads; 128 bytes of static shared memory per block.
+// Printed by attnopt-gpu; compile without fast-math or flush-to-zero flags.
+#include "attnopt_prelude.cuh"
+
+extern "C" __global__ void __launch_bounds__(32) scale_rows(const float* x, float* y, const long long* idx) {
+    long long v0 = 0;
+    float v1 = 0.0f;
+    __shared__ float s0[32];
+
+    v0 = ao_lladd(ao_llmul(((long long)ao_bid_x()), ((long long)ao_bdim())), ((long long)ao_tid()));
+    if (v0 < 100LL) {
+        v1 = ao_fmul(x[v0], 1.5f);
+    } else {
+        v1 = (-0.0f);
+    }
+    s0[((long long)ao_tid())] = v1;
+    __syncthreads();
+    long long ao_end0 = idx[0LL];
+    long long ao_step0 = 2LL;
+    for (v0 = 0LL; v0 < ao_end0; v0 = ao_llsatadd(v0, ao_step0)) {
+        v1 = ao_shfl_xor(v1, 1);
+    }
+    y[((long long)ao_tid())] = ((v0 != 0LL) ? ao_fmaxf(s0[ao_llsub(31LL, ((long long)ao_tid()))], ((float)v0)) : ao_nan());
+}
+"#;
+        let printed = print(&k).unwrap();
+        assert_eq!(printed, expected, "printed:\n{printed}");
+    }
+
+    #[test]
+    fn f32_literals() {
+        let cases: &[(f32, &str)] = &[
+            (0.0, "0.0f"),
+            (-0.0, "(-0.0f)"),
+            (1.0, "1.0f"),
+            (-1.5, "(-1.5f)"),
+            (0.125, "0.125f"),
+            (1024.0, "1024.0f"),
+            (0.1, "0x1.99999ap-4f"),
+            (3.0e-5, "0x1.f75104p-16f"),
+            (f32::MAX, "0x1.fffffep+127f"),
+            (f32::MIN_POSITIVE, "0x1p-126f"),
+            (f32::from_bits(1), "0x1p-149f"),
+            (f32::from_bits(0x007f_ffff), "0x1.fffffcp-127f"),
+            (f32::from_bits(0x0000_0003), "0x1.8p-148f"),
+            (16777216.0, "16777216.0f"),
+            (1e16, "0x1.1c3794p+53f"),
+            (f32::INFINITY, "ao_inf()"),
+            (f32::NEG_INFINITY, "(-ao_inf())"),
+            (f32::NAN, "ao_nan()"),
+            (f32::from_bits(0xffc0_0000), "ao_f32_bits(0xffc00000u)"),
+        ];
+        for &(x, s) in cases {
+            assert_eq!(f32_literal(x), s, "{x:?} ({:#010x})", x.to_bits());
+        }
+    }
+
+    #[test]
+    fn i64_literals() {
+        assert_eq!(i64_literal(0), "0LL");
+        assert_eq!(i64_literal(42), "42LL");
+        assert_eq!(i64_literal(-42), "(-42LL)");
+        assert_eq!(i64_literal(i64::MAX), "9223372036854775807LL");
+        assert_eq!(i64_literal(i64::MIN + 1), "(-9223372036854775807LL)");
+        assert_eq!(i64_literal(i64::MIN), "(-9223372036854775807LL - 1)");
+    }
+
+    #[test]
+    fn the_prelude_defines_every_helper_the_printer_calls() {
+        for f in [
+            "ao_tid(",
+            "ao_bid_x(",
+            "ao_bid_y(",
+            "ao_bdim(",
+            "ao_grid_x(",
+            "ao_grid_y(",
+            "ao_exp(",
+            "ao_sqrt(",
+            "ao_tanh(",
+            "ao_erf(",
+            "ao_fabs(",
+            "ao_fmaxf(",
+            "ao_fminf(",
+            "ao_fmul(",
+            "ao_f32_bits(",
+            "ao_inf(",
+            "ao_nan(",
+            "ao_shfl_xor(",
+            "ao_lladd(",
+            "ao_llsub(",
+            "ao_llmul(",
+            "ao_llneg(",
+            "ao_lldiv(",
+            "ao_llrem(",
+            "ao_llabs(",
+            "ao_llmax(",
+            "ao_llmin(",
+            "ao_f2ll(",
+            "ao_llsatadd(",
+        ] {
+            assert!(
+                prelude().matches(&format!(" {f}")).count() >= 1,
+                "{f} is not defined"
+            );
+        }
     }
 }

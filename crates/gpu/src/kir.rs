@@ -13,7 +13,11 @@
 //! * **Types**: `F32` (IEEE single) and `I64` (two's complement, wrapping). Binary operators take
 //!   two operands of one type; comparisons and `And`/`Or` give `I64` 0 or 1; `If`, `Select` and
 //!   `For` test an `I64` against 0. Conversions are explicit (`ToF32`, `ToI64`: truncation).
-//!   Integer `Div`/`Rem` truncate toward zero (C); dividing by zero is an error.
+//!   Integer `Div`/`Rem` truncate toward zero (C); dividing by zero is an error; `MIN / -1`
+//!   and `MIN % -1` wrap (to `MIN` and 0). `ToI64` saturates and maps NaN to 0. A `For`
+//!   loop's increment saturates (a loop near `i64::MAX` ends instead of wrapping).
+//!   f32 products are never fused with a following addition (no FMA contraction), so the
+//!   printed code rounds as the simulator does.
 //! * **Control flow** is structured (`If`, `For`); a `For` loop's bounds may differ between
 //!   threads.
 //! * **Barriers**: `SyncThreads` must be reached by every thread of the block together (not in
@@ -22,8 +26,9 @@
 //! * **Warp shuffles**: `ShflXor` reads another lane's variable (`lane ^ lane_mask`, lanes are
 //!   `thread % 32`); all 32 lanes of the warp must execute it together.
 //! * **Global memory**: within one launch, an element written by one thread may not be read or
-//!   written by another thread (there is no grid-wide barrier); loads and stores past a
-//!   buffer's bound are errors.
+//!   written by another thread (there is no grid-wide barrier; stricter than CUDA within a
+//!   block, so generators never pass data between threads through global memory); loads and
+//!   stores past a buffer's bound are errors. At most 48 KiB of shared memory per block.
 //!
 //! Never: anything the printer cannot write as plain CUDA C, or the simulator cannot check.
 
@@ -121,7 +126,8 @@ pub enum Expr {
     },
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
-    /// `cond != 0 ? then : els` (both sides evaluated; no loads with side effects exist).
+    /// `cond != 0 ? then : els`: only the chosen side is evaluated (as C's `?:`), so
+    /// `Select(i < n, Load(i), 0)` is a guarded load.
     Select {
         cond: Box<Expr>,
         then: Box<Expr>,

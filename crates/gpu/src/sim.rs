@@ -3,13 +3,17 @@
 //! GPU would silently get wrong.
 //!
 //! How it runs: block by block (x fastest, then y), and within a block all threads in lockstep,
-//! statement by statement, under an active mask (SIMT): `If` runs `then` for the threads whose
-//! condition holds and then `els` for the others; a `For` loop keeps running its body while any
-//! thread is still in it, each thread leaving when its own variable reaches its own bound.
+//! statement by statement, under an active mask (SIMT): a statement's expressions are evaluated
+//! for all active threads (one expression node at a time, for speed), then its assignment or
+//! stores are made in thread order; `If` runs `then` for the threads whose condition holds and
+//! then `els` for the others; a `For` loop keeps running its body while any thread is still in
+//! it, each thread leaving when its own variable reaches its own bound. Variables start at zero,
+//! and so does shared memory at the start of each block.
 //!
 //! What it checks, as errors ([`SimError`]) naming the kernel, block, thread and what happened:
 //! * every load and store against its parameter's bound, every shared access against its
-//!   array's length, every binding against its buffer (and its element alignment);
+//!   array's length, every binding against its buffer (and its element alignment), the shared
+//!   arrays against a block's [`MAX_SHARED_BYTES`];
 //! * integer division (and remainder) by zero, a loop step that is not positive;
 //! * `SyncThreads` reached by only part of the block; `ShflXor` executed by only part of a warp;
 //! * shared-memory races: between two barriers, an element written by one thread and read or
@@ -31,6 +35,9 @@
 //! GPU.
 
 use crate::kir::{BinOp, Expr, GpuKernel, Scalar, Special, Stmt, UnOp, Var, WARP};
+
+/// The most static shared memory a block may declare (CUDA's limit for `__shared__` arrays).
+pub const MAX_SHARED_BYTES: usize = 48 * 1024;
 
 /// Index of a buffer in a [`DeviceMemory`].
 pub type BufferId = usize;
@@ -183,8 +190,9 @@ impl DeviceMemory {
 /// 0`). Errors: a wrong number of arguments, a binding outside its buffer (or not aligned to its
 /// element size), an out-of-bounds load or store (naming the parameter, the index and the bound),
 /// integer division by zero, a loop step that is not positive, a divergent barrier, a divergent
-/// or partial-warp shuffle, a shared-memory data race, a global-memory conflict between threads
-/// (see the module documentation). On an error, `mem` keeps the stores made before it.
+/// or partial-warp shuffle, shared arrays over [`MAX_SHARED_BYTES`], a shared-memory data race,
+/// a global-memory conflict between threads (see the module documentation). On an error, `mem`
+/// keeps the stores made before it.
 pub fn launch(k: &GpuKernel, args: &[Binding], mem: &mut DeviceMemory) -> Result<(), SimError> {
     let setup = |what: String| SimError {
         kernel: k.name.clone(),
@@ -195,6 +203,18 @@ pub fn launch(k: &GpuKernel, args: &[Binding], mem: &mut DeviceMemory) -> Result
     };
     k.check()
         .map_err(|m| setup(format!("malformed kernel: {}", m.what)))?;
+    let shared_bytes = k.shared.iter().try_fold(0usize, |n, a| {
+        n.checked_add(a.len.checked_mul(elem_size(a.elem))?)
+    });
+    match shared_bytes {
+        Some(n) if n <= MAX_SHARED_BYTES => {}
+        _ => {
+            return Err(setup(format!(
+                "shared arrays of {} bytes in all (a block has at most {MAX_SHARED_BYTES})",
+                shared_bytes.map_or("too many".to_string(), |n| n.to_string())
+            )))
+        }
+    }
     if args.len() != k.params.len() {
         return Err(setup(format!(
             "{} arguments for {} parameters",
@@ -260,7 +280,7 @@ pub fn launch(k: &GpuKernel, args: &[Binding], mem: &mut DeviceMemory) -> Result
             .collect();
     }
 
-    let nv = k.vars.len();
+    let nt = k.block as usize;
     let mut sim = Sim {
         k,
         params,
@@ -269,10 +289,12 @@ pub fn launch(k: &GpuKernel, args: &[Binding], mem: &mut DeviceMemory) -> Result
         bx: 0,
         by: 0,
         block_linear: 0,
-        nv,
-        vars: Vec::with_capacity(nv * k.block as usize),
+        nt,
+        vars: Vec::with_capacity(nt * k.vars.len()),
         shared: k.shared.iter().map(|_| Vec::new()).collect(),
         epoch: 0,
+        vals: Vec::new(),
+        threads: Vec::new(),
     };
     let all: Vec<u32> = (0..k.block).collect();
     for by in 0..k.grid[1] {
@@ -346,7 +368,8 @@ struct Owners {
 
 const SEVERAL: u64 = u64::MAX;
 
-/// The owners of the words `lo_word..hi_word` of one buffer.
+/// The owners of the words `lo_word..hi_word` of a buffer (the span of one or more overlapping
+/// bindings of written parameters).
 struct Tracker {
     buffer: BufferId,
     lo_word: usize,
@@ -369,6 +392,11 @@ const SEVERAL_THREADS: u32 = u32::MAX;
 
 type R<T> = Result<T, Box<SimError>>;
 
+/// The first of `active` (the thread an error not tied to one thread names).
+fn first(active: &[u32]) -> u32 {
+    active.first().copied().unwrap_or(0)
+}
+
 /// The state of one launch.
 struct Sim<'a> {
     k: &'a GpuKernel,
@@ -379,12 +407,17 @@ struct Sim<'a> {
     by: u32,
     /// `by * grid[0] + bx`.
     block_linear: u64,
-    nv: usize,
-    /// Thread `t`'s variable `v` is `vars[t * nv + v]`.
+    /// Threads per block.
+    nt: usize,
+    /// Thread `t`'s variable `v` is `vars[v * nt + t]`.
     vars: Vec<Val>,
     shared: Vec<Vec<Cell>>,
     /// The current barrier epoch (unique over the launch: every block starts a new one).
     epoch: u64,
+    /// Spare vectors for the values of sub-expressions and for thread subsets, so that running
+    /// a statement allocates nothing once warm.
+    vals: Vec<Vec<Val>>,
+    threads: Vec<Vec<u32>>,
 }
 
 impl Sim<'_> {
@@ -393,8 +426,8 @@ impl Sim<'_> {
         self.by = by;
         self.block_linear = u64::from(by) * u64::from(self.k.grid[0]) + u64::from(bx);
         self.vars.clear();
-        for _ in 0..self.k.block {
-            self.vars.extend(self.k.vars.iter().map(|&s| Val::zero(s)));
+        for &s in &self.k.vars {
+            self.vars.extend(std::iter::repeat_n(Val::zero(s), self.nt));
         }
         self.epoch += 1;
         for (cells, a) in self.shared.iter_mut().zip(&self.k.shared) {
@@ -446,30 +479,48 @@ impl Sim<'_> {
         format!("block ({}, {}) thread {t}", blk % gx, blk / gx)
     }
 
-    fn slot(&self, t: u32, v: Var) -> R<usize> {
+    /// Where variable `v` of thread 0 is (thread `t`'s is `t` further).
+    fn var_base(&self, v: Var, t: u32) -> R<usize> {
         let v = v.0 as usize;
-        if v >= self.nv {
+        if v >= self.k.vars.len() {
             return Err(self.internal(t, &format!("variable v{v} is not declared")));
         }
-        Ok(t as usize * self.nv + v)
+        Ok(v * self.nt)
     }
 
-    fn var(&self, t: u32, v: Var) -> R<Val> {
-        let i = self.slot(t, v)?;
-        Ok(self.vars[i])
+    fn take_vals(&mut self) -> Vec<Val> {
+        let mut v = self.vals.pop().unwrap_or_default();
+        v.clear();
+        v
     }
 
-    fn set_var(&mut self, t: u32, v: Var, x: Val) -> R<()> {
-        let i = self.slot(t, v)?;
-        self.vars[i] = x;
-        Ok(())
+    fn take_threads(&mut self) -> Vec<u32> {
+        let mut v = self.threads.pop().unwrap_or_default();
+        v.clear();
+        v
     }
 
-    fn var_int(&self, t: u32, v: Var) -> R<i64> {
-        match self.var(t, v)? {
+    fn int(&self, x: Val, t: u32) -> R<i64> {
+        match x {
             Val::I(i) => Ok(i),
-            Val::F(_) => Err(self.internal(t, &format!("v{} is not an integer", v.0))),
+            Val::F(_) => Err(self.internal(t, "an f32 index, condition or loop bound")),
         }
+    }
+
+    /// Splits `active` by `cond`, evaluated for each of them: (true, false).
+    fn split(&mut self, cond: &Expr, active: &[u32]) -> R<(Vec<u32>, Vec<u32>)> {
+        let mut c = self.take_vals();
+        self.eval(cond, active, &mut c)?;
+        let (mut yes, mut no) = (self.take_threads(), self.take_threads());
+        for (&x, &t) in c.iter().zip(active) {
+            if self.int(x, t)? != 0 {
+                yes.push(t);
+            } else {
+                no.push(t);
+            }
+        }
+        self.vals.push(c);
+        Ok((yes, no))
     }
 
     // Statements.
@@ -479,48 +530,54 @@ impl Sim<'_> {
         for s in body {
             match s {
                 Stmt::Assign { var, value } => {
-                    for &t in active {
-                        let x = self.eval(value, t)?;
-                        self.set_var(t, *var, x)?;
+                    let base = self.var_base(*var, first(active))?;
+                    let mut x = self.take_vals();
+                    self.eval(value, active, &mut x)?;
+                    for (&x, &t) in x.iter().zip(active) {
+                        self.vars[base + t as usize] = x;
                     }
+                    self.vals.push(x);
                 }
                 Stmt::Store {
                     param,
                     index,
                     value,
                 } => {
-                    for &t in active {
-                        let i = self.eval_int(index, t)?;
-                        let x = self.eval(value, t)?;
+                    let (mut i, mut x) = (self.take_vals(), self.take_vals());
+                    self.eval(index, active, &mut i)?;
+                    self.eval(value, active, &mut x)?;
+                    for ((&i, &x), &t) in i.iter().zip(&x).zip(active) {
+                        let i = self.int(i, t)?;
                         self.store(*param, i, x, t)?;
                     }
+                    self.vals.push(i);
+                    self.vals.push(x);
                 }
                 Stmt::StoreShared {
                     array,
                     index,
                     value,
                 } => {
-                    for &t in active {
-                        let i = self.eval_int(index, t)?;
-                        let x = self.eval(value, t)?;
+                    let (mut i, mut x) = (self.take_vals(), self.take_vals());
+                    self.eval(index, active, &mut i)?;
+                    self.eval(value, active, &mut x)?;
+                    for ((&i, &x), &t) in i.iter().zip(&x).zip(active) {
+                        let i = self.int(i, t)?;
                         self.store_shared(*array, i, x, t)?;
                     }
+                    self.vals.push(i);
+                    self.vals.push(x);
                 }
                 Stmt::If { cond, then, els } => {
-                    let (mut yes, mut no) = (Vec::new(), Vec::new());
-                    for &t in active {
-                        if self.eval_int(cond, t)? != 0 {
-                            yes.push(t);
-                        } else {
-                            no.push(t);
-                        }
-                    }
+                    let (yes, no) = self.split(cond, active)?;
                     if !yes.is_empty() {
                         self.exec(then, &yes)?;
                     }
                     if !no.is_empty() {
                         self.exec(els, &no)?;
                     }
+                    self.threads.push(yes);
+                    self.threads.push(no);
                 }
                 Stmt::For {
                     var,
@@ -530,14 +587,14 @@ impl Sim<'_> {
                     body,
                 } => self.exec_for(*var, start, end, step, body, active)?,
                 Stmt::SyncThreads => {
-                    if active.len() != self.k.block as usize {
+                    if active.len() != self.nt {
                         return Err(self.fail(
-                            active.first().copied().unwrap_or(0),
+                            first(active),
                             format!(
                                 "a barrier reached by only {} of {} threads (divergent \
                                  __syncthreads)",
                                 active.len(),
-                                self.k.block
+                                self.nt
                             ),
                         ));
                     }
@@ -562,46 +619,63 @@ impl Sim<'_> {
         body: &[Stmt],
         active: &[u32],
     ) -> R<()> {
-        // (thread, end, step) of each thread still in the loop.
-        let mut in_loop = Vec::with_capacity(active.len());
-        for &t in active {
-            let s = self.eval_int(start, t)?;
-            let e = self.eval_int(end, t)?;
-            let st = self.eval_int(step, t)?;
+        let base = self.var_base(var, first(active))?;
+        let (mut s, mut e, mut st) = (self.take_vals(), self.take_vals(), self.take_vals());
+        self.eval(start, active, &mut s)?;
+        self.eval(end, active, &mut e)?;
+        self.eval(step, active, &mut st)?;
+        // Each thread's (end, step), and its variable set to its start.
+        let mut bounds = Vec::with_capacity(active.len());
+        for (((&s, &e), &st), &t) in s.iter().zip(&e).zip(&st).zip(active) {
+            let (s, e, st) = (self.int(s, t)?, self.int(e, t)?, self.int(st, t)?);
             if st <= 0 {
                 return Err(self.fail(
                     t,
                     format!("a loop step of {st} (it must be positive) for v{}", var.0),
                 ));
             }
-            self.set_var(t, var, Val::I(s))?;
-            in_loop.push((t, e, st));
+            self.vars[base + t as usize] = Val::I(s);
+            bounds.push((e, st));
         }
-        let mut now = Vec::with_capacity(in_loop.len());
+        self.vals.extend([s, e, st]);
+        // The threads still in the loop, with their bounds; a thread leaves for good once its
+        // variable reaches its bound.
+        let mut in_loop = self.take_threads();
+        in_loop.extend_from_slice(active);
+        let mut now = self.take_threads();
+        let mut now_bounds = Vec::with_capacity(active.len());
         loop {
-            // A thread leaves once its variable reaches its bound, for good.
-            let mut kept = Vec::with_capacity(in_loop.len());
             now.clear();
-            for &(t, e, st) in &in_loop {
-                if self.var_int(t, var)? < e {
-                    kept.push((t, e, st));
+            now_bounds.clear();
+            for (&t, &(e, st)) in in_loop.iter().zip(&bounds) {
+                if self.int(self.vars[base + t as usize], t)? < e {
                     now.push(t);
+                    now_bounds.push((e, st));
                 }
             }
-            in_loop = kept;
             if now.is_empty() {
-                return Ok(());
+                break;
             }
             self.exec(body, &now)?;
-            for &(t, _, st) in &in_loop {
+            for (&t, &(_, st)) in now.iter().zip(&now_bounds) {
+                let slot = base + t as usize;
                 // Saturating: a variable that would pass i64::MAX has passed any bound.
-                let v = self.var_int(t, var)?.saturating_add(st);
-                self.set_var(t, var, Val::I(v))?;
+                let v = self.int(self.vars[slot], t)?.saturating_add(st);
+                self.vars[slot] = Val::I(v);
             }
+            std::mem::swap(&mut in_loop, &mut now);
+            std::mem::swap(&mut bounds, &mut now_bounds);
         }
+        self.threads.push(in_loop);
+        self.threads.push(now);
+        Ok(())
     }
 
     fn exec_shfl(&mut self, dst: Var, src: Var, lane_mask: u32, active: &[u32]) -> R<()> {
+        let (dst, src) = (
+            self.var_base(dst, first(active))?,
+            self.var_base(src, first(active))?,
+        );
         let mut i = 0;
         while i < active.len() {
             let warp = active[i] / WARP;
@@ -618,14 +692,11 @@ impl Sim<'_> {
                     ),
                 ));
             }
-            let base = warp * WARP;
+            let first = (warp * WARP) as usize;
             let mut vals = [Val::I(0); WARP as usize];
-            for (lane, x) in (0..WARP).zip(vals.iter_mut()) {
-                *x = self.var(base + lane, src)?;
-            }
-            for lane in 0..WARP {
-                let from = ((lane ^ lane_mask) % WARP) as usize;
-                self.set_var(base + lane, dst, vals[from])?;
+            vals.copy_from_slice(&self.vars[src + first..src + first + WARP as usize]);
+            for lane in 0..WARP as usize {
+                self.vars[dst + first + lane] = vals[(lane ^ lane_mask as usize) % WARP as usize];
             }
             i += n;
         }
@@ -634,68 +705,107 @@ impl Sim<'_> {
 
     // Expressions.
 
-    fn eval_int(&mut self, e: &Expr, t: u32) -> R<i64> {
-        match self.eval(e, t)? {
-            Val::I(i) => Ok(i),
-            Val::F(_) => Err(self.internal(t, "an f32 index or condition")),
-        }
-    }
-
-    fn eval(&mut self, e: &Expr, t: u32) -> R<Val> {
-        Ok(match e {
-            Expr::F32(x) => Val::F(*x),
-            Expr::I64(i) => Val::I(*i),
-            Expr::Var(v) => self.var(t, *v)?,
-            Expr::Special(s) => Val::I(match s {
-                Special::Thread => i64::from(t),
-                Special::BlockX => i64::from(self.bx),
-                Special::BlockY => i64::from(self.by),
-                Special::BlockDim => i64::from(self.k.block),
-                Special::GridX => i64::from(self.k.grid[0]),
-                Special::GridY => i64::from(self.k.grid[1]),
-            }),
-            Expr::Load { param, index } => {
-                let i = self.eval_int(index, t)?;
-                self.load(*param, i, t)?
+    /// `out[j]` = the value of `e` for thread `active[j]`, evaluated a node at a time for all
+    /// of them (errors: the first thread, in thread order, of the first node that fails).
+    fn eval(&mut self, e: &Expr, active: &[u32], out: &mut Vec<Val>) -> R<()> {
+        out.clear();
+        match e {
+            Expr::F32(x) => out.resize(active.len(), Val::F(*x)),
+            Expr::I64(i) => out.resize(active.len(), Val::I(*i)),
+            Expr::Var(v) => {
+                let base = self.var_base(*v, first(active))?;
+                out.extend(active.iter().map(|&t| self.vars[base + t as usize]));
             }
-            Expr::LoadShared { array, index } => {
-                let i = self.eval_int(index, t)?;
-                self.load_shared(*array, i, t)?
-            }
-            Expr::Unary(op, a) => {
-                let a = self.eval(a, t)?;
-                unary(*op, a).map_err(|w| self.internal(t, &w))?
-            }
-            Expr::Binary(op, a, b) => {
-                let a = self.eval(a, t)?;
-                let b = self.eval(b, t)?;
-                binary(*op, a, b).map_err(|w| match w {
-                    OpError::DivZero(x) => self.fail(
-                        t,
-                        format!(
-                            "integer division by zero ({x} {} 0)",
-                            if *op == BinOp::Rem { "%" } else { "/" }
-                        ),
-                    ),
-                    OpError::Types(w) => self.internal(t, &w),
-                })?
-            }
-            // Only the chosen arm runs: a guarded load is safe.
-            Expr::Select { cond, then, els } => {
-                if self.eval_int(cond, t)? != 0 {
-                    self.eval(then, t)?
-                } else {
-                    self.eval(els, t)?
+            Expr::Special(s) => {
+                let same = |x: u32| Val::I(i64::from(x));
+                match s {
+                    Special::Thread => out.extend(active.iter().map(|&t| same(t))),
+                    Special::BlockX => out.resize(active.len(), same(self.bx)),
+                    Special::BlockY => out.resize(active.len(), same(self.by)),
+                    Special::BlockDim => out.resize(active.len(), same(self.k.block)),
+                    Special::GridX => out.resize(active.len(), same(self.k.grid[0])),
+                    Special::GridY => out.resize(active.len(), same(self.k.grid[1])),
                 }
             }
-        })
+            Expr::Load { param, index } => {
+                self.eval(index, active, out)?;
+                for (x, &t) in out.iter_mut().zip(active) {
+                    let i = self.int(*x, t)?;
+                    *x = self.load(*param, i, t)?;
+                }
+            }
+            Expr::LoadShared { array, index } => {
+                self.eval(index, active, out)?;
+                for (x, &t) in out.iter_mut().zip(active) {
+                    let i = self.int(*x, t)?;
+                    *x = self.load_shared(*array, i, t)?;
+                }
+            }
+            Expr::Unary(op, a) => {
+                self.eval(a, active, out)?;
+                for (x, &t) in out.iter_mut().zip(active) {
+                    *x = unary(*op, *x).map_err(|w| self.internal(t, &w))?;
+                }
+            }
+            Expr::Binary(op, a, b) => {
+                self.eval(a, active, out)?;
+                let mut y = self.take_vals();
+                self.eval(b, active, &mut y)?;
+                if let Err(j) = binary_all(*op, out, &y) {
+                    let (t, x, y) = (active[j], out[j], y[j]);
+                    return Err(match (x, y) {
+                        (Val::I(x), Val::I(0)) => self.fail(
+                            t,
+                            format!(
+                                "integer division by zero ({x} {} 0)",
+                                if *op == BinOp::Rem { "%" } else { "/" }
+                            ),
+                        ),
+                        _ => self.internal(t, &format!("{op:?} of {x:?} and {y:?}")),
+                    });
+                }
+                self.vals.push(y);
+            }
+            // Each thread evaluates only the arm it picks: a guarded load is safe.
+            Expr::Select { cond, then, els } => {
+                let (yes, no) = self.split(cond, active)?;
+                let (mut a, mut b) = (self.take_vals(), self.take_vals());
+                if !yes.is_empty() {
+                    self.eval(then, &yes, &mut a)?;
+                }
+                if !no.is_empty() {
+                    self.eval(els, &no, &mut b)?;
+                }
+                // Merge back into thread order.
+                let (mut ia, mut ib) = (a.iter(), b.iter());
+                let mut yes_left = yes.iter().peekable();
+                for &t in active {
+                    let x = if yes_left.next_if_eq(&&t).is_some() {
+                        ia.next()
+                    } else {
+                        ib.next()
+                    };
+                    match x {
+                        Some(&x) => out.push(x),
+                        None => return Err(self.internal(t, "a select lost a value")),
+                    }
+                }
+                self.vals.push(a);
+                self.vals.push(b);
+                self.threads.push(yes);
+                self.threads.push(no);
+            }
+        }
+        Ok(())
     }
 
     // Global memory.
 
-    /// The byte address of element `index` of parameter `p`, checked against its bound.
-    fn address(&self, p: usize, index: i64, t: u32) -> R<(usize, usize, Scalar)> {
-        let (Some(info), Some(decl)) = (self.params.get(p), self.k.params.get(p)) else {
+    /// The byte address of element `index` of parameter `p`, checked against its bound: its
+    /// buffer, address, type and whether a tracker may cover it.
+    #[inline]
+    fn address(&self, p: usize, index: i64, t: u32) -> R<(usize, usize, Scalar, bool)> {
+        let Some(info) = self.params.get(p) else {
             return Err(self.internal(t, &format!("no parameter {p}")));
         };
         match usize::try_from(index) {
@@ -703,20 +813,22 @@ impl Sim<'_> {
                 info.buffer,
                 info.byte_offset + i * elem_size(info.elem),
                 info.elem,
+                !info.trackers.is_empty(),
             )),
             _ => Err(self.fail(
                 t,
                 format!(
                     "`{}`[{index}] is out of bounds (length {})",
-                    decl.name, info.len
+                    self.k.params[p].name, info.len
                 ),
             )),
         }
     }
 
+    #[inline]
     fn load(&mut self, p: usize, index: i64, t: u32) -> R<Val> {
-        let (buf, addr, elem) = self.address(p, index, t)?;
-        if !self.params[p].trackers.is_empty() {
+        let (buf, addr, elem, tracked) = self.address(p, index, t)?;
+        if tracked {
             let me = self.global_id(t);
             let mut clash = None;
             for w in addr / 4..(addr + elem_size(elem)) / 4 {
@@ -757,8 +869,8 @@ impl Sim<'_> {
     }
 
     fn store(&mut self, p: usize, index: i64, x: Val, t: u32) -> R<()> {
-        let (buf, addr, elem) = self.address(p, index, t)?;
-        if !self.params[p].trackers.is_empty() {
+        let (buf, addr, elem, tracked) = self.address(p, index, t)?;
+        if tracked {
             let me = self.global_id(t);
             let mut clash = None;
             for w in addr / 4..(addr + elem_size(elem)) / 4 {
@@ -879,12 +991,6 @@ impl Sim<'_> {
     }
 }
 
-enum OpError {
-    /// The dividend.
-    DivZero(i64),
-    Types(String),
-}
-
 fn unary(op: UnOp, a: Val) -> Result<Val, String> {
     Ok(match (op, a) {
         (UnOp::Neg, Val::F(x)) => Val::F(-x),
@@ -901,9 +1007,38 @@ fn unary(op: UnOp, a: Val) -> Result<Val, String> {
     })
 }
 
-fn binary(op: BinOp, a: Val, b: Val) -> Result<Val, OpError> {
+/// `xs[j] = xs[j] op ys[j]` for all `j`, or the first `j` where that fails (a division by
+/// zero, or operands of the wrong types), leaving `xs[j]` as it was.
+fn binary_all(op: BinOp, xs: &mut [Val], ys: &[Val]) -> Result<(), usize> {
+    // One loop per operator, so that the operator is not dispatched per element.
+    fn each(xs: &mut [Val], ys: &[Val], f: impl Fn(Val, Val) -> Option<Val>) -> Result<(), usize> {
+        for (j, (x, &y)) in xs.iter_mut().zip(ys).enumerate() {
+            *x = f(*x, y).ok_or(j)?;
+        }
+        Ok(())
+    }
+    match op {
+        BinOp::Add => each(xs, ys, |a, b| binary(BinOp::Add, a, b)),
+        BinOp::Sub => each(xs, ys, |a, b| binary(BinOp::Sub, a, b)),
+        BinOp::Mul => each(xs, ys, |a, b| binary(BinOp::Mul, a, b)),
+        BinOp::Div => each(xs, ys, |a, b| binary(BinOp::Div, a, b)),
+        BinOp::Rem => each(xs, ys, |a, b| binary(BinOp::Rem, a, b)),
+        BinOp::Max => each(xs, ys, |a, b| binary(BinOp::Max, a, b)),
+        BinOp::Min => each(xs, ys, |a, b| binary(BinOp::Min, a, b)),
+        BinOp::Lt => each(xs, ys, |a, b| binary(BinOp::Lt, a, b)),
+        BinOp::Le => each(xs, ys, |a, b| binary(BinOp::Le, a, b)),
+        BinOp::Eq => each(xs, ys, |a, b| binary(BinOp::Eq, a, b)),
+        BinOp::Ne => each(xs, ys, |a, b| binary(BinOp::Ne, a, b)),
+        BinOp::And => each(xs, ys, |a, b| binary(BinOp::And, a, b)),
+        BinOp::Or => each(xs, ys, |a, b| binary(BinOp::Or, a, b)),
+    }
+}
+
+/// `a op b`, or `None` for a division by zero or operands of the wrong types.
+#[inline(always)]
+fn binary(op: BinOp, a: Val, b: Val) -> Option<Val> {
     let flag = |c: bool| Val::I(i64::from(c));
-    Ok(match (a, b) {
+    Some(match (a, b) {
         (Val::F(x), Val::F(y)) => match op {
             BinOp::Add => Val::F(x + y),
             BinOp::Sub => Val::F(x - y),
@@ -916,15 +1051,13 @@ fn binary(op: BinOp, a: Val, b: Val) -> Result<Val, OpError> {
             BinOp::Le => flag(x <= y),
             BinOp::Eq => flag(x == y),
             BinOp::Ne => flag(x != y),
-            BinOp::Rem | BinOp::And | BinOp::Or => {
-                return Err(OpError::Types(format!("{op:?} of f32")))
-            }
+            BinOp::Rem | BinOp::And | BinOp::Or => return None,
         },
         (Val::I(x), Val::I(y)) => match op {
             BinOp::Add => Val::I(x.wrapping_add(y)),
             BinOp::Sub => Val::I(x.wrapping_sub(y)),
             BinOp::Mul => Val::I(x.wrapping_mul(y)),
-            BinOp::Div | BinOp::Rem if y == 0 => return Err(OpError::DivZero(x)),
+            BinOp::Div | BinOp::Rem if y == 0 => return None,
             BinOp::Div => Val::I(x.wrapping_div(y)),
             BinOp::Rem => Val::I(x.wrapping_rem(y)),
             BinOp::Max => Val::I(x.max(y)),
@@ -936,6 +1069,6 @@ fn binary(op: BinOp, a: Val, b: Val) -> Result<Val, OpError> {
             BinOp::And => flag(x != 0 && y != 0),
             BinOp::Or => flag(x != 0 || y != 0),
         },
-        (a, b) => return Err(OpError::Types(format!("{op:?} of {a:?} and {b:?}"))),
+        _ => return None,
     })
 }

@@ -58,8 +58,8 @@ impl Placed {
 impl SimModel {
     /// Folds `graph`'s weight-only subgraphs once.
     pub fn new(graph: &Graph) -> Result<SimModel> {
-        let folded = attnopt_ir::fold::fold_weights(graph)
-            .map_err(|e| GpuError::Lower(e.to_string()))?;
+        let folded =
+            attnopt_ir::fold::fold_weights(graph).map_err(|e| GpuError::Lower(e.to_string()))?;
         Ok(SimModel {
             graph: folded.graph,
         })
@@ -77,7 +77,8 @@ impl SimModel {
 
     /// Runs the graph on `inputs`; returns every output.
     pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
-        let b = interp::bindings(&self.graph, inputs).map_err(|e| GpuError::Input(e.to_string()))?;
+        let b =
+            interp::bindings(&self.graph, inputs).map_err(|e| GpuError::Input(e.to_string()))?;
         let p = self.program(&b)?;
         self.execute(&p, inputs)
     }
@@ -130,7 +131,10 @@ impl SimModel {
             match step {
                 Step::Launch(l) => {
                     let k = p.kernels.get(l.kernel).ok_or_else(|| {
-                        GpuError::Lower(format!("a launch of kernel {}, which is missing", l.kernel))
+                        GpuError::Lower(format!(
+                            "a launch of kernel {}, which is missing",
+                            l.kernel
+                        ))
                     })?;
                     let args = l
                         .args

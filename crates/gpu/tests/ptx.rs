@@ -26,7 +26,7 @@ fn have_clang(test: &str) -> bool {
             std::env::var("ATTNOPT_REQUIRE_CLANG").as_deref() != Ok("1"),
             "{CLANG} is not installed and ATTNOPT_REQUIRE_CLANG=1"
         );
-        eprintln!("skipping {test}: {CLANG} is not installed");
+        eprintln!("SKIPPED {test}: no {CLANG} to compile the printed CUDA C with");
     }
     ok
 }
@@ -38,7 +38,12 @@ fn compile_ptx(dir: &Path, file: &str) -> Result<String, String> {
 }
 
 fn compile_ptx_with(dir: &Path, file: &str, extra: &[&str]) -> Result<String, String> {
-    let out = dir.join(format!("{file}.{}.ptx", extra.join("")));
+    let tag: String = extra
+        .concat()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let out = dir.join(format!("{file}{tag}.ptx"));
     let o = Command::new(CLANG)
         .args([
             "--cuda-device-only",
@@ -150,7 +155,14 @@ fn all_ops() -> GpuKernel {
             Scalar::I64 => store(oi, index, e),
         });
     };
-    for op in [UnOp::Neg, UnOp::Abs, UnOp::Exp, UnOp::Sqrt, UnOp::Tanh, UnOp::Erf] {
+    for op in [
+        UnOp::Neg,
+        UnOp::Abs,
+        UnOp::Exp,
+        UnOp::Sqrt,
+        UnOp::Tanh,
+        UnOp::Erf,
+    ] {
         out(&mut body, Expr::un(op, fa()), Scalar::F32);
     }
     for op in [UnOp::Neg, UnOp::Abs] {
@@ -180,11 +192,7 @@ fn all_ops() -> GpuKernel {
         out(&mut body, Expr::Special(s), Scalar::I64);
     }
     // A guarded load (only the chosen arm runs), selects of both types, conditions.
-    let guarded = Expr::select(
-        tid().lt(i(10)),
-        Expr::load(xf, tid().add(i(100))),
-        f(0.0),
-    );
+    let guarded = Expr::select(tid().lt(i(10)), Expr::load(xf, tid().add(i(100))), f(0.0));
     out(&mut body, guarded, Scalar::F32);
     out(&mut body, Expr::select(ia(), ib(), i(-1)), Scalar::I64);
     body.push(assign(0, fa()));
@@ -363,7 +371,10 @@ fn constants() -> GpuKernel {
     for (n, &b) in nans.iter().enumerate() {
         body.push(store(0, i(100 + n as i64), f(f32::from_bits(b))));
     }
-    for (n, x) in [i64::MIN, i64::MAX, -1, 0, 1, i64::MIN + 1].into_iter().enumerate() {
+    for (n, x) in [i64::MIN, i64::MAX, -1, 0, 1, i64::MIN + 1]
+        .into_iter()
+        .enumerate()
+    {
         body.push(store(1, i(n as i64), i(x)));
     }
     // A subtraction of a negative constant, and its negation (no `--` token).
@@ -410,7 +421,7 @@ fn barriers_and_shuffles_reach_the_ptx() {
     let dir = tempfile::tempdir().unwrap();
     for ptx in print_and_compile(dir.path(), &shared_shuffle()) {
         assert!(ptx.contains("bar.sync"), "no bar.sync:\n{ptx}");
-        // Four 32-bit shuffles per step: one for the f32, two for the i64's halves.
+        // Three 32-bit shuffles per step: one for the f32, two for the i64's halves.
         assert!(
             ptx.matches("shfl.sync.bfly.b32").count() >= 3 * 5,
             "too few shfl.sync.bfly:\n{ptx}"
@@ -429,7 +440,10 @@ fn products_are_not_fused() {
     let dir = tempfile::tempdir().unwrap();
     let k = kernel(
         "mul_add",
-        vec![param("x", Scalar::F32, false), param("y", Scalar::F32, true)],
+        vec![
+            param("x", Scalar::F32, false),
+            param("y", Scalar::F32, true),
+        ],
         vec![Scalar::F32],
         vec![
             assign(
@@ -520,6 +534,53 @@ fn float_literals_are_exact() {
     }
 }
 
+/// What NVRTC declares without any include, reduced to what the prelude's NVRTC branch uses, with
+/// CUDA's signatures; the thread and block indices are clang's own `threadIdx` etc.
+const NVRTC_STUB: &str = r#"// Stands in for NVRTC's built-in declarations (tests/ptx.rs).
+#define __global__ __attribute__((global))
+#define __device__ __attribute__((device))
+#define __shared__ __attribute__((shared))
+#define __forceinline__ __inline__ __attribute__((always_inline))
+#define __launch_bounds__(...) __attribute__((launch_bounds(__VA_ARGS__)))
+#include <__clang_cuda_builtin_vars.h>
+__device__ float expf(float);
+__device__ float sqrtf(float);
+__device__ float tanhf(float);
+__device__ float erff(float);
+__device__ float fabsf(float);
+__device__ float fmaxf(float, float);
+__device__ float fminf(float, float);
+__device__ float __fmul_rn(float, float);
+__device__ float __int_as_float(int);
+__device__ float __shfl_xor_sync(unsigned int, float, int, int = 32);
+__device__ long long __shfl_xor_sync(unsigned int, long long, int, int = 32);
+"#;
+
+/// The prelude's NVRTC branch (`__CUDACC_RTC__`), which no machine here can run NVRTC on, at
+/// least compiles against declarations with CUDA's signatures: every helper it defines calls
+/// what CUDA has, with the right types.
+#[test]
+fn the_nvrtc_branch_compiles_against_cuda_declarations() {
+    if !have_clang("the_nvrtc_branch_compiles_against_cuda_declarations") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::write(dir.join(PRELUDE_NAME), cuda::prelude()).unwrap();
+    std::fs::write(dir.join("nvrtc_stub.h"), NVRTC_STUB).unwrap();
+    let flags = ["-D__CUDACC_RTC__", "-include", "nvrtc_stub.h", "-O3"];
+    for k in [all_ops(), shared_shuffle(), nested_loops(), constants()] {
+        let file = format!("{}.cu", k.name);
+        let src = cuda::print(&k).unwrap();
+        std::fs::write(dir.join(&file), &src).unwrap();
+        let ptx = compile_ptx_with(dir, &file, &flags)
+            .unwrap_or_else(|e| panic!("{file} (NVRTC branch) does not compile:\n{e}\n{src}"));
+        assert!(ptx.contains(&format!(".entry {}(", k.name)), "{ptx}");
+        // The branch calls CUDA's functions, not libdevice's or clang's builtins.
+        assert!(!ptx.contains("__nv_"), "{ptx}");
+    }
+}
+
 /// A folder of printed kernels with the prelude compiles as it is (the prelude's include guard
 /// holds when one file includes it twice).
 #[test]
@@ -547,7 +608,10 @@ fn refused(k: &GpuKernel, what: &str) {
 fn malformed_kernels_are_refused() {
     let ok = kernel(
         "ok",
-        vec![param("x", Scalar::F32, false), param("y", Scalar::F32, true)],
+        vec![
+            param("x", Scalar::F32, false),
+            param("y", Scalar::F32, true),
+        ],
         vec![Scalar::F32],
         vec![store(1, tid(), Expr::load(0, tid()))],
     );

@@ -2,7 +2,7 @@
 //! report is reported (with a message saying what and where).
 
 use attnopt_gpu::kir::{BinOp, Expr, GpuKernel, Param, Scalar, Shared, Special, Stmt, UnOp, Var};
-use attnopt_gpu::sim::{launch, Binding, DeviceMemory, SimError};
+use attnopt_gpu::sim::{launch, Binding, DeviceMemory, SimError, MAX_SHARED_BYTES};
 
 // Building kernels.
 
@@ -505,6 +505,8 @@ fn float_arithmetic_follows_ieee_and_fmaxf() {
     let exprs = vec![
         bin(BinOp::Max, f(f32::NAN), f(1.0)),
         bin(BinOp::Min, f(2.0), f(f32::NAN)),
+        bin(BinOp::Max, f(1.0), f(f32::NAN)),
+        bin(BinOp::Min, f(f32::NAN), f(2.0)),
         Expr::un(UnOp::ToF32, bin(BinOp::Ne, f(f32::NAN), f(f32::NAN))),
         Expr::un(UnOp::ToF32, bin(BinOp::Eq, f(f32::NAN), f(f32::NAN))),
         Expr::un(UnOp::ToF32, f(f32::NAN).lt(f(1.0))),
@@ -542,6 +544,8 @@ fn float_arithmetic_follows_ieee_and_fmaxf() {
         1.0,
         2.0,
         1.0,
+        2.0,
+        1.0,
         0.0,
         0.0,
         1.0,
@@ -556,7 +560,7 @@ fn float_arithmetic_follows_ieee_and_fmaxf() {
         -3.0,
     ];
     assert_eq!(read(&mem, out), want);
-    assert!((want[6] - 0.520_499_9).abs() < 1e-6);
+    assert!((want[8] - 0.520_499_9).abs() < 1e-6);
 }
 
 #[test]
@@ -610,10 +614,146 @@ fn specials_give_the_launch_geometry() {
     assert_eq!(mem.read_i64(dims, 0, 3).unwrap(), vec![64, 3, 2]);
 }
 
+#[test]
+fn if_and_else_send_each_thread_down_one_side() {
+    let k = kernel(
+        vec![param("out", Scalar::I64, true)],
+        vec![],
+        vec![],
+        [1, 1],
+        64,
+        vec![Stmt::If {
+            cond: bin(BinOp::Eq, tid().rem(i(2)), i(0)),
+            then: vec![store(0, tid(), i(1))],
+            els: vec![
+                store(0, tid(), i(2)),
+                if_(
+                    tid().lt(i(10)),
+                    vec![store(0, tid(), Expr::load(0, tid()).add(i(10)))],
+                ),
+            ],
+        }],
+    );
+    let mut mem = DeviceMemory::new();
+    let b = mem.alloc(64 * 8);
+    launch(&k, &[bind(b, 0, 64)], &mut mem).unwrap();
+    let want: Vec<i64> = (0..64)
+        .map(|t| match (t % 2, t < 10) {
+            (0, _) => 1,
+            (_, true) => 12,
+            _ => 2,
+        })
+        .collect();
+    assert_eq!(mem.read_i64(b, 0, 64).unwrap(), want);
+}
+
+/// The classic shared-memory tree: `s` halves from 32; threads below `s` add `sh[t + s]` into
+/// `sh[t]`; a barrier after each step (outside the `if`).
+#[test]
+fn a_shared_memory_tree_reduction() {
+    let (r, s) = (0, 1);
+    let k = kernel(
+        vec![
+            param("x", Scalar::F32, false),
+            param("out", Scalar::F32, true),
+        ],
+        vec![Scalar::I64, Scalar::I64],
+        vec![shared(Scalar::F32, 64)],
+        [2, 1],
+        64,
+        vec![
+            store_shared(0, tid(), Expr::load(0, gid())),
+            Stmt::SyncThreads,
+            assign(s, i(32)),
+            for_(
+                r,
+                i(0),
+                i(6),
+                i(1),
+                vec![
+                    if_(
+                        tid().lt(v(s)),
+                        vec![store_shared(
+                            0,
+                            tid(),
+                            Expr::load_shared(0, tid()).add(Expr::load_shared(0, tid().add(v(s)))),
+                        )],
+                    ),
+                    Stmt::SyncThreads,
+                    assign(s, v(s).div(i(2))),
+                ],
+            ),
+            if_(
+                bin(BinOp::Eq, tid(), i(0)),
+                vec![store(1, sp(Special::BlockX), Expr::load_shared(0, i(0)))],
+            ),
+        ],
+    );
+    let data: Vec<f32> = (0..128).map(|x| (x % 9) as f32 - 4.0).collect();
+    let mut mem = DeviceMemory::new();
+    let x = f32_buffer(&mut mem, &data);
+    let out = f32_buffer(&mut mem, &[0.0; 2]);
+    launch(&k, &[x, out], &mut mem).unwrap();
+    let want: Vec<f32> = data.chunks(64).map(|c| c.iter().sum()).collect();
+    assert_eq!(read(&mem, out), want);
+    // Without the barrier in the loop, step 2 reads what step 1 wrote in another thread.
+    let mut racy = k.clone();
+    let Stmt::For { body, .. } = &mut racy.body[3] else {
+        unreachable!()
+    };
+    body.remove(1);
+    let e = fails(&racy, &[x, out], &mut mem);
+    assert_contains(&e, "read by thread 0 after thread 16 wrote it");
+}
+
+/// Two outputs far apart in one arena, and an input bound over the whole of it: only elements
+/// some other thread wrote conflict.
+#[test]
+fn outputs_far_apart_in_one_arena() {
+    let k = |reader_index: i64| {
+        kernel(
+            vec![
+                param("x", Scalar::F32, false),
+                param("lo", Scalar::F32, true),
+                param("hi", Scalar::F32, true),
+            ],
+            vec![Scalar::F32],
+            vec![],
+            [1, 1],
+            32,
+            vec![
+                if_(
+                    bin(BinOp::Eq, tid(), i(0)),
+                    vec![store(1, i(0), f(1.0)), store(2, i(0), f(2.0))],
+                ),
+                if_(
+                    bin(BinOp::Eq, tid(), i(1)),
+                    vec![assign(0, Expr::load(0, i(reader_index)))],
+                ),
+            ],
+        )
+    };
+    let mut mem = DeviceMemory::new();
+    let arena = mem.alloc(1000 * 4);
+    let args = [bind(arena, 0, 1000), bind(arena, 0, 4), bind(arena, 400, 4)];
+    launch(&k(50), &args, &mut mem).unwrap();
+    launch(&k(1), &args, &mut mem).unwrap();
+    let e = fails(&k(100), &args, &mut mem);
+    assert_contains(
+        &e,
+        "`x`[100] (buffer 0, byte 400) read by block (0, 0) thread 1",
+    );
+    let e = fails(&k(0), &args, &mut mem);
+    assert_contains(
+        &e,
+        "`x`[0] (buffer 0, byte 0) read by block (0, 0) thread 1",
+    );
+}
+
 /// A 64×64 by 64×64 matrix product, one thread per output: 262 144 inner iterations.
 #[test]
 fn a_matrix_product_runs_quickly_enough() {
-    let n = 256i64;
+    let n = 64i64;
     let (row, col, kk, acc) = (0, 1, 2, 3);
     let k = kernel(
         vec![
@@ -1087,6 +1227,29 @@ fn bad_bindings() {
     assert_contains(&e, "`a`");
     // Fine: the whole buffer, and an empty binding at its end.
     launch(&k, &[bind(b, 0, 100), bind(b, 400, 0)], &mut mem).unwrap();
+}
+
+#[test]
+fn shared_arrays_past_a_blocks_limit() {
+    let mut k = kernel(
+        vec![],
+        vec![],
+        vec![shared(Scalar::F32, 8192), shared(Scalar::I64, 2048)],
+        [1, 1],
+        32,
+        vec![],
+    );
+    assert_eq!(MAX_SHARED_BYTES, 8192 * 4 + 2048 * 8);
+    launch(&k, &[], &mut DeviceMemory::new()).unwrap();
+    k.shared[1].len += 1;
+    let e = fails(&k, &[], &mut DeviceMemory::new());
+    assert_eq!(
+        e.what,
+        "shared arrays of 49160 bytes in all (a block has at most 49152)"
+    );
+    k.shared[1].len = usize::MAX;
+    let e = fails(&k, &[], &mut DeviceMemory::new());
+    assert_contains(&e, "shared arrays of too many bytes");
 }
 
 #[test]

@@ -280,6 +280,7 @@ impl Model {
         let backend = match &self.run.backend {
             Backend::Interp => "interp".to_string(),
             Backend::Cpu(o) => format!("cpu, {:?}", o.precision).to_lowercase(),
+            Backend::CudaSim => "cuda-sim".to_string(),
         };
         format!(
             "attnopt.Model({:?}, {backend})",

@@ -25,7 +25,7 @@ use attnopt_lower::{Kernel, KernelKind, Lowered, ValueId, ValueKind};
 
 use crate::error::{GpuError, Result};
 use crate::kir::{GpuKernel, Scalar};
-use crate::program::{elem_size, Launch, Memory, Port, Program, Slice, Step, WeightUse};
+use crate::program::{Launch, Memory, Port, Program, Slice, Step, WeightUse};
 
 /// The generators' context: the lowered graph and the program being built.
 pub struct Gen<'a> {
@@ -61,7 +61,9 @@ impl<'a> Gen<'a> {
             ),
             ValueKind::Input(name) => (Memory::Input(name.clone()), 0),
             ValueKind::Weight(w) => (Memory::Weight(*w), 0),
-            ValueKind::Alias(_) => unreachable!("storage_of follows aliases"),
+            ValueKind::Alias(_) => {
+                return Err(GpuError::Lower(format!("value {s} is a view of a view")))
+            }
         };
         Ok(Slice {
             memory,
@@ -129,15 +131,24 @@ impl<'a> Gen<'a> {
         s
     }
 
-    /// A constant f32 table.
+    /// A constant f32 table (an identical one is shared: RoPE's for Q and K).
     pub fn table(&mut self, data: Vec<f32>) -> Slice {
+        let bits = |t: &[f32]| t.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let index = self
+            .p
+            .tables
+            .iter()
+            .position(|t| bits(t) == bits(&data))
+            .unwrap_or(self.p.tables.len());
         let s = Slice {
-            memory: Memory::Table(self.p.tables.len()),
+            memory: Memory::Table(index),
             byte_offset: 0,
             len: data.len(),
             elem: Scalar::F32,
         };
-        self.p.tables.push(data);
+        if index == self.p.tables.len() {
+            self.p.tables.push(data);
+        }
         s
     }
 
@@ -215,7 +226,6 @@ pub fn program(g: &Graph, l: &Lowered) -> Result<Program> {
             slice: cx.slice(*v)?,
         });
     }
-    let _ = elem_size;
     Ok(cx.p)
 }
 
