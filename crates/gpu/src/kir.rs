@@ -297,7 +297,7 @@ impl GpuKernel {
             kernel: self.name.clone(),
             what,
         };
-        if self.block == 0 || self.block % WARP != 0 || self.block > 1024 {
+        if self.block == 0 || !self.block.is_multiple_of(WARP) || self.block > 1024 {
             return Err(bad(format!(
                 "{} threads per block (a multiple of 32, at most 1024)",
                 self.block
@@ -405,8 +405,10 @@ fn is_identifier(s: &str) -> bool {
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
-// Building expressions.
+// Building expressions. (Named methods rather than operator traits: `a.add(b)` builds an
+// IR node; it computes nothing.)
 
+#[allow(clippy::should_implement_trait)]
 impl Expr {
     pub fn var(v: Var) -> Expr {
         Expr::Var(v)

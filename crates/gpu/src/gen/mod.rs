@@ -73,6 +73,18 @@ impl<'a> Gen<'a> {
         })
     }
 
+    /// Kernel `k`'s inputs, then its output, as slices: the arguments of a kernel whose
+    /// parameters mirror the lowered kernel's values.
+    pub fn inputs_then_output(&self, k: &Kernel) -> Result<Vec<Slice>> {
+        let mut args = k
+            .inputs
+            .iter()
+            .map(|&v| self.slice(v))
+            .collect::<Result<Vec<_>>>()?;
+        args.push(self.slice(k.output)?);
+        Ok(args)
+    }
+
     /// The shape of value `v`.
     pub fn shape(&self, v: ValueId) -> &[usize] {
         &self.l.values[v].shape
@@ -205,15 +217,13 @@ pub fn program(g: &Graph, l: &Lowered) -> Result<Program> {
                 dtype: value.dtype,
                 slice: cx.slice(v)?,
             }),
-            ValueKind::Weight(id) => {
-                if !cx.p.weights.iter().any(|w| w.id == *id) {
-                    let w = g.weight_data(*id);
-                    cx.p.weights.push(WeightUse {
-                        id: *id,
-                        name: w.name().to_string(),
-                        shape: w.shape().to_vec(),
-                    });
-                }
+            ValueKind::Weight(id) if !cx.p.weights.iter().any(|w| w.id == *id) => {
+                let w = g.weight_data(*id);
+                cx.p.weights.push(WeightUse {
+                    id: *id,
+                    name: w.name().to_string(),
+                    shape: w.shape().to_vec(),
+                });
             }
             _ => {}
         }
@@ -268,12 +278,7 @@ fn kernel(cx: &mut Gen, k: &Kernel) -> Result<()> {
                 None => row::Valid::Full,
             };
             let kern = row::row_kernel(&Gen::base_name(k), cx.doc(k), program, *rows, *d, valid)?;
-            let mut args = k
-                .inputs
-                .iter()
-                .map(|&v| cx.slice(v))
-                .collect::<Result<Vec<_>>>()?;
-            args.push(cx.slice(k.output)?);
+            let args = cx.inputs_then_output(k)?;
             cx.launch(kern, args)
         }
         KernelKind::Hydra(spec) => hydra::hydra(cx, k, spec),

@@ -52,12 +52,7 @@ fn elementwise(
         b.store(out, Expr::Var(i), v);
         Ok(())
     })?;
-    let mut args = k
-        .inputs
-        .iter()
-        .map(|&v| cx.slice(v))
-        .collect::<Result<Vec<_>>>()?;
-    args.push(cx.slice(k.output)?);
+    let args = cx.inputs_then_output(k)?;
     cx.launch(b.finish(), args)
 }
 
@@ -564,12 +559,7 @@ fn lines(cx: &mut Gen, k: &Kernel, shape: &[usize], axis: usize, what: Line) -> 
         }
         Ok(())
     })?;
-    let mut args = k
-        .inputs
-        .iter()
-        .map(|&v| cx.slice(v))
-        .collect::<Result<Vec<_>>>()?;
-    args.push(cx.slice(k.output)?);
+    let args = cx.inputs_then_output(k)?;
     cx.launch(b.finish(), args)
 }
 
