@@ -227,3 +227,92 @@ fn hydra_kernels_on_random_shapes() {
         );
     }
 }
+
+/// Softmax attention over inputs `q [B, N, H·d]`, `k`, `v [B, N, Hkv·d]` (and
+/// `attention_mask [B, N]` when `padded`), as the templates build it.
+fn attention_graph(heads: usize, kv_heads: usize, d: usize, causal: bool, padded: bool) -> Graph {
+    use attnopt_ir::builder::{Attention, AttentionKind, Builder};
+    use attnopt_ir::{DType, Dim, Shape, BATCH, SEQ};
+    let mut b = Builder::new();
+    let mut input = |n: &str, w: usize| {
+        b.graph
+            .input(n, DType::F32, Shape(vec![BATCH, SEQ, Dim::Fixed(w)]))
+            .unwrap()
+    };
+    let (q, k, v) = (
+        input("q", heads * d),
+        input("k", kv_heads * d),
+        input("v", kv_heads * d),
+    );
+    let padding_mask = padded.then(|| {
+        b.graph
+            .input("attention_mask", DType::I64, Shape(vec![BATCH, SEQ]))
+            .unwrap()
+    });
+    let a = Attention {
+        kind: AttentionKind::Softmax,
+        heads,
+        kv_heads,
+        head_dim: d,
+        causal,
+        padding_mask,
+        rope: None,
+        scale: 1.0 / (d as f32).sqrt(),
+    };
+    let out = b.attention(q, k, v, &a).unwrap();
+    b.graph.set_output("out", out).unwrap();
+    b.finish()
+}
+
+/// The fused (flash-style) attention kernel against the interpreter on random shapes: several
+/// key tiles (up to 300 keys), causal and not, padding masks with fully masked sequences (rows
+/// of zeros), grouped-query heads, odd head widths, several batches.
+#[test]
+fn fused_attention_on_random_shapes() {
+    let mut rng = attnopt_ir::rng::Rng::new(11);
+    for case in 0..16 {
+        let (causal, padded) = (case % 2 == 0, case % 4 < 2);
+        let kv_heads = 1 + rng.below(2);
+        let heads = kv_heads * (1 + rng.below(2));
+        let d = [1, 7, 16, 40][rng.below(4)];
+        let batch = 1 + rng.below(2);
+        let tokens = [1, 5, 64, 65, 300][rng.below(5)];
+        let g = attention_graph(heads, kv_heads, d, causal, padded);
+        let mut inputs = HashMap::new();
+        for (name, w) in [("q", heads * d), ("k", kv_heads * d), ("v", kv_heads * d)] {
+            let x = rng.values(batch * tokens * w, -2.0, 2.0);
+            inputs.insert(
+                name.to_string(),
+                Tensor::f32(vec![batch, tokens, w], x).unwrap(),
+            );
+        }
+        if padded {
+            // The last batch row keeps only its first token, or nothing at all.
+            let mut m = vec![1i64; batch * tokens];
+            let keep = case % 3;
+            for t in keep.min(tokens)..tokens {
+                m[(batch - 1) * tokens + t] = 0;
+            }
+            inputs.insert(
+                "attention_mask".into(),
+                Tensor::i64(vec![batch, tokens], m).unwrap(),
+            );
+        }
+        let sim = SimModel::new(&g).unwrap();
+        let b = interp::bindings(sim.graph(), &inputs).unwrap();
+        let p = sim.program(&b).unwrap();
+        let label = format!(
+            "heads {heads}/{kv_heads} d={d} causal={causal} padded={padded} batch={batch} tokens={tokens}"
+        );
+        assert!(
+            p.kernels.iter().any(|k| k.name.starts_with("k_attention")),
+            "{label}: attention was not fused: {:?}",
+            p.kernels.iter().map(|k| &k.name).collect::<Vec<_>>()
+        );
+        let want = interp::run(&g, &inputs, &[]).unwrap();
+        let got = sim.execute(&p, &inputs).unwrap();
+        let err = got["out"].max_abs_diff(&want["out"]).unwrap() as f64;
+        let scale = (want["out"].max_abs() as f64).max(1e-6);
+        assert!(err <= 1e-5 * scale, "{label}: {err} (scale {scale})");
+    }
+}

@@ -71,7 +71,11 @@ impl SimModel {
 
     /// The program for `inputs`' sizes.
     pub fn program(&self, b: &Bindings) -> Result<Program> {
-        let l = attnopt_lower::lower(&self.graph, b).map_err(|e| GpuError::Lower(e.to_string()))?;
+        let opts = attnopt_lower::LowerOptions {
+            fuse_attention: true,
+        };
+        let l = attnopt_lower::lower_with(&self.graph, b, &opts)
+            .map_err(|e| GpuError::Lower(e.to_string()))?;
         crate::gen::program(&self.graph, &l)
     }
 

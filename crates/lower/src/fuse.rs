@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 
 use attnopt_ir::{Bindings, Graph, NodeId, Op};
 
+use crate::attention::fuse_attention;
 use crate::context::Lowering;
 use crate::factored::factored;
 use crate::hydra::hydra;
@@ -98,8 +99,21 @@ fn generic(l: &mut Lowering, n: NodeId) {
     l.emit(n, KernelKind::Op(op), inputs, vec![n], name);
 }
 
+/// What a backend asks of the lowering beyond the kernels every backend runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LowerOptions {
+    /// Fuse `Q·Kᵀ → softmax → P·V` into one [`KernelKind::Attention`] kernel that never stores
+    /// the scores (the GPU backend's flash-style kernel); off for the CPU backend.
+    pub fuse_attention: bool,
+}
+
 /// Lowers `g` at batch and sequence sizes `b`.
 pub fn lower(g: &Graph, b: &Bindings) -> Result<Lowered, LowerError> {
+    lower_with(g, b, &LowerOptions::default())
+}
+
+/// Lowers `g` at batch and sequence sizes `b` as `opts` asks.
+pub fn lower_with(g: &Graph, b: &Bindings, opts: &LowerOptions) -> Result<Lowered, LowerError> {
     let order = g.topo_order();
     let mut shapes = HashMap::new();
     let mut users = HashMap::new();
@@ -144,6 +158,11 @@ pub fn lower(g: &Graph, b: &Bindings) -> Result<Lowered, LowerError> {
             )
         })
         .collect();
+    let kernels = if opts.fuse_attention {
+        fuse_attention(&l.values, kernels, &outputs)
+    } else {
+        kernels
+    };
     let memory = plan(&l.values, &kernels, &outputs);
     Ok(Lowered {
         bindings: *b,

@@ -86,6 +86,9 @@ pub enum KernelKind {
     SparseFf(SparseFf),
     /// A factored product at one row ([`Factored`]); inputs `[x, G, P]`.
     Factored(Factored),
+    /// Softmax attention in one kernel, the score matrix never stored ([`Attention`]; made
+    /// only when the caller asks, [`crate::LowerOptions::fuse_attention`]).
+    Attention(Box<Attention>),
     /// `attention_mask` (i64, 1 keeps / 0 masks) to an additive f32 mask (0 / -inf).
     AdditiveMask,
     /// The output aliases input 0 (reshape): nothing to do.
@@ -199,6 +202,57 @@ impl ProductViews {
             }
         }
         out
+    }
+}
+
+impl ProductViews {
+    /// The views of a dense product: `a` `[.., m, k]`, `b` `[.., k, n]` (`[.., n, k]` read
+    /// transposed when `b_transposed`), output `[.., m, n]`, batch axes the output's.
+    pub fn dense(a: &[usize], b: &[usize], b_transposed: bool, out: &[usize]) -> ProductViews {
+        let batch = out[..out.len().saturating_sub(2)].to_vec();
+        ProductViews {
+            a: Strided::dense(a, &batch, false),
+            b: Strided::dense(b, &batch, b_transposed),
+            c: Strided::dense(out, &batch, false),
+            batch,
+        }
+    }
+}
+
+// Fused softmax attention (found by `attention.rs`).
+
+/// `out = softmax(x(Q·Kᵀ, …)) · V` for every batch index and query row, where `x` is the
+/// softmax row program's argument (scale, additive masks) and the program is exactly
+/// [`RowProgram::softmax`]: the two products and the softmax row kernel `lower` would have
+/// made, fused so that the `nq × nk` scores are never stored. Inputs: `[Q, K, V, the
+/// program's other inputs…]`; the views are those of the two products (`q` and `k` of the
+/// first, `v` and `out` of the second), over inputs 0, 1, 2 and the output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Attention {
+    pub batch: Vec<usize>,
+    pub nq: usize,
+    pub nk: usize,
+    /// Features of a query/key, and of a value.
+    pub d: usize,
+    pub dv: usize,
+    pub q: Strided,
+    /// K as the first product's right operand (`d × nk`, the transpose folded in).
+    pub k: Strided,
+    pub v: Strided,
+    pub out: Strided,
+    /// The softmax over the scores' rows (`rows = Π batch · nq`, `d = nk`), its input
+    /// `scores` being the product `Q·Kᵀ`; its other inputs are the kernel's inputs after V,
+    /// in order.
+    pub softmax: RowProgram,
+    pub scores: usize,
+    /// As `KernelKind::Row`'s: row `r` sees keys `0..min(nk, (r mod nq) + 1 + offset)`.
+    pub causal: Option<usize>,
+}
+
+impl Attention {
+    /// Score rows (batch indices × queries).
+    pub fn rows(&self) -> usize {
+        self.batch.iter().product::<usize>() * self.nq
     }
 }
 

@@ -22,6 +22,8 @@
 //! * `matmul`, `row_kernel`, `hydra`, `sparse_ff` — one recogniser per kernel kind: each finds its pattern
 //!   rooted at a node and emits the kernel; `views` finds the strided operand views `matmul`
 //!   folds in, and `row_kernel` hands a chain headed by a product to `matmul` as its epilogue;
+//! * `attention` — after the recognisers, for backends that ask: `Q·Kᵀ → softmax → P·V` as
+//!   one kernel (the scores never stored);
 //! * `context` — the lowering context every recogniser stands on: the graph at concrete sizes,
 //!   users, values, emitted kernels, and `private()`, the one test of what a kernel may swallow
 //!   (used once, not yet in a kernel, not a graph output).
@@ -32,6 +34,7 @@
 //! Nothing here knows about a particular target: the CPU backend is the first user, a GPU
 //! backend the second. Every kernel carries the concrete shapes its backend must check.
 
+mod attention;
 mod context;
 pub mod epilogue;
 mod factored;
@@ -48,10 +51,10 @@ pub mod weight_reads;
 
 pub use epilogue::{Epilogue, Structured};
 pub use factored::FACTORED_ROWS;
-pub use fuse::{lower, LowerError, Lowered};
+pub use fuse::{lower, lower_with, LowerError, LowerOptions, Lowered};
 pub use kernel::{
-    Factored, Hydra, Kernel, KernelKind, ProductViews, RowView, SparseFf, Strided, Value, ValueId,
-    ValueKind, W2Layout,
+    Attention, Factored, Hydra, Kernel, KernelKind, ProductViews, RowView, SparseFf, Strided,
+    Value, ValueId, ValueKind, W2Layout,
 };
 pub use memory::MemoryPlan;
 pub use row::{Expr, InputKind, ReduceKind, Reduction, RowProgram};

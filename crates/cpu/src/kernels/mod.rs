@@ -142,6 +142,10 @@ pub(crate) fn compile(
         KernelKind::Hydra(spec) => hydra::prepare(cx, spec)?,
         KernelKind::SparseFf(spec) => sparse_ff::prepare(cx, l, k, spec)?,
         KernelKind::Factored(spec) => factored::prepare(cx, l, k, spec)?,
+        // The CPU backend lowers without fused attention (`LowerOptions::default()`).
+        KernelKind::Attention(_) => {
+            return Err("fused attention is not a CPU kernel (lower without it)".into())
+        }
         KernelKind::AdditiveMask => mask::prepare(),
         KernelKind::View => view::prepare(),
         // RoPE through its JIT kernel where that covers the style; else a generic operator.

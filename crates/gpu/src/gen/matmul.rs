@@ -4,7 +4,7 @@
 //!
 //! Never: fold an epilogue into the product with a different meaning from its row program.
 
-use attnopt_lower::{Epilogue, Kernel, ProductViews, Strided};
+use attnopt_lower::{Epilogue, Kernel, ProductViews};
 
 use super::row::{row_kernel, Valid};
 use super::Gen;
@@ -38,16 +38,7 @@ pub fn product(
     };
     let views = match views {
         Some(v) => v.clone(),
-        None => {
-            let out = cx.shape(k.output).to_vec();
-            let batch = out[..out.len().saturating_sub(2)].to_vec();
-            ProductViews {
-                a: Strided::dense(cx.shape(a), &batch, false),
-                b: Strided::dense(cx.shape(b), &batch, s.b_transposed),
-                c: Strided::dense(&out, &batch, false),
-                batch,
-            }
-        }
+        None => ProductViews::dense(cx.shape(a), cx.shape(b), s.b_transposed, cx.shape(k.output)),
     };
     let gemm = Gemm {
         m: s.m,

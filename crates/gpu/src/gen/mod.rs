@@ -4,6 +4,7 @@
 //! product) through the [`Gen`] context, which knows where every value lives.
 //!
 //! * [`row`] — row programs and products' epilogues; [`matmul`] — products (library calls);
+//! * [`attention`] — softmax attention, flash-style (the scores never stored);
 //! * [`hydra`] — Hydra attention (token sums in chunks, then outputs; causal: a chunked scan);
 //! * [`sparse`] — the sparse feed-forward core and the factored product;
 //! * [`ops`] — single operators: layout copies, elementwise with broadcasting, masks,
@@ -11,6 +12,7 @@
 //!
 //! Never: cut the graph differently from `lower` (the CPU and GPU backends share one lowering).
 
+pub mod attention;
 pub mod hydra;
 pub mod matmul;
 pub mod ops;
@@ -281,6 +283,7 @@ fn kernel(cx: &mut Gen, k: &Kernel) -> Result<()> {
             let args = cx.inputs_then_output(k)?;
             cx.launch(kern, args)
         }
+        KernelKind::Attention(spec) => attention::attention(cx, k, spec),
         KernelKind::Hydra(spec) => hydra::hydra(cx, k, spec),
         KernelKind::SparseFf(spec) => sparse::sparse_ff(cx, k, spec),
         KernelKind::Factored(spec) => sparse::factored(cx, k, spec),
