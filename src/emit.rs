@@ -119,6 +119,11 @@ pub fn program(
     batch: usize,
     seq: usize,
 ) -> Result<(SimModel, Program, Bindings), Error> {
+    if batch == 0 || seq == 0 {
+        return Err(Error::Invalid(format!(
+            "a program for batch {batch} × {seq} tokens computes nothing; both must be at least 1"
+        )));
+    }
     let b = Bindings::new(batch, seq);
     crate::limits::check_run_size(
         model,

@@ -88,8 +88,11 @@ fn emit_writes_a_folder_and_refuses_what_it_must_not_replace() {
     let out = tmp.path().join("bert-cuda");
     let out_s = out.to_str().unwrap();
     let emit = |extra: &[&str]| {
-        let mut a = vec!["emit", "fixtures/bert", "--seq", "8", "-o", out_s];
+        let mut a = vec!["emit", "fixtures/bert", "-o", out_s];
         a.extend_from_slice(extra);
+        if !extra.contains(&"--seq") {
+            a.extend(["--seq", "8"]);
+        }
         attnopt(&a)
     };
     let o = emit(&[]);
@@ -146,7 +149,12 @@ fn emit_writes_a_folder_and_refuses_what_it_must_not_replace() {
     let o = attnopt(&["emit", "fixtures/bert", "-o", "fixtures/bert", "--force"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("input model"), "{}", stderr(&o));
-    // Sizes past the model's limits are refused before anything is built.
+    // Empty and oversized programs are refused before anything is built.
+    for (batch, seq) in [("0", "8"), ("1", "0")] {
+        let o = emit(&["--force", "--batch", batch, "--seq", seq]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("at least 1"), "{}", stderr(&o));
+    }
     let o = attnopt(&[
         "emit",
         "fixtures/bert",

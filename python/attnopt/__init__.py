@@ -237,8 +237,9 @@ def load(
 ) -> Model:
     """Loads the model at ``path``.
 
-    ``backend``: ``"cpu"`` (JIT-compiled kernels with oneDNN or gemm products; the default) or
-    ``"interp"`` (the reference interpreter: slow, exact by definition). ``precision``:
+    ``backend``: ``"cpu"`` (JIT-compiled kernels with oneDNN or gemm products; the default),
+    ``"interp"`` (the reference interpreter: slow, exact by definition) or ``"cuda-sim"`` (the
+    GPU backend's generated kernels on its CPU simulator; f32). ``precision``:
     ``"f32"``, or ``"bf16"`` (products against weights in bfloat16, CPU only: an
     approximation). ``threads``: CPU threads (default: all cores). ``accept_guesses``: use a
     model whose config.json lacks settings attnopt would otherwise refuse to guess.

@@ -59,7 +59,7 @@ def cli(*args):
 
 
 @pytest.mark.parametrize("model", GOLDEN_MODELS)
-@pytest.mark.parametrize("backend", ["interp", "cpu"])
+@pytest.mark.parametrize("backend", ["interp", "cpu", "cuda-sim"])
 def test_run_matches_the_pytorch_goldens(model, backend):
     inputs, want = golden(model)
     m = attnopt.load(FIXTURES / model, backend=backend, threads=2)

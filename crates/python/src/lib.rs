@@ -321,10 +321,16 @@ fn load(
             "interp" => return Err(PyValueError::new_err(
                 "the interpreter computes in f32 only; precision=\"bf16\" needs backend=\"cpu\"",
             )),
-            "cuda" => return Err(err("not supported yet: backend cuda (the GPU backend)")),
+            "cuda-sim" if precision == Precision::F32 => Backend::CudaSim,
+            "cuda-sim" => return Err(PyValueError::new_err(
+                "the GPU simulator computes in f32 only; precision=\"bf16\" needs backend=\"cpu\"",
+            )),
+            "cuda" => return Err(err(
+                "not supported yet: backend cuda (running on a GPU); backend=\"cuda-sim\" runs the GPU kernels on the CPU simulator",
+            )),
             other => {
                 return Err(PyValueError::new_err(format!(
-                    "backend must be \"cpu\" or \"interp\", not {other:?}"
+                    "backend must be \"cpu\", \"interp\" or \"cuda-sim\", not {other:?}"
                 )))
             }
         };
