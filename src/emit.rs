@@ -113,11 +113,22 @@ pub fn manifest(p: &Program, model: &Path, b: &Bindings) -> serde_json::Value {
     })
 }
 
+/// How `emit` writes matrix products.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Products {
+    /// As `gemm` steps in launch.json, for the library (cuBLASLt).
+    #[default]
+    Library,
+    /// As generated tiled kernels like every other step (slower; no library needed).
+    Kernels,
+}
+
 /// The program of `model` at batch `batch` and `seq` tokens.
 pub fn program(
     model: &Model,
     batch: usize,
     seq: usize,
+    products: Products,
 ) -> Result<(SimModel, Program, Bindings), Error> {
     if batch == 0 || seq == 0 {
         return Err(Error::Invalid(format!(
@@ -131,21 +142,24 @@ pub fn program(
         "the emitted program",
         crate::limits::memory_available(),
     )?;
-    let sim = SimModel::new(model.graph())?;
+    let gen = attnopt_gpu::gen::GenOptions {
+        generated_products: products == Products::Kernels,
+    };
+    let sim = SimModel::new(model.graph())?.with_gen(gen);
     let p = sim.program(&b)?;
     Ok((sim, p, b))
 }
 
-/// Writes the folder for `model` at `batch × seq` to `out`; `force` replaces a folder `emit`
-/// wrote before (and nothing else).
+/// Writes the folder for `model` at `batch × seq` to `out`, products as `products` says;
+/// `force` replaces a folder `emit` wrote before (and nothing else).
 pub fn emit(
     model: &Model,
     out: &Path,
-    batch: usize,
-    seq: usize,
+    (batch, seq): (usize, usize),
+    products: Products,
     force: bool,
 ) -> Result<Emitted, Error> {
-    let (sim, p, b) = program(model, batch, seq)?;
+    let (sim, p, b) = program(model, batch, seq, products)?;
     let usage = |msg: String| Error::Usage {
         path: out.to_path_buf(),
         msg,

@@ -406,6 +406,10 @@ Needs a Python with attnopt (pip install .) and PyTorch (pip install torch trans
         /// Tokens per sequence (default: the model's default length; fixed for image models).
         #[arg(long)]
         seq: Option<usize>,
+        /// Matrix products as `gemm` steps for the library (cuBLASLt), or as generated tiled
+        /// kernels like every other step (no library needed; slower).
+        #[arg(long, value_enum, default_value = "library")]
+        products: ProductsArg,
         /// Replace an existing folder that `emit` wrote.
         #[arg(long)]
         force: bool,
@@ -575,6 +579,14 @@ enum Backend {
     /// thread, with bounds, races and barriers checked): for checking generated code without a
     /// GPU. Slow.
     CudaSim,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProductsArg {
+    /// `gemm` steps in launch.json.
+    Library,
+    /// Generated kernels.
+    Kernels,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -1236,12 +1248,17 @@ fn run(cli: Cli) -> Result<()> {
             output,
             batch,
             seq,
+            products,
             force,
             json,
         } => {
             let m = load.load(&model)?;
             let seq = seq.unwrap_or_else(|| attnopt::limits::default_seq(&m));
-            let done = attnopt::emit::emit(&m, &output, batch, seq, force)?;
+            let products = match products {
+                ProductsArg::Library => attnopt::emit::Products::Library,
+                ProductsArg::Kernels => attnopt::emit::Products::Kernels,
+            };
+            let done = attnopt::emit::emit(&m, &output, (batch, seq), products, force)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&done)?);
             } else {

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
+use attnopt::emit::Products;
 use attnopt::Model;
 use attnopt_gpu::program::Step;
 use attnopt_ir::{interp, Tensor};
@@ -85,11 +86,11 @@ fn fixture(name: &str) -> std::path::PathBuf {
 
 /// Emits `dir` (a model folder) at batch 2, 8 tokens into a temporary folder; checks the
 /// manifest against the files and compiles every kernel.
-fn emit_and_compile(dir: &Path, clang: bool) -> serde_json::Value {
+fn emit_and_compile(dir: &Path, products: Products, clang: bool) -> serde_json::Value {
     let m = Model::load(dir).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cuda");
-    let done = attnopt::emit::emit(&m, &out, 2, 8, false).unwrap();
+    let done = attnopt::emit::emit(&m, &out, (2, 8), products, false).unwrap();
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("launch.json")).unwrap()).unwrap();
     assert_eq!(manifest["format"], "attnopt-cuda-launch");
@@ -131,7 +132,8 @@ fn every_fixture_emits_kernels_that_compile() {
         "vit",
         "vit-hydra",
     ] {
-        emit_and_compile(&fixture(name), clang);
+        emit_and_compile(&fixture(name), Products::Library, clang);
+        emit_and_compile(&fixture(name), Products::Kernels, clang);
         // The exactly optimised graph, saved as an optimised folder and emitted from there.
         let m = Model::load(&fixture(name)).unwrap();
         let opts = attnopt::optimize::OptimizeOptions::default();
@@ -139,7 +141,7 @@ fn every_fixture_emits_kernels_that_compile() {
         let tmp = tempfile::tempdir().unwrap();
         let folder = tmp.path().join("opt");
         attnopt::save::save(&m, &opt, &folder, &Default::default()).unwrap();
-        emit_and_compile(&folder, clang);
+        emit_and_compile(&folder, Products::Library, clang);
         let _ = &rules;
     }
 }
@@ -148,7 +150,7 @@ fn every_fixture_emits_kernels_that_compile() {
 /// then every kernel's CUDA C.
 fn program_text(name: &str) -> String {
     let m = Model::load(&fixture(name)).unwrap();
-    let (_, p, _) = attnopt::emit::program(&m, 1, 8).unwrap();
+    let (_, p, _) = attnopt::emit::program(&m, 1, 8, Products::Library).unwrap();
     let mut s = String::new();
     for step in &p.steps {
         match step {
@@ -184,7 +186,7 @@ fn emitted_programs_per_architecture() {
 fn emitted_program_runs_on_the_simulator() {
     let dir = fixture("gpt2");
     let m = Model::load(&dir).unwrap();
-    let (sim, p, _) = attnopt::emit::program(&m, 1, 8).unwrap();
+    let (sim, p, _) = attnopt::emit::program(&m, 1, 8, Products::Library).unwrap();
     let mut inputs: HashMap<String, Tensor> = HashMap::new();
     for port in &p.inputs {
         let n: usize = port.shape.iter().product();

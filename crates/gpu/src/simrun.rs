@@ -17,6 +17,7 @@ use crate::sim::{launch, Binding, BufferId, DeviceMemory};
 /// A graph ready to run on the simulator.
 pub struct SimModel {
     graph: Graph,
+    gen: crate::gen::GenOptions,
 }
 
 /// Device memory holding everything a program addresses.
@@ -62,7 +63,14 @@ impl SimModel {
             attnopt_ir::fold::fold_weights(graph).map_err(|e| GpuError::Lower(e.to_string()))?;
         Ok(SimModel {
             graph: folded.graph,
+            gen: Default::default(),
         })
+    }
+
+    /// Generates programs with `opts` (e.g. products as generated kernels).
+    pub fn with_gen(mut self, opts: crate::gen::GenOptions) -> SimModel {
+        self.gen = opts;
+        self
     }
 
     pub fn graph(&self) -> &Graph {
@@ -76,7 +84,7 @@ impl SimModel {
         };
         let l = attnopt_lower::lower_with(&self.graph, b, &opts)
             .map_err(|e| GpuError::Lower(e.to_string()))?;
-        crate::gen::program(&self.graph, &l)
+        crate::gen::program(&self.graph, &l, self.gen)
     }
 
     /// Runs the graph on `inputs`; returns every output.

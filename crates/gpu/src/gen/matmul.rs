@@ -50,7 +50,13 @@ pub fn product(
         c: cx.slice(k.output)?,
         doc: cx.doc(k).join("; "),
     };
-    cx.p.steps.push(Step::Gemm(gemm));
+    if cx.opts.generated_products {
+        let name = format!("{}_gemm", Gen::base_name(k));
+        let kern = super::gemm::gemm_kernel(&name, cx.doc(k), &gemm)?;
+        cx.launch(kern, vec![gemm.a, gemm.b, gemm.c])?;
+    } else {
+        cx.p.steps.push(Step::Gemm(gemm));
+    }
     let Some(e) = epilogue else {
         return Ok(());
     };

@@ -3,7 +3,8 @@
 //! generator builds its GPU kernels with [`crate::kbuild`] and adds launches (or a library
 //! product) through the [`Gen`] context, which knows where every value lives.
 //!
-//! * [`row`] — row programs and products' epilogues; [`matmul`] — products (library calls);
+//! * [`row`] — row programs and products' epilogues; [`matmul`] — products (library calls,
+//!   or [`gemm`]'s generated tiled kernel);
 //! * [`attention`] — softmax attention, flash-style (the scores never stored);
 //! * [`hydra`] — Hydra attention (token sums in chunks, then outputs; causal: a chunked scan);
 //! * [`sparse`] — the sparse feed-forward core and the factored product;
@@ -13,6 +14,7 @@
 //! Never: cut the graph differently from `lower` (the CPU and GPU backends share one lowering).
 
 pub mod attention;
+pub mod gemm;
 pub mod hydra;
 pub mod matmul;
 pub mod ops;
@@ -29,10 +31,18 @@ use crate::error::{GpuError, Result};
 use crate::kir::{GpuKernel, Scalar};
 use crate::program::{Launch, Memory, Port, Program, Slice, Step, WeightUse};
 
+/// How a program is generated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GenOptions {
+    /// Matrix products as generated kernels ([`gemm`]) instead of library calls.
+    pub generated_products: bool,
+}
+
 /// The generators' context: the lowered graph and the program being built.
 pub struct Gen<'a> {
     pub l: &'a Lowered,
     pub g: &'a Graph,
+    pub opts: GenOptions,
     pub p: Program,
     /// Kernels already made, by their text without the name (identical kernels are shared).
     known: HashMap<String, usize>,
@@ -191,10 +201,11 @@ impl<'a> Gen<'a> {
 }
 
 /// The GPU program of `l` (lowered from `g`).
-pub fn program(g: &Graph, l: &Lowered) -> Result<Program> {
+pub fn program(g: &Graph, l: &Lowered, opts: GenOptions) -> Result<Program> {
     let mut cx = Gen {
         l,
         g,
+        opts,
         p: Program {
             kernels: vec![],
             steps: vec![],
