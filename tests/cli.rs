@@ -172,7 +172,14 @@ fn errors_are_one_line_and_nonzero() {
         stderr(&o)
     );
 
-    let o = attnopt(&["emit", "fixtures/bert"]);
+    let o = attnopt(&[
+        "run",
+        "fixtures/bert",
+        "-i",
+        "fixtures/bert/golden.safetensors",
+        "--backend",
+        "cuda",
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not supported yet"), "{}", stderr(&o));
 
