@@ -40,6 +40,8 @@ enum Exec {
     Cpu(Box<CpuModel>),
     /// The GPU backend's kernels on its simulator.
     Sim(Box<attnopt_gpu::simrun::SimModel>),
+    /// On a GPU.
+    Cuda(Box<attnopt_gpu::runtime::CudaModel>),
 }
 
 impl Session {
@@ -68,6 +70,10 @@ impl Session {
             Backend::CudaSim => {
                 Exec::Sim(Box::new(attnopt_gpu::simrun::SimModel::new(&step.graph)?))
             }
+            Backend::Cuda(cuda) => Exec::Cuda(Box::new(attnopt_gpu::runtime::CudaModel::new(
+                &step.graph,
+                cuda,
+            )?)),
             Backend::Cpu(opts) => {
                 let opts = attnopt_cpu::CpuOptions {
                     threads: crate::limits::threads(opts.threads).0,
@@ -126,7 +132,7 @@ impl Session {
     pub fn cpu(&self) -> Option<&CpuModel> {
         match &self.exec {
             Exec::Cpu(c) => Some(c),
-            Exec::Interp | Exec::Sim(_) => None,
+            Exec::Interp | Exec::Sim(_) | Exec::Cuda(_) => None,
         }
     }
 
@@ -195,6 +201,7 @@ impl Session {
         let mut out = match &mut self.exec {
             Exec::Interp => interp::run(&self.step.graph, &feed, &wanted)?,
             Exec::Sim(sim) => sim.run(&feed)?,
+            Exec::Cuda(gpu) => gpu.run(&feed)?,
             Exec::Cpu(cpu) => {
                 let (out, times) = cpu.run(&feed, &wanted, self.profile)?;
                 self.last_profile = times;

@@ -573,7 +573,8 @@ enum Backend {
     Interp,
     /// JIT-compiled CPU kernels with oneDNN or gemm matrix products.
     Cpu,
-    /// CUDA on an NVIDIA GPU (not supported yet: use `emit` for the kernels, or cuda-sim).
+    /// An NVIDIA GPU: the driver (libcuda.so.1) and NVRTC loaded at run time, f32 (not yet
+    /// run on a GPU; ATTNOPT_LIBCUDA, ATTNOPT_NVRTC, ATTNOPT_CUDA_CACHE say where things are).
     Cuda,
     /// The GPU backend's generated kernels executed by its CPU simulator (every block and
     /// thread, with bounds, races and barriers checked): for checking generated code without a
@@ -627,6 +628,31 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
+/// The GPU runtime's libraries and PTX cache, from the environment: `ATTNOPT_LIBCUDA` (the
+/// driver, default `libcuda.so.1`), `ATTNOPT_NVRTC` (NVRTC, default the first `libnvrtc.so*`
+/// that loads), `ATTNOPT_CUDA_CACHE` (default `$XDG_CACHE_HOME/attnopt/nvrtc` or
+/// `~/.cache/attnopt/nvrtc`; `0` turns caching off).
+fn cuda_options() -> attnopt_gpu::runtime::CudaOptions {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let cache = match var("ATTNOPT_CUDA_CACHE") {
+        Some(p) if p.as_os_str() == "0" => None,
+        Some(p) => Some(p),
+        None => var("XDG_CACHE_HOME")
+            .or_else(|| var("HOME").map(|h| h.join(".cache")))
+            .map(|c| c.join("attnopt").join("nvrtc")),
+    };
+    attnopt_gpu::runtime::CudaOptions {
+        libcuda: var("ATTNOPT_LIBCUDA"),
+        nvrtc: var("ATTNOPT_NVRTC"),
+        cache_dir: cache,
+        device: 0,
+    }
+}
+
 /// `--threads N`, clamped to the machine's cores with a warning.
 /// The backend `run` and `generate` use, from their flags.
 fn backend_of(exec: ExecArgs) -> Result<attnopt::Backend> {
@@ -647,12 +673,13 @@ fn backend_of(exec: ExecArgs) -> Result<attnopt::Backend> {
         Backend::Cpu => {
             attnopt::Backend::Cpu(cpu_options(matmul, clamp_threads(threads), precision)?)
         }
-        Backend::Cuda => {
-            bail!(
-                "not supported yet: --backend cuda (running on a GPU); `attnopt emit` writes the \
-                 CUDA kernels, and --backend cuda-sim runs them on the CPU simulator"
-            )
+        Backend::Cuda if precision != PrecisionArg::F32 => {
+            bail!("not supported yet: --backend cuda with --precision bf16 (weights are f32 on the GPU)")
         }
+        Backend::Cuda if matmul.matmul.is_some() => {
+            bail!("--matmul chooses the CPU backend's library; it needs --backend cpu")
+        }
+        Backend::Cuda => attnopt::Backend::Cuda(cuda_options()),
         Backend::CudaSim if precision != PrecisionArg::F32 => {
             bail!("--backend cuda-sim runs in f32 only")
         }

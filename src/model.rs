@@ -44,6 +44,9 @@ pub enum Backend {
     /// generated kernel executed thread by thread with bounds, races and barriers checked.
     /// For testing generated code without a GPU; slower than the interpreter.
     CudaSim,
+    /// An NVIDIA GPU through the driver and NVRTC loaded at run time (`attnopt_gpu::runtime`;
+    /// not yet run on a GPU: see docs/GPU.md).
+    Cuda(attnopt_gpu::runtime::CudaOptions),
 }
 
 impl Model {
@@ -207,6 +210,15 @@ impl Model {
             Backend::Interp => {
                 crate::limits::check_interpreter_memory(g, &b, "the input", budget)?;
                 interp::run(g, &feed, &wanted)?
+            }
+            Backend::Cuda(cuda) => {
+                let mut gpu = attnopt_gpu::runtime::CudaModel::new(g, &cuda)?;
+                let mut all = gpu.run(&feed)?;
+                if wanted.is_empty() {
+                    all
+                } else {
+                    wanted.iter().filter_map(|&w| all.remove_entry(w)).collect()
+                }
             }
             Backend::CudaSim => {
                 crate::limits::check_interpreter_memory(g, &b, "the input", budget)?;

@@ -101,6 +101,7 @@ pub fn run(
             Backend::Interp => "the reference interpreter",
             Backend::Cpu(_) => "the CPU backend",
             Backend::CudaSim => "the GPU backend's kernels on its CPU simulator",
+            Backend::Cuda(_) => "the GPU",
         }
     ));
     let start = Instant::now();

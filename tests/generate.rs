@@ -244,7 +244,16 @@ fn everyday_mistakes_get_one_clear_line() {
             "language-model head",
         ),
         (
-            vec!["generate", g, "--prompt-ids", "5", "--backend", "cuda"],
+            vec![
+                "generate",
+                g,
+                "--prompt-ids",
+                "5",
+                "--backend",
+                "cuda",
+                "--precision",
+                "bf16",
+            ],
             "not supported yet",
         ),
     ];

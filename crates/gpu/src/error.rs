@@ -17,6 +17,9 @@ pub enum GpuError {
     /// Inputs that do not fit the program (names, shapes, types, values).
     #[error("{0}")]
     Input(String),
+    /// The CUDA runtime: a library missing, a driver or compiler error.
+    #[error("{0}")]
+    Runtime(String),
     #[error("cannot lower the graph: {0}")]
     Lower(String),
 }

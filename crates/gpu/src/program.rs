@@ -81,7 +81,7 @@ pub struct Gemm {
 #[derive(Debug, Clone, Serialize)]
 pub enum Step {
     Launch(Launch),
-    Gemm(Gemm),
+    Gemm(Box<Gemm>),
 }
 
 /// A tensor the program reads or writes, by name.

@@ -8,10 +8,12 @@
 
 use std::collections::HashMap;
 
-use attnopt_ir::{interp, Bindings, DType, Data, Graph, Tensor};
+use attnopt_ir::{interp, Bindings, Data, Graph, Tensor};
 
 use crate::error::{GpuError, Result};
-use crate::program::{Gemm, Memory, Program, Slice, Step};
+use crate::exec::{Arg, Device, Resident};
+use crate::kir::GpuKernel;
+use crate::program::{Gemm, Program};
 use crate::sim::{launch, Binding, BufferId, DeviceMemory};
 
 /// A graph ready to run on the simulator.
@@ -20,39 +22,69 @@ pub struct SimModel {
     gen: crate::gen::GenOptions,
 }
 
-/// Device memory holding everything a program addresses.
-struct Placed {
+/// The simulator as a [`Device`]: simulated memory, kernels run by [`launch`], library
+/// products as a CPU loop.
+#[derive(Default)]
+pub struct SimDevice {
     mem: DeviceMemory,
-    arena: BufferId,
-    scratch: BufferId,
-    inputs: HashMap<String, BufferId>,
-    weights: HashMap<u32, BufferId>,
-    tables: Vec<BufferId>,
 }
 
-impl Placed {
-    fn binding(&self, s: &Slice) -> Result<Binding> {
-        let buffer = match &s.memory {
-            Memory::Arena => self.arena,
-            Memory::Scratch => self.scratch,
-            Memory::Input(n) => *self
-                .inputs
-                .get(n)
-                .ok_or_else(|| GpuError::Input(format!("missing input `{n}`")))?,
-            Memory::Weight(w) => *self
-                .weights
-                .get(&w.0)
-                .ok_or_else(|| GpuError::Lower(format!("weight {} was not uploaded", w.0)))?,
-            Memory::Table(t) => *self
-                .tables
-                .get(*t)
-                .ok_or_else(|| GpuError::Lower(format!("no table {t}")))?,
-        };
-        Ok(Binding {
-            buffer,
-            byte_offset: s.byte_offset,
-            len: s.len,
+fn binding(a: Arg<BufferId>) -> Binding {
+    Binding {
+        buffer: a.buffer,
+        byte_offset: a.byte_offset,
+        len: a.len,
+    }
+}
+
+impl Device for SimDevice {
+    type Buffer = BufferId;
+
+    fn alloc(&mut self, bytes: usize) -> Result<BufferId> {
+        Ok(self.mem.alloc(bytes))
+    }
+
+    fn upload(&mut self, d: &Data) -> Result<BufferId> {
+        Ok(match d {
+            Data::F32(x) => {
+                let b = self.mem.alloc(4 * x.len());
+                self.mem.write_f32(b, 0, x)?;
+                b
+            }
+            Data::I64(x) => {
+                let b = self.mem.alloc(8 * x.len());
+                self.mem.write_i64(b, 0, x)?;
+                b
+            }
         })
+    }
+
+    fn free(&mut self, _b: BufferId) -> Result<()> {
+        // Simulated memory lives as long as the device.
+        Ok(())
+    }
+
+    fn launch(&mut self, _index: usize, k: &GpuKernel, args: &[Arg<BufferId>]) -> Result<()> {
+        let args: Vec<Binding> = args.iter().map(|&a| binding(a)).collect();
+        Ok(launch(k, &args, &mut self.mem)?)
+    }
+
+    fn gemm(
+        &mut self,
+        g: &Gemm,
+        a: Arg<BufferId>,
+        b: Arg<BufferId>,
+        c: Arg<BufferId>,
+    ) -> Result<()> {
+        gemm(&mut self.mem, g, binding(a), binding(b), binding(c))
+    }
+
+    fn read_f32(&mut self, a: Arg<BufferId>) -> Result<Vec<f32>> {
+        Ok(self.mem.read_f32(a.buffer, a.byte_offset, a.len)?)
+    }
+
+    fn read_i64(&mut self, a: Arg<BufferId>) -> Result<Vec<i64>> {
+        Ok(self.mem.read_i64(a.buffer, a.byte_offset, a.len)?)
     }
 }
 
@@ -101,109 +133,18 @@ impl SimModel {
         p: &Program,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<HashMap<String, Tensor>> {
-        let mut mem = DeviceMemory::new();
-        let arena = mem.alloc(p.arena_bytes);
-        let scratch = mem.alloc(p.scratch_bytes);
-        let mut placed = Placed {
-            mem,
-            arena,
-            scratch,
-            inputs: HashMap::new(),
-            weights: HashMap::new(),
-            tables: vec![],
-        };
-        for port in &p.inputs {
-            let t = inputs
-                .get(&port.name)
-                .ok_or_else(|| GpuError::Input(format!("missing input `{}`", port.name)))?;
-            if t.shape() != port.shape.as_slice() {
-                return Err(GpuError::Input(format!(
-                    "input `{}` has shape {:?}, the program was made for {:?}",
-                    port.name,
-                    t.shape(),
-                    port.shape
-                )));
-            }
-            let buf = upload(&mut placed.mem, t.data())?;
-            placed.inputs.insert(port.name.clone(), buf);
-        }
-        for w in &p.weights {
-            let data = self.graph.weight_data(w.id);
-            let buf = match data.dtype() {
-                DType::I64 => upload(&mut placed.mem, &Data::I64(data.to_i64()))?,
-                _ => upload(&mut placed.mem, &Data::F32(data.to_f32()))?,
-            };
-            placed.weights.insert(w.id.0, buf);
-        }
-        for t in &p.tables {
-            let buf = upload(&mut placed.mem, &Data::F32(t.clone()))?;
-            placed.tables.push(buf);
-        }
-        for step in &p.steps {
-            match step {
-                Step::Launch(l) => {
-                    let k = p.kernels.get(l.kernel).ok_or_else(|| {
-                        GpuError::Lower(format!(
-                            "a launch of kernel {}, which is missing",
-                            l.kernel
-                        ))
-                    })?;
-                    let args = l
-                        .args
-                        .iter()
-                        .map(|s| placed.binding(s))
-                        .collect::<Result<Vec<_>>>()?;
-                    launch(k, &args, &mut placed.mem)?;
-                }
-                Step::Gemm(g) => gemm(&mut placed, g)?,
-            }
-        }
-        let mut out = HashMap::new();
-        for port in &p.outputs {
-            let b = placed.binding(&port.slice)?;
-            let t = match port.dtype {
-                DType::I64 => Tensor::i64(
-                    port.shape.clone(),
-                    placed.mem.read_i64(b.buffer, b.byte_offset, b.len)?,
-                ),
-                _ => Tensor::f32(
-                    port.shape.clone(),
-                    placed.mem.read_f32(b.buffer, b.byte_offset, b.len)?,
-                ),
-            }
-            .map_err(|e| GpuError::Lower(e.to_string()))?;
-            out.insert(port.name.clone(), t);
-        }
-        Ok(out)
+        let mut dev = SimDevice::default();
+        let resident = Resident::upload(&mut dev, &self.graph, p)?;
+        crate::exec::run(&mut dev, p, &resident, inputs)
     }
-}
-
-fn upload(mem: &mut DeviceMemory, d: &Data) -> Result<BufferId> {
-    Ok(match d {
-        Data::F32(x) => {
-            let b = mem.alloc(4 * x.len());
-            mem.write_f32(b, 0, x)?;
-            b
-        }
-        Data::I64(x) => {
-            let b = mem.alloc(8 * x.len());
-            mem.write_i64(b, 0, x)?;
-            b
-        }
-    })
 }
 
 /// The library product: every batch index, `c = a · b` through the views, f64 sums rounded
 /// once. Every index is checked against its slice.
-fn gemm(placed: &mut Placed, g: &Gemm) -> Result<()> {
-    let (ba, bb, bc) = (
-        placed.binding(&g.a)?,
-        placed.binding(&g.b)?,
-        placed.binding(&g.c)?,
-    );
-    let a = placed.mem.read_f32(ba.buffer, ba.byte_offset, ba.len)?;
-    let b = placed.mem.read_f32(bb.buffer, bb.byte_offset, bb.len)?;
-    let mut c = placed.mem.read_f32(bc.buffer, bc.byte_offset, bc.len)?;
+fn gemm(mem: &mut DeviceMemory, g: &Gemm, ba: Binding, bb: Binding, bc: Binding) -> Result<()> {
+    let a = mem.read_f32(ba.buffer, ba.byte_offset, ba.len)?;
+    let b = mem.read_f32(bb.buffer, bb.byte_offset, bb.len)?;
+    let mut c = mem.read_f32(bc.buffer, bc.byte_offset, bc.len)?;
     let v = &g.views;
     let batches: usize = v.batch.iter().product();
     let oob = |what: &str, i: usize, len: usize| {
@@ -238,6 +179,6 @@ fn gemm(placed: &mut Placed, g: &Gemm) -> Result<()> {
             }
         }
     }
-    placed.mem.write_f32(bc.buffer, bc.byte_offset, &c)?;
+    mem.write_f32(bc.buffer, bc.byte_offset, &c)?;
     Ok(())
 }

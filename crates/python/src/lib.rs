@@ -281,6 +281,7 @@ impl Model {
             Backend::Interp => "interp".to_string(),
             Backend::Cpu(o) => format!("cpu, {:?}", o.precision).to_lowercase(),
             Backend::CudaSim => "cuda-sim".to_string(),
+            Backend::Cuda(_) => "cuda".to_string(),
         };
         format!(
             "attnopt.Model({:?}, {backend})",

@@ -55,7 +55,7 @@ pub fn product(
         let kern = super::gemm::gemm_kernel(&name, cx.doc(k), &gemm)?;
         cx.launch(kern, vec![gemm.a, gemm.b, gemm.c])?;
     } else {
-        cx.p.steps.push(Step::Gemm(gemm));
+        cx.p.steps.push(Step::Gemm(Box::new(gemm)));
     }
     let Some(e) = epilogue else {
         return Ok(());
