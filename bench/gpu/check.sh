@@ -11,9 +11,14 @@ log=${OUT:-/tmp}/gpu-check.log
 exec > >(tee "$log") 2>&1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 lscpu | grep -E 'Model name|CPU family' || true
-# NVRTC from the PyTorch wheels' nvidia packages (and its builtins library beside it).
-site=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)
-nvrtc=$(find "$site"/nvidia -name 'libnvrtc.so*' ! -name '*builtins*' 2>/dev/null | sort | tail -1)
+# NVRTC from the PyTorch wheels' nvidia packages (and its builtins library beside it): the
+# cuda_nvrtc package torch itself imports, else any libnvrtc under site-packages/nvidia.
+dir=$(python3 -c 'import nvidia.cuda_nvrtc as m, os; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null)
+nvrtc=$(ls "$dir"/libnvrtc.so* 2>/dev/null | grep -v builtins | head -1)
+if [ -z "$nvrtc" ]; then
+  site=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)
+  nvrtc=$(find "$site"/nvidia -name 'libnvrtc.so*' ! -name '*builtins*' 2>/dev/null | head -1)
+fi
 echo "NVRTC: ${nvrtc:-not found}"
 if [ -n "$nvrtc" ]; then
   export ATTNOPT_NVRTC=$nvrtc
@@ -24,12 +29,12 @@ status=0
 for m in bert gpt2 gpt2-linear gpt2-sparse-ff gpt2-sparse-qkv llama vit vit-hydra; do
   echo "== $m"
   for pass in cold warm; do
-    start=$(date +%s.%N)
+    start=$(date +%s%N)
     if ! "$bin" run "fixtures/$m" -i "fixtures/$m/golden.safetensors" \
         --compare "fixtures/$m/golden.safetensors" --all-layers --backend cuda; then
       status=1
     fi
-    echo "$m $pass: $(echo "$(date +%s.%N) - $start" | bc) s (process, NVRTC cache $pass)"
+    echo "$m $pass: $(( ($(date +%s%N) - start) / 1000000 )) ms (process, NVRTC cache $pass)"
   done
 done
 # An exactly optimised folder, and one with every layer converted to Hydra.

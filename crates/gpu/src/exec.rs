@@ -55,14 +55,33 @@ pub struct Resident<B> {
 impl<B: Copy> Resident<B> {
     /// Uploads every weight `p` reads (f32, or i64 for integer weights) and its tables.
     pub fn upload<D: Device<Buffer = B>>(dev: &mut D, g: &Graph, p: &Program) -> Result<Self> {
+        Self::upload_sharing(dev, g, p, &mut HashMap::new())
+    }
+
+    /// As [`Resident::upload`], taking weights already on the device from `known` (and adding
+    /// the ones uploaded now): programs of one model at several sizes share their weights.
+    pub fn upload_sharing<D: Device<Buffer = B>>(
+        dev: &mut D,
+        g: &Graph,
+        p: &Program,
+        known: &mut HashMap<u32, B>,
+    ) -> Result<Self> {
         let mut weights = HashMap::new();
         for w in &p.weights {
-            let data = g.weight_data(w.id);
-            let d = match data.dtype() {
-                DType::I64 => Data::I64(data.to_i64()),
-                _ => Data::F32(data.to_f32()),
+            let b = match known.get(&w.id.0) {
+                Some(&b) => b,
+                None => {
+                    let data = g.weight_data(w.id);
+                    let d = match data.dtype() {
+                        DType::I64 => Data::I64(data.to_i64()),
+                        _ => Data::F32(data.to_f32()),
+                    };
+                    let b = dev.upload(&d)?;
+                    known.insert(w.id.0, b);
+                    b
+                }
             };
-            weights.insert(w.id.0, dev.upload(&d)?);
+            weights.insert(w.id.0, b);
         }
         let tables = p
             .tables

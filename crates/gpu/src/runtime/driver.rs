@@ -33,7 +33,9 @@ pub const LIBRARY: &str = "libcuda.so.1";
 
 /// The loaded entry points (the library stays loaded as long as this lives).
 pub struct Driver {
-    _lib: Library,
+    /// Never unloaded: `dlclose` of the driver after `cuInit`, with its threads running, is a
+    /// known way to crash at exit.
+    _lib: std::mem::ManuallyDrop<Library>,
     pub init: unsafe extern "C" fn(c_uint) -> CUresult,
     pub device_get: unsafe extern "C" fn(*mut CUdevice, c_int) -> CUresult,
     pub device_get_count: unsafe extern "C" fn(*mut c_int) -> CUresult,
@@ -43,6 +45,7 @@ pub struct Driver {
     pub ctx_set_current: unsafe extern "C" fn(CUcontext) -> CUresult,
     pub ctx_synchronize: unsafe extern "C" fn() -> CUresult,
     pub module_load_data: unsafe extern "C" fn(*mut CUmodule, *const c_void) -> CUresult,
+    pub module_unload: unsafe extern "C" fn(CUmodule) -> CUresult,
     pub module_get_function:
         unsafe extern "C" fn(*mut CUfunction, CUmodule, *const c_char) -> CUresult,
     pub mem_alloc: unsafe extern "C" fn(*mut CUdeviceptr, usize) -> CUresult,
@@ -104,6 +107,7 @@ impl Driver {
                 ctx_set_current: sym(&lib, &file, "cuCtxSetCurrent")?,
                 ctx_synchronize: sym(&lib, &file, "cuCtxSynchronize")?,
                 module_load_data: sym(&lib, &file, "cuModuleLoadData")?,
+                module_unload: sym(&lib, &file, "cuModuleUnload")?,
                 module_get_function: sym(&lib, &file, "cuModuleGetFunction")?,
                 mem_alloc: sym(&lib, &file, "cuMemAlloc_v2")?,
                 mem_free: sym(&lib, &file, "cuMemFree_v2")?,
@@ -112,7 +116,7 @@ impl Driver {
                 memcpy_dtoh: sym(&lib, &file, "cuMemcpyDtoH_v2")?,
                 launch_kernel: sym(&lib, &file, "cuLaunchKernel")?,
                 get_error_name: sym(&lib, &file, "cuGetErrorName")?,
-                _lib: lib,
+                _lib: std::mem::ManuallyDrop::new(lib),
             })
         }
     }

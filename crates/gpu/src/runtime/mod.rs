@@ -4,7 +4,8 @@
 //! simulator ([`crate::exec`]), so what runs here is what the simulator checks.
 //!
 //! Status: matrix products run as generated kernels (`gen/gemm.rs`); cuBLASLt, CUDA graphs and
-//! bf16/fp16 weights are not done. **Not yet run on a GPU** (none was lent while it was
+//! bf16/fp16 weights are not done. Decoding makes one program per past length (each compiled
+//! once and cached on disk, weights shared): correct, slow to start. **Not yet run on a GPU** (none was lent while it was
 //! written); without one, loading fails with one line naming what is missing.
 //!
 //! Never: launch with an argument that reaches past its allocation (checked per launch).
@@ -14,6 +15,7 @@ pub mod nvrtc;
 
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
+
 use std::path::PathBuf;
 
 use attnopt_ir::{interp, Bindings, Data, Graph, Tensor};
@@ -49,6 +51,8 @@ pub struct CudaDevice {
     pub name: String,
     pub capability: (i32, i32),
     functions: Vec<CUfunction>,
+    /// The module `functions` come from (unloaded when another replaces it).
+    module: Option<CUmodule>,
     /// Every allocation: (pointer, bytes); `None` once freed.
     buffers: Vec<Option<(CUdeviceptr, usize)>>,
 }
@@ -101,12 +105,14 @@ impl CudaDevice {
                 name,
                 capability: (major, minor),
                 functions: vec![],
+                module: None,
                 buffers: vec![],
             })
         }
     }
 
-    /// Compiles every kernel of `p` (one NVRTC call, cached) and loads them.
+    /// Compiles every kernel of `p` (one NVRTC call for the device's `sm_XY`, cached) and loads
+    /// them, replacing the program loaded before.
     pub fn load(
         &mut self,
         p: &Program,
@@ -119,22 +125,25 @@ impl CudaDevice {
             source += "\n";
         }
         let (major, minor) = self.capability;
-        let options = vec![format!("--gpu-architecture=compute_{major}{minor}")];
-        let ptx = nvrtc.compile(
+        let options = vec![format!("--gpu-architecture=sm_{major}{minor}")];
+        let cubin = nvrtc.compile(
             &source,
             &[(crate::cuda::PRELUDE_NAME, crate::cuda::prelude())],
             &options,
             cache,
         )?;
-        let ptx = CString::new(ptx).map_err(|_| GpuError::Runtime("PTX with a NUL byte".into()))?;
         let mut module: CUmodule = std::ptr::null_mut();
-        // SAFETY: `ptx` is a NUL-terminated PTX image; out-pointers are locals.
+        // SAFETY: `cubin` is a whole CUBIN image from NVRTC; out-pointers are locals; the old
+        // module's functions are dropped before it is unloaded.
         unsafe {
             self.drv.check(
                 "cuModuleLoadData",
-                (self.drv.module_load_data)(&mut module, ptx.as_ptr().cast()),
+                (self.drv.module_load_data)(&mut module, cubin.as_ptr().cast()),
             )?;
             self.functions.clear();
+            if let Some(old) = self.module.replace(module) {
+                (self.drv.module_unload)(old);
+            }
             for k in &p.kernels {
                 let name = CString::new(k.name.as_str())
                     .map_err(|_| GpuError::Runtime(format!("kernel name `{}`", k.name)))?;
@@ -308,6 +317,8 @@ pub struct CudaModel {
     /// The program, its resident weights, per (batch, sequence, past) size; the device holds
     /// the functions of the last one loaded.
     programs: HashMap<SizeKey, (Program, Resident<usize>)>,
+    /// Weights on the device, shared by every size's program.
+    weights: HashMap<u32, usize>,
     loaded: Option<SizeKey>,
 }
 
@@ -324,6 +335,7 @@ impl CudaModel {
             dev,
             nvrtc,
             programs: HashMap::new(),
+            weights: HashMap::new(),
             loaded: None,
         })
     }
@@ -339,7 +351,8 @@ impl CudaModel {
         let key = (b.batch, b.seq, b.offset());
         if !self.programs.contains_key(&key) {
             let p = self.program(&b)?;
-            let resident = Resident::upload(&mut self.dev, &self.graph, &p)?;
+            let resident =
+                Resident::upload_sharing(&mut self.dev, &self.graph, &p, &mut self.weights)?;
             self.programs.insert(key, (p, resident));
         }
         let (p, resident) = &self.programs[&key];

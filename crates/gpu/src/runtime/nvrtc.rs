@@ -1,6 +1,7 @@
-//! NVRTC, CUDA's run-time compiler, loaded at run time: CUDA C to PTX for the device's compute
-//! capability. Output is cached on disk by a hash of the source, the options and the NVRTC
-//! library's path, so a model's kernels compile once per machine.
+//! NVRTC, CUDA's run-time compiler, loaded at run time: CUDA C to a CUBIN for the device's
+//! architecture (`sm_XY`: machine code, so a driver older than the NVRTC still loads it, which
+//! PTX would not). Output is cached on disk by a hash of the source, the options, the NVRTC
+//! library's path and version, so a model's kernels compile once per machine.
 //!
 //! Never: hand the driver PTX from a cache entry whose key does not match (the file name is the
 //! hash of everything that made it).
@@ -19,7 +20,8 @@ type NvrtcProgram = *mut std::ffi::c_void;
 pub const LIBRARIES: &[&str] = &["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"];
 
 pub struct Nvrtc {
-    _lib: Library,
+    /// Never unloaded (unloading CUDA libraries while their threads run has crashed processes).
+    _lib: std::mem::ManuallyDrop<Library>,
     file: String,
     create: unsafe extern "C" fn(
         *mut NvrtcProgram,
@@ -30,8 +32,9 @@ pub struct Nvrtc {
         *const *const c_char,
     ) -> NvrtcResult,
     compile: unsafe extern "C" fn(NvrtcProgram, c_int, *const *const c_char) -> NvrtcResult,
-    ptx_size: unsafe extern "C" fn(NvrtcProgram, *mut usize) -> NvrtcResult,
-    ptx: unsafe extern "C" fn(NvrtcProgram, *mut c_char) -> NvrtcResult,
+    cubin_size: unsafe extern "C" fn(NvrtcProgram, *mut usize) -> NvrtcResult,
+    cubin: unsafe extern "C" fn(NvrtcProgram, *mut c_char) -> NvrtcResult,
+    version: unsafe extern "C" fn(*mut c_int, *mut c_int) -> NvrtcResult,
     log_size: unsafe extern "C" fn(NvrtcProgram, *mut usize) -> NvrtcResult,
     log: unsafe extern "C" fn(NvrtcProgram, *mut c_char) -> NvrtcResult,
     destroy: unsafe extern "C" fn(*mut NvrtcProgram) -> NvrtcResult,
@@ -76,14 +79,15 @@ impl Nvrtc {
             Ok(Nvrtc {
                 create: sym!("nvrtcCreateProgram"),
                 compile: sym!("nvrtcCompileProgram"),
-                ptx_size: sym!("nvrtcGetPTXSize"),
-                ptx: sym!("nvrtcGetPTX"),
+                cubin_size: sym!("nvrtcGetCUBINSize"),
+                cubin: sym!("nvrtcGetCUBIN"),
+                version: sym!("nvrtcVersion"),
                 log_size: sym!("nvrtcGetProgramLogSize"),
                 log: sym!("nvrtcGetProgramLog"),
                 destroy: sym!("nvrtcDestroyProgram"),
                 error_string: sym!("nvrtcGetErrorString"),
                 file,
-                _lib: lib,
+                _lib: std::mem::ManuallyDrop::new(lib),
             })
         }
     }
@@ -100,17 +104,30 @@ impl Nvrtc {
         )))
     }
 
-    /// Compiles `source` (which may include the headers `headers`, by name) to PTX with
-    /// `options`; from `cache` when it holds this exact compilation.
+    /// NVRTC's (major, minor) version.
+    pub fn version(&self) -> Result<(i32, i32)> {
+        let (mut major, mut minor) = (0, 0);
+        // SAFETY: out-pointers to locals.
+        self.check("nvrtcVersion", unsafe {
+            (self.version)(&mut major, &mut minor)
+        })?;
+        Ok((major, minor))
+    }
+
+    /// Compiles `source` (which may include the headers `headers`, by name) to a CUBIN with
+    /// `options` (which must name an `sm_XY` architecture); from `cache` when it holds this
+    /// exact compilation.
     pub fn compile(
         &self,
         source: &str,
         headers: &[(&str, &str)],
         options: &[String],
         cache: Option<&Path>,
-    ) -> Result<String> {
+    ) -> Result<Vec<u8>> {
+        let (major, minor) = self.version()?;
         let mut key = blake3::Hasher::new();
-        for part in [source, &options.join("\n"), &self.file] {
+        let version = format!("{major}.{minor}");
+        for part in [source, &options.join("\n"), &self.file, &version] {
             key.update(part.as_bytes());
             key.update(&[0]);
         }
@@ -118,12 +135,11 @@ impl Nvrtc {
             key.update(n.as_bytes());
             key.update(h.as_bytes());
         }
-        let cached = cache.map(|d| d.join(format!("{}.ptx", key.finalize().to_hex())));
-        if let Some(ptx) = cached
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-        {
-            return Ok(ptx);
+        let cached = cache.map(|d| d.join(format!("{}.cubin", key.finalize().to_hex())));
+        if let Some(bin) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
+            if !bin.is_empty() {
+                return Ok(bin);
+            }
         }
         let src = cstring(source)?;
         let name = cstring("attnopt.cu")?;
@@ -154,6 +170,7 @@ impl Nvrtc {
                 ),
             )?;
             let r = (self.compile)(prog, op.len() as c_int, op.as_ptr());
+            // Everything read out of the program before it is destroyed, whatever happened.
             let result = if r != 0 {
                 let mut n = 0usize;
                 (self.log_size)(prog, &mut n);
@@ -164,29 +181,32 @@ impl Nvrtc {
                     .to_string();
                 self.check("nvrtcCompileProgram", r)
                     .map_err(|e| GpuError::Runtime(format!("{e}\n{log}")))
-                    .map(|()| String::new())
+                    .map(|()| Vec::new())
             } else {
                 let mut n = 0usize;
-                self.check("nvrtcGetPTXSize", (self.ptx_size)(prog, &mut n))?;
-                let mut ptx = vec![0u8; n.max(1)];
-                self.check("nvrtcGetPTX", (self.ptx)(prog, ptx.as_mut_ptr().cast()))?;
-                Ok(String::from_utf8_lossy(&ptx)
-                    .trim_end_matches('\0')
-                    .to_string())
+                let got = self.check("nvrtcGetCUBINSize", (self.cubin_size)(prog, &mut n));
+                let mut bin = vec![0u8; n];
+                got.and_then(|()| {
+                    self.check("nvrtcGetCUBIN", (self.cubin)(prog, bin.as_mut_ptr().cast()))
+                })
+                .map(|()| bin)
             };
             (self.destroy)(&mut prog);
-            let ptx = result?;
+            let bin = result?;
+            if bin.is_empty() {
+                return Err(GpuError::Runtime("NVRTC produced an empty CUBIN".into()));
+            }
             if let Some(p) = cached {
                 if let Some(dir) = p.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
                 // A cache write that fails only costs a compile next time.
                 let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-                if std::fs::write(&tmp, &ptx).is_ok() {
+                if std::fs::write(&tmp, &bin).is_ok() {
                     let _ = std::fs::rename(&tmp, &p);
                 }
             }
-            Ok(ptx)
+            Ok(bin)
         }
     }
 }
