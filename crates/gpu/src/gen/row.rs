@@ -83,9 +83,10 @@ pub fn row_kernel(
             ReduceKind::Max => Combine::Max,
         };
         let acc = b.let_(Scalar::F32, op.identity());
-        let done = reduced.clone();
+        let mut done = reduced.clone();
+        let red_expr = hoist(&mut b, &red.expr, &mut done)?;
         b.for_threads(Expr::Var(nvalid), |b, c| {
-            let x = expr(b, &red.expr, &|i| addr(i, Expr::Var(c)), &done)?;
+            let x = expr(b, &red_expr, &|i| addr(i, Expr::Var(c)), &done)?;
             b.assign(acc, op.apply(Expr::Var(acc), x));
             Ok(())
         })?;
@@ -103,6 +104,9 @@ pub fn row_kernel(
     };
     let masked = b.let_(Scalar::I64, all_masked);
     let fill = program.fill;
+    // What depends only on the row (`1 / sqrt(var + eps)`), once per row, not per column.
+    let mut reduced = reduced;
+    let output = hoist(&mut b, &program.output, &mut reduced)?;
     b.if_(live, |b| {
         b.for_threads(Expr::I64(d as i64), |b, c| {
             let keep = Expr::bin(
@@ -112,7 +116,7 @@ pub fn row_kernel(
             );
             let res = b.let_(Scalar::F32, Expr::F32(fill));
             b.if_(keep, |b| {
-                let x = expr(b, &program.output, &|i| addr(i, Expr::Var(c)), &reduced)?;
+                let x = expr(b, &output, &|i| addr(i, Expr::Var(c)), &reduced)?;
                 b.assign(res, x);
                 Ok(())
             })?;
@@ -125,6 +129,35 @@ pub fn row_kernel(
         })
     })?;
     Ok(b.finish())
+}
+
+fn reads_inputs(e: &RowExpr) -> bool {
+    match e {
+        RowExpr::Input(_) | RowExpr::Param(_) => true,
+        RowExpr::Const(_) | RowExpr::Reduced(_) => false,
+        RowExpr::Unary(_, a) => reads_inputs(a),
+        RowExpr::Binary(_, a, c) => reads_inputs(a) || reads_inputs(c),
+    }
+}
+
+/// `e` with every largest subexpression that reads no input (only constants and reduction
+/// results) computed now, into a new variable appended to `reduced`, and replaced by a
+/// `Reduced` reference to it: per-row work done once per row.
+pub fn hoist(b: &mut KernelBuilder, e: &RowExpr, reduced: &mut Vec<Var>) -> Result<RowExpr> {
+    Ok(match e {
+        RowExpr::Unary(..) | RowExpr::Binary(..) if !reads_inputs(e) => {
+            let x = expr(b, e, &|_| Expr::F32(0.0), reduced)?;
+            reduced.push(b.let_(Scalar::F32, x));
+            RowExpr::Reduced(reduced.len() - 1)
+        }
+        RowExpr::Unary(op, a) => RowExpr::Unary(*op, Box::new(hoist(b, a, reduced)?)),
+        RowExpr::Binary(op, a, c) => RowExpr::Binary(
+            *op,
+            Box::new(hoist(b, a, reduced)?),
+            Box::new(hoist(b, c, reduced)?),
+        ),
+        leaf => leaf.clone(),
+    })
 }
 
 /// `e` at one column, inputs read by `input(i)`, reduction results in `reduced`. Operands used
