@@ -40,6 +40,55 @@ pub struct Inspection {
     /// With `--backend cpu`: how the CPU backend runs the model at `seq` (batch 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu: Option<CpuPlan>,
+    /// With `--backend cuda|cuda-sim`: the GPU backend's program at `seq` (batch 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuPlan>,
+}
+
+/// The GPU backend's program for a model (`inspect --backend cuda|cuda-sim`): what `emit` writes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GpuPlan {
+    /// Distinct kernels (layers share them) by name, with how many times each is launched.
+    pub kernels: BTreeMap<String, usize>,
+    pub launches: usize,
+    /// Matrix products handed to the library.
+    pub products: usize,
+    /// Softmax attention layers fused into one kernel (scores never stored).
+    pub fused_attention: usize,
+    pub arena_bytes: usize,
+    pub scratch_bytes: usize,
+}
+
+/// The GPU program of `model` at `seq` tokens (batch 1), described.
+pub fn gpu_plan(model: &Model, seq: usize) -> Result<GpuPlan, crate::Error> {
+    let (_, p, _) = crate::emit::program(model, 1, seq, crate::emit::Products::Library)?;
+    let mut kernels = BTreeMap::new();
+    let mut launches = 0;
+    let mut products = 0;
+    for step in &p.steps {
+        match step {
+            attnopt_gpu::program::Step::Launch(l) => {
+                launches += 1;
+                if let Some(k) = p.kernels.get(l.kernel) {
+                    *kernels.entry(k.name.clone()).or_insert(0) += 1;
+                }
+            }
+            attnopt_gpu::program::Step::Gemm(_) => products += 1,
+        }
+    }
+    let fused_attention = kernels
+        .iter()
+        .filter(|(k, _)| k.starts_with("k_attention"))
+        .map(|(_, n)| n)
+        .sum();
+    Ok(GpuPlan {
+        kernels,
+        launches,
+        products,
+        fused_attention,
+        arena_bytes: p.arena_bytes,
+        scratch_bytes: p.scratch_bytes,
+    })
 }
 
 /// The CPU backend's plan for a model (`inspect --backend cpu`).
@@ -158,6 +207,7 @@ pub fn inspect(model: &Model, seq: usize) -> Inspection {
         },
         attention,
         cpu: None,
+        gpu: None,
     }
 }
 
@@ -330,6 +380,29 @@ impl Inspection {
                 "  arena            {}B; compile (lower + JIT + weight preparation) {:.1} ms",
                 si(c.arena_bytes as f64),
                 c.compile_ms
+            );
+        }
+        if let Some(g) = &self.gpu {
+            let _ = writeln!(
+                s,
+                "\nGPU backend (batch 1, {} tokens; `attnopt emit` writes it)",
+                self.seq
+            );
+            let _ = writeln!(
+                s,
+                "  launches         {} of {} distinct kernels; {} matrix products; {} attention layers fused",
+                g.launches,
+                g.kernels.len(),
+                g.products,
+                g.fused_attention
+            );
+            let ks: Vec<String> = g.kernels.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+            let _ = writeln!(s, "  kernels          {}", ks.join(", "));
+            let _ = writeln!(
+                s,
+                "  arena            {}B; scratch {}B",
+                si(g.arena_bytes as f64),
+                si(g.scratch_bytes as f64)
             );
         }
         s

@@ -758,8 +758,11 @@ fn run(cli: Cli) -> Result<()> {
                     let options = cpu_options(matmul, clamp_threads(threads), PrecisionArg::F32)?;
                     report.cpu = Some(inspect::cpu_plan(&m, report.seq, &options)?)
                 }
+                Some(Backend::Cuda | Backend::CudaSim) if matmul.matmul.is_some() => {
+                    bail!("--matmul chooses the CPU backend's library; it needs --backend cpu")
+                }
                 Some(Backend::Cuda | Backend::CudaSim) => {
-                    bail!("not supported yet: inspect --backend cuda/cuda-sim (use `attnopt emit`)")
+                    report.gpu = Some(inspect::gpu_plan(&m, report.seq)?)
                 }
             }
             if json {

@@ -172,7 +172,16 @@ fn errors_are_one_line_and_nonzero() {
         stderr(&o)
     );
 
-    let o = attnopt(&["inspect", "fixtures/bert", "--backend", "cuda"]);
+    let o = attnopt(&[
+        "run",
+        "fixtures/bert",
+        "-i",
+        "fixtures/bert/golden.safetensors",
+        "--backend",
+        "cuda",
+        "--precision",
+        "bf16",
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not supported yet"), "{}", stderr(&o));
 

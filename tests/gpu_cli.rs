@@ -200,3 +200,25 @@ fn emit_writes_a_folder_and_refuses_what_it_must_not_replace() {
     assert!(!o.status.success());
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
 }
+
+/// `inspect --backend cuda-sim` describes the GPU program `emit` would write.
+#[test]
+fn inspect_describes_the_gpu_program() {
+    let o = attnopt(&[
+        "inspect",
+        "fixtures/gpt2",
+        "--backend",
+        "cuda-sim",
+        "--seq",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("GPU backend (batch 1, 8 tokens"), "{out}");
+    assert!(out.contains("2 attention layers fused"), "{out}");
+    let o = attnopt(&["inspect", "fixtures/gpt2", "--backend", "cuda", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(j["gpu"]["launches"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(j["gpu"]["fused_attention"], 2, "{j}");
+}

@@ -63,7 +63,13 @@ pub fn product(
     // The epilogue's input `at` is the product: the output itself, read and written in place.
     let out = cx.slice(k.output)?;
     let rows = out.len / s.n.max(1);
-    let name = format!("{}_epilogue", Gen::base_name(k));
+    // `k_matmul_bias_gelu_epilogue`; a kernel already named `matmul+epilogue` keeps its name.
+    let base = Gen::base_name(k);
+    let name = if base.ends_with("_epilogue") {
+        base
+    } else {
+        format!("{base}_epilogue")
+    };
     let kern = row_kernel(&name, cx.doc(k), &e.program, rows, s.n, Valid::Full)?;
     let mut args = Vec::with_capacity(e.program.inputs.len() + 1);
     for (j, &v) in k.inputs[2..].iter().enumerate() {
