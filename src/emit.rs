@@ -205,12 +205,9 @@ pub fn emit(
         let names = weight_names(&p);
         let mut weights = BTreeMap::new();
         for (w, n) in p.weights.iter().zip(&names) {
-            let data = sim.graph().weight_data(w.id);
-            let t = match data.dtype() {
-                attnopt_ir::DType::I64 => Tensor::i64(w.shape.clone(), data.to_i64()),
-                _ => Tensor::f32(w.shape.clone(), data.to_f32()),
-            }
-            .map_err(|e| Error::NotSupported(format!("weight `{}`: {e}", w.name)))?;
+            let data = attnopt_gpu::exec::weight_data(sim.graph(), w.id);
+            let t = Tensor::new(w.shape.clone(), data)
+                .map_err(|e| Error::NotSupported(format!("weight `{}`: {e}", w.name)))?;
             weights.insert(n.clone(), t);
         }
         crate::tensors::write(&dir.join("weights.safetensors"), &weights, &none)?;

@@ -213,22 +213,12 @@ impl Model {
             }
             Backend::Cuda(cuda) => {
                 let mut gpu = attnopt_gpu::runtime::CudaModel::new(g, &cuda)?;
-                let mut all = gpu.run(&feed)?;
-                if wanted.is_empty() {
-                    all
-                } else {
-                    wanted.iter().filter_map(|&w| all.remove_entry(w)).collect()
-                }
+                only_wanted(gpu.run(&feed)?, &wanted)
             }
             Backend::CudaSim => {
                 crate::limits::check_interpreter_memory(g, &b, "the input", budget)?;
                 let sim = attnopt_gpu::simrun::SimModel::new(g)?;
-                let mut all = sim.run(&feed)?;
-                if wanted.is_empty() {
-                    all
-                } else {
-                    wanted.iter().filter_map(|&w| all.remove_entry(w)).collect()
-                }
+                only_wanted(sim.run(&feed)?, &wanted)
             }
             Backend::Cpu(options) => {
                 let options = CpuOptions {
@@ -252,6 +242,14 @@ impl Model {
         };
         Ok(out.into_iter().collect())
     }
+}
+
+/// The `wanted` outputs of a backend that computes every output (all when none is named).
+fn only_wanted(mut all: HashMap<String, Tensor>, wanted: &[&str]) -> HashMap<String, Tensor> {
+    if wanted.is_empty() {
+        return all;
+    }
+    wanted.iter().filter_map(|&w| all.remove_entry(w)).collect()
 }
 
 fn add_batch_axis(t: Tensor) -> Tensor {

@@ -46,6 +46,15 @@ pub trait Device {
     fn read_i64(&mut self, a: Arg<Self::Buffer>) -> Result<Vec<i64>>;
 }
 
+/// Weight `id` of `g` as the device holds it: i64 for integer weights, else f32.
+pub fn weight_data(g: &Graph, id: attnopt_ir::WeightId) -> Data {
+    let w = g.weight_data(id);
+    match w.dtype() {
+        DType::I64 => Data::I64(w.to_i64()),
+        _ => Data::F32(w.to_f32()),
+    }
+}
+
 /// Weights and tables uploaded once, by weight id and table index.
 pub struct Resident<B> {
     weights: HashMap<u32, B>,
@@ -71,12 +80,7 @@ impl<B: Copy> Resident<B> {
             let b = match known.get(&w.id.0) {
                 Some(&b) => b,
                 None => {
-                    let data = g.weight_data(w.id);
-                    let d = match data.dtype() {
-                        DType::I64 => Data::I64(data.to_i64()),
-                        _ => Data::F32(data.to_f32()),
-                    };
-                    let b = dev.upload(&d)?;
+                    let b = dev.upload(&weight_data(g, w.id))?;
                     known.insert(w.id.0, b);
                     b
                 }

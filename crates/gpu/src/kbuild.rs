@@ -6,6 +6,8 @@
 //! Never: decide what a kernel computes (the generators in `gen/` do), or emit anything
 //! [`GpuKernel::check`] would refuse.
 
+use attnopt_lower::Strided;
+
 use crate::error::Result;
 use crate::kir::{BinOp, Expr, GpuKernel, Param, Scalar, Shared, Special, Stmt, UnOp, Var, WARP};
 
@@ -318,4 +320,12 @@ pub fn first_max_step(b: &mut KernelBuilder, (best, best_i): (Var, Var), v: Var,
         Expr::select(Expr::Var(t), Expr::Var(v), Expr::Var(best)),
     );
     b.assign(best_i, Expr::select(Expr::Var(t), i, Expr::Var(best_i)));
+}
+
+/// Element `(row, col)` of the matrix at batch indices `bi` of a product operand's strided
+/// view (elements from its slice's start).
+pub fn strided_at(s: &Strided, bi: &[Var], row: Expr, col: Expr) -> Expr {
+    dot_strides(bi, &s.batch_strides, s.offset)
+        .add(row.mul(Expr::I64(s.row_stride as i64)))
+        .add(col.mul(Expr::I64(s.col_stride as i64)))
 }

@@ -91,10 +91,8 @@ impl Device for SimDevice {
 impl SimModel {
     /// Folds `graph`'s weight-only subgraphs once.
     pub fn new(graph: &Graph) -> Result<SimModel> {
-        let folded =
-            attnopt_ir::fold::fold_weights(graph).map_err(|e| GpuError::Lower(e.to_string()))?;
         Ok(SimModel {
-            graph: folded.graph,
+            graph: crate::gen::folded(graph)?,
             gen: Default::default(),
         })
     }
@@ -111,12 +109,7 @@ impl SimModel {
 
     /// The program for `inputs`' sizes.
     pub fn program(&self, b: &Bindings) -> Result<Program> {
-        let opts = attnopt_lower::LowerOptions {
-            fuse_attention: true,
-        };
-        let l = attnopt_lower::lower_with(&self.graph, b, &opts)
-            .map_err(|e| GpuError::Lower(e.to_string()))?;
-        crate::gen::program(&self.graph, &l, self.gen)
+        crate::gen::program_at(&self.graph, b, self.gen)
     }
 
     /// Runs the graph on `inputs`; returns every output.

@@ -8,23 +8,15 @@
 //!
 //! Never: read a key past the row's valid length (causal rows stop early).
 
-use attnopt_lower::row::InputKind;
-use attnopt_lower::{Attention, Kernel, Strided};
+use attnopt_lower::{Attention, Kernel};
 
-use super::row::expr;
+use super::row::{expr, input_index};
 use super::Gen;
 use crate::error::{GpuError, Result};
 use crate::kbuild::{
-    block_index, dot_strides, grid_for, threads_for, unravel, Combine, KernelBuilder,
+    block_index, grid_for, strided_at, threads_for, unravel, Combine, KernelBuilder,
 };
 use crate::kir::{BinOp, Expr, Scalar, Special, UnOp, Var};
-
-/// Element `(row, col)` of matrix `batch` (its indices `bi`) of a strided view.
-fn at(s: &Strided, bi: &[Var], row: Expr, col: Expr) -> Expr {
-    dot_strides(bi, &s.batch_strides, s.offset)
-        .add(row.mul(Expr::I64(s.row_stride as i64)))
-        .add(col.mul(Expr::I64(s.col_stride as i64)))
-}
 
 pub fn attention(cx: &mut Gen, k: &Kernel, a: &Attention) -> Result<()> {
     if a.dv > 1024 || a.d > 8192 {
@@ -68,7 +60,7 @@ pub fn attention(cx: &mut Gen, k: &Kernel, a: &Attention) -> Result<()> {
     let valid = b.let_(Scalar::I64, valid);
     // The query row, once, into shared memory.
     b.for_threads(Expr::I64(a.d as i64), |b, kk| {
-        let x = Expr::load(pq, at(&a.q, &bi, Expr::Var(i), Expr::Var(kk)));
+        let x = Expr::load(pq, strided_at(&a.q, &bi, Expr::Var(i), Expr::Var(kk)));
         b.store_shared(qs, Expr::Var(kk), x);
         Ok(())
     })?;
@@ -89,7 +81,7 @@ pub fn attention(cx: &mut Gen, k: &Kernel, a: &Attention) -> Result<()> {
                 Expr::I64(a.d as i64),
                 Expr::I64(1),
                 |b, kk| {
-                    let kv = Expr::load(pk, at(&a.k, &bi, Expr::Var(kk), Expr::Var(j)));
+                    let kv = Expr::load(pk, strided_at(&a.k, &bi, Expr::Var(kk), Expr::Var(j)));
                     b.assign(
                         s,
                         Expr::Var(s).add(Expr::load_shared(qs, Expr::Var(kk)).mul(kv)),
@@ -113,19 +105,10 @@ pub fn attention(cx: &mut Gen, k: &Kernel, a: &Attention) -> Result<()> {
                 let Some(Some(param)) = params.get(p) else {
                     return Expr::Var(s);
                 };
-                let c = Expr::Var(j);
-                let row = |x: Expr| x.mul(Expr::I64(nk)).add(c.clone());
-                let idx = match kinds[p] {
-                    InputKind::Rows => row(Expr::Var(rr)),
-                    InputKind::Vector => c.clone(),
-                    InputKind::GroupVector { rows_per_group } => {
-                        row(Expr::Var(rr).div(Expr::I64(rows_per_group.max(1) as i64)))
-                    }
-                    InputKind::Cycle { period } => {
-                        row(Expr::Var(rr).rem(Expr::I64(period.max(1) as i64)))
-                    }
-                };
-                Expr::load(*param, idx)
+                Expr::load(
+                    *param,
+                    input_index(kinds[p], Expr::Var(rr), Expr::Var(j), a.nk),
+                )
             };
             let arg = expr(b, &a.softmax.reductions[0].expr, &input, &[])?;
             b.assign(x, arg);
@@ -170,7 +153,10 @@ pub fn attention(cx: &mut Gen, k: &Kernel, a: &Attention) -> Result<()> {
         );
         b.if_(tid().lt(Expr::I64(a.dv as i64)), |b| {
             b.for_(Expr::I64(0), tile, Expr::I64(1), |b, jj| {
-                let vv = Expr::load(pv, at(&a.v, &bi, Expr::Var(j0).add(Expr::Var(jj)), tid()));
+                let vv = Expr::load(
+                    pv,
+                    strided_at(&a.v, &bi, Expr::Var(j0).add(Expr::Var(jj)), tid()),
+                );
                 b.assign(
                     acc,
                     Expr::Var(acc).add(Expr::load_shared(ps, Expr::Var(jj)).mul(vv)),
@@ -188,7 +174,7 @@ pub fn attention(cx: &mut Gen, k: &Kernel, a: &Attention) -> Result<()> {
             Expr::F32(0.0),
             Expr::Var(acc).div(Expr::Var(l)),
         );
-        b.store(po, at(&a.out, &bi, Expr::Var(i), tid()), o);
+        b.store(po, strided_at(&a.out, &bi, Expr::Var(i), tid()), o);
         Ok(())
     })?;
     let args = cx.inputs_then_output(k)?;

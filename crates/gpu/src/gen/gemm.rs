@@ -7,21 +7,13 @@
 //!
 //! Never: fast — it is the correct fallback; the library (cuBLASLt) is the fast path.
 
-use attnopt_lower::Strided;
-
 use crate::error::Result;
-use crate::kbuild::{dot_strides, unravel, KernelBuilder};
-use crate::kir::{BinOp, Expr, GpuKernel, Scalar, Special, Var};
+use crate::kbuild::{strided_at, unravel, KernelBuilder};
+use crate::kir::{BinOp, Expr, GpuKernel, Scalar, Special};
 use crate::program::Gemm;
 
 /// Tile edge.
 pub const TILE: usize = 16;
-
-fn at(s: &Strided, bi: &[Var], row: Expr, col: Expr) -> Expr {
-    dot_strides(bi, &s.batch_strides, s.offset)
-        .add(row.mul(Expr::I64(s.row_stride as i64)))
-        .add(col.mul(Expr::I64(s.col_stride as i64)))
-}
 
 /// The kernel for `g`: parameters `a`, `b`, `c`.
 pub fn gemm_kernel(name: &str, doc: Vec<String>, g: &Gemm) -> Result<GpuKernel> {
@@ -69,12 +61,12 @@ pub fn gemm_kernel(name: &str, doc: Vec<String>, g: &Gemm) -> Result<GpuKernel> 
         let kb = b.let_(Scalar::I64, Expr::Var(k0).add(Expr::Var(ti)));
         let xa = Expr::select(
             inside(Expr::Var(i), m, Expr::Var(ka), k),
-            Expr::load(pa, at(&g.views.a, &bi, Expr::Var(i), Expr::Var(ka))),
+            Expr::load(pa, strided_at(&g.views.a, &bi, Expr::Var(i), Expr::Var(ka))),
             Expr::F32(0.0),
         );
         let xb = Expr::select(
             inside(Expr::Var(kb), k, Expr::Var(j), n),
-            Expr::load(pb, at(&g.views.b, &bi, Expr::Var(kb), Expr::Var(j))),
+            Expr::load(pb, strided_at(&g.views.b, &bi, Expr::Var(kb), Expr::Var(j))),
             Expr::F32(0.0),
         );
         b.store_shared(sa, tid(), xa);
@@ -92,7 +84,7 @@ pub fn gemm_kernel(name: &str, doc: Vec<String>, g: &Gemm) -> Result<GpuKernel> 
     b.if_(inside(Expr::Var(i), m, Expr::Var(j), n), |b| {
         b.store(
             pc,
-            at(&g.views.c, &bi, Expr::Var(i), Expr::Var(j)),
+            strided_at(&g.views.c, &bi, Expr::Var(i), Expr::Var(j)),
             Expr::Var(acc),
         );
         Ok(())

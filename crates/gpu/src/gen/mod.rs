@@ -200,6 +200,25 @@ impl<'a> Gen<'a> {
     }
 }
 
+/// `graph` with its weight-only subgraphs computed once (as every backend runs it): what the
+/// GPU backend lowers.
+pub fn folded(graph: &Graph) -> Result<Graph> {
+    attnopt_ir::fold::fold_weights(graph)
+        .map(|f| f.graph)
+        .map_err(|e| GpuError::Lower(e.to_string()))
+}
+
+/// The GPU program of `g` (already [`folded`]) at sizes `b`: lowered as the GPU backend asks
+/// (softmax attention fused), then generated.
+pub fn program_at(g: &Graph, b: &attnopt_ir::Bindings, opts: GenOptions) -> Result<Program> {
+    let lowering = attnopt_lower::LowerOptions {
+        fuse_attention: true,
+    };
+    let l =
+        attnopt_lower::lower_with(g, b, &lowering).map_err(|e| GpuError::Lower(e.to_string()))?;
+    program(g, &l, opts)
+}
+
 /// The GPU program of `l` (lowered from `g`).
 pub fn program(g: &Graph, l: &Lowered, opts: GenOptions) -> Result<Program> {
     let mut cx = Gen {

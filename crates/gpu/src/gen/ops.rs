@@ -105,10 +105,8 @@ pub fn op(cx: &mut Gen, k: &Kernel, op: &Op) -> Result<()> {
             })
         }
         Op::Reshape(_) | Op::Unsqueeze { .. } | Op::Squeeze { .. } => {
-            elementwise(cx, k, |b, p, idx| {
-                let lin = dot_strides(idx, &strides(&out_shape), 0);
-                let _ = b;
-                Ok(Expr::load(p[0], lin))
+            elementwise(cx, k, |_, p, idx| {
+                Ok(Expr::load(p[0], dot_strides(idx, &strides(&out_shape), 0)))
             })
         }
         Op::Slice { axis, start, .. } => {
@@ -296,8 +294,7 @@ pub fn op(cx: &mut Gen, k: &Kernel, op: &Op) -> Result<()> {
             })
         }
         Op::Gather => {
-            let (rows, d) = (in_shape[0], in_shape[1] as i64);
-            let _ = rows;
+            let d = in_shape[1] as i64;
             elementwise(cx, k, |b, p, idx| {
                 let r = out_shape.len();
                 let lead = &idx[..r - 1];

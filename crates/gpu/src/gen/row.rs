@@ -45,20 +45,10 @@ pub fn row_kernel(
     let r = b.let_(Scalar::I64, block_index());
     // Blocks past the last row (a grid rounded up in y) do nothing.
     let live = Expr::Var(r).lt(Expr::I64(rows as i64));
-    let d_e = Expr::I64(d as i64);
     let mut scratch = None;
     let kinds = program.inputs.clone();
     let addr = move |i: usize, c: Expr| -> Expr {
-        let row = |x: Expr| x.mul(d_e.clone()).add(c.clone());
-        let idx = match kinds[i] {
-            InputKind::Rows => row(Expr::Var(r)),
-            InputKind::Vector => c.clone(),
-            InputKind::GroupVector { rows_per_group } => {
-                row(Expr::Var(r).div(Expr::I64(rows_per_group.max(1) as i64)))
-            }
-            InputKind::Cycle { period } => row(Expr::Var(r).rem(Expr::I64(period.max(1) as i64))),
-        };
-        Expr::load(ins[i], idx)
+        Expr::load(ins[i], input_index(kinds[i], Expr::Var(r), c, d))
     };
     // Every thread runs the reductions (barriers need the whole block); a block past the last
     // row computes with row 0's addresses clamped away by `valid = 0`.
@@ -105,7 +95,6 @@ pub fn row_kernel(
     let masked = b.let_(Scalar::I64, all_masked);
     let fill = program.fill;
     // What depends only on the row (`1 / sqrt(var + eps)`), once per row, not per column.
-    let mut reduced = reduced;
     let output = hoist(&mut b, &program.output, &mut reduced)?;
     b.if_(live, |b| {
         b.for_threads(Expr::I64(d as i64), |b, c| {
@@ -129,6 +118,20 @@ pub fn row_kernel(
         })
     })?;
     Ok(b.finish())
+}
+
+/// Where a row program's input of kind `kind` holds its element for row `r`, column `c`, in
+/// rows of `d` columns (the addressing `InputKind` defines).
+pub fn input_index(kind: InputKind, r: Expr, c: Expr, d: usize) -> Expr {
+    let row = |x: Expr| x.mul(Expr::I64(d as i64)).add(c.clone());
+    match kind {
+        InputKind::Rows => row(r),
+        InputKind::Vector => c.clone(),
+        InputKind::GroupVector { rows_per_group } => {
+            row(r.div(Expr::I64(rows_per_group.max(1) as i64)))
+        }
+        InputKind::Cycle { period } => row(r.rem(Expr::I64(period.max(1) as i64))),
+    }
 }
 
 fn reads_inputs(e: &RowExpr) -> bool {

@@ -14,10 +14,6 @@ use crate::kbuild::{block_index, first_max_step, grid_for, threads_for, Combine,
 use crate::kir::{Expr, Scalar, Special};
 use crate::program::Slice;
 
-fn tid() -> Expr {
-    Expr::Special(Special::Thread)
-}
-
 /// `out[r, j] = Σ_i x[r, i]·w[i, j] (+ bias[j])` for `rows × inner` by `inner × cols`: one block
 /// per row, threads over the columns (the controller's two small products).
 fn row_times_matrix(
@@ -255,6 +251,5 @@ pub fn factored(cx: &mut Gen, k: &Kernel, f: &Factored) -> Result<()> {
         b.store(po, o, Expr::Var(acc));
         Ok(())
     })?;
-    let _ = tid;
     cx.launch(b.finish(), args)
 }

@@ -327,10 +327,8 @@ impl CudaModel {
     pub fn new(graph: &Graph, opts: &CudaOptions) -> Result<CudaModel> {
         let dev = CudaDevice::open(opts)?;
         let nvrtc = Nvrtc::load(opts.nvrtc.as_deref())?;
-        let folded =
-            attnopt_ir::fold::fold_weights(graph).map_err(|e| GpuError::Lower(e.to_string()))?;
         Ok(CudaModel {
-            graph: folded.graph,
+            graph: crate::gen::folded(graph)?,
             opts: opts.clone(),
             dev,
             nvrtc,
@@ -365,20 +363,10 @@ impl CudaModel {
     }
 
     fn program(&self, b: &Bindings) -> Result<Program> {
-        let l = attnopt_lower::lower_with(
-            &self.graph,
-            b,
-            &attnopt_lower::LowerOptions {
-                fuse_attention: true,
-            },
-        )
-        .map_err(|e| GpuError::Lower(e.to_string()))?;
-        crate::gen::program(
-            &self.graph,
-            &l,
-            GenOptions {
-                generated_products: true,
-            },
-        )
+        // Products as generated kernels until cuBLASLt is there.
+        let gen = GenOptions {
+            generated_products: true,
+        };
+        crate::gen::program_at(&self.graph, b, gen)
     }
 }
